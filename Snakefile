@@ -1,0 +1,21 @@
+# blockscope: the spectral anatomy of transformer checkpoints.
+# Layout and contracts: see README.md and docs/. This file only wires the stages together.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/fetch.smk"
+include: "rules/extract.smk"
+
+
+rule all:
+    input:
+        expand("results/{model}/model.json", model=MODELS),
+        all_targets,
+    default_target: True

@@ -1,0 +1,129 @@
+"""Per-unit tensor Parquet: lossless, streaming, plain.
+
+Schema (one row per chunk of whole rows of one tensor, in tensor order):
+    param_name string, dtype string (safetensors spelling), shape list<int64>,
+    chunk int32, row_start int64, data binary (raw little-endian bytes, C order).
+Concatenating a tensor's `data` in chunk order and viewing it as `dtype` with `shape`
+gives the stored tensor bit for bit; pandas, pyarrow and duckdb read the file as is.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_path
+from .dtypes import numpy_dtype
+from .safetensors_file import read_header, tensor_view
+
+SCHEMA = pa.schema([
+    ("param_name", pa.string()),
+    ("dtype", pa.string()),
+    ("shape", pa.list_(pa.int64())),
+    ("chunk", pa.int32()),
+    ("row_start", pa.int64()),
+    ("data", pa.binary()),
+])
+CHUNK_BYTES = 8 * 2**20
+WRITER_OPTIONS = dict(
+    compression="zstd",
+    compression_level=3,
+    use_dictionary=["param_name", "dtype"],
+    write_statistics=["param_name", "chunk", "row_start"],
+    data_page_size=CHUNK_BYTES,
+    store_schema=False,  # the Arrow schema blob would add ~1 KiB to every file
+    write_page_index=False,
+)
+
+
+def _chunks(array: np.ndarray, chunk_bytes: int):
+    """(row_start, bytes) pieces of whole leading-axis rows, each about chunk_bytes."""
+    if array.ndim == 0:
+        yield 0, array.tobytes()
+        return
+    row_bytes = max(1, array.nbytes // max(1, array.shape[0]))
+    step = max(1, chunk_bytes // row_bytes)
+    for start in range(0, max(1, array.shape[0]), step):
+        yield start, np.ascontiguousarray(array[start:start + step]).tobytes()
+
+
+def write_unit(tensors, target, chunk_bytes: int = CHUNK_BYTES):
+    """Stream (name, dtype_name, array) triples into one Parquet file, atomically.
+
+    Arrays may be memory-mapped: only one chunk is in memory at a time.
+    Returns the number of tensor bytes written.
+    """
+    total = 0
+    with atomic_path(target) as tmp:
+        with pq.ParquetWriter(tmp, SCHEMA, **WRITER_OPTIONS) as writer:
+            for name, dtype_name, array in tensors:
+                for chunk, (row_start, data) in enumerate(_chunks(array, chunk_bytes)):
+                    writer.write_table(pa.table({
+                        "param_name": [name], "dtype": [dtype_name], "shape": [list(array.shape)],
+                        "chunk": pa.array([chunk], pa.int32()), "row_start": [row_start], "data": [data],
+                    }, schema=SCHEMA))
+                total += array.nbytes
+    return total
+
+
+def extract_unit(checkpoint, inventory_rows, target):
+    """Write one unit's tensors from a canonical checkpoint folder, reading only that unit."""
+    headers = {}
+
+    def tensors():
+        for row in inventory_rows.itertuples():
+            path = Path(checkpoint) / row.file
+            if path not in headers:
+                headers[path] = read_header(path)
+            yield row.param_name, row.dtype, tensor_view(path, headers[path][row.param_name])
+
+    return write_unit(tensors(), target)
+
+
+def _assemble(dtype_name, shape, pieces) -> np.ndarray:
+    buffer = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return np.frombuffer(buffer, dtype=numpy_dtype(dtype_name)).reshape(shape)
+
+
+def _row_group_name(parquet, index):
+    stats = parquet.metadata.row_group(index).column(0).statistics
+    if stats is None or not stats.has_min_max or stats.min != stats.max:
+        return None
+    return stats.min
+
+
+def iter_unit(path, names=None):
+    """Yield (param_name, array) one tensor at a time; memory holds one tensor."""
+    parquet = pq.ParquetFile(path)
+    wanted = None if names is None else set(names)
+    current, meta, pieces = None, None, []
+    for index in range(parquet.num_row_groups):
+        group_name = _row_group_name(parquet, index)
+        if wanted is not None and group_name is not None and group_name not in wanted:
+            continue  # each row group holds one chunk of one tensor: skip without reading it
+        for row in parquet.read_row_group(index).to_pylist():
+            if wanted is not None and row["param_name"] not in wanted:
+                continue
+            if row["param_name"] != current:
+                if current is not None:
+                    yield current, _assemble(*meta, pieces)
+                current, meta, pieces = row["param_name"], (row["dtype"], row["shape"]), []
+            pieces.append(row["data"])
+    if current is not None:
+        yield current, _assemble(*meta, pieces)
+
+
+def read_unit(path, names=None) -> dict:
+    """The documented way to read a unit back: {param_name: numpy array in the source dtype}.
+
+    bfloat16 and float8 arrays use ml_dtypes. `names` restricts what is read.
+    """
+    return dict(iter_unit(path, names))
+
+
+def unit_names(path) -> list:
+    """Parameter names in a unit file, without reading tensor bytes."""
+    table = pq.read_table(path, columns=["param_name", "chunk"])
+    names = table.column("param_name").to_pylist()
+    return list(dict.fromkeys(names))

@@ -1,0 +1,55 @@
+# Validation, the model table, input functions and manifest readers.
+import json
+import os
+import sys
+
+# The library lives beside this workflow; jobs (local or on a cluster) inherit the path.
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+
+from blockscope.config import validate_config
+
+validate_config(config)
+MODELS = config["models"]
+
+
+wildcard_constraints:
+    model="[a-z0-9][a-z0-9._-]*",
+    unit="embed|head|other|layer_[0-9]+",
+
+
+def model_spec(model):
+    """A model's own config slice: the only config its rules see (keeps reruns per model)."""
+    return MODELS[model]
+
+
+def fetch_inputs(wildcards):
+    like = model_spec(wildcards.model).get("like")
+    return {"like": f"resources/models/{like}"} if like else {}
+
+
+def model_dims(model):
+    """model.json of a model (evaluates the inventory checkpoint)."""
+    with open(checkpoints.inventory.get(model=model).output.dims) as fh:
+        return json.load(fh)
+
+
+def units(model):
+    return model_dims(model)["units"]
+
+
+def per_unit(pattern):
+    """Input function: pattern expanded over every unit of the wildcard's model."""
+    return lambda wildcards: expand(pattern, model=wildcards.model, unit=units(wildcards.model))
+
+
+def per_model_targets(model):
+    return [
+        f"results/{model}/inventory.parquet",
+        f"results/{model}/model.json",
+        *expand("results/{model}/tensors/{unit}.parquet", model=model, unit=units(model)),
+    ]
+
+
+def all_targets(wildcards):
+    return [target for model in MODELS for target in per_model_targets(model)]

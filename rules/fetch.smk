@@ -1,0 +1,16 @@
+# Download or build each model's canonical checkpoint under resources/models/{model}/.
+
+
+rule fetch:
+    input:
+        unpack(fetch_inputs),
+    output:
+        directory("resources/models/{model}"),
+    params:
+        spec=lambda wildcards: model_spec(wildcards.model),
+    log:
+        "logs/{model}/fetch.log",
+    resources:
+        mem_mb=8000,
+    script:
+        "../workflow_scripts/fetch.py"

@@ -1,0 +1,23 @@
+"""rule extract: one unit's tensors from the checkpoint into lossless Parquet."""
+
+import os
+import time
+
+import pandas as pd
+
+from blockscope.tensors import extract_unit
+from blockscope.workflow import run_step
+
+
+def main(snakemake):
+    unit = snakemake.wildcards.unit
+    inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
+    started = time.perf_counter()
+    nbytes = extract_unit(snakemake.input.checkpoint, inventory, snakemake.output[0])
+    seconds = time.perf_counter() - started
+    size = os.path.getsize(snakemake.output[0])
+    print(f"[{snakemake.wildcards.model}] {unit}: {len(inventory)} tensors, {nbytes / 2**20:.2f} MiB -> "
+          f"{size / 2**20:.2f} MiB Parquet ({size / max(nbytes, 1):.3f}x) in {seconds:.2f} s")
+
+
+run_step(snakemake, main)

@@ -1,0 +1,23 @@
+"""checkpoint inventory: tensors, units and dims from safetensors headers and config.json."""
+
+import json
+from pathlib import Path
+
+from blockscope.atomic import write_json, write_parquet
+from blockscope.inventory import build_inventory, model_dims, read_config, unit_table
+from blockscope.workflow import run_step
+
+
+def main(snakemake):
+    model, checkpoint = snakemake.wildcards.model, Path(snakemake.input[0])
+    source = json.loads((checkpoint / "source.json").read_text())
+    inventory = build_inventory(checkpoint, model=model, source_dtypes=source.get("source_dtypes"))
+    dims = model_dims(read_config(checkpoint, model), inventory, model=model, path=checkpoint / "config.json")
+    dims = {"model": model, "source": source["source"], **dims}
+    write_parquet(inventory, snakemake.output.inventory)
+    write_json(dims, snakemake.output.dims)
+    print(f"[{model}] " + ", ".join(f"{k}={v}" for k, v in dims.items() if k not in ("units", "model")))
+    print(unit_table(inventory).to_string(float_format=lambda x: f"{x:.2f}"))
+
+
+run_step(snakemake, main)
