@@ -1,0 +1,108 @@
+"""The real workflow on tiny synthetic models: outputs, no-op reruns, per-model incrementality."""
+
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file
+
+from blockscope import read_unit
+from conftest import TINY_LLAMA, mtimes, run_workflow
+
+pytestmark = pytest.mark.slow
+
+TINY_GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 128}
+BASE = {"models": {"tiny-llama": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0},
+                   "tiny-gpt2": {"source": "synthetic", "config": TINY_GPT2, "seed": 0}},
+        "device": "cpu"}
+
+
+def jobs_run(result):
+    """(rule, model) of every job a snakemake run executed, from its log."""
+    text = result.stdout + result.stderr
+    rules = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):\n(?:.*\n)*?\s+wildcards: ([^\n]*)", text, re.M)
+    return {(rule, dict(kv.split("=") for kv in wc.split(", "))["model"]) for rule, wc in rules}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("finished")
+    run_workflow(workdir, BASE)
+    return workdir
+
+
+def clone(finished, tmp_path):
+    target = tmp_path / "work"
+    shutil.copytree(finished, target, symlinks=True)
+    return target
+
+
+def test_every_unit_is_extracted_bit_for_bit(finished):
+    for model in BASE["models"]:
+        inventory = pd.read_parquet(finished / f"results/{model}/inventory.parquet")
+        weights = load_file(finished / f"resources/models/{model}/model.safetensors")
+        assert set(inventory["param_name"]) == set(weights)
+        for unit, rows in inventory.groupby("unit"):
+            back = read_unit(finished / f"results/{model}/tensors/{unit}.parquet")
+            assert set(back) == set(rows["param_name"])
+            for name, array in back.items():
+                assert array.tobytes() == weights[name].tobytes()
+    # every unit has a file, even one with nothing in it (a tied model's head)
+    assert (finished / "results/tiny-gpt2/tensors/head.parquet").exists()
+    assert read_unit(finished / "results/tiny-gpt2/tensors/head.parquet") == {}
+
+
+def test_log_shows_dims_and_unit_table(finished):
+    log = (finished / "logs/tiny-llama/inventory.log").read_text()
+    assert "layers=2" in log and "hidden=64" in log and "kv_heads=2" in log
+    assert re.search(r"layer_001\s+9\s+7\s+F32", log)
+
+
+def test_second_run_does_nothing(finished, tmp_path):
+    work = clone(finished, tmp_path)
+    before = mtimes(work / "results")
+    result = run_workflow(work, BASE)
+    assert jobs_run(result) == set()
+    assert "Nothing to be done" in result.stdout + result.stderr
+    assert mtimes(work / "results") == before
+
+
+def test_adding_a_model_computes_that_model_alone(finished, tmp_path):
+    work = clone(finished, tmp_path)
+    before = mtimes(work / "results")
+    config = {**BASE, "models": {**BASE["models"], "tiny-llama-2": {"source": "synthetic", "like": "tiny-llama", "seed": 1}}}
+    result = run_workflow(work, config)
+    assert {model for _, model in jobs_run(result)} == {"tiny-llama-2"}
+    assert {k: v for k, v in mtimes(work / "results").items() if k in before} == before
+    assert (work / "results/tiny-llama-2/tensors/layer_001.parquet").exists()
+
+
+def test_changing_one_source_reruns_that_model_alone(finished, tmp_path):
+    work = clone(finished, tmp_path)
+    before = mtimes(work / "results/tiny-llama")
+    config = {**BASE, "models": {**BASE["models"], "tiny-gpt2": {**BASE["models"]["tiny-gpt2"], "seed": 7}}}
+    result = run_workflow(work, config)
+    ran = jobs_run(result)
+    assert {model for _, model in ran} == {"tiny-gpt2"} and ("fetch", "tiny-gpt2") in ran
+    assert mtimes(work / "results/tiny-llama") == before
+    old = read_unit(finished / "results/tiny-gpt2/tensors/layer_000.parquet")
+    new = read_unit(work / "results/tiny-gpt2/tensors/layer_000.parquet")
+    assert not np.array_equal(old["transformer.h.0.attn.c_attn.weight"], new["transformer.h.0.attn.c_attn.weight"])
+
+
+def test_a_broken_model_fails_alone_with_one_clear_line(finished, tmp_path):
+    work = clone(finished, tmp_path)
+    config = {**BASE, "models": {**BASE["models"], "broken": {"source": "local", "path": str(tmp_path / "nowhere")}}}
+    result = run_workflow(work, config, check=False)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert f"ERROR [broken] {tmp_path / 'nowhere'}: the local checkpoint folder does not exist" in text
+    assert not (work / "resources/models/broken").exists()
+
+
+def test_schema_error_stops_before_any_job(tmp_path):
+    result = run_workflow(tmp_path / "w", {"models": {"a": {"source": "ftp"}}}, check=False)
+    assert result.returncode != 0
+    assert "models.a.source: 'ftp' is not allowed" in result.stdout + result.stderr
