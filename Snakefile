@@ -12,6 +12,7 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/fetch.smk"
 include: "rules/extract.smk"
+include: "rules/spectra.smk"
 
 
 rule all:

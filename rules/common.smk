@@ -13,6 +13,22 @@ validate_config(config)
 MODELS = config["models"]
 
 
+def gpu_present():
+    """A GPU on this machine, without importing torch (the DAG must build fast)."""
+    import shutil, subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return False
+    probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return probe.returncode == 0 and "GPU" in probe.stdout
+
+
+# device: cpu never claims the gpu resource; auto claims it only where a GPU is visible
+# (on a cluster, set device: cuda so that jobs ask SLURM for one).
+BACKEND = {"auto": "cuda" if gpu_present() else "cpu"}.get(config["device"], config["device"])
+GPU_CLAIM = 1 if BACKEND == "cuda" else 0
+
+
 wildcard_constraints:
     model="[a-z0-9][a-z0-9._-]*",
     unit="embed|head|other|layer_[0-9]+",
@@ -47,7 +63,12 @@ def per_model_targets(model):
     return [
         f"results/{model}/inventory.parquet",
         f"results/{model}/model.json",
-        *expand("results/{model}/tensors/{unit}.parquet", model=model, unit=units(model)),
+        *expand(
+            "results/{model}/{kind}/{unit}.parquet",
+            model=model,
+            kind=["tensors", "spectra", "metrics", "precision"],
+            unit=units(model),
+        ),
     ]
 
 

@@ -1,0 +1,172 @@
+"""Heavy-tail exponents of the eigenvalue spectrum lambda = sigma^2.
+
+`alpha` follows WeightWatcher 0.7.7 (WW_powerlaw.WWFit, its default): every eigenvalue but the
+largest is an xmin candidate, alpha is the continuous power-law MLE above it, and the xmin with
+the smallest Kolmogorov-Smirnov distance wins. The scan is vectorised over candidates.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EIGENVALUE_FLOOR = 1e-5   # WeightWatcher's EVALS_THRESH: eigenvalues at or below are ignored
+MIN_EIGENVALUES = 10      # fewer than this above the floor: no tail fit
+KS_BLOCK = 256            # candidates per vectorised block (bounds memory at 256 x n)
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    alpha: float
+    xmin: float
+    D: float
+    sigma: float
+    num_pl_spikes: int
+
+    @classmethod
+    def failed(cls):
+        return cls(float("nan"), float("nan"), float("nan"), float("nan"), 0)
+
+
+def tail_eigenvalues(eigs: np.ndarray) -> np.ndarray:
+    """Ascending float64 eigenvalues above WeightWatcher's floor."""
+    eigs = np.sort(np.asarray(eigs, dtype=np.float64))
+    return eigs[eigs > EIGENVALUE_FLOOR]
+
+
+def mle_alpha(eigs_ascending: np.ndarray, start: int) -> float:
+    """Continuous power-law MLE with xmin = eigs[start]: 1 + n / sum(ln(x / xmin))."""
+    tail = eigs_ascending[start:]
+    denominator = np.sum(np.log(tail / tail[0]))
+    return float(1 + tail.size / denominator) if denominator > 0 else float("nan")
+
+
+def ks_scan(eigs_ascending: np.ndarray, candidates: np.ndarray):
+    """alpha and KS distance D for each xmin index in candidates, vectorised.
+
+    D_i = max_j |1 - (x_j / x_i)^(1 - alpha_i) - (j - i) / n_i| over the tail j >= i.
+    """
+    x = eigs_ascending
+    n_total = x.size
+    log_x = np.log(x)
+    suffix = np.cumsum(log_x[::-1])[::-1]          # sum_{j >= i} ln x_j
+    n = (n_total - candidates).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alphas = 1 + n / (suffix[candidates] - n * log_x[candidates])
+    ds = np.ones(candidates.size)
+    j = np.arange(n_total)
+    for block in range(0, candidates.size, KS_BLOCK):
+        idx = candidates[block:block + KS_BLOCK]
+        a = alphas[block:block + KS_BLOCK]
+        offset = j[None, :] - idx[:, None]                       # (j - i)
+        in_tail = offset >= 0
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            theory = 1 - np.exp((1 - a[:, None]) * (log_x[None, :] - log_x[idx][:, None]))
+            empirical = offset / n[block:block + KS_BLOCK, None]
+            gap = np.where(in_tail, np.abs(theory - empirical), 0.0)
+        d = gap.max(axis=1)
+        ds[block:block + KS_BLOCK] = np.where(a > 1, d, 1.0)
+    return alphas, ds
+
+
+def powerlaw_fit(eigs: np.ndarray, xmin_range=None) -> PowerLawFit:
+    """KS-optimal power-law fit (WeightWatcher's `alpha`, `xmin`, `D`, `sigma`, `num_pl_spikes`).
+
+    xmin_range restricts candidate xmins to [low, high] (used by alpha_peak).
+    """
+    x = tail_eigenvalues(eigs)
+    if x.size < MIN_EIGENVALUES:
+        return PowerLawFit.failed()
+    candidates = np.arange(x.size - 1)
+    if xmin_range is not None:
+        low, high = xmin_range
+        candidates = candidates[(x[:-1] >= low) & (x[:-1] <= high)]
+        if candidates.size == 0:
+            return PowerLawFit.failed()
+    alphas, ds = ks_scan(x, candidates)
+    ds = np.where(np.isfinite(ds), ds, np.inf)
+    best = int(np.argmin(ds))
+    i = int(candidates[best])
+    alpha = float(alphas[best])
+    return PowerLawFit(alpha, float(x[i]), float(ds[best]), (alpha - 1) / np.sqrt(x.size - i),
+                       int(np.count_nonzero(np.asarray(eigs) >= x[i])))
+
+
+def alpha_peak_range(eigs: np.ndarray, bins: int = 100):
+    """AlphaPruning's xmin window: [0.95, 1.5] x the mode of the log10-eigenvalue histogram."""
+    x = tail_eigenvalues(eigs)
+    counts, edges = np.histogram(np.log10(x), bins=bins)
+    peak = 10 ** edges[int(np.argmax(counts))]
+    return 0.95 * peak, 1.5 * peak
+
+
+def alpha_peak(eigs: np.ndarray) -> float:
+    """KS-optimal alpha with xmin restricted to AlphaPruning's window around the ESD peak."""
+    if tail_eigenvalues(eigs).size < MIN_EIGENVALUES:
+        return float("nan")
+    return powerlaw_fit(eigs, xmin_range=alpha_peak_range(eigs)).alpha
+
+
+def alpha_hill(eigs: np.ndarray, k: int) -> float:
+    """Hill estimator on the top k eigenvalues, in the density-exponent convention:
+    1 + k / sum_{top k} ln(lambda / lambda_k), xmin = lambda_k the k-th largest (the estimator
+    TempBalance's code applies at k = n/2). Same scale as the power-law `alpha`."""
+    x = tail_eigenvalues(eigs)
+    if x.size < MIN_EIGENVALUES or k < 2:
+        return float("nan")
+    return mle_alpha(x, x.size - min(int(k), x.size))
+
+
+def hill_k(n: int, fraction: float) -> int:
+    """k = max(2, round(fraction * n)) for n eigenvalues."""
+    return max(2, int(round(fraction * n)))
+
+
+def alpha_mid(eigs: np.ndarray) -> float:
+    """TempBalance's alpha: xmin at the median eigenvalue (k = n / 2)."""
+    x = tail_eigenvalues(eigs)
+    if x.size < MIN_EIGENVALUES:
+        return float("nan")
+    return mle_alpha(x, x.size // 2)
+
+
+def alpha_weighted(alpha: float, eigs: np.ndarray) -> float:
+    """WeightWatcher: alpha * log10(lambda_max)."""
+    return float(alpha * np.log10(np.max(eigs))) if np.size(eigs) and np.max(eigs) > 0 else float("nan")
+
+
+def log_alpha_norm(alpha: float, eigs: np.ndarray) -> float:
+    """WeightWatcher: log10(sum lambda^alpha)."""
+    if not np.isfinite(alpha):
+        return float("nan")
+    with np.errstate(over="ignore"):
+        total = np.sum(np.asarray(eigs, dtype=np.float64) ** alpha)
+    return float(np.log10(total)) if total > 0 else float("nan")
+
+
+# --- Marchenko-Pastur bulk -------------------------------------------------------------------
+
+
+def marchenko_pastur_edge(variance: float, rows: int, cols: int) -> float:
+    """Upper bulk edge of lambda = sigma^2 for an i.i.d. rows x cols matrix: s^2 (sqrt(N) + sqrt(M))^2."""
+    return variance * (np.sqrt(rows) + np.sqrt(cols)) ** 2
+
+
+def mp_bulk_fit(eigs: np.ndarray, rows: int, cols: int, iterations: int = 50):
+    """Fit the MP bulk: the element variance from the bulk eigenvalues' mean (mean lambda = s^2 max(N, M)),
+    spikes (eigenvalues above the edge) removed until the count is stable.
+
+    Returns (num_spikes, mp_softrank = bulk edge / lambda_max, variance).
+    """
+    eigs = np.sort(np.asarray(eigs, dtype=np.float64))[::-1]
+    if eigs.size == 0 or eigs[0] <= 0:
+        return 0, float("nan"), float("nan")
+    spikes = 0
+    for _ in range(iterations):
+        bulk = eigs[spikes:]
+        variance = bulk.mean() / max(rows, cols)
+        edge = marchenko_pastur_edge(variance, rows, cols)
+        new_spikes = int(np.count_nonzero(eigs > edge))
+        if new_spikes == spikes or new_spikes >= eigs.size:
+            break
+        spikes = new_spikes
+    return spikes, float(min(1.0, edge / eigs[0])), float(variance)

@@ -1,0 +1,111 @@
+"""One metrics row per matrix: the output contract's columns and the rest, with a status."""
+
+import numpy as np
+
+from . import heavytail as ht
+from . import metrics as mx
+
+ENERGY_FRACTIONS = (0.5, 0.75, 0.9, 0.95, 0.99)
+ALPHA_LOW, ALPHA_HIGH = 2.0, 6.0
+
+# Relative precision of stored formats, for dtype-aware numerical ranks. GGUF integer
+# quantisation with b bits has a step of about 1 / (2^b - 1) of its block's range.
+SOURCE_EPS = {
+    "F64": np.finfo(np.float64).eps, "F32": np.finfo(np.float32).eps, "F16": 2.0**-10,
+    "BF16": 2.0**-7, "F8_E4M3": 2.0**-3, "F8_E5M2": 2.0**-2,
+    "Q8": 1 / 127, "Q6": 1 / 63, "Q5": 1 / 31, "Q4": 1 / 15, "Q3": 1 / 7, "Q2": 1 / 3,
+}
+
+
+def source_eps(source_dtype: str) -> float:
+    if source_dtype in SOURCE_EPS:
+        return SOURCE_EPS[source_dtype]
+    return SOURCE_EPS.get(source_dtype[:2], float("nan"))
+
+
+def _nan_metrics() -> dict:
+    names = ["actual_rank", "rank_ratio", "numerical_rank_fp16", "numerical_rank_bf16", "numerical_rank_source",
+             "svd_90_percent_rank", "svd_90_percent_ratio", "effective_rank", "stable_rank", "participation_ratio",
+             "entropy", "sigma_max", "spectral_norm", "frobenius_norm", "log_norm", "log_spectral_norm",
+             "condition_number", "alpha", "xmin", "D", "sigma", "num_pl_spikes", "alpha_weighted", "log_alpha_norm",
+             "alpha_hill", "alpha_peak", "alpha_mid", "num_spikes", "mp_softrank", "mean", "std", "var", "sparsity"]
+    names += [f"energy_rank_{int(f * 100)}" for f in ENERGY_FRACTIONS]
+    return {name: float("nan") for name in names}
+
+
+def spectral_metrics(sigma: np.ndarray, rows: int, cols: int, source_dtype: str, hill_fraction: float = 0.1) -> dict:
+    """Every metric that needs only the singular values (sigma descending)."""
+    sigma = np.sort(np.asarray(sigma))[::-1]
+    eigs = sigma.astype(np.float64) ** 2
+    design = mx.design_rank(rows, cols)
+    out = {
+        "actual_rank": mx.numerical_rank(sigma, rows, cols, np.finfo(sigma.dtype).eps),
+        "numerical_rank_fp16": mx.rounding_noise_rank(sigma, rows, cols, SOURCE_EPS["F16"]),
+        "numerical_rank_bf16": mx.rounding_noise_rank(sigma, rows, cols, SOURCE_EPS["BF16"]),
+        "numerical_rank_source": mx.rounding_noise_rank(sigma, rows, cols, source_eps(source_dtype))
+        if np.isfinite(source_eps(source_dtype)) else float("nan"),
+        "effective_rank": mx.effective_rank(sigma),
+        "stable_rank": mx.stable_rank(sigma),
+        "participation_ratio": mx.participation_ratio(sigma),
+        "entropy": mx.matrix_entropy(sigma, rows, cols),
+        "sigma_max": float(sigma[0]) if sigma.size else float("nan"),
+        "spectral_norm": mx.spectral_norm(sigma),
+        "frobenius_norm": mx.frobenius_norm(sigma),
+        "log_norm": mx.log_norm(sigma),
+        "log_spectral_norm": mx.log_spectral_norm(sigma),
+        "condition_number": mx.condition_number(sigma),
+    }
+    out["rank_ratio"] = out["actual_rank"] / design if design else float("nan")
+    for fraction in ENERGY_FRACTIONS:
+        out[f"energy_rank_{int(fraction * 100)}"] = mx.energy_rank(sigma, fraction)
+    out["svd_90_percent_rank"] = out["energy_rank_90"]
+    out["svd_90_percent_ratio"] = out["energy_rank_90"] / design if design else float("nan")
+    fit = ht.powerlaw_fit(eigs)
+    out.update(alpha=fit.alpha, xmin=fit.xmin, D=fit.D, sigma=fit.sigma, num_pl_spikes=fit.num_pl_spikes)
+    out["alpha_weighted"] = ht.alpha_weighted(fit.alpha, eigs)
+    out["log_alpha_norm"] = ht.log_alpha_norm(fit.alpha, eigs)
+    out["alpha_hill"] = ht.alpha_hill(eigs, ht.hill_k(ht.tail_eigenvalues(eigs).size, hill_fraction))
+    out["alpha_peak"] = ht.alpha_peak(eigs)
+    out["alpha_mid"] = ht.alpha_mid(eigs)
+    out["num_spikes"], out["mp_softrank"], _ = ht.mp_bulk_fit(eigs, rows, cols)
+    return out
+
+
+def check_matrix(matrix: np.ndarray) -> str | None:
+    """Why a matrix cannot be analysed (None when it can)."""
+    bad = ~np.isfinite(matrix)
+    if bad.any():
+        return f"non-finite weights ({int(np.isnan(matrix).sum())} NaN, {int(np.isinf(matrix).sum())} Inf)"
+    if matrix.size == 0:
+        return "empty matrix"
+    return None
+
+
+def status_of(row: dict, n_eigs: int) -> tuple:
+    """(status, warning) for a computed row."""
+    if row["sigma_max"] == 0:
+        return "zero matrix: all metrics that divide by a norm are NaN", ""
+    if not np.isfinite(row["alpha"]):
+        return (f"fewer than {ht.MIN_EIGENVALUES} eigenvalues above {ht.EIGENVALUE_FLOOR:g} "
+                f"({n_eigs}): no tail fit"), ""
+    warning = ""
+    if row["alpha"] < ALPHA_LOW:
+        warning = f"alpha < {ALPHA_LOW:g}: very heavy tail (WeightWatcher: over-trained?)"
+    elif row["alpha"] > ALPHA_HIGH:
+        warning = f"alpha > {ALPHA_HIGH:g}: light tail (WeightWatcher: under-trained?)"
+    return "ok", warning
+
+
+def matrix_row(matrix: np.ndarray, sigma, source_dtype: str, hill_fraction: float = 0.1) -> dict:
+    """All metrics for one matrix (stored values in `matrix`, its singular values in `sigma`)."""
+    rows, cols = matrix.shape
+    row = {"rows": rows, "cols": cols, "design_rank": mx.design_rank(rows, cols)}
+    problem = check_matrix(matrix)
+    if problem is not None:
+        return {**row, **_nan_metrics(), "status": problem, "warning": ""}
+    values = np.asarray(matrix, dtype=np.float32) if matrix.dtype.itemsize < 4 else np.asarray(matrix)
+    row.update(spectral_metrics(sigma, rows, cols, source_dtype, hill_fraction))
+    row.update(mx.element_stats(values))
+    row["sparsity"] = mx.sparsity(values)
+    row["status"], row["warning"] = status_of(row, int(np.count_nonzero(np.asarray(sigma, np.float64) ** 2 > ht.EIGENVALUE_FLOOR)))
+    return row

@@ -1,0 +1,134 @@
+"""Singular values of every weight matrix of a unit, on LAPACK (CPU) or torch (CUDA).
+
+Precision policy: weights are read as stored, upcast exactly to `compute_dtype` (float32 by
+default, float64 available), and every SVD runs in that dtype. Rows record source_dtype,
+compute_dtype and backend. The CPU path never imports torch, so a per-layer job starts fast.
+"""
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+import scipy.linalg
+
+log = logging.getLogger(__name__)
+
+COMPUTE_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+@dataclass
+class Matrix:
+    """One 2-D weight matrix, out x in, with where it came from."""
+    param_name: str
+    expert: int | None
+    values: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return self.param_name if self.expert is None else f"{self.param_name}[{self.expert}]"
+
+
+def matrices_of(param_name: str, array: np.ndarray, layout: str = "out_in"):
+    """The 2-D matrices in a stored tensor: itself, transposed when stored in x out (GPT-2
+    Conv1D), or one per expert for a 3-D expert tensor. 1-D tensors hold none."""
+    if array.ndim == 2:
+        yield Matrix(param_name, None, array.T if layout == "in_out" else array)
+    elif array.ndim == 3:
+        for expert in range(array.shape[0]):
+            yield Matrix(param_name, expert, array[expert])
+
+
+def upcast(matrix: np.ndarray, compute_dtype) -> np.ndarray:
+    """Exact upcast of a stored matrix (bf16/fp16/fp8/fp32) to the compute dtype."""
+    return np.ascontiguousarray(matrix, dtype=compute_dtype)
+
+
+def singular_values(matrix: np.ndarray) -> np.ndarray:
+    """All singular values, descending, by LAPACK's divide-and-conquer (gesdd) in matrix.dtype."""
+    if matrix.size == 0:
+        return np.zeros(0, matrix.dtype)
+    return scipy.linalg.svdvals(matrix, check_finite=False, overwrite_a=True)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class CudaOutOfMemory(RuntimeError):
+    pass
+
+
+def singular_values_torch(matrices: list, device: str) -> list:
+    """Batched torch.linalg.svdvals over same-shape matrices on `device` (cuda, or cpu for tests)."""
+    import torch
+
+    if os.environ.get("BLOCKSCOPE_FORCE_CUDA_OOM") == "1":  # lets tests drive the fallback path
+        raise CudaOutOfMemory("forced by BLOCKSCOPE_FORCE_CUDA_OOM=1")
+    by_shape = {}
+    for index, matrix in enumerate(matrices):
+        by_shape.setdefault(matrix.shape, []).append(index)
+    result = [None] * len(matrices)
+    try:
+        for shape, indices in by_shape.items():
+            batch = torch.from_numpy(np.stack([matrices[i] for i in indices])).to(device)
+            sigma = torch.linalg.svdvals(batch).cpu().numpy()
+            for row, i in enumerate(indices):
+                result[i] = sigma[row]
+            del batch
+    except torch.cuda.OutOfMemoryError as exc:
+        raise CudaOutOfMemory(str(exc)) from None
+    return result
+
+
+def compute_spectra(matrices: list, backend: str):
+    """sigma for each matrix, the seconds each took and the backend that ran it.
+
+    backend "cuda" (or "torch-cpu", the same code on the CPU) falls back to LAPACK on a CUDA
+    out-of-memory, with a warning in the log.
+    """
+    if backend != "cpu" and matrices:
+        device = "cuda" if backend == "cuda" else "cpu"
+        started = time.perf_counter()
+        try:
+            sigmas = singular_values_torch([m for m in matrices], device)
+            per = (time.perf_counter() - started) / len(matrices)
+            return sigmas, [per] * len(matrices), backend
+        except CudaOutOfMemory as exc:
+            log.warning("CUDA out of memory (%s): falling back to CPU LAPACK for this unit", exc)
+    sigmas, seconds = [], []
+    for matrix in matrices:
+        started = time.perf_counter()
+        sigmas.append(singular_values(matrix.copy()))
+        seconds.append(time.perf_counter() - started)
+    return sigmas, seconds, "cpu"
+
+
+def resolve_backend(device: str) -> str:
+    """cpu | cuda from the config's device (auto: cuda when torch sees a GPU)."""
+    if device == "cpu":
+        return "cpu"
+    if cuda_available():
+        return "cuda"
+    if device == "cuda":
+        log.warning("device: cuda was asked for but torch sees no GPU; computing on the CPU")
+    return "cpu"
+
+
+# --- precision sweep -----------------------------------------------------------------------
+
+PRECISIONS = {
+    "fp64": np.float64, "fp32": np.float32, "fp16": np.float16,
+    "bf16": ml_dtypes.bfloat16, "fp8-e4m3": ml_dtypes.float8_e4m3fn,
+}
+
+
+def cast_round_trip(matrix: np.ndarray, precision: str, compute_dtype) -> np.ndarray:
+    """The matrix rounded to `precision` and back to the compute dtype."""
+    return np.asarray(matrix).astype(PRECISIONS[precision]).astype(compute_dtype)

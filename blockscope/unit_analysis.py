@@ -1,0 +1,102 @@
+"""A unit's matrices -> its spectra, metrics and precision-sweep tables."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from .heavytail import alpha_hill, hill_k, tail_eigenvalues
+from .matrix_report import check_matrix, matrix_row
+from .spectra import COMPUTE_DTYPES, cast_round_trip, compute_spectra, matrices_of, singular_values, upcast
+from .tensors import iter_unit
+
+log = logging.getLogger(__name__)
+
+IDENTITY_COLUMNS = ["model", "unit", "param_name", "expert", "matrix", "layer_index", "block_type"]
+SPECTRA_COLUMNS = ["model", "unit", "param_name", "expert", "matrix", "index", "sigma"]
+
+
+def unit_matrices(tensor_path, inventory_rows: pd.DataFrame, compute_dtype):
+    """(Matrix upcast to compute_dtype, its inventory row) for every 2-D matrix of the unit."""
+    meta = inventory_rows.set_index("param_name")
+    names = [n for n in meta.index if len(meta.loc[n, "shape"]) >= 2]
+    for name, array in iter_unit(tensor_path, names=names):
+        for matrix in matrices_of(name, array, meta.loc[name, "layout"]):
+            matrix.values = upcast(matrix.values, compute_dtype)
+            yield matrix, meta.loc[name]
+
+
+def _identity(model, unit, matrix, info) -> dict:
+    layer = info["layer_index"]
+    return {"model": model, "unit": unit, "param_name": matrix.param_name,
+            "expert": matrix.expert, "matrix": matrix.name,
+            "layer_index": None if pd.isna(layer) else int(layer), "block_type": info["block_type"]}
+
+
+def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", compute_dtype="float32",
+                 hill_fraction=0.1):
+    """(metrics, spectra) DataFrames for one unit."""
+    dtype = COMPUTE_DTYPES[compute_dtype]
+    items = list(unit_matrices(tensor_path, inventory_rows, dtype))
+    finite = [i for i, (m, _) in enumerate(items) if check_matrix(m.values) is None]
+    sigmas, seconds, used = compute_spectra([items[i][0].values for i in finite], backend)
+    by_item = {i: (s, t) for i, s, t in zip(finite, sigmas, seconds)}
+    metric_rows, spectra_rows = [], []
+    for i, (matrix, info) in enumerate(items):
+        sigma, secs = by_item.get(i, (np.zeros(0), 0.0))
+        row = {**_identity(model, unit, matrix, info),
+               **matrix_row(matrix.values, sigma, info["source_dtype"], hill_fraction),
+               "dtype": info["dtype"], "source_dtype": info["source_dtype"], "compute_dtype": compute_dtype,
+               "backend": used if i in by_item else "none", "seconds": secs}
+        metric_rows.append(row)
+        spectra_rows.append(pd.DataFrame({**{k: row[k] for k in SPECTRA_COLUMNS[:5]},
+                                          "index": np.arange(len(sigma)), "sigma": np.asarray(sigma, np.float64)}))
+        log.info("%-55s %6dx%-6d rank %5s/%-5d 90%% %5s eff %8.1f alpha %6.2f sparsity %.3f %7.3fs %s",
+                 matrix.name, row["rows"], row["cols"], row["actual_rank"], row["design_rank"],
+                 row["svd_90_percent_rank"], row["effective_rank"], row["alpha"], row["sparsity"], secs,
+                 row["status"] if row["status"] != "ok" else row["warning"])
+    metrics = pd.DataFrame(metric_rows, columns=metrics_columns())
+    spectra = pd.concat(spectra_rows, ignore_index=True) if spectra_rows else pd.DataFrame(columns=SPECTRA_COLUMNS)
+    return _typed(metrics), _typed(spectra)
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    for column in ("expert", "layer_index"):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFrame, precisions,
+                    compute_dtype="float32", hill_fraction=0.1) -> pd.DataFrame:
+    """alpha_hill of every matrix after a round trip through each precision.
+
+    Where the round trip changes no bit, the singular values of the spectra job are reused.
+    """
+    dtype = COMPUTE_DTYPES[compute_dtype]
+    known = {name: group["sigma"].to_numpy() for name, group in spectra.groupby("matrix")} if len(spectra) else {}
+    rows = []
+    for matrix, info in unit_matrices(tensor_path, inventory_rows, dtype):
+        base = {**_identity(model, unit, matrix, info), "rows": matrix.values.shape[0],
+                "cols": matrix.values.shape[1], "source_dtype": info["source_dtype"]}
+        for precision in precisions:
+            rounded = cast_round_trip(matrix.values, precision, dtype)
+            problem = check_matrix(rounded)
+            if problem is None:
+                same = np.array_equal(rounded, matrix.values)
+                sigma = known[matrix.name] if same and matrix.name in known else singular_values(rounded)
+                eigs = sigma.astype(np.float64) ** 2
+                k = hill_k(tail_eigenvalues(eigs).size, hill_fraction)
+                value = alpha_hill(eigs, k)
+                status = "ok" if np.isfinite(value) else "too few eigenvalues"
+            else:
+                value, k, status = float("nan"), 0, f"{precision}: {problem}"
+            rows.append({**base, "precision": precision, "alpha_hill": value, "k": k, "status": status})
+    columns = IDENTITY_COLUMNS + ["rows", "cols", "source_dtype", "precision", "alpha_hill", "k", "status"]
+    return _typed(pd.DataFrame(rows, columns=columns))
+
+
+def metrics_columns() -> list:
+    """The metrics table's columns (an empty unit's file has them too)."""
+    sample = matrix_row(np.eye(2, dtype=np.float32), np.ones(2, np.float32), "F32")
+    return IDENTITY_COLUMNS + list(sample) + ["dtype", "source_dtype", "compute_dtype", "backend", "seconds"]

@@ -1,0 +1,23 @@
+"""rule precision: alpha-Hill of each matrix after casting it to each precision and back."""
+
+import pandas as pd
+
+from blockscope.atomic import write_parquet
+from blockscope.unit_analysis import precision_sweep
+from blockscope.workflow import run_step
+
+
+def main(snakemake):
+    unit = snakemake.wildcards.unit
+    inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
+    table = precision_sweep(snakemake.wildcards.model, unit, snakemake.input.tensors, inventory,
+                            pd.read_parquet(snakemake.input.spectra), snakemake.params.precisions,
+                            compute_dtype=snakemake.params.compute_dtype,
+                            hill_fraction=snakemake.params.hill_fraction)
+    write_parquet(table, snakemake.output[0])
+    if len(table):
+        wide = table.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False)
+        print(wide.to_string(float_format=lambda x: f"{x:.3f}"))
+
+
+run_step(snakemake, main)

@@ -1,0 +1,22 @@
+"""rule spectra: singular values and per-matrix metrics of one unit."""
+
+import pandas as pd
+
+from blockscope.atomic import write_parquet
+from blockscope.spectra import resolve_backend
+from blockscope.unit_analysis import analyse_unit
+from blockscope.workflow import run_step
+
+
+def main(snakemake):
+    unit = snakemake.wildcards.unit
+    inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
+    metrics, spectra = analyse_unit(snakemake.wildcards.model, unit, snakemake.input.tensors, inventory,
+                                    backend=resolve_backend(snakemake.params.backend),
+                                    compute_dtype=snakemake.params.compute_dtype,
+                                    hill_fraction=snakemake.params.hill_fraction)
+    write_parquet(spectra, snakemake.output.spectra)
+    write_parquet(metrics, snakemake.output.metrics)
+
+
+run_step(snakemake, main)
