@@ -129,6 +129,17 @@ PRECISIONS = {
 }
 
 
+# Formats with a small range are used with a per-tensor scale (amax -> format max), as FP8
+# inference does; the others are cast as they are.
+SCALED_PRECISIONS = {"fp8-e4m3": float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max)}
+
+
 def cast_round_trip(matrix: np.ndarray, precision: str, compute_dtype) -> np.ndarray:
     """The matrix rounded to `precision` and back to the compute dtype."""
-    return np.asarray(matrix).astype(PRECISIONS[precision]).astype(compute_dtype)
+    matrix = np.asarray(matrix, dtype=compute_dtype)
+    scale = 1.0
+    if precision in SCALED_PRECISIONS:
+        amax = float(np.max(np.abs(matrix))) if matrix.size else 0.0
+        scale = amax / SCALED_PRECISIONS[precision] if amax > 0 and np.isfinite(amax) else 1.0
+    rounded = (matrix / scale).astype(PRECISIONS[precision]).astype(compute_dtype)
+    return rounded * compute_dtype(scale) if scale != 1.0 else rounded

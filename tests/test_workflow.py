@@ -106,3 +106,29 @@ def test_schema_error_stops_before_any_job(tmp_path):
     result = run_workflow(tmp_path / "w", {"models": {"a": {"source": "ftp"}}}, check=False)
     assert result.returncode != 0
     assert "models.a.source: 'ftp' is not allowed" in result.stdout + result.stderr
+
+
+CONTRACT = ["model", "unit", "param_name", "layer_index", "block_type", "rows", "cols", "source_dtype",
+            "compute_dtype", "backend", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank",
+            "svd_90_percent_ratio", "effective_rank", "stable_rank", "spectral_norm", "frobenius_norm", "log_norm",
+            "log_spectral_norm", "alpha", "xmin", "D", "num_pl_spikes", "alpha_weighted", "alpha_hill",
+            "alpha_peak", "alpha_mid", "mean", "std", "var", "sparsity", "seconds"]
+
+
+def test_metrics_spectra_and_precision_per_unit(finished):
+    for model in BASE["models"]:
+        inventory = pd.read_parquet(finished / f"results/{model}/inventory.parquet")
+        for unit, rows in inventory.groupby("unit"):
+            metrics = pd.read_parquet(finished / f"results/{model}/metrics/{unit}.parquet")
+            spectra = pd.read_parquet(finished / f"results/{model}/spectra/{unit}.parquet")
+            precision = pd.read_parquet(finished / f"results/{model}/precision/{unit}.parquet")
+            assert set(CONTRACT) <= set(metrics.columns)
+            assert sorted(metrics["param_name"]) == sorted(rows.loc[rows["shape"].map(len) == 2, "param_name"])
+            assert (metrics["backend"] == "cpu").all() and (metrics["compute_dtype"] == "float32").all()
+            counts = spectra.groupby("matrix").size()
+            for row in metrics.itertuples():
+                assert counts[row.matrix] == row.design_rank  # all singular values kept
+            assert len(precision) == 3 * len(metrics)
+    gpt2 = pd.read_parquet(finished / "results/tiny-gpt2/metrics/layer_000.parquet").set_index("param_name")
+    assert tuple(gpt2.loc["transformer.h.0.mlp.c_fc.weight", ["rows", "cols"]]) == (128, 32)  # Conv1D transposed
+    assert "alpha" in (finished / "logs/tiny-llama/spectra/layer_000.log").read_text()
