@@ -13,6 +13,8 @@ include: "rules/common.smk"
 include: "rules/fetch.smk"
 include: "rules/extract.smk"
 include: "rules/spectra.smk"
+include: "rules/heads.smk"
+include: "rules/embedding.smk"
 
 
 rule all:

@@ -32,6 +32,8 @@ GPU_CLAIM = 1 if BACKEND == "cuda" else 0
 wildcard_constraints:
     model="[a-z0-9][a-z0-9._-]*",
     unit="embed|head|other|layer_[0-9]+",
+    layer="[0-9]+",
+    head="[0-9]+",
 
 
 def model_spec(model):
@@ -59,14 +61,25 @@ def per_unit(pattern):
     return lambda wildcards: expand(pattern, model=wildcards.model, unit=units(wildcards.model))
 
 
+def deep_dive_heads(model):
+    """[layer, head] pairs of the deep dive: the config's, else the middle layer's head 0."""
+    return config["heads"]["deep_dive"] or [[model_dims(model)["layers"] // 2, 0]]
+
+
 def per_model_targets(model):
     return [
+        *[
+            f"results/{model}/heads/deep_dive/layer_{layer}_head_{head}.{ext}"
+            for layer, head in deep_dive_heads(model)
+            for ext in ("parquet", "png")
+        ],
+        *expand("results/{model}/embedding/{name}", model=model, name=["summary.json", "pca.png", "elbow.png"]),
         f"results/{model}/inventory.parquet",
         f"results/{model}/model.json",
         *expand(
             "results/{model}/{kind}/{unit}.parquet",
             model=model,
-            kind=["tensors", "spectra", "metrics", "precision"],
+            kind=["tensors", "spectra", "metrics", "precision", "heads"],
             unit=units(model),
         ),
     ]

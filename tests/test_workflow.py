@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 TINY_GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 128}
 BASE = {"models": {"tiny-llama": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0},
                    "tiny-gpt2": {"source": "synthetic", "config": TINY_GPT2, "seed": 0}},
-        "device": "cpu"}
+        "device": "cpu", "embedding": {"k_max": 6}}
 
 
 def jobs_run(result):
@@ -132,3 +132,21 @@ def test_metrics_spectra_and_precision_per_unit(finished):
     gpt2 = pd.read_parquet(finished / "results/tiny-gpt2/metrics/layer_000.parquet").set_index("param_name")
     assert tuple(gpt2.loc["transformer.h.0.mlp.c_fc.weight", ["rows", "cols"]]) == (128, 32)  # Conv1D transposed
     assert "alpha" in (finished / "logs/tiny-llama/spectra/layer_000.log").read_text()
+
+
+def test_heads_deep_dive_and_embedding(finished):
+    llama = pd.read_parquet(finished / "results/tiny-llama/heads/layer_001.parquet")
+    assert list(llama["head"]) == [0, 1, 2, 3] and list(llama["kv_head"]) == [0, 0, 1, 1]
+    gpt2 = pd.read_parquet(finished / "results/tiny-gpt2/heads/layer_000.parquet")
+    assert len(gpt2) == 4 and gpt2["qk_effective_rank"].between(1, 8).all()  # fused c_attn, d_head 8
+    assert len(pd.read_parquet(finished / "results/tiny-llama/heads/embed.parquet")) == 0
+    assert "empty heads table" in (finished / "logs/tiny-llama/heads/embed.log").read_text()
+    deep = pd.read_parquet(finished / "results/tiny-llama/heads/deep_dive/layer_1_head_0.parquet")
+    assert len(deep) == 16 and deep["cumulative_energy"].iloc[-1] == pytest.approx(1.0)
+    import json
+
+    summary = json.loads((finished / "results/tiny-llama/embedding/summary.json").read_text())
+    assert set(summary["matrices"]) == {"model.embed_tokens.weight", "lm_head.weight"}  # untied head too
+    tied = json.loads((finished / "results/tiny-gpt2/embedding/summary.json").read_text())
+    assert set(tied["matrices"]) == {"transformer.wte.weight"}
+    assert (finished / "results/tiny-llama/embedding/pca.png").stat().st_size > 10_000

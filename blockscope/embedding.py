@@ -1,0 +1,114 @@
+"""Token-embedding structure: k-means over rows, the elbow, silhouettes, nearest tokens, PCA.
+
+Large vocabularies are fitted with MiniBatchKMeans on a fixed random sample of rows and then
+every row is assigned in chunks, so memory stays at the sample plus one chunk. Every random
+choice uses `seed`: the same inputs give the same clusters.
+"""
+
+import numpy as np
+import pandas as pd
+
+CHUNK_ROWS = 8192
+
+
+def sample_rows(n_rows: int, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of a fixed random sample of rows (all rows when size >= n_rows)."""
+    if size >= n_rows:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=size, replace=False))
+
+
+def row_norm_stats(matrix: np.ndarray) -> dict:
+    norms = np.concatenate([np.linalg.norm(np.asarray(matrix[i:i + CHUNK_ROWS], np.float32), axis=1)
+                            for i in range(0, matrix.shape[0], CHUNK_ROWS)])
+    q = np.quantile(norms, [0.01, 0.25, 0.5, 0.75, 0.99])
+    return {"rows": int(norms.size), "norm_mean": float(norms.mean()), "norm_std": float(norms.std()),
+            "norm_min": float(norms.min()), "norm_p01": float(q[0]), "norm_q25": float(q[1]),
+            "norm_median": float(q[2]), "norm_q75": float(q[3]), "norm_p99": float(q[4]), "norm_max": float(norms.max())}
+
+
+def fit_kmeans(sample: np.ndarray, k: int, seed: int, minibatch: bool):
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if minibatch:
+        return MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=4096, n_init=3).fit(sample)
+    return KMeans(n_clusters=k, random_state=seed, n_init=4).fit(sample)
+
+
+def knee(ks, inertias) -> int:
+    """The elbow by the Kneedle method (Satopää et al. 2011) on the convex, decreasing curve;
+    the middle k when the curve has no knee."""
+    from kneed import KneeLocator
+
+    found = KneeLocator(list(ks), list(inertias), curve="convex", direction="decreasing").knee
+    return int(found) if found is not None else int(list(ks)[len(ks) // 2])
+
+
+def elbow_table(sample, ks, seed, minibatch, silhouette_sample):
+    """inertia and silhouette (on a fixed subsample) for each k."""
+    from sklearn.metrics import silhouette_score
+
+    rows, models = [], {}
+    sil_index = sample_rows(len(sample), silhouette_sample, seed + 1)
+    for k in ks:
+        fitted = fit_kmeans(sample, k, seed, minibatch)
+        models[k] = fitted
+        labels = fitted.labels_[sil_index]
+        silhouette = (float(silhouette_score(sample[sil_index], labels, random_state=seed))
+                      if len(set(labels)) > 1 else float("nan"))
+        rows.append({"k": k, "inertia": float(fitted.inertia_), "silhouette": silhouette})
+    return pd.DataFrame(rows), models
+
+
+def assign_all(matrix, fitted) -> np.ndarray:
+    """Cluster of every row, predicted chunk by chunk."""
+    return np.concatenate([fitted.predict(np.asarray(matrix[i:i + CHUNK_ROWS], np.float32))
+                           for i in range(0, matrix.shape[0], CHUNK_ROWS)])
+
+
+def nearest_rows(matrix, centers: np.ndarray, count: int) -> list:
+    """For each centroid, the `count` row indices nearest to it (Euclidean), over all rows."""
+    best = [np.empty(0, int) for _ in centers]
+    best_d = [np.empty(0) for _ in centers]
+    for start in range(0, matrix.shape[0], CHUNK_ROWS):
+        chunk = np.asarray(matrix[start:start + CHUNK_ROWS], np.float32)
+        d = ((chunk**2).sum(1)[:, None] - 2 * chunk @ centers.T + (centers**2).sum(1)[None, :])
+        for c in range(len(centers)):
+            idx = np.concatenate([best[c], start + np.arange(len(chunk))])
+            dist = np.concatenate([best_d[c], d[:, c]])
+            keep = np.argsort(dist, kind="stable")[:count]
+            best[c], best_d[c] = idx[keep], dist[keep]
+    return best
+
+
+def pca_2d(sample: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2, random_state=seed).fit_transform(sample)
+
+
+def analyse_embedding(matrix, ks, seed=0, sample_size=20000, silhouette_sample=5000, nearest=8,
+                      minibatch_above=20000, decode=None):
+    """Everything the embedding stage writes, as tables and a summary dict."""
+    index = sample_rows(matrix.shape[0], sample_size, seed)
+    sample = np.asarray(matrix[index], dtype=np.float32)
+    minibatch = matrix.shape[0] > minibatch_above
+    elbow, models = elbow_table(sample, ks, seed, minibatch, silhouette_sample)
+    k = knee(elbow["k"], elbow["inertia"])
+    fitted = models[k]
+    labels = assign_all(matrix, fitted)
+    sizes = np.bincount(labels, minlength=k)
+    near = nearest_rows(matrix, fitted.cluster_centers_.astype(np.float32), nearest)
+    clusters = pd.DataFrame({
+        "cluster": np.arange(k), "size": sizes,
+        "nearest_rows": [list(map(int, n)) for n in near],
+        "nearest_tokens": [[decode(int(i)) for i in n] if decode else [] for n in near],
+    })
+    coords = pca_2d(sample, seed)
+    points = pd.DataFrame({"row": index, "pc1": coords[:, 0], "pc2": coords[:, 1],
+                           "cluster": fitted.predict(sample)})
+    summary = {"k": k, "knee_method": "Kneedle (Satopää et al. 2011) on k-means inertia, via kneed",
+               "algorithm": "MiniBatchKMeans" if minibatch else "KMeans", "seed": seed,
+               "sample_rows": int(len(index)), "silhouette_rows": int(min(silhouette_sample, len(index))),
+               "silhouette_at_k": float(elbow.set_index("k").loc[k, "silhouette"]), **row_norm_stats(matrix)}
+    return elbow, clusters, points, summary

@@ -1,0 +1,166 @@
+"""Per-head QK and OV circuits of one layer, from its projection matrices.
+
+Layouts handled: separate q/k/v/o projections (Llama, Mistral, Qwen2, Gemma, BERT, OPT, ...),
+GPT-2's fused c_attn (Conv1D, [Q; K; V] along the output after transposition), GPT-NeoX's
+query_key_value (per-head interleaved: rows are heads x (q, k, v) x head_dim) and Phi-3's
+qkv_proj ([Q; K; V] with grouped K/V). Biases are ignored: the kernels are the bilinear
+parts W_Q^T W_K and W_O W_V of the circuits (a bias adds a rank-one or constant term).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import BlockscopeError
+from .factored import FactoredMatrix
+from .metrics import effective_rank, energy_rank
+
+
+@dataclass
+class AttentionWeights:
+    """One layer's projections, out x in: q (H*d, D), k and v (G*d, D), o (D, H*d)."""
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    o: np.ndarray
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    def query(self, h):
+        return self.q[h * self.head_dim:(h + 1) * self.head_dim]
+
+    def key(self, g):
+        return self.k[g * self.head_dim:(g + 1) * self.head_dim]
+
+    def value(self, g):
+        return self.v[g * self.head_dim:(g + 1) * self.head_dim]
+
+    def output(self, h):
+        return self.o[:, h * self.head_dim:(h + 1) * self.head_dim]
+
+    def kv_head(self, h) -> int:
+        """Grouped-query attention: query head h reads key/value head h // (H / G)."""
+        return h // (self.heads // self.kv_heads)
+
+    def qk(self, h) -> FactoredMatrix:
+        """W_Q,h^T W_K,g (D x D), factored."""
+        return FactoredMatrix(self.query(h).T, self.key(self.kv_head(h)))
+
+    def ov(self, h) -> FactoredMatrix:
+        """W_O,h W_V,g (D x D), factored."""
+        return FactoredMatrix(self.output(h), self.value(self.kv_head(h)))
+
+
+def _by_type(tensors: dict, inventory: pd.DataFrame, kind: str):
+    rows = inventory[(inventory["block_type"] == kind) & inventory["param_name"].str.endswith("weight")]
+    rows = rows[rows["shape"].map(len) == 2]
+    if len(rows) == 0:
+        return None
+    row = rows.iloc[0]
+    matrix = np.asarray(tensors[row["param_name"]], dtype=np.float32)
+    return matrix.T if row["layout"] == "in_out" else matrix
+
+
+def attention_weights(tensors: dict, inventory: pd.DataFrame, dims: dict, model: str = None):
+    """AttentionWeights for one layer, or (None, reason) when the layer has no usable attention."""
+    heads, kv_heads, head_dim = dims["heads"], dims["kv_heads"], dims["head_dim"]
+    o = _by_type(tensors, inventory, "o_proj")
+    fused = _by_type(tensors, inventory, "qkv_fused")
+    if fused is not None:
+        if dims.get("model_type") == "gpt_neox":  # rows: heads x (q, k, v) x head_dim
+            per_head = fused.reshape(heads, 3, head_dim, -1)
+            q, k, v = (per_head[:, i].reshape(heads * head_dim, -1) for i in range(3))
+        else:
+            sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+            if fused.shape[0] != sum(sizes):
+                raise BlockscopeError(f"fused qkv has {fused.shape[0]} rows, expected {sum(sizes)} "
+                                      f"for {heads} heads, {kv_heads} kv heads of size {head_dim}", model=model,
+                                      path="config.json", fix="check num_attention_heads / num_key_value_heads")
+            q, k, v = np.split(fused, np.cumsum(sizes)[:2])
+    else:
+        q, k, v = (_by_type(tensors, inventory, kind) for kind in ("q_proj", "k_proj", "v_proj"))
+    if any(m is None for m in (q, k, v, o)):
+        return None, "no attention projections (q, k, v, o) recognised in this unit"
+    for name, matrix, count in (("q", q, heads), ("k", k, kv_heads), ("v", v, kv_heads)):
+        if matrix.shape[0] != count * head_dim:
+            raise BlockscopeError(
+                f"{name} projection has {matrix.shape[0]} outputs, not {count} heads x {head_dim}",
+                model=model, path="config.json", fix="check num_attention_heads, num_key_value_heads and head_dim")
+    if heads % kv_heads:
+        raise BlockscopeError(f"{heads} query heads do not divide into {kv_heads} key/value heads", model=model,
+                              path="config.json", fix="check num_key_value_heads")
+    if o.shape[1] != heads * head_dim:
+        raise BlockscopeError(f"o projection has {o.shape[1]} inputs, not {heads} x {head_dim}", model=model,
+                              path="config.json", fix="check num_attention_heads and head_dim")
+    return AttentionWeights(q, k, v, o, heads, kv_heads, head_dim), None
+
+
+def eigen_effective_rank(eigs: np.ndarray) -> float:
+    """exp of the entropy of |lambda| / sum |lambda|."""
+    return effective_rank(np.abs(eigs))
+
+
+def complex_fraction(eigs: np.ndarray, tol: float = 1e-6) -> float:
+    """Share of eigenvalues with |imag| > tol * max |lambda|."""
+    if eigs.size == 0 or np.max(np.abs(eigs)) == 0:
+        return float("nan")
+    return float(np.mean(np.abs(eigs.imag) > tol * np.max(np.abs(eigs))))
+
+
+def top_eigen_energy(eigs: np.ndarray, norm: float, count: int) -> float:
+    """sum of the top `count` |lambda|^2 over ||A||_F^2 (Schur: <= 1, = 1 for a normal A)."""
+    return float(np.sum(np.abs(eigs[:count]) ** 2) / norm**2) if norm > 0 else float("nan")
+
+
+def head_row(weights: AttentionWeights, h: int) -> dict:
+    qk, ov = weights.qk(h), weights.ov(h)
+    eigs = qk.eigenvalues
+    row = {"head": h, "kv_head": weights.kv_head(h),
+           "qk_effective_rank": effective_rank(qk.singular_values),
+           "qk_eig_effective_rank": eigen_effective_rank(eigs),
+           "qk_asymmetry": qk.asymmetry(),
+           "qk_complex_fraction": complex_fraction(eigs),
+           "qk_top_dhead_energy": top_eigen_energy(eigs, qk.frobenius_norm, weights.head_dim),
+           "qk_frobenius_norm": qk.frobenius_norm,
+           "ov_effective_rank": effective_rank(ov.singular_values),
+           "ov_frobenius_norm": ov.frobenius_norm}
+    for fraction in (0.5, 0.9, 0.99):
+        row[f"qk_energy_rank_{int(fraction * 100)}"] = energy_rank(qk.singular_values, fraction)
+        row[f"ov_energy_rank_{int(fraction * 100)}"] = energy_rank(ov.singular_values, fraction)
+    return row
+
+
+HEAD_COLUMNS = ["model", "unit", "layer_index", "head", "kv_head", "qk_effective_rank", "qk_eig_effective_rank",
+                "qk_asymmetry", "qk_complex_fraction", "qk_top_dhead_energy", "qk_frobenius_norm",
+                "qk_energy_rank_50", "qk_energy_rank_90", "qk_energy_rank_99", "ov_effective_rank",
+                "ov_frobenius_norm", "ov_energy_rank_50", "ov_energy_rank_90", "ov_energy_rank_99",
+                "mean_effective_rank", "tag"]
+
+
+def quartile_tags(values: pd.Series) -> pd.Series:
+    """low-rank / high-rank for the lowest / highest quartile of values, else empty."""
+    low, high = values.quantile(0.25), values.quantile(0.75)
+    return pd.Series(np.where(values <= low, "low-rank", np.where(values >= high, "high-rank", "")),
+                     index=values.index)
+
+
+def heads_table(model: str, unit: str, layer_index, weights: AttentionWeights | None) -> pd.DataFrame:
+    """One row per query head; `tag` by quartiles of mean effective rank within this table."""
+    if weights is None:
+        return pd.DataFrame(columns=HEAD_COLUMNS)
+    rows = [{"model": model, "unit": unit, "layer_index": layer_index, **head_row(weights, h)}
+            for h in range(weights.heads)]
+    table = pd.DataFrame(rows)
+    table["mean_effective_rank"] = (table["qk_effective_rank"] + table["ov_effective_rank"]) / 2
+    table["tag"] = quartile_tags(table["mean_effective_rank"])
+    return table[HEAD_COLUMNS]
+
+
+def eigenvalue_table(weights: AttentionWeights, h: int) -> pd.DataFrame:
+    """Every eigenvalue of one head's QK kernel: real, imaginary, magnitude, cumulative energy."""
+    eigs = weights.qk(h).eigenvalues
+    energy = np.cumsum(np.abs(eigs) ** 2)
+    return pd.DataFrame({"rank": np.arange(1, eigs.size + 1), "real": eigs.real, "imag": eigs.imag,
+                         "magnitude": np.abs(eigs), "cumulative_energy": energy / energy[-1] if energy[-1] else energy})

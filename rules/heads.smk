@@ -1,0 +1,33 @@
+# Per unit: QK / OV kernels of every query head. Per model: the deep-dive heads.
+
+
+rule heads:
+    input:
+        tensors="results/{model}/tensors/{unit}.parquet",
+        inventory="results/{model}/inventory.parquet",
+        dims="results/{model}/model.json",
+    output:
+        "results/{model}/heads/{unit}.parquet",
+    log:
+        "logs/{model}/heads/{unit}.log",
+    script:
+        "../workflow_scripts/heads.py"
+
+
+rule head_deep_dive:
+    input:
+        tensors=lambda w: f"results/{w.model}/tensors/layer_{int(w.layer):03d}.parquet",
+        inventory="results/{model}/inventory.parquet",
+        dims="results/{model}/model.json",
+    output:
+        table="results/{model}/heads/deep_dive/layer_{layer}_head_{head}.parquet",
+        plot=report(
+            "results/{model}/heads/deep_dive/layer_{layer}_head_{head}.png",
+            category="{model}",
+            subcategory="attention heads",
+            caption="../report/head_deep_dive.rst",
+        ),
+    log:
+        "logs/{model}/heads/deep_dive_layer_{layer}_head_{head}.log",
+    script:
+        "../workflow_scripts/head_deep_dive.py"

@@ -1,0 +1,59 @@
+"""rule embedding: k-means structure of the token embedding (and of an untied output head)."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from blockscope import read_unit
+from blockscope.atomic import write_json, write_parquet
+from blockscope.embedding import analyse_embedding
+from blockscope.plots import embedding_elbow, embedding_pca
+from blockscope.workflow import run_step
+
+
+def token_decoder(checkpoint: Path):
+    """id -> token text through tokenizer.json (no transformers import), or None."""
+    path = checkpoint / "tokenizer.json"
+    if not path.exists():
+        return None
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    return lambda i: tokenizer.decode([i])
+
+
+def main(snakemake):
+    model, settings = snakemake.wildcards.model, snakemake.params.settings
+    inventory = pd.read_parquet(snakemake.input.inventory)
+    ks = range(settings["k_min"], settings["k_max"] + 1, settings["k_step"])
+    decode = token_decoder(Path(snakemake.input.checkpoint))
+    matrices = {}
+    for unit, path in (("embed", snakemake.input.embed), ("head", snakemake.input.head)):
+        rows = inventory[(inventory["unit"] == unit) & inventory["block_type"].isin(["embedding", "output"])
+                         & (inventory["shape"].map(len) == 2)]
+        if len(rows):  # the token embedding (largest) and, when untied, the output head
+            name = rows.loc[rows["nbytes"].idxmax(), "param_name"]
+            matrices[name] = read_unit(path, names=[name])[name]
+    elbows, chosen, points, summary, clusters = {}, {}, {}, {}, []
+    for name, matrix in matrices.items():
+        elbow, table, pts, info = analyse_embedding(
+            matrix, ks, seed=settings["seed"], sample_size=settings["sample"],
+            silhouette_sample=settings["silhouette_sample"], nearest=settings["nearest_tokens"], decode=decode)
+        elbows[name], chosen[name], points[name], summary[name] = elbow.assign(matrix=name), info["k"], pts, info
+        clusters.append(table.assign(matrix=name))
+        print(f"[{model}] {name} {matrix.shape}: k = {info['k']} ({info['algorithm']}), "
+              f"silhouette {info['silhouette_at_k']:.3f}")
+        print(table[["cluster", "size", "nearest_tokens"]].to_string(index=False))
+    if not matrices:
+        print(f"[{model}] no token embedding found: empty embedding outputs")
+    write_json({"model": model, "matrices": summary}, snakemake.output.summary)
+    write_parquet(pd.concat(elbows.values()) if elbows else pd.DataFrame(), snakemake.output.elbow)
+    write_parquet(pd.concat(clusters) if clusters else pd.DataFrame(), snakemake.output.clusters)
+    write_parquet(pd.concat(p.assign(matrix=n) for n, p in points.items()) if points else pd.DataFrame(),
+                  snakemake.output.points)
+    embedding_elbow(elbows, chosen, f"{model}: k-means elbow of embedding rows", snakemake.output.elbow_plot)
+    embedding_pca(points, f"{model}: embedding rows, PCA", snakemake.output.pca_plot)
+
+
+run_step(snakemake, main)
