@@ -1,10 +1,11 @@
 """A product of two thin factors, never materialised: the math of QK and OV circuits.
 
-    FactoredMatrix(left, right) stands for A = left @ right with left (n x d), right (d x m),
-    d << n, m. Its singular values come from the d x d core R_l R_r^T of the QR factors
-    (left = Q_l R_l, right^T = Q_r R_r); its nonzero eigenvalues (square A) are those of the
-    d x d product right @ left; Frobenius norms and traces come from d x d products too.
-    In the spirit of TransformerLens' FactoredMatrix.
+    FactoredMatrix(left, right) stands for A = left @ right with left (..., n, d) and
+    right (..., d, m), d << n, m; leading axes stack many products (one per attention head)
+    and every quantity below is computed for all of them at once. Singular values come from
+    the d x d core R_l R_r^T of the QR factors (left = Q_l R_l, right^T = Q_r R_r); the nonzero
+    eigenvalues of a square A are those of the d x d product right @ left; Frobenius norms and
+    traces come from d x d products too. In the spirit of TransformerLens' FactoredMatrix.
 """
 
 from functools import cached_property
@@ -12,56 +13,83 @@ from functools import cached_property
 import numpy as np
 
 
+def _t(a: np.ndarray) -> np.ndarray:
+    return np.swapaxes(a, -1, -2)
+
+
+def r_factor(tall: np.ndarray) -> np.ndarray:
+    """An R with R^T R = tall^T tall for (a stack of) tall matrices: (..., n, d) -> (..., d, d).
+
+    The Cholesky factor of the d x d Gram matrix (ten times faster than a QR of n x d in
+    float64; its error grows with the squared condition number, which float64 absorbs for any
+    trained head); a rank-deficient factor falls back to Householder QR.
+    """
+    tall = np.asarray(tall, dtype=np.float64)
+    try:
+        return _t(np.linalg.cholesky(_t(tall) @ tall))
+    except np.linalg.LinAlgError:
+        return np.linalg.qr(tall, mode="r")
+
+
 class FactoredMatrix:
-    def __init__(self, left: np.ndarray, right: np.ndarray):
-        if left.shape[1] != right.shape[0]:
+    def __init__(self, left: np.ndarray, right: np.ndarray, r_left=None, r_right=None):
+        """r_left, r_right: R factors of left and right^T when already known (shared factors)."""
+        if left.shape[-1] != right.shape[-2]:
             raise ValueError(f"inner dimensions differ: {left.shape} @ {right.shape}")
         self.left = np.asarray(left, dtype=np.float64)
         self.right = np.asarray(right, dtype=np.float64)
+        self._r_left, self._r_right = r_left, r_right
 
     @property
     def shape(self):
-        return self.left.shape[0], self.right.shape[1]
+        return self.left.shape[:-1] + self.right.shape[-1:]
+
+    def __getitem__(self, index) -> "FactoredMatrix":
+        """One product of a stack."""
+        pick = (lambda r: None if r is None else r[index])
+        return FactoredMatrix(self.left[index], self.right[index], pick(self._r_left), pick(self._r_right))
 
     @cached_property
     def core(self) -> np.ndarray:
-        """R_l R_r^T: same nonzero singular values as A, d x d."""
-        r_left = np.linalg.qr(self.left, mode="r")
-        r_right = np.linalg.qr(self.right.T, mode="r")
-        return r_left @ r_right.T
+        """R_l R_r^T: the same nonzero singular values as A, d x d."""
+        r_left = self._r_left if self._r_left is not None else r_factor(self.left)
+        r_right = self._r_right if self._r_right is not None else r_factor(_t(self.right))
+        return r_left @ _t(r_right)
 
     @cached_property
     def singular_values(self) -> np.ndarray:
         return np.linalg.svd(self.core, compute_uv=False)
 
     @cached_property
-    def eigenvalues(self) -> np.ndarray:
-        """Nonzero-spectrum eigenvalues of the square A, by |lambda| descending (complex)."""
-        if self.shape[0] != self.shape[1]:
-            raise ValueError("eigenvalues need a square product")
-        eigs = np.linalg.eigvals(self.right @ self.left)
-        return eigs[np.argsort(-np.abs(eigs), kind="stable")]
+    def small(self) -> np.ndarray:
+        """right @ left (d x d): the nonzero spectrum of a square A."""
+        return self.right @ self.left
 
     @cached_property
-    def frobenius_norm(self) -> float:
-        return float(np.linalg.norm(self.core))
+    def eigenvalues(self) -> np.ndarray:
+        """Nonzero-spectrum eigenvalues of the square A, by |lambda| descending (complex)."""
+        if self.shape[-2] != self.shape[-1]:
+            raise ValueError("eigenvalues need a square product")
+        eigs = np.linalg.eigvals(self.small)
+        return np.take_along_axis(eigs, np.argsort(-np.abs(eigs), axis=-1, kind="stable"), axis=-1)
 
-    def trace_of_square(self) -> float:
+    @cached_property
+    def frobenius_norm(self):
+        return np.linalg.norm(self.core, axis=(-2, -1))
+
+    def trace_of_square(self):
         """tr(A A) = tr((right @ left)^2)."""
-        small = self.right @ self.left
-        return float(np.sum(small * small.T))
+        return np.sum(self.small * _t(self.small), axis=(-2, -1))
 
-    def asymmetry(self) -> float:
+    def asymmetry(self):
         """||A - A^T||_F / ||A||_F = sqrt(2 ||A||^2 - 2 tr(A A)) / ||A||."""
         norm2 = self.frobenius_norm**2
-        if norm2 == 0:
-            return float("nan")
-        return float(np.sqrt(max(0.0, 2 * norm2 - 2 * self.trace_of_square())) / np.sqrt(norm2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.sqrt(np.maximum(0.0, 2 * norm2 - 2 * self.trace_of_square())) / np.sqrt(norm2)
 
-    def inner(self, other: "FactoredMatrix") -> float:
-        """<A, B>_F = tr(A^T B), through d x d products only."""
-        # tr(R^T L^T L' R') = sum((L^T L') * (R R'^T)) elementwise
-        return float(np.sum((self.left.T @ other.left) * (self.right @ other.right.T)))
+    def inner(self, other: "FactoredMatrix"):
+        """<A, B>_F = tr(A^T B) = sum((L^T L') * (R R'^T)), through d x d products only."""
+        return np.sum((_t(self.left) @ other.left) * (self.right @ _t(other.right)), axis=(-2, -1))
 
     def dense(self) -> np.ndarray:
         """The materialised product (tests and small examples only)."""

@@ -8,16 +8,17 @@ parts W_Q^T W_K and W_O W_V of the circuits (a bias adds a rank-one or constant 
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from .errors import BlockscopeError
-from .factored import FactoredMatrix
+from .factored import FactoredMatrix, r_factor
 from .metrics import effective_rank, energy_rank
 
 
-@dataclass
+@dataclass(eq=False)
 class AttentionWeights:
     """One layer's projections, out x in: q (H*d, D), k and v (G*d, D), o (D, H*d)."""
     q: np.ndarray
@@ -44,13 +45,31 @@ class AttentionWeights:
         """Grouped-query attention: query head h reads key/value head h // (H / G)."""
         return h // (self.heads // self.kv_heads)
 
-    def qk(self, h) -> FactoredMatrix:
-        """W_Q,h^T W_K,g (D x D), factored."""
-        return FactoredMatrix(self.query(h).T, self.key(self.kv_head(h)))
+    @cached_property
+    def kv_of_heads(self) -> np.ndarray:
+        return np.array([self.kv_head(h) for h in range(self.heads)])
 
-    def ov(self, h) -> FactoredMatrix:
-        """W_O,h W_V,g (D x D), factored."""
-        return FactoredMatrix(self.output(h), self.value(self.kv_head(h)))
+    def _stack(self, matrix, count):
+        """(count * d, D) -> (count, d, D)."""
+        return np.asarray(matrix, dtype=np.float64).reshape(count, self.head_dim, -1)
+
+    @cached_property
+    def qk(self) -> FactoredMatrix:
+        """W_Q,h^T W_K,g (D x D) for every query head h, stacked and factored."""
+        queries_t = np.swapaxes(self._stack(self.q, self.heads), -1, -2)
+        keys = self._stack(self.k, self.kv_heads)
+        r_keys = r_factor(np.swapaxes(keys, -1, -2))  # once per K/V head, shared by its group
+        g = self.kv_of_heads
+        return FactoredMatrix(queries_t, keys[g], r_right=r_keys[g])
+
+    @cached_property
+    def ov(self) -> FactoredMatrix:
+        """W_O,h W_V,g (D x D) for every query head h, stacked and factored."""
+        outputs = np.swapaxes(self._stack(self.o.T, self.heads), -1, -2)
+        values = self._stack(self.v, self.kv_heads)
+        r_values = r_factor(np.swapaxes(values, -1, -2))
+        g = self.kv_of_heads
+        return FactoredMatrix(outputs, values[g], r_right=r_values[g])
 
 
 def _by_type(tensors: dict, inventory: pd.DataFrame, kind: str):
@@ -114,22 +133,27 @@ def top_eigen_energy(eigs: np.ndarray, norm: float, count: int) -> float:
     return float(np.sum(np.abs(eigs[:count]) ** 2) / norm**2) if norm > 0 else float("nan")
 
 
-def head_row(weights: AttentionWeights, h: int) -> dict:
-    qk, ov = weights.qk(h), weights.ov(h)
-    eigs = qk.eigenvalues
-    row = {"head": h, "kv_head": weights.kv_head(h),
-           "qk_effective_rank": effective_rank(qk.singular_values),
-           "qk_eig_effective_rank": eigen_effective_rank(eigs),
-           "qk_asymmetry": qk.asymmetry(),
-           "qk_complex_fraction": complex_fraction(eigs),
-           "qk_top_dhead_energy": top_eigen_energy(eigs, qk.frobenius_norm, weights.head_dim),
-           "qk_frobenius_norm": qk.frobenius_norm,
-           "ov_effective_rank": effective_rank(ov.singular_values),
-           "ov_frobenius_norm": ov.frobenius_norm}
-    for fraction in (0.5, 0.9, 0.99):
-        row[f"qk_energy_rank_{int(fraction * 100)}"] = energy_rank(qk.singular_values, fraction)
-        row[f"ov_energy_rank_{int(fraction * 100)}"] = energy_rank(ov.singular_values, fraction)
-    return row
+def head_rows(weights: AttentionWeights) -> list:
+    """Metrics of every query head, from the stacked factored kernels."""
+    qk, ov = weights.qk, weights.ov
+    qk_sigma, ov_sigma, eigs = qk.singular_values, ov.singular_values, qk.eigenvalues
+    asymmetry, qk_norm, ov_norm = qk.asymmetry(), qk.frobenius_norm, ov.frobenius_norm
+    rows = []
+    for h in range(weights.heads):
+        row = {"head": h, "kv_head": weights.kv_head(h),
+               "qk_effective_rank": effective_rank(qk_sigma[h]),
+               "qk_eig_effective_rank": eigen_effective_rank(eigs[h]),
+               "qk_asymmetry": float(asymmetry[h]),
+               "qk_complex_fraction": complex_fraction(eigs[h]),
+               "qk_top_dhead_energy": top_eigen_energy(eigs[h], qk_norm[h], weights.head_dim),
+               "qk_frobenius_norm": float(qk_norm[h]),
+               "ov_effective_rank": effective_rank(ov_sigma[h]),
+               "ov_frobenius_norm": float(ov_norm[h])}
+        for fraction in (0.5, 0.9, 0.99):
+            row[f"qk_energy_rank_{int(fraction * 100)}"] = energy_rank(qk_sigma[h], fraction)
+            row[f"ov_energy_rank_{int(fraction * 100)}"] = energy_rank(ov_sigma[h], fraction)
+        rows.append(row)
+    return rows
 
 
 HEAD_COLUMNS = ["model", "unit", "layer_index", "head", "kv_head", "qk_effective_rank", "qk_eig_effective_rank",
@@ -150,8 +174,7 @@ def heads_table(model: str, unit: str, layer_index, weights: AttentionWeights | 
     """One row per query head; `tag` by quartiles of mean effective rank within this table."""
     if weights is None:
         return pd.DataFrame(columns=HEAD_COLUMNS)
-    rows = [{"model": model, "unit": unit, "layer_index": layer_index, **head_row(weights, h)}
-            for h in range(weights.heads)]
+    rows = [{"model": model, "unit": unit, "layer_index": layer_index, **row} for row in head_rows(weights)]
     table = pd.DataFrame(rows)
     table["mean_effective_rank"] = (table["qk_effective_rank"] + table["ov_effective_rank"]) / 2
     table["tag"] = quartile_tags(table["mean_effective_rank"])
@@ -160,7 +183,7 @@ def heads_table(model: str, unit: str, layer_index, weights: AttentionWeights | 
 
 def eigenvalue_table(weights: AttentionWeights, h: int) -> pd.DataFrame:
     """Every eigenvalue of one head's QK kernel: real, imaginary, magnitude, cumulative energy."""
-    eigs = weights.qk(h).eigenvalues
+    eigs = weights.qk[h].eigenvalues
     energy = np.cumsum(np.abs(eigs) ** 2)
     return pd.DataFrame({"rank": np.arange(1, eigs.size + 1), "real": eigs.real, "imag": eigs.imag,
                          "magnitude": np.abs(eigs), "cumulative_energy": energy / energy[-1] if energy[-1] else energy})

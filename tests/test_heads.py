@@ -6,7 +6,7 @@ import pytest
 
 from blockscope.errors import BlockscopeError
 from blockscope.factored import FactoredMatrix
-from blockscope.heads import attention_weights, head_row, heads_table
+from blockscope.heads import attention_weights, head_rows, heads_table
 from blockscope.metrics import effective_rank
 
 
@@ -27,6 +27,10 @@ def _dense_checks(fm: FactoredMatrix):
 def test_factored_equals_dense_on_random_factors(seed):
     rng = np.random.default_rng(seed)
     _dense_checks(FactoredMatrix(rng.standard_normal((96, 8)), rng.standard_normal((8, 96))))
+    stack = FactoredMatrix(rng.standard_normal((3, 50, 4)), rng.standard_normal((3, 4, 50)))
+    for i in range(3):
+        _dense_checks(stack[i])
+        assert np.allclose(stack.singular_values[i], stack[i].singular_values)
     a, b = FactoredMatrix(rng.standard_normal((40, 4)), rng.standard_normal((4, 40))), \
         FactoredMatrix(rng.standard_normal((40, 4)), rng.standard_normal((4, 40)))
     assert a.inner(b) == pytest.approx(np.sum(a.dense() * b.dense()), rel=1e-9)
@@ -46,8 +50,8 @@ def test_factored_equals_dense_on_real_weights():
     inventory = pd.read_parquet(root / "inventory.parquet", filters=[("unit", "==", "layer_003")])
     weights, _ = attention_weights(read_unit(root / "tensors/layer_003.parquet"), inventory, dims)
     for h in (0, 5):
-        _dense_checks(weights.qk(h))
-        _dense_checks(weights.ov(h))
+        _dense_checks(weights.qk[h])
+        _dense_checks(weights.ov[h])
 
 
 def _tiny(model_type, class_name, **extra):
@@ -99,7 +103,7 @@ def test_fused_layouts_reproduce_the_models_attention(model_type, class_name, ex
     x = captured["x"].astype(np.float64)
     causal = np.tril(np.ones((6, 6), bool))
     for h in range(4):
-        logits = x @ weights.qk(h).dense() @ x.T / np.sqrt(8)
+        logits = x @ weights.qk[h].dense() @ x.T / np.sqrt(8)
         logits = np.where(causal, logits, -np.inf)
         probs = np.exp(logits - logits.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
@@ -114,7 +118,7 @@ def test_grouped_query_attention_maps_heads_to_kv_heads():
     assert [weights.kv_head(h) for h in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]  # transformers' repeat_kv
     table = heads_table("m", "layer_000", 0, weights)
     assert len(table) == 8 and set(table["tag"]) <= {"low-rank", "high-rank", ""}
-    row = head_row(weights, 5)
+    row = head_rows(weights)[5]
     k = tensors["model.layers.0.self_attn.k_proj.weight"][4:8]
     q = tensors["model.layers.0.self_attn.q_proj.weight"][20:24]
     assert row["qk_effective_rank"] == pytest.approx(effective_rank(np.linalg.svd(q.T @ k, compute_uv=False)[:4]), rel=1e-4)
@@ -138,3 +142,10 @@ def test_no_attention_and_bad_head_counts():
     inventory, tensors = _inventory_of(model, "model.layers.0.")
     with pytest.raises(BlockscopeError, match=r"\[bad\].*q projection has 32 outputs, not 5 heads"):
         attention_weights(tensors, inventory, {"heads": 5, "kv_heads": 2, "head_dim": 8}, model="bad")
+
+
+def test_rank_deficient_factors_fall_back_to_qr():
+    rng = np.random.default_rng(3)
+    left = rng.standard_normal((60, 6))
+    left[:, 2] = 0.0  # a dead head dimension: the Gram matrix is singular
+    _dense_checks(FactoredMatrix(left, rng.standard_normal((6, 60))))
