@@ -15,6 +15,8 @@ include: "rules/extract.smk"
 include: "rules/spectra.smk"
 include: "rules/heads.smk"
 include: "rules/embedding.smk"
+include: "rules/aggregate.smk"
+include: "rules/report.smk"
 
 
 rule all:

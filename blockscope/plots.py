@@ -59,3 +59,124 @@ def embedding_pca(points: dict, title, target):
         ax.set(xlabel="PC 1", ylabel="PC 2", title=f"{name}: {len(frame)} sampled rows, colour = cluster")
     fig.suptitle(title)
     save(fig, target)
+
+
+METRIC_LABELS = {
+    "alpha": "α (power-law exponent of the ESD, KS fit)",
+    "alpha_hill": "α-Hill (top 10 % of eigenvalues)",
+    "effective_rank": "effective rank (exp entropy of σ)",
+    "stable_rank": "stable rank (Σσ² / σ²max)",
+    "svd_90_percent_rank": "components for 90 % of Σσ²",
+}
+
+
+def _grid(count, width=4.2, height=3.2, columns=4):
+    columns = min(columns, max(count, 1))
+    rows = int(np.ceil(max(count, 1) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.axis("off")
+    return fig, list(axes.flat)
+
+
+def metric_by_layer(metrics, metric, title, target, control=None):
+    """One panel per weight type: the metric against layer (the random twin dashed, if given)."""
+    inside = metrics.dropna(subset=["layer_index"])
+    kinds = sorted(inside["block_type"].unique())
+    fig, axes = _grid(len(kinds))
+    for ax, kind in zip(axes, kinds):
+        for frame, style, label in ((inside, "-o", "trained"), (control, "--", "random init")):
+            if frame is None:
+                continue
+            part = frame[(frame["block_type"] == kind)].dropna(subset=["layer_index"])
+            series = part.groupby("layer_index")[metric].mean()
+            ax.plot(series.index, series.values, style, ms=3, label=label)
+        ax.set(title=kind, xlabel="layer", ylabel=METRIC_LABELS.get(metric, metric))
+        ax.title.set_size(10)
+        ax.yaxis.label.set_size(8)
+        if control is not None:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, target)
+
+
+def esd(panels, title, target):
+    """Log-log ESDs with the fitted power law from xmin; panels: (name, eigenvalues, alpha, xmin)."""
+    fig, axes = _grid(len(panels))
+    for ax, (name, eigs, alpha, xmin) in zip(axes, panels):
+        eigs = eigs[eigs > 1e-5]
+        if eigs.size < 2:
+            ax.set_title(f"{name}: no spectrum")
+            continue
+        bins = np.logspace(np.log10(eigs.min()), np.log10(eigs.max()), 40)
+        density, edges, _ = ax.hist(eigs, bins=bins, density=True, alpha=0.6, color="C0", label="ESD")
+        if np.isfinite(alpha):
+            tail = eigs[eigs >= xmin]
+            share = tail.size / eigs.size
+            x = np.logspace(np.log10(xmin), np.log10(eigs.max()), 50)
+            ax.plot(x, share * (alpha - 1) / xmin * (x / xmin) ** (-alpha), "C3", label=f"power law α = {alpha:.2f}")
+            ax.axvline(xmin, color="C3", ls="--", lw=0.8, label=f"xmin = {xmin:.3g}")
+        ax.set(xscale="log", yscale="log", xlabel="eigenvalue λ = σ²", ylabel="density")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, target)
+
+
+def heads_heatmap(heads, title, target):
+    """Layers x heads: QK and OV effective rank."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.25 * max(heads["layer_index"].nunique(), 8) + 2))
+    for ax, column in zip(axes, ("qk_effective_rank", "ov_effective_rank")):
+        grid = heads.pivot_table(index="layer_index", columns="head", values=column)
+        image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis", origin="upper")
+        ax.set(xlabel="query head", ylabel="layer", title=column.replace("_", " "))
+        ax.set_xticks(range(grid.shape[1]), grid.columns)
+        ax.set_yticks(range(grid.shape[0])[::max(1, grid.shape[0] // 16)], grid.index[::max(1, grid.shape[0] // 16)])
+        fig.colorbar(image, ax=ax, label="effective rank (of d_head)")
+    fig.suptitle(title)
+    save(fig, target)
+
+
+def precision_page(wide, precisions, title, target):
+    """Grouped bars: alpha-Hill of each matrix of a few layers, one bar per precision."""
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(wide) + 2), 4.5))
+    x = np.arange(len(wide))
+    width = 0.8 / len(precisions)
+    for i, precision in enumerate(precisions):
+        ax.bar(x + (i - (len(precisions) - 1) / 2) * width, wide[f"alpha_{precision}"], width, label=precision)
+    ax.set_xticks(x, [name.replace("model.layers.", "L").replace(".weight", "") for name in wide["layer_name"]],
+                  rotation=70, ha="right", fontsize=7)
+    ax.set(ylabel="α-Hill after casting", title=title)
+    ax.legend(title="precision")
+    save(fig, target)
+
+
+def precision_distributions(precision, title, target):
+    """The distribution of alpha-Hill over matrices, per precision."""
+    names = list(dict.fromkeys(precision["precision"]))
+    data = [precision.loc[precision["precision"] == p, "alpha_hill"].dropna() for p in names]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.boxplot(data, tick_labels=names, showmeans=True)
+    ax.set(xlabel="precision the matrix was cast to", ylabel="α-Hill", title=title)
+    save(fig, target)
+
+
+def depth_overlay(metrics, metric, title, target):
+    """Per weight type, the metric against relative depth, one line per model (controls dashed)."""
+    inside = metrics.dropna(subset=["relative_depth"])
+    kinds = sorted(inside["block_type"].unique())
+    fig, axes = _grid(len(kinds))
+    for ax, kind in zip(axes, kinds):
+        for i, (model, part) in enumerate(inside[inside["block_type"] == kind].groupby("model")):
+            series = part.groupby("relative_depth")[metric].mean()
+            control = isinstance(part["control_of"].iloc[0], str)
+            ax.plot(series.index, series.values, "--" if control else "-", color=f"C{i}", label=model)
+        ax.set(title=kind, xlabel="relative depth (layer / layers)", ylabel=METRIC_LABELS.get(metric, metric))
+        ax.title.set_size(10)
+        ax.yaxis.label.set_size(8)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, target)

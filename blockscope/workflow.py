@@ -4,6 +4,7 @@ import contextlib
 import logging
 import sys
 import time
+import traceback
 
 from .errors import BlockscopeError
 
@@ -26,4 +27,7 @@ def run_step(snakemake, step):
             print(f"ERROR {exc}", file=log)
             print(f"ERROR {exc}", file=real_stderr)
             sys.exit(1)
+        except Exception:  # an unexpected failure: its traceback belongs in the log too
+            traceback.print_exc(file=log)
+            raise
         logging.info("done in %.2f s", time.perf_counter() - started)

@@ -66,13 +66,43 @@ def deep_dive_heads(model):
     return config["heads"]["deep_dive"] or [[model_dims(model)["layers"] // 2, 0]]
 
 
+def deep_dive_files(model, ext):
+    return [f"results/{model}/heads/deep_dive/layer_{layer}_head_{head}.{ext}" for layer, head in deep_dive_heads(model)]
+
+
+# Random-init twins (synthetic with like:) are the controls their models are read against.
+CONTROLS = {m: s["like"] for m, s in MODELS.items() if s["source"] == "synthetic" and s.get("like")}
+
+
+def control_metrics(wildcards):
+    return [f"results/{twin}/metrics.parquet" for twin, of in CONTROLS.items() if of == wildcards.model][:1]
+
+
+def esd_layers(model):
+    """Layers whose ESDs are plotted: the config's, else first, middle and last."""
+    layers = model_dims(model)["layers"]
+    chosen = config["report"]["esd_layers"] or [0, layers // 2, layers - 1]
+    return sorted({layer for layer in chosen if 0 <= layer < layers})
+
+
+def model_plot_files(model):
+    return [
+        *[f"results/{model}/plots/{metric}_by_layer.png" for metric in PLOT_METRICS],
+        *[f"results/{model}/plots/esd_layer_{layer}.png" for layer in esd_layers(model)],
+        f"results/{model}/plots/heads_heatmap.png",
+        f"results/{model}/plots/precision_distributions.png",
+        f"results/{model}/plots/precision",
+        f"results/{model}/embedding/elbow.png",
+        f"results/{model}/embedding/pca.png",
+        *deep_dive_files(model, "png"),
+    ]
+
+
 def per_model_targets(model):
     return [
-        *[
-            f"results/{model}/heads/deep_dive/layer_{layer}_head_{head}.{ext}"
-            for layer, head in deep_dive_heads(model)
-            for ext in ("parquet", "png")
-        ],
+        f"results/{model}/report.md",
+        *deep_dive_files(model, "parquet"),
+        *model_plot_files(model),
         *expand("results/{model}/embedding/{name}", model=model, name=["summary.json", "pca.png", "elbow.png"]),
         f"results/{model}/inventory.parquet",
         f"results/{model}/model.json",
@@ -86,4 +116,8 @@ def per_model_targets(model):
 
 
 def all_targets(wildcards):
-    return [target for model in MODELS for target in per_model_targets(model)]
+    return [target for model in MODELS for target in per_model_targets(model)] + [
+        "results/summary/metrics.parquet",
+        "results/summary/depth_comparison.csv",
+        *[f"results/summary/plots/{metric}_by_depth.png" for metric in PLOT_METRICS],
+    ]

@@ -1,0 +1,168 @@
+"""Per-model and cross-model tables from the per-unit files. Nothing here recomputes a spectrum."""
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from .heads import quartile_tags
+
+MAIN_METRICS = ["alpha", "alpha_hill", "alpha_peak", "alpha_mid", "effective_rank", "stable_rank",
+                "svd_90_percent_ratio", "rank_ratio", "spectral_norm", "log_norm", "mp_softrank"]
+PLOT_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "svd_90_percent_rank"]
+ENERGY_COLUMNS = ["energy_rank_50", "energy_rank_75", "energy_rank_90", "energy_rank_95", "energy_rank_99"]
+PROVENANCE_COLUMNS = ["model_path", "model_id", "revision", "param_name", "layer_index", "block_type", "shape",
+                      "rows", "cols", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank",
+                      "svd_90_percent_ratio", "mean", "std", "var", "sparsity", "dtype", "created_at"]
+
+
+def stack(frames) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def model_identity(source: dict, checkpoint: str) -> dict:
+    """model_path, model_id, revision as the anchors' exports name them."""
+    model_id = {"hf": source.get("repo_id"), "local": source.get("path"), "gguf": source.get("file"),
+                "synthetic": f"synthetic:{source.get('like') or source.get('model_type')}:seed{source.get('seed')}"}
+    revision = source.get("commit") or source.get("sha256") or source.get("revision") or ""
+    return {"model_path": checkpoint, "model_id": model_id.get(source["source"], ""), "revision": revision}
+
+
+def with_provenance(metrics: pd.DataFrame, identity: dict) -> pd.DataFrame:
+    """The per-matrix table with the export columns first."""
+    table = metrics.assign(**identity, shape=[f"{r}x{c}" for r, c in zip(metrics["rows"], metrics["cols"])],
+                           created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    first = [c for c in PROVENANCE_COLUMNS if c in table]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+def series_stats(values: pd.Series) -> dict:
+    """count, min, max, mean, median, std, range, first, last, variance, CV (std / |mean|)."""
+    v = values.dropna()
+    if v.empty:
+        return {"count": 0}
+    mean = v.mean()
+    return {"count": int(v.size), "min": v.min(), "max": v.max(), "mean": mean, "median": v.median(),
+            "std": v.std(ddof=0), "range": v.max() - v.min(), "first": v.iloc[0], "last": v.iloc[-1],
+            "variance": v.var(ddof=0), "cv": v.std(ddof=0) / abs(mean) if mean else np.nan}
+
+
+def statistics_by_type(metrics: pd.DataFrame, columns=MAIN_METRICS) -> pd.DataFrame:
+    """One row per (block_type, metric); first/last follow layer order."""
+    ordered = metrics.sort_values(["layer_index", "param_name"], na_position="first")
+    rows = [{"block_type": kind, "metric": metric, **series_stats(group[metric])}
+            for kind, group in ordered.groupby("block_type") for metric in columns if metric in group]
+    return pd.DataFrame(rows)
+
+
+def phase_of(layer: pd.Series, layers: int) -> pd.Series:
+    """early / middle / late thirds of the depth."""
+    third = np.floor(3 * layer / max(layers, 1)).clip(0, 2)
+    return third.map({0: "early", 1: "middle", 2: "late"})
+
+
+def trend(means: list) -> str:
+    """U-shape, inverted-U, monotone down/up, or other, from the early/middle/late means."""
+    early, middle, late = means
+    if any(pd.isna(x) for x in means):
+        return "other"
+    if middle < early and middle < late:
+        return "U-shape"
+    if middle > early and middle > late:
+        return "inverted-U"
+    if early >= middle >= late:
+        return "monotone down"
+    if early <= middle <= late:
+        return "monotone up"
+    return "other"
+
+
+def phase_row(part: pd.DataFrame, metric: str) -> dict:
+    """Phase means, trend and the largest layer-over-layer drop and jump of one metric."""
+    per_layer = part.groupby("layer_index")[metric].mean().sort_index()
+    means = [part.loc[part["phase"] == p, metric].mean() for p in ("early", "middle", "late")]
+    steps = per_layer.diff().dropna()
+    empty = steps.empty
+    return {"early": means[0], "middle": means[1], "late": means[2], "trend": trend(means),
+            "largest_drop": np.nan if empty else steps.min(),
+            "largest_drop_at_layer": np.nan if empty else steps.idxmin(),
+            "largest_jump": np.nan if empty else steps.max(),
+            "largest_jump_at_layer": np.nan if empty else steps.idxmax()}
+
+
+def phase_analysis(metrics: pd.DataFrame, layers: int, columns=MAIN_METRICS) -> pd.DataFrame:
+    """Per weight type and metric: phase means, trend, largest layer-over-layer drop and jump."""
+    inside = metrics.dropna(subset=["layer_index"]).assign(
+        phase=lambda f: phase_of(f["layer_index"].astype(float), layers))
+    rows = []
+    for kind, part in inside.groupby("block_type"):
+        for metric in columns:
+            if metric in part and part[metric].notna().any():
+                rows.append({"block_type": kind, "metric": metric, **phase_row(part, metric)})
+    return pd.DataFrame(rows)
+
+
+def precision_wide(precision: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """layer_name, category, out_features, in_features, alpha_<precision>... (one row per matrix)."""
+    if precision.empty:
+        return pd.DataFrame(columns=["layer_name", "category", "out_features", "in_features"])
+    wide = precision.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False)
+    wide.columns = [f"alpha_{p}" for p in wide.columns]
+    info = precision.drop_duplicates("matrix").set_index("matrix")
+    out = pd.DataFrame({"layer_name": wide.index, "category": info.loc[wide.index, "block_type"].to_numpy(),
+                        "out_features": info.loc[wide.index, "rows"].to_numpy(),
+                        "in_features": info.loc[wide.index, "cols"].to_numpy()})
+    return pd.concat([out, wide.reset_index(drop=True)], axis=1)
+
+
+def precision_summary(precision: pd.DataFrame) -> pd.DataFrame:
+    """precision, count, mean, std, min, median, max, q25, q75 of alpha_hill."""
+    rows = []
+    for name, group in precision.groupby("precision", sort=False):
+        v = group["alpha_hill"].dropna()
+        rows.append({"precision": name, "count": int(v.size), "mean": v.mean(), "std": v.std(ddof=0),
+                     "min": v.min(), "median": v.median(), "max": v.max(),
+                     "q25": v.quantile(0.25), "q75": v.quantile(0.75)})
+    return pd.DataFrame(rows)
+
+
+def quantization_hint(alpha: float, thresholds: list, formats: list, direction: str) -> str:
+    """A number format for one matrix from its alpha (a heuristic, see docs/metrics.md).
+
+    alpha_pruning (default): lower alpha, heavier tail, more learned structure -> more bits
+    (AlphaPruning allocates less sparsity to low-alpha layers). inverse: the opposite mapping.
+    thresholds ascending, formats from most to fewest bits, len(formats) == len(thresholds) + 1.
+    """
+    if not np.isfinite(alpha):
+        return formats[0]  # unknown tail: keep precision
+    band = int(np.searchsorted(thresholds, alpha, side="right"))
+    return formats[band] if direction == "alpha_pruning" else formats[len(thresholds) - band]
+
+
+def quantization_hints(metrics: pd.DataFrame, settings: dict) -> pd.DataFrame:
+    table = metrics[["matrix", "block_type", "layer_index", "rows", "cols", "alpha", "alpha_hill"]].copy()
+    table["suggested_format"] = [quantization_hint(a, settings["alpha_thresholds"], settings["formats"],
+                                                   settings["direction"]) for a in table[settings["metric"]]]
+    table["basis"] = f"{settings['metric']} thresholds {settings['alpha_thresholds']} ({settings['direction']})"
+    return table
+
+
+def tag_heads_across_layers(heads: pd.DataFrame) -> pd.DataFrame:
+    """Model-level tag: quartiles of mean effective rank over every (layer, head) of the model."""
+    if heads.empty:
+        return heads
+    return heads.assign(layer_tag=heads["tag"], tag=quartile_tags(heads["mean_effective_rank"]))
+
+
+def relative_depth(metrics: pd.DataFrame, layers_of: dict) -> pd.Series:
+    """layer / layers, so models of different depth line up (NaN outside blocks)."""
+    return metrics["layer_index"].astype(float) / metrics["model"].map(layers_of).astype(float)
+
+
+def depth_comparison(metrics: pd.DataFrame, bins: int = 10, columns=PLOT_METRICS) -> pd.DataFrame:
+    """Mean of each metric per model, weight type and relative-depth bin."""
+    inside = metrics.dropna(subset=["relative_depth"]).copy()
+    inside["depth_bin"] = np.minimum((inside["relative_depth"] * bins).astype(int), bins - 1) / bins
+    present = [c for c in columns if c in inside]
+    return inside.groupby(["block_type", "depth_bin", "model"])[present].mean().reset_index()

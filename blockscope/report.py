@@ -1,0 +1,63 @@
+"""The per-model Markdown report, from the aggregated tables."""
+
+import os
+
+import pandas as pd
+
+from .aggregate import ENERGY_COLUMNS
+
+
+def table(frame: pd.DataFrame, digits: int = 3) -> str:
+    if frame.empty:
+        return "_(none)_\n"
+    return frame.to_markdown(index=False, floatfmt=f".{digits}f") + "\n"
+
+
+def energy_components(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per weight type, the median number of components reaching 50/75/90/95/99 % of sum sigma^2."""
+    grouped = metrics.groupby("block_type")
+    out = grouped[ENERGY_COLUMNS].median().round(1)
+    out.insert(0, "design_rank (median)", grouped["design_rank"].median())
+    out.insert(0, "matrices", grouped.size())
+    return out.reset_index()
+
+
+def head_summary_by_layer(heads: pd.DataFrame) -> pd.DataFrame:
+    columns = ["qk_effective_rank", "ov_effective_rank", "qk_asymmetry", "qk_complex_fraction"]
+    return heads.groupby("layer_index")[columns].mean().reset_index()
+
+
+def model_report(model, dims, metrics, heads, statistics, phases, hints, precision_summary, embedding,
+                 deep_dives: dict, plots: list, target_dir) -> str:
+    link = lambda path: os.path.relpath(path, target_dir)  # noqa: E731
+    lines = [f"# {model}: spectral anatomy", ""]
+    keys = ["source", "model_type", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
+            "tied_embeddings", "num_experts"]
+    lines += ["## Model", "", table(pd.DataFrame([{k: dims.get(k) for k in keys}])), ""]
+    status = metrics["status"].value_counts().to_dict()
+    lines += [f"{len(metrics)} matrices analysed; status: {status}; compute dtype "
+              f"{', '.join(metrics['compute_dtype'].unique())} on {', '.join(metrics['backend'].unique())}.", ""]
+    lines += ["## Statistics by weight type", "",
+              table(statistics[statistics["metric"].isin(["alpha", "alpha_hill", "effective_rank", "stable_rank",
+                                                           "svd_90_percent_ratio"])]), ""]
+    lines += ["## Components reaching 50/75/90/95/99 % of the variance (Σσ²)", "", table(energy_components(metrics), 1), ""]
+    lines += ["## Phase analysis (early / middle / late thirds of depth)", "", table(phases), ""]
+    if len(heads):
+        lines += ["## Attention heads", "", "Per layer (means over heads):", "", table(head_summary_by_layer(heads)), "",
+                  "Per head (tag: lowest / highest quartile of mean effective rank over the whole model):", "",
+                  table(heads[["layer_index", "head", "kv_head", "qk_effective_rank", "qk_eig_effective_rank",
+                               "qk_asymmetry", "qk_complex_fraction", "qk_top_dhead_energy", "ov_effective_rank",
+                               "tag"]]), ""]
+    for name, frame in deep_dives.items():
+        lines += [f"### Deep dive: {name}", "", table(frame, 4), ""]
+    lines += ["## Precision sweep (α-Hill)", "", table(precision_summary), ""]
+    lines += ["## Quantisation hints (a heuristic, not a guarantee)", "",
+              "Lower α (heavier tail) keeps more bits, after AlphaPruning; see docs/metrics.md.", "",
+              table(hints["suggested_format"].value_counts().rename_axis("format").reset_index()), ""]
+    for name, info in embedding.get("matrices", {}).items():
+        lines += [f"## Embedding: {name}", "",
+                  f"k = {info['k']} by {info['knee_method']} ({info['algorithm']}, seed {info['seed']}); "
+                  f"silhouette at k: {info['silhouette_at_k']:.3f}; row norms: mean {info['norm_mean']:.3f}, "
+                  f"median {info['norm_median']:.3f}, max {info['norm_max']:.3f}.", ""]
+    lines += ["## Plots", ""] + [f"- [{os.path.basename(p)}]({link(p)})" for p in plots] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""rule aggregate: a model's per-unit files -> its tables (Parquet, CSV, JSON)."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from blockscope import aggregate as agg
+from blockscope.atomic import atomic_path, write_json, write_parquet
+from blockscope.workflow import run_step
+
+
+def write_csv(frame, target):
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def main(snakemake):
+    model, out = snakemake.wildcards.model, snakemake.output
+    dims = json.loads(Path(snakemake.input.dims).read_text())
+    source = json.loads((Path(snakemake.input.checkpoint) / "source.json").read_text())
+    metrics = agg.stack(pd.read_parquet(p) for p in snakemake.input.metrics)
+    metrics = agg.with_provenance(metrics, agg.model_identity(source, snakemake.input.checkpoint))
+    write_parquet(metrics, out.metrics)
+    write_csv(metrics, out.metrics_csv)
+    with atomic_path(out.metrics_json) as tmp:
+        metrics.to_json(tmp, orient="records", indent=1)
+    write_parquet(agg.tag_heads_across_layers(agg.stack(pd.read_parquet(p) for p in snakemake.input.heads)),
+                  out.heads)
+    precision = agg.stack(pd.read_parquet(p) for p in snakemake.input.precision)
+    write_parquet(precision, out.precision)
+    write_csv(agg.precision_wide(precision, metrics), out.precision_csv)
+    write_csv(agg.precision_summary(precision), out.precision_summary)
+    statistics = agg.statistics_by_type(metrics)
+    write_csv(statistics, out.statistics)
+    phases = agg.phase_analysis(metrics, dims["layers"])
+    write_csv(phases, out.phases)
+    hints = agg.quantization_hints(metrics, snakemake.params.quantization)
+    write_csv(hints, out.hints)
+    write_json({"model": model, "heuristic": True,
+                "note": "Suggested number formats from heavy-tail exponents: a heuristic, not a guarantee. "
+                        "Sources: AlphaPruning (Lu et al., NeurIPS 2024), WeightWatcher; see docs/metrics.md.",
+                "settings": snakemake.params.quantization,
+                "formats": dict(zip(hints["matrix"], hints["suggested_format"]))}, out.hints_json)
+    print(f"[{model}] {len(metrics)} matrices; formats suggested: {hints['suggested_format'].value_counts().to_dict()}")
+    print(phases[phases["metric"] == "alpha"].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+run_step(snakemake, main)

@@ -1,0 +1,19 @@
+"""rule metric_plots: each main metric against layer, one panel per weight type."""
+
+import pandas as pd
+
+from blockscope.plots import metric_by_layer
+from blockscope.workflow import run_step
+
+
+def main(snakemake):
+    model = snakemake.wildcards.model
+    metrics = pd.read_parquet(snakemake.input.metrics)
+    control = pd.read_parquet(snakemake.input.control[0]) if snakemake.input.control else None
+    for path in snakemake.output:
+        metric = path.rsplit("/", 1)[1].removesuffix("_by_layer.png")
+        twin = f" vs random-init twin {control['model'].iloc[0]}" if control is not None else ""
+        metric_by_layer(metrics, metric, f"{model}: {metric} by layer{twin}", path, control)
+
+
+run_step(snakemake, main)

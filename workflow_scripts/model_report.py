@@ -1,0 +1,25 @@
+"""rule model_report: results/{model}/report.md."""
+
+import json
+import os
+
+import pandas as pd
+
+from blockscope.atomic import atomic_path
+from blockscope.report import model_report
+from blockscope.workflow import run_step
+
+
+def main(snakemake):
+    inp = snakemake.input
+    text = model_report(
+        snakemake.wildcards.model, json.load(open(inp.dims)), pd.read_parquet(inp.metrics),
+        pd.read_parquet(inp.heads), pd.read_csv(inp.statistics), pd.read_csv(inp.phases), pd.read_csv(inp.hints),
+        pd.read_csv(inp.precision_summary), json.load(open(inp.embedding)),
+        {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
+        list(inp.plots), os.path.dirname(snakemake.output[0]))
+    with atomic_path(snakemake.output[0]) as tmp:
+        tmp.write_text(text)
+
+
+run_step(snakemake, main)
