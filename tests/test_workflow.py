@@ -72,16 +72,23 @@ def test_second_run_does_nothing(finished, tmp_path):
 def test_adding_a_model_computes_that_model_alone(finished, tmp_path):
     work = clone(finished, tmp_path)
     before = mtimes(work / "results")
-    config = {**BASE, "models": {**BASE["models"], "tiny-llama-2": {"source": "synthetic", "like": "tiny-llama", "seed": 1}}}
+    new = {"source": "synthetic", "config": {**TINY_LLAMA, "num_hidden_layers": 3}, "seed": 1}
+    config = {**BASE, "models": {**BASE["models"], "tiny-llama-3l": new}}
     result = run_workflow(work, config)
-    assert {model for _, model in jobs_run(result)} == {"tiny-llama-2"}
-    assert {k: v for k, v in mtimes(work / "results").items() if k in before} == before
-    assert (work / "results/tiny-llama-2/tensors/layer_001.parquet").exists()
+    assert {model for _, model in jobs_run(result)} == {"tiny-llama-3l"}
+    summary = work / "results/summary"
+    after = mtimes(work / "results")
+    assert {k: v for k, v in after.items() if k in before and summary not in k.parents} == \
+        {k: v for k, v in before.items() if summary not in k.parents}
+    assert after[summary / "metrics.parquet"] != before[summary / "metrics.parquet"]  # cross-model tables rerun
+    assert set(pd.read_parquet(summary / "metrics.parquet")["model"]) == {"tiny-llama", "tiny-gpt2", "tiny-llama-3l"}
+    assert (work / "results/tiny-llama-3l/tensors/layer_002.parquet").exists()
 
 
 def test_changing_one_source_reruns_that_model_alone(finished, tmp_path):
     work = clone(finished, tmp_path)
     before = mtimes(work / "results/tiny-llama")
+    assert before
     config = {**BASE, "models": {**BASE["models"], "tiny-gpt2": {**BASE["models"]["tiny-gpt2"], "seed": 7}}}
     result = run_workflow(work, config)
     ran = jobs_run(result)
@@ -150,3 +157,38 @@ def test_heads_deep_dive_and_embedding(finished):
     tied = json.loads((finished / "results/tiny-gpt2/embedding/summary.json").read_text())
     assert set(tied["matrices"]) == {"transformer.wte.weight"}
     assert (finished / "results/tiny-llama/embedding/pca.png").stat().st_size > 10_000
+
+
+def test_tables_plots_and_reports(finished, tmp_path):
+    import json
+
+    model = finished / "results/tiny-llama"
+    metrics = pd.read_parquet(model / "metrics.parquet")
+    exported = ["model_path", "model_id", "revision", "param_name", "layer_index", "block_type", "shape", "rows",
+                "cols", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank", "svd_90_percent_ratio",
+                "mean", "std", "var", "sparsity", "dtype", "created_at"]
+    assert list(metrics.columns[: len(exported)]) == exported and set(CONTRACT) <= set(metrics.columns)
+    assert pd.read_csv(model / "metrics.csv").shape == metrics.shape
+    assert len(json.loads((model / "metrics.json").read_text())) == len(metrics)
+    wide = pd.read_csv(model / "precision_alpha_hill.csv")
+    assert list(wide.columns) == ["layer_name", "category", "out_features", "in_features", "alpha_fp32",
+                                  "alpha_fp16", "alpha_bf16"]
+    summary = pd.read_csv(model / "precision_summary_statistics.csv")
+    assert list(summary.columns) == ["precision", "count", "mean", "std", "min", "median", "max", "q25", "q75"]
+    heads = pd.read_parquet(model / "heads.parquet")
+    assert len(heads) == 2 * 4 and {"tag", "layer_tag"} <= set(heads.columns)
+    hints = json.loads((model / "quantization_config.json").read_text())
+    assert hints["heuristic"] is True and set(hints["formats"]) == set(metrics["matrix"])
+    report = (model / "report.md").read_text()
+    for heading in ("## Model", "## Statistics by weight type", "## Phase analysis", "## Attention heads",
+                    "### Deep dive: layer_1_head_0", "Components reaching 50/75/90/95/99"):
+        assert heading in report
+    assert "](plots/alpha_by_layer.png)" in report
+    for png in ["plots/alpha_by_layer.png", "plots/esd_layer_0.png", "plots/esd_layer_1.png",
+                "plots/heads_heatmap.png", "plots/precision_distributions.png", "plots/precision/layers_000-001.png"]:
+        assert (model / png).stat().st_size > 10_000, png
+    assert (finished / "results/summary/plots/alpha_by_depth.png").exists()
+    # the browsable report, built by snakemake itself
+    result = run_workflow(finished, BASE, "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text()
+    assert "tiny-llama" in html and "across models" in html and "heads_heatmap.png" in html
