@@ -72,36 +72,99 @@ class AttentionWeights:
         return FactoredMatrix(outputs, values[g], r_right=r_values[g])
 
 
-def _by_type(tensors: dict, inventory: pd.DataFrame, kind: str):
-    rows = inventory[(inventory["block_type"] == kind) & inventory["param_name"].str.endswith("weight")]
-    rows = rows[rows["shape"].map(len) == 2]
-    if len(rows) == 0:
+def split_qkv(fused: np.ndarray, dims: dict):
+    """q, k, v rows of a fused projection (weight rows or bias entries), out-major."""
+    heads, kv_heads, head_dim = dims["heads"], dims["kv_heads"], dims["head_dim"]
+    if dims.get("model_type") == "gpt_neox":  # rows: heads x (q, k, v) x head_dim
+        per_head = fused.reshape(heads, 3, head_dim, *fused.shape[1:])
+        return tuple(per_head[:, i].reshape(heads * head_dim, *fused.shape[1:]) for i in range(3))
+    sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+    if fused.shape[0] != sum(sizes):
+        raise ValueError(f"fused qkv has {fused.shape[0]} rows, expected {sum(sizes)} for {heads} heads, "
+                         f"{kv_heads} kv heads of size {head_dim}")
+    return tuple(np.split(fused, np.cumsum(sizes)[:2]))
+
+
+def join_qkv(q, k, v, dims: dict) -> np.ndarray:
+    """The inverse of split_qkv."""
+    if dims.get("model_type") == "gpt_neox":
+        per_head = np.stack([m.reshape(dims["heads"], dims["head_dim"], *m.shape[1:]) for m in (q, k, v)], axis=1)
+        return per_head.reshape(q.shape[0] * 3, *q.shape[1:])
+    return np.concatenate([q, k, v])
+
+
+def projection_names(inventory: pd.DataFrame) -> dict:
+    """(q|k|v|o|qkv, weight|bias) -> (parameter name, layout) for one layer's attention."""
+    kinds = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "qkv_fused": "qkv"}
+    names = {}
+    for row in inventory.itertuples():
+        if row.block_type in kinds:
+            part = "weight" if len(row.shape) == 2 else "bias" if row.param_name.endswith("bias") else None
+            if part:
+                names.setdefault((kinds[row.block_type], part), (row.param_name, row.layout))
+    return names
+
+
+def has_attention(names: dict) -> bool:
+    """Whether projection_names found a complete attention (q, k, v, o or fused qkv + o)."""
+    return ("o", "weight") in names and (("qkv", "weight") in names or all((k, "weight") in names for k in "qkv"))
+
+
+def read_projections(tensors: dict, names: dict, dims: dict) -> dict | None:
+    """q, k, v, o weights (out x in, float32) and q/k/v biases of one layer; None without attention."""
+    def get(kind, part):
+        if (kind, part) not in names:
+            return None
+        name, layout = names[(kind, part)]
+        array = np.asarray(tensors[name], dtype=np.float32)
+        return array.T if (layout == "in_out" and array.ndim == 2) else array
+
+    if not has_attention(names):
         return None
-    row = rows.iloc[0]
-    matrix = np.asarray(tensors[row["param_name"]], dtype=np.float32)
-    return matrix.T if row["layout"] == "in_out" else matrix
+    arrays = {}
+    if ("qkv", "weight") in names:
+        arrays["q"], arrays["k"], arrays["v"] = split_qkv(get("qkv", "weight"), dims)
+        bias = get("qkv", "bias")
+        arrays["q_bias"], arrays["k_bias"], arrays["v_bias"] = split_qkv(bias, dims) if bias is not None else (None,) * 3
+    else:
+        for kind in "qkv":
+            arrays[kind], arrays[f"{kind}_bias"] = get(kind, "weight"), get(kind, "bias")
+    arrays["o"] = get("o", "weight")
+    return arrays
+
+
+def write_projections(arrays: dict, names: dict, dims: dict) -> dict:
+    """Parameter name -> array in the checkpoint's layout: the inverse of read_projections."""
+    out = {}
+
+    def put(kind, part, array):
+        name, layout = names[(kind, part)]
+        out[name] = array.T if (layout == "in_out" and array.ndim == 2) else array
+
+    if ("qkv", "weight") in names:
+        put("qkv", "weight", join_qkv(arrays["q"], arrays["k"], arrays["v"], dims))
+        if ("qkv", "bias") in names:
+            put("qkv", "bias", join_qkv(arrays["q_bias"], arrays["k_bias"], arrays["v_bias"], dims))
+    else:
+        for kind in "qkv":
+            put(kind, "weight", arrays[kind])
+            if (kind, "bias") in names:
+                put(kind, "bias", arrays[f"{kind}_bias"])
+    put("o", "weight", arrays["o"])
+    return out
 
 
 def attention_weights(tensors: dict, inventory: pd.DataFrame, dims: dict, model: str = None):
     """AttentionWeights for one layer, or (None, reason) when the layer has no usable attention."""
     heads, kv_heads, head_dim = dims["heads"], dims["kv_heads"], dims["head_dim"]
-    o = _by_type(tensors, inventory, "o_proj")
-    fused = _by_type(tensors, inventory, "qkv_fused")
-    if fused is not None:
-        if dims.get("model_type") == "gpt_neox":  # rows: heads x (q, k, v) x head_dim
-            per_head = fused.reshape(heads, 3, head_dim, -1)
-            q, k, v = (per_head[:, i].reshape(heads * head_dim, -1) for i in range(3))
-        else:
-            sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
-            if fused.shape[0] != sum(sizes):
-                raise BlockscopeError(f"fused qkv has {fused.shape[0]} rows, expected {sum(sizes)} "
-                                      f"for {heads} heads, {kv_heads} kv heads of size {head_dim}", model=model,
-                                      path="config.json", fix="check num_attention_heads / num_key_value_heads")
-            q, k, v = np.split(fused, np.cumsum(sizes)[:2])
-    else:
-        q, k, v = (_by_type(tensors, inventory, kind) for kind in ("q_proj", "k_proj", "v_proj"))
-    if any(m is None for m in (q, k, v, o)):
+    try:
+        arrays = read_projections(tensors, projection_names(inventory), dims)
+    except ValueError as exc:
+        raise BlockscopeError(str(exc), model=model, path="config.json",
+                              fix="check num_attention_heads / num_key_value_heads") from None
+    if arrays is None:
         return None, "no attention projections (q, k, v, o) recognised in this unit"
+    q, k, v, o = (arrays[kind] for kind in "qkvo")
     for name, matrix, count in (("q", q, heads), ("k", k, kv_heads), ("v", v, kv_heads)):
         if matrix.shape[0] != count * head_dim:
             raise BlockscopeError(

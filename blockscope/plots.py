@@ -180,3 +180,65 @@ def depth_overlay(metrics, metric, title, target):
     fig.suptitle(title)
     fig.tight_layout()
     save(fig, target)
+
+
+def headmerge_sweep(summary, title, target):
+    """Perplexity and accuracy against threshold: merged, base, and the random control band."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, metric, label in ((axes[0], "perplexity", "perplexity (WikiText-2, log scale)"),
+                              (axes[1], "accuracy", "next-token accuracy")):
+        t = summary["threshold"]
+        ax.plot(t, summary[metric], "o-", color="C0", label="similarity merge")
+        ax.axhline(summary[f"base_{metric}"].iloc[0], color="k", ls=":", label="base model")
+        if metric == "perplexity":
+            mean, std = summary["random_perplexity_mean"], summary["random_perplexity_std"]
+            ax.fill_between(t, mean - std, mean + std, color="C3", alpha=0.25, label="random merge (mean ± sd)")
+            ax.plot(t, mean, "--", color="C3")
+            ax.set_yscale("log")
+        else:
+            ax.plot(t, summary["random_accuracy_mean"], "--", color="C3", label="random merge (mean)")
+        for x, pairs, y in zip(t, summary["merged_pairs"], summary[metric]):
+            ax.annotate(f"{pairs}", (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+        ax.set(xlabel="similarity threshold (labels: merged pairs)", ylabel=label)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    save(fig, target)
+
+
+def headmerge_pairs(summary, layers, title, target):
+    """Thresholds x layers: how many head pairs each threshold merges."""
+    grid = summary[[f"pairs_layer_{layer}" for layer in layers]].to_numpy()
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 0.5 * len(summary) + 2))
+    image = ax.imshow(grid, aspect="auto", cmap="magma")
+    ax.set_yticks(range(len(summary)), [f"{t:g}" for t in summary["threshold"]])
+    ax.set_xticks(range(len(layers)), layers, fontsize=7)
+    ax.set(xlabel="layer", ylabel="threshold", title=title)
+    fig.colorbar(image, ax=ax, label="merged head pairs")
+    save(fig, target)
+
+
+def similarity_matrices(per_layer: dict, title, target):
+    """Rows: chosen layers; columns: the three similarity measures (cosine, -1..1)."""
+    measures = ("wq", "qk", "ov")
+    fig, axes = plt.subplots(len(per_layer), 3, figsize=(12, 3.6 * len(per_layer)), squeeze=False)
+    for row, (layer, sims) in enumerate(per_layer.items()):
+        for col, measure in enumerate(measures):
+            image = axes[row][col].imshow(sims[measure], vmin=-1, vmax=1, cmap="RdBu_r")
+            axes[row][col].set(title=f"layer {layer}: {measure} cosine", xlabel="head", ylabel="head")
+    fig.colorbar(image, ax=axes, label="cosine similarity", shrink=0.6)
+    fig.suptitle(title)
+    save(fig, target)
+
+
+def similarity_histograms(values: dict, title, target, thresholds=()):
+    """Distribution of pairwise head similarities per measure, thresholds marked."""
+    fig, axes = plt.subplots(1, max(len(values), 1), figsize=(5 * max(len(values), 1), 4), squeeze=False)
+    for ax, (measure, v) in zip(axes[0], values.items()):
+        ax.hist(v, bins=40, range=(-1, 1), color="C0")
+        for t in thresholds:
+            ax.axvline(t, color="C3", lw=0.7, ls="--")
+        ax.set(xlabel=f"{measure} cosine similarity (dashed: thresholds)", ylabel="head pairs", title=measure)
+    if not values:
+        axes[0][0].axis("off")
+    fig.suptitle(title)
+    save(fig, target)

@@ -98,8 +98,21 @@ def model_plot_files(model):
     ]
 
 
+HEADMERGE = config["headmerge"]
+
+
+def headmerge_targets(model):
+    if not HEADMERGE["enabled"]:
+        return []
+    return [
+        *[f"results/{model}/headmerge/threshold_{t}.json" for t in HEADMERGE["thresholds"]],
+        f"results/{model}/headmerge/summary.parquet",
+    ]
+
+
 def per_model_targets(model):
     return [
+        *headmerge_targets(model),
         f"results/{model}/report.md",
         *deep_dive_files(model, "parquet"),
         *model_plot_files(model),

@@ -1,0 +1,34 @@
+"""rule fetch_corpus: WikiText-2 raw test under resources/, from a local file or `datasets`."""
+
+from pathlib import Path
+
+from blockscope.atomic import atomic_path
+from blockscope.errors import BlockscopeError
+from blockscope.workflow import run_step
+
+
+def main(snakemake):
+    corpus = snakemake.params.corpus
+    local = Path(corpus["path"]).expanduser() if corpus.get("path") else None
+    if local is not None and local.is_file():
+        text = local.read_text(encoding="utf-8")
+        origin = str(local)
+    elif corpus["source"] == "datasets":
+        try:
+            import datasets
+
+            rows = datasets.load_dataset(corpus["dataset"], corpus["config"], split=corpus["split"])["text"]
+        except Exception as exc:
+            raise BlockscopeError(f"cannot load {corpus['dataset']}/{corpus['config']} through datasets "
+                                  f"({type(exc).__name__})", path="headmerge.corpus",
+                                  fix="check the network, or place wiki.test.raw somewhere and set "
+                                      "headmerge.corpus.path to it") from None
+        text, origin = "".join(rows), f"datasets:{corpus['dataset']}/{corpus['config']}/{corpus['split']}"
+    else:
+        raise BlockscopeError("the corpus file does not exist", path=local, fix="set headmerge.corpus.path to a text file")
+    with atomic_path(snakemake.output[0]) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    print(f"corpus from {origin}: {len(text)} characters")
+
+
+run_step(snakemake, main)
