@@ -21,8 +21,9 @@ def corpus_text(rows) -> str:
 
 
 def raw_file_rows(path) -> list:
-    """The rows `datasets` makes of a raw WikiText file: its lines, newlines kept."""
-    return Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    """A raw text file as rows: its lines, newlines normalised to \\n and kept (as `datasets`
+    keeps them in WikiText's rows)."""
+    return Path(path).read_text(encoding="utf-8").replace("\r\n", "\n").splitlines(keepends=True)
 
 
 def windows(token_ids: np.ndarray, seq_len: int, max_tokens: int | None, model=None) -> np.ndarray:
@@ -104,11 +105,11 @@ class Evaluator:
             nll = -logp.gather(-1, targets[..., None])[..., 0]
             predicted = logp.argmax(-1)
             if base:
-                if (len(self.base_cache) + 1) * logp.numel() * 2 <= budget:
-                    self.base_cache[start] = logp.to(torch.float16).cpu()
+                if (len(self.base_cache) + 1) * logp.numel() * 4 <= budget:
+                    self.base_cache[start] = logp.cpu()  # float32: KL of the base against itself is 0
             else:
                 base_logp = self.base_cache.get(start)
-                base_logp = (base_logp.to(self.device).float() if base_logp is not None
+                base_logp = (base_logp.to(self.device) if base_logp is not None
                              else self._log_probs(self.base_model, ids))  # beyond the cache: recompute
                 kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
                 agree = predicted == base_logp.argmax(-1)

@@ -12,6 +12,7 @@ from blockscope.atomic import write_json, write_parquet
 from blockscope.errors import BlockscopeError
 from blockscope.evaluate import Evaluator, corpus_text, perplexity_change_ci, raw_file_rows, windows
 from blockscope.heads import AttentionWeights, has_attention, projection_names, read_projections, write_projections
+from blockscope.sources import sha256
 from blockscope.plots import headmerge_pairs, headmerge_sweep, similarity_histograms, similarity_matrices
 from blockscope.spectra import resolve_backend
 from blockscope.workflow import run_step
@@ -163,6 +164,7 @@ def main(snakemake):
                                "perplexity_mean": float(np.mean(control_ppl)), "perplexity_std": float(np.std(control_ppl)),
                                "accuracy_mean": float(np.mean([c["accuracy"] for c in controls]))},
             "seq_len": seq_len, "dtype": settings["dtype"], "device": device,
+            "corpus_sha256": sha256(snakemake.input.corpus),
         }
         write_json(result, path)
         summary_rows.append({"model": model_name, "threshold": t, "similarity": measure, "merged_pairs": total,

@@ -1,0 +1,74 @@
+"""The head-merge stage in the real workflow: a tiny causal LM with a real tokenizer, and an encoder."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, run_workflow, save_tiny
+
+pytestmark = pytest.mark.slow
+WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
+
+
+def word_tokenizer(folder, corpus_lines):
+    """A real (word-level) tokenizer trained on the corpus, saved the transformers way."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(corpus_lines, trainers.WordLevelTrainer(vocab_size=2000, special_tokens=["[UNK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
+    fast.save_pretrained(folder)
+    return len(fast)
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    if not WIKITEXT.exists():
+        pytest.skip("shared WikiText-2 copy not present")
+    root = tmp_path_factory.mktemp("headmerge")
+    vocab = word_tokenizer(root / "lm", WIKITEXT.read_text(encoding="utf-8").splitlines()[:400])
+    save_tiny("LlamaForCausalLM", {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+                                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                   "vocab_size": vocab}, root / "lm")
+    save_tiny("BertForMaskedLM", {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64,
+                                  "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 128}, root / "enc")
+    config = {"models": {"tiny-lm": {"source": "local", "path": str(root / "lm")},
+                         "tiny-bert": {"source": "local", "path": str(root / "enc")}},
+              "device": "cpu", "embedding": {"k_max": 4},
+              "headmerge": {"thresholds": [0.0, 0.99], "seq_len": 32, "max_tokens": 512, "random_seeds": 2,
+                            "bootstrap": 200, "corpus": {"path": str(WIKITEXT)}}}
+    run_workflow(root / "work", config)
+    return root / "work"
+
+
+def test_threshold_json_format_and_controls(merged):
+    low = json.loads((merged / "results/tiny-lm/headmerge/threshold_0.0.json").read_text())
+    for key in ("threshold", "original_metrics", "merged_metrics", "total_merged_pairs", "layer_results",
+                "tokens_evaluated", "kl_divergence", "top1_agreement", "random_control", "perplexity_change_ci95",
+                "similarity", "dtype", "device"):
+        assert key in low, key
+    assert set(low["original_metrics"]) == {"perplexity", "accuracy"} and low["tokens_evaluated"] == 16 * 31
+    assert low["total_merged_pairs"] == sum(r["num_pairs"] for r in low["layer_results"].values()) > 0
+    layer = low["layer_results"]["0"]
+    assert len(layer["similarity_matrix"]) == 4 and all(p[2] > 0.0 for p in layer["pairs"])
+    assert low["kl_divergence"] > 0 and low["merged_metrics"]["perplexity"] != low["original_metrics"]["perplexity"]
+    assert len(low["random_control"]["runs"]) == 2
+    ci = low["perplexity_change_ci95"]
+    assert ci[0] <= ci[1]
+    high = json.loads((merged / "results/tiny-lm/headmerge/threshold_0.99.json").read_text())
+    assert high["total_merged_pairs"] == 0 and high["merged_metrics"] == high["original_metrics"]
+    assert high["original_metrics"] == low["original_metrics"]  # the base is evaluated once and reused
+    summary = pd.read_parquet(merged / "results/tiny-lm/headmerge/summary.parquet")
+    assert list(summary["threshold"]) == [0.0, 0.99]
+    assert (merged / "results/tiny-lm/headmerge/sweep.png").stat().st_size > 10_000
+
+
+def test_encoders_are_skipped_with_a_reason(merged):
+    skipped = json.loads((merged / "results/tiny-bert/headmerge/threshold_0.0.json").read_text())
+    assert "not a causal LM (BertForMaskedLM)" in skipped["skipped"]
+    assert "skipped" in (merged / "logs/tiny-bert/headmerge.log").read_text()
+    heads = pd.read_parquet(merged / "results/tiny-bert/heads.parquet")
+    assert len(heads) == 2 * 4  # BERT's heads are still analysed
