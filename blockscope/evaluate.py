@@ -87,32 +87,51 @@ class Evaluator:
         for start in range(0, len(self.windows), self.batch_size):
             yield start, self.windows[start:start + self.batch_size].to(self.device)
 
-    def _log_probs(self, model, ids):
+    def _logits(self, model, ids):
         with self.torch.inference_mode():
-            logits = model(ids).logits[:, :-1].float()
-        return self.torch.log_softmax(logits, dim=-1)
+            return model(ids).logits[:, :-1].float()
+
+    def _dot(self, p, logits):
+        """Per token p . z over the vocabulary, as one fused batched product."""
+        return self.torch.matmul(p.unsqueeze(-2), logits.unsqueeze(-1))[..., 0, 0]
+
+    def _base_terms(self, logits, lse):
+        """What KL against this base needs: p_base and sum p log p = p . z - logsumexp(z)."""
+        with self.torch.inference_mode():
+            p = self.torch.softmax(logits, dim=-1)
+            return p, self._dot(p, logits) - lse
 
     def score(self, model, base: bool = False) -> WindowScores:
-        """Score every window; with base=True remember the model and its log-probs for KL."""
+        """Score every window; with base=True remember the model and what KL needs.
+
+        Per token, from the logits z: NLL = logsumexp(z) - z[target]; KL(base || model) =
+        sum p_b log p_b - p_b . z + logsumexp(z) (sum p_b = 1), so a merged model costs one
+        logsumexp, one dot product and one argmax over the vocabulary per token.
+        """
         torch = self.torch
         scores = WindowScores()
-        budget = self.cache_mb * 2**20
         if base:
             self.base_model, self.base_cache = model, {}
+            budget = self.cache_mb * 2**20
         for start, ids in self._batches():
-            logp = self._log_probs(model, ids)
-            targets = ids[:, 1:]
-            nll = -logp.gather(-1, targets[..., None])[..., 0]
-            predicted = logp.argmax(-1)
-            if base:
-                if (len(self.base_cache) + 1) * logp.numel() * 4 <= budget:
-                    self.base_cache[start] = logp.cpu()  # float32: KL of the base against itself is 0
-            else:
-                base_logp = self.base_cache.get(start)
-                base_logp = (base_logp.to(self.device) if base_logp is not None
-                             else self._log_probs(self.base_model, ids))  # beyond the cache: recompute
-                kl = (base_logp.exp() * (base_logp - logp)).sum(-1)
-                agree = predicted == base_logp.argmax(-1)
+            logits = self._logits(model, ids)
+            with torch.inference_mode():
+                targets = ids[:, 1:]
+                lse = torch.logsumexp(logits, dim=-1)
+                nll = lse - logits.gather(-1, targets[..., None])[..., 0]
+                predicted = logits.argmax(-1)
+                if base:
+                    if (len(self.base_cache) + 1) * logits.numel() * 4 <= budget:
+                        self.base_cache[start] = (*self._base_terms(logits, lse), predicted)
+                else:
+                    cached = self.base_cache.get(start)
+                    if cached is None:  # beyond the cache: recompute the base for this window
+                        base_logits = self._logits(self.base_model, ids)
+                        base_lse = torch.logsumexp(base_logits, dim=-1)
+                        cached = (*self._base_terms(base_logits, base_lse), base_logits.argmax(-1))
+                    p_base, neg_entropy, base_predicted = cached
+                    kl = neg_entropy - self._dot(p_base, logits) + lse
+                    agree = predicted == base_predicted
             for row in range(ids.shape[0]):
                 extra = {} if base else {"kl": kl[row].sum().item(), "agree": agree[row].sum().item()}
                 scores.add(nll=nll[row].sum().item(), correct=(predicted[row] == targets[row]).sum().item(),
