@@ -1,4 +1,5 @@
 # Validation, the model table, input functions and manifest readers.
+import functools
 import json
 import os
 import sys
@@ -44,6 +45,25 @@ def model_spec(model):
 def fetch_inputs(wildcards):
     like = model_spec(wildcards.model).get("like")
     return {"like": f"resources/models/{like}"} if like else {}
+
+
+@functools.cache
+def _unit_megabytes(model, stamp):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(f"results/{model}/inventory.parquet", columns=["unit", "nbytes"]).to_pandas()
+    return (table.groupby("unit")["nbytes"].sum() / 2**20).to_dict()
+
+
+def unit_megabytes(model, unit):
+    """A unit's tensor bytes in MiB, from the inventory (re-read when it changes)."""
+    stamp = os.path.getmtime(f"results/{model}/inventory.parquet")
+    return _unit_megabytes(model, stamp).get(unit, 0.0)
+
+
+def scaled(base, per_mb):
+    """A resource that grows with the unit's size and with each retry (attempt 1, 2, ...)."""
+    return lambda wildcards, attempt: int((base + per_mb * unit_megabytes(wildcards.model, wildcards.unit)) * attempt)
 
 
 def model_dims(model):
@@ -134,3 +154,14 @@ def all_targets(wildcards):
         "results/summary/depth_comparison.csv",
         *[f"results/summary/plots/{metric}_by_depth.png" for metric in PLOT_METRICS],
     ]
+
+
+# Downloads need the network (login nodes) and aggregation is light: keep them off the queue.
+localrules:
+    all,
+    fetch,
+    fetch_corpus,
+    aggregate,
+    summary,
+    summary_plots,
+    model_report,

@@ -21,5 +21,8 @@ rule extract:
         "results/{model}/tensors/{unit}.parquet",
     log:
         "logs/{model}/extract/{unit}.log",
+    resources:
+        mem_mb=scaled(500, 1.5),
+        runtime=scaled(5, 0.02),
     script:
         "../workflow_scripts/extract.py"

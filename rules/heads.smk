@@ -10,6 +10,9 @@ rule heads:
         "results/{model}/heads/{unit}.parquet",
     log:
         "logs/{model}/heads/{unit}.log",
+    resources:
+        mem_mb=scaled(500, 2),
+        runtime=scaled(5, 0.02),
     script:
         "../workflow_scripts/heads.py"
 

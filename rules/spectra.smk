@@ -16,6 +16,8 @@ rule spectra:
         "logs/{model}/spectra/{unit}.log",
     resources:
         gpu=GPU_CLAIM,
+        mem_mb=scaled(1000, 4),
+        runtime=scaled(10, 0.05),
     script:
         "../workflow_scripts/spectra.py"
 
@@ -33,5 +35,8 @@ rule precision:
         hill_fraction=config["precision"]["k_fraction"],
     log:
         "logs/{model}/precision/{unit}.log",
+    resources:
+        mem_mb=scaled(1000, 4),
+        runtime=scaled(10, 0.1),
     script:
         "../workflow_scripts/precision.py"

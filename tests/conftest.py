@@ -24,8 +24,9 @@ def run_workflow(workdir, config, *args, check=True):
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    command = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-               "--cores", "2", "--resources", "gpu=1", *args]
+    # args (targets, options) first: --resources takes any number of values after it
+    command = [str(SNAKEMAKE), *args, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+               "--cores", "2", "--resources", "gpu=1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
