@@ -56,3 +56,17 @@ def test_workflow_runs_through_sbatch_and_matches_a_local_run(slurm, tmp_path):
     pd.testing.assert_frame_equal(a.sort_values("matrix").reset_index(drop=True),
                                   b.sort_values("matrix").reset_index(drop=True), rtol=1e-5)
     assert "no GPU" in (tmp_path / "cluster/logs/tiny/spectra/layer_000.log").read_text()  # fake GPUs: CPU inside
+
+
+def test_a_rejected_job_is_reported_and_nothing_finished_is_lost(slurm, tmp_path):
+    work = tmp_path / "w"
+    run_workflow(work, CONFIG, "results/tiny/model.json")  # finished locally
+    before = (work / "results/tiny/inventory.parquet").stat().st_mtime_ns
+    result = run_workflow(work, CONFIG, "results/tiny/tensors/layer_000.parquet", "--profile",
+                          str(ROOT / "profiles/slurm-ci"), "--workflow-profile", "none",
+                          "--default-resources", "slurm_partition=no-such-partition", check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "no-such-partition" in text and "extract" in text  # which job, and why
+    assert (work / "results/tiny/inventory.parquet").stat().st_mtime_ns == before
+    assert not (work / "results/tiny/tensors/layer_000.parquet").exists()

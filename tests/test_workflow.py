@@ -192,3 +192,55 @@ def test_tables_plots_and_reports(finished, tmp_path):
     result = run_workflow(finished, BASE, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text()
     assert "tiny-llama" in html and "across models" in html and "heads_heatmap.png" in html
+
+
+def _dry_run_rules(work, snakefile):
+    result = run_workflow(work, BASE, "--dry-run", snakefile=snakefile)
+    return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
+
+
+def test_editing_one_stage_reruns_that_stage_and_what_follows(finished, tmp_path):
+    from conftest import ROOT
+
+    work = clone(finished, tmp_path)
+    workflow = tmp_path / "workflow"
+    workflow.mkdir()
+    for part in ("Snakefile", "rules", "workflow_scripts", "schemas", "blockscope", "report", "profiles"):
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, workflow / part)
+    assert _dry_run_rules(work, workflow / "Snakefile") <= {"all"}  # same code, nothing to do
+    script = workflow / "workflow_scripts/precision.py"
+    script.write_text(script.read_text() + "\n# an edit\n")
+    rerun = _dry_run_rules(work, workflow / "Snakefile")
+    assert "precision" in rerun and "aggregate" in rerun
+    assert not rerun & {"fetch", "inventory", "extract", "spectra", "heads", "embedding", "head_deep_dive"}
+
+
+def test_a_killed_run_loses_nothing_finished_and_resumes(finished, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import pyarrow.parquet as pq
+
+    from conftest import ROOT, SNAKEMAKE
+
+    work = clone(finished, tmp_path)
+    for kind in ("spectra", "metrics", "precision"):
+        shutil.rmtree(work / f"results/tiny-llama/{kind}")
+    kept = mtimes(work / "results/tiny-gpt2")
+    process = subprocess.Popen([str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(work),
+                                "--cores", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((work / "results/tiny-llama").glob("metrics/*.parquet")):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole run, mid-write of whatever job was running
+    process.wait()
+    for path in (work / "results").rglob("*.parquet"):
+        pq.ParquetFile(path)  # every file under its final name is complete
+    assert mtimes(work / "results/tiny-gpt2") == kept
+    run_workflow(work, BASE, "--unlock")
+    run_workflow(work, BASE)  # rerun-incomplete comes from profiles/default
+    assert len(list((work / "results/tiny-llama/metrics").glob("*.parquet"))) == 5
+    assert mtimes(work / "results/tiny-gpt2") == kept
