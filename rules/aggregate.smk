@@ -24,6 +24,8 @@ rule aggregate:
         quantization=config["quantization"],
     log:
         "logs/{model}/aggregate.log",
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/aggregate.py"
 
@@ -43,5 +45,7 @@ rule summary:
         controls=CONTROLS,
     log:
         "logs/summary/summary.log",
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/summary.py"

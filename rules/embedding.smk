@@ -30,5 +30,7 @@ rule embedding:
         "logs/{model}/embedding.log",
     resources:
         mem_mb=8000,
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/embedding.py"

@@ -9,6 +9,8 @@ checkpoint inventory:
         dims="results/{model}/model.json",
     log:
         "logs/{model}/inventory.log",
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/inventory.py"
 
@@ -24,5 +26,7 @@ rule extract:
     resources:
         mem_mb=scaled(500, 1.5),
         runtime=scaled(5, 0.02),
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/extract.py"

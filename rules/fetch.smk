@@ -12,5 +12,7 @@ rule fetch:
         "logs/{model}/fetch.log",
     resources:
         mem_mb=8000,
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/fetch.py"

@@ -8,6 +8,8 @@ rule fetch_corpus:
         corpus=config["headmerge"]["corpus"],
     log:
         "logs/corpus.log",
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/fetch_corpus.py"
 
@@ -53,5 +55,7 @@ rule headmerge:
     resources:
         gpu=GPU_CLAIM,
         mem_mb=12000,
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/headmerge.py"

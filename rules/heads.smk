@@ -13,6 +13,8 @@ rule heads:
     resources:
         mem_mb=scaled(500, 2),
         runtime=scaled(5, 0.02),
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/heads.py"
 
@@ -32,5 +34,7 @@ rule head_deep_dive:
         ),
     log:
         "logs/{model}/heads/deep_dive_layer_{layer}_head_{head}.log",
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/head_deep_dive.py"

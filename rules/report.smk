@@ -16,6 +16,8 @@ rule metric_plots:
         ),
     log:
         "logs/{model}/plots/metrics.log",
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/metric_plots.py"
 
@@ -33,6 +35,8 @@ rule esd_plot:
         ),
     log:
         "logs/{model}/plots/esd_layer_{layer}.log",
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/esd_plot.py"
 
@@ -66,6 +70,8 @@ rule head_and_precision_plots:
         layers_per_page=config["report"]["layers_per_page"],
     log:
         "logs/{model}/plots/heads_precision.log",
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/head_precision_plots.py"
 
@@ -86,6 +92,8 @@ rule model_report:
         "results/{model}/report.md",
     log:
         "logs/{model}/report.log",
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/model_report.py"
 
@@ -101,5 +109,7 @@ rule summary_plots:
         ),
     log:
         "logs/summary/plots.log",
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/summary_plots.py"

@@ -18,6 +18,8 @@ rule spectra:
         gpu=GPU_CLAIM,
         mem_mb=scaled(1000, 4),
         runtime=scaled(10, 0.05),
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/spectra.py"
 
@@ -38,5 +40,7 @@ rule precision:
     resources:
         mem_mb=scaled(1000, 4),
         runtime=scaled(10, 0.1),
+    conda:
+        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/precision.py"
