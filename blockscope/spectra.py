@@ -97,7 +97,7 @@ def compute_spectra(matrices: list, backend: str):
         device = "cuda" if backend == "cuda" else "cpu"
         started = time.perf_counter()
         try:
-            sigmas = singular_values_torch([m for m in matrices], device)
+            sigmas = singular_values_torch(matrices, device)
             per = (time.perf_counter() - started) / len(matrices)
             return sigmas, [per] * len(matrices), backend
         except CudaOutOfMemory as exc:

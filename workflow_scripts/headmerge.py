@@ -133,9 +133,7 @@ def main(snakemake):
         plan = {layer: hm.components(dims["heads"], p) for layer, p in pairs.items() if p}
         merged = evaluate_plan(evaluator, model, slots, plan) if plan else base
         merged_summary = merged.summary()
-        if plan:
-            merged_summary.update(kl_divergence=merged_summary.get("kl_divergence", 0.0))
-        else:
+        if not plan:  # nothing merged: the merged model is the base
             merged_summary.update(kl_divergence=0.0, top1_agreement=1.0)
         controls = []
         for seed in range(settings["random_seeds"]):
