@@ -103,7 +103,7 @@ def phase_analysis(metrics: pd.DataFrame, layers: int, columns=MAIN_METRICS) -> 
     return pd.DataFrame(rows)
 
 
-def precision_wide(precision: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+def precision_wide(precision: pd.DataFrame) -> pd.DataFrame:
     """layer_name, category, out_features, in_features, alpha_<precision>... (one row per matrix)."""
     if precision.empty:
         return pd.DataFrame(columns=["layer_name", "category", "out_features", "in_features"])

@@ -32,6 +32,3 @@ def numpy_dtype(name: str) -> np.dtype:
 def safetensors_dtype(dtype) -> str:
     return NUMPY_TO_SAFETENSORS[np.dtype(dtype).name]
 
-
-def is_float(name: str) -> bool:
-    return numpy_dtype(name).kind == "f" or name in ("BF16", "F8_E4M3", "F8_E5M2", "bfloat16")

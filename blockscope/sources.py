@@ -160,7 +160,7 @@ def locate_gguf(model, spec) -> Path:
     return path
 
 
-def gguf_tensor_types(path, num_layers=None) -> dict:
+def gguf_tensor_types(path) -> dict:
     """GGUF tensor name -> quantisation type name (Q4_1, Q8_0, F32, ...)."""
     import gguf
 

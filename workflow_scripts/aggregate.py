@@ -29,7 +29,7 @@ def main(snakemake):
                   out.heads)
     precision = agg.stack(pd.read_parquet(p) for p in snakemake.input.precision)
     write_parquet(precision, out.precision)
-    write_csv(agg.precision_wide(precision, metrics), out.precision_csv)
+    write_csv(agg.precision_wide(precision), out.precision_csv)
     write_csv(agg.precision_summary(precision), out.precision_summary)
     statistics = agg.statistics_by_type(metrics)
     write_csv(statistics, out.statistics)
