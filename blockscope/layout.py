@@ -1,0 +1,151 @@
+"""The workflow's contracts as code: unit names, output paths, block types, metric lists and
+the declared columns of every table. Rules, scripts, tests and docs/outputs.md take them from
+here; nothing else spells them (see ../shared/design/ARCHITECTURE.md)."""
+
+import re
+
+# --- units: the per-layer split of a checkpoint ------------------------------------------------
+
+EMBED, LM_HEAD, OTHER = "embed", "lm_head", "other"
+LEGACY_LM_HEAD = "head"  # the LM-head unit's name in results written before the rename
+LAYER_PREFIX = "layer_"
+UNIT_WILDCARD = rf"{EMBED}|{LM_HEAD}|{OTHER}|{LAYER_PREFIX}[0-9]+"
+
+
+def layer_unit(index: int) -> str:
+    """The unit of transformer block `index`: layer_000, layer_001, ..."""
+    return f"{LAYER_PREFIX}{int(index):03d}"
+
+
+def unit_layer(unit: str):
+    """The block index of a layer unit, None for embed, lm_head and other."""
+    match = re.fullmatch(rf"{LAYER_PREFIX}(\d+)", unit)
+    return int(match.group(1)) if match else None
+
+
+def unit_order(unit: str):
+    """Sort key: embed, the layers in order, lm_head, other."""
+    layer = unit_layer(unit)
+    if layer is not None:
+        return (1, layer)
+    return ({EMBED: 0, LM_HEAD: 2, LEGACY_LM_HEAD: 2, OTHER: 3}[unit], 0)
+
+
+def all_units(layers: int, present=()) -> list:
+    """Every unit of a model with `layers` blocks (plus any unit present): one DAG shape for all."""
+    units = {EMBED, LM_HEAD, OTHER} | {layer_unit(i) for i in range(int(layers))} | set(present)
+    return sorted(units, key=unit_order)
+
+
+# --- block types ---------------------------------------------------------------------------------
+
+BLOCK_TYPES = (
+    "embedding", "q_proj", "k_proj", "v_proj", "o_proj", "qkv_fused", "gate_proj", "up_proj",
+    "gate_up_fused", "down_proj", "moe_expert", "moe_router", "norm", "output",
+    "position_embedding", "other",
+)
+# Attention projections and the part of the circuit each one holds.
+ATTENTION_PARTS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "qkv_fused": "qkv"}
+ATTENTION_BLOCK_TYPES = tuple(ATTENTION_PARTS)
+
+# --- paths (Snakemake patterns) ---------------------------------------------------------------
+
+CHECKPOINT = "resources/models/{model}"
+CORPUS = "resources/corpus/wikitext-2-raw-test.txt"
+MODEL_RESULTS = "results/{model}"
+INVENTORY = "results/{model}/inventory.parquet"
+MODEL_JSON = "results/{model}/model.json"
+PER_UNIT_KINDS = ("tensors", "spectra", "metrics", "precision", "heads")
+PER_UNIT = "results/{model}/{kind}/{unit}.parquet"
+TENSORS = "results/{model}/tensors/{unit}.parquet"
+SPECTRA = "results/{model}/spectra/{unit}.parquet"
+UNIT_METRICS = "results/{model}/metrics/{unit}.parquet"
+UNIT_PRECISION = "results/{model}/precision/{unit}.parquet"
+UNIT_HEADS = "results/{model}/heads/{unit}.parquet"
+DEEP_DIVE = "results/{model}/heads/deep_dive/layer_{layer}_head_{head}.{ext}"
+METRICS = "results/{model}/metrics.parquet"
+HEADS = "results/{model}/heads.parquet"
+PRECISION = "results/{model}/precision.parquet"
+PLOTS = "results/{model}/plots"
+REPORT = "results/{model}/report.md"
+SUMMARY = "results/summary"
+# Snakemake benchmark files: one per job, {job} names its wildcards (a unit, a layer, ...).
+BENCHMARK = "results/{model}/benchmarks/{rule}/{job}.tsv"
+SUMMARY_BENCHMARK = "results/summary/benchmarks/{rule}.tsv"
+LOG = "logs/{model}/{rule}/{job}.log"
+
+
+def per_unit(kind: str, model: str, unit: str) -> str:
+    return PER_UNIT.format(model=model, kind=kind, unit=unit)
+
+
+def deep_dive(model: str, layer: int, head: int, ext: str) -> str:
+    return DEEP_DIVE.format(model=model, layer=layer, head=head, ext=ext)
+
+
+# --- metrics that tables and plots show ---------------------------------------------------------
+
+ENERGY_FRACTIONS = (0.5, 0.75, 0.9, 0.95, 0.99)
+HEAD_ENERGY_FRACTIONS = (0.5, 0.9, 0.99)
+
+
+def energy_column(fraction: float, prefix: str = "") -> str:
+    return f"{prefix}energy_rank_{round(fraction * 100)}"
+
+
+ENERGY_COLUMNS = [energy_column(f) for f in ENERGY_FRACTIONS]
+# Summary statistics and phase analysis per weight type.
+MAIN_METRICS = ["alpha", "alpha_hill", "alpha_peak", "alpha_mid", "effective_rank", "stable_rank",
+                "svd_90_percent_ratio", "rank_ratio", "spectral_norm", "log_norm", "mp_softrank"]
+# One figure each, per model against layer and across models against relative depth.
+PLOT_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "svd_90_percent_rank"]
+REPORT_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "svd_90_percent_ratio"]
+
+# --- declared columns ---------------------------------------------------------------------------
+
+INVENTORY_COLUMNS = ["param_name", "unit", "layer_index", "block_type", "shape", "dtype", "source_dtype",
+                     "nbytes", "file", "layout"]
+IDENTITY_COLUMNS = ["model", "unit", "param_name", "expert", "matrix", "layer_index", "block_type"]
+SPECTRA_COLUMNS = ["model", "unit", "param_name", "expert", "matrix", "index", "sigma"]
+# What a metrics row measures, in order (blockscope.matrix_metrics computes exactly these).
+SPECTRAL_METRIC_COLUMNS = [
+    "actual_rank", "numerical_rank_fp16", "numerical_rank_bf16", "numerical_rank_source", "effective_rank",
+    "stable_rank", "participation_ratio", "entropy", "sigma_max", "spectral_norm", "frobenius_norm", "log_norm",
+    "log_spectral_norm", "condition_number", "rank_ratio", *ENERGY_COLUMNS, "svd_90_percent_rank",
+    "svd_90_percent_ratio", "alpha", "xmin", "D", "alpha_stderr", "num_pl_spikes", "alpha_weighted",
+    "log_alpha_norm", "alpha_hill", "alpha_peak", "alpha_mid", "num_spikes", "mp_softrank",
+]
+ELEMENT_COLUMNS = ["mean", "std", "var", "sparsity"]
+MATRIX_COLUMNS = ["rows", "cols", "design_rank", *SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS, "status", "warning"]
+METRICS_COLUMNS = [*IDENTITY_COLUMNS, *MATRIX_COLUMNS, "dtype", "source_dtype", "compute_dtype", "backend",
+                   "seconds"]
+PRECISION_COLUMNS = [*IDENTITY_COLUMNS, "rows", "cols", "source_dtype", "precision", "alpha_hill", "k", "status"]
+HEAD_METRIC_COLUMNS = [
+    "qk_effective_rank", "qk_eig_effective_rank", "qk_asymmetry", "qk_complex_fraction", "qk_top_dhead_energy",
+    "qk_frobenius_norm", *[energy_column(f, "qk_") for f in HEAD_ENERGY_FRACTIONS], "ov_effective_rank",
+    "ov_frobenius_norm", *[energy_column(f, "ov_") for f in HEAD_ENERGY_FRACTIONS],
+]
+HEAD_COLUMNS = ["model", "unit", "layer_index", "head", "kv_head", *HEAD_METRIC_COLUMNS, "mean_effective_rank", "tag"]
+EIGENVALUE_COLUMNS = ["rank", "real", "imag", "magnitude", "cumulative_energy"]
+# The aggregated per-model table opens with the columns the anchors' exports carry.
+EXPORT_FIRST_COLUMNS = ["model_path", "model_id", "revision", "param_name", "layer_index", "block_type", "shape",
+                        "rows", "cols", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank",
+                        "svd_90_percent_ratio", "mean", "std", "var", "sparsity", "dtype", "created_at"]
+PRECISION_WIDE_COLUMNS = ["layer_name", "category", "out_features", "in_features"]  # then alpha_<precision>...
+PRECISION_SUMMARY_COLUMNS = ["precision", "count", "mean", "std", "min", "median", "max", "q25", "q75"]
+# The output contract of ARCHITECTURE.md: columns every metrics table carries at least.
+CONTRACT_METRICS_COLUMNS = [
+    "model", "unit", "param_name", "layer_index", "block_type", "rows", "cols", "source_dtype", "compute_dtype",
+    "backend", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank", "svd_90_percent_ratio",
+    "effective_rank", "stable_rank", "spectral_norm", "frobenius_norm", "log_norm", "log_spectral_norm", "alpha",
+    "xmin", "D", "num_pl_spikes", "alpha_weighted", "alpha_hill", "alpha_peak", "alpha_mid", "mean", "std", "var",
+    "sparsity", "seconds",
+]
+BENCHMARK_COLUMNS = ["s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load", "cpu_time"]
+
+# Every declared table, for docs/outputs.md and its test.
+TABLES = {
+    "inventory": INVENTORY_COLUMNS, "spectra": SPECTRA_COLUMNS, "metrics": METRICS_COLUMNS,
+    "precision": PRECISION_COLUMNS, "heads": HEAD_COLUMNS, "deep_dive": EIGENVALUE_COLUMNS,
+    "precision_alpha_hill": PRECISION_WIDE_COLUMNS, "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
+}
