@@ -3,6 +3,7 @@
 Every expected value below is worked out by hand in the comments, not by calling the code again.
 """
 
+import inspect
 import math
 from pathlib import Path
 
@@ -28,11 +29,14 @@ HINT_COLUMNS = ["matrix", "block_type", "layer_index", "rows", "cols", "alpha", 
 
 # --- the module speaks layout's contracts -------------------------------------------------------
 
-def test_metric_lists_and_export_columns_are_layouts():
-    assert agg.MAIN_METRICS == layout.MAIN_METRICS
-    assert agg.PLOT_METRICS == layout.PLOT_METRICS
-    assert agg.ENERGY_COLUMNS == layout.ENERGY_COLUMNS
-    assert agg.PROVENANCE_COLUMNS == layout.EXPORT_FIRST_COLUMNS
+def _default(function, name):
+    return inspect.signature(function).parameters[name].default
+
+
+def test_default_metric_lists_are_layouts():
+    assert list(_default(agg.statistics_by_type, "columns")) == layout.MAIN_METRICS
+    assert list(_default(agg.phase_analysis, "columns")) == layout.MAIN_METRICS
+    assert list(_default(agg.depth_comparison, "columns")) == layout.PLOT_METRICS
 
 
 # --- trend ----------------------------------------------------------------------------------------
