@@ -19,13 +19,15 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from blockscope.layout import all_units
+
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
 def prepare(work: Path, models: int, layers: int) -> dict:
     config = {"models": {}, "device": "cpu"}
-    units = ["embed"] + [f"layer_{i:03d}" for i in range(layers)] + ["head", "other"]
+    units = all_units(layers)
     for m in range(models):
         slug = f"model-{m:02d}"
         config["models"][slug] = {"source": "synthetic", "config": {"model_type": "llama", "num_hidden_layers": layers},

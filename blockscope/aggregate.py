@@ -6,14 +6,8 @@ import numpy as np
 import pandas as pd
 
 from .heads import quartile_tags
-
-MAIN_METRICS = ["alpha", "alpha_hill", "alpha_peak", "alpha_mid", "effective_rank", "stable_rank",
-                "svd_90_percent_ratio", "rank_ratio", "spectral_norm", "log_norm", "mp_softrank"]
-PLOT_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "svd_90_percent_rank"]
-ENERGY_COLUMNS = ["energy_rank_50", "energy_rank_75", "energy_rank_90", "energy_rank_95", "energy_rank_99"]
-PROVENANCE_COLUMNS = ["model_path", "model_id", "revision", "param_name", "layer_index", "block_type", "shape",
-                      "rows", "cols", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank",
-                      "svd_90_percent_ratio", "mean", "std", "var", "sparsity", "dtype", "created_at"]
+from .layout import (CHECKPOINT, EXPORT_FIRST_COLUMNS, MAIN_METRICS, PLOT_METRICS, PRECISION_SUMMARY_COLUMNS,
+                     PRECISION_WIDE_COLUMNS)
 
 
 def stack(frames) -> pd.DataFrame:
@@ -21,19 +15,13 @@ def stack(frames) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def model_identity(source: dict, checkpoint: str) -> dict:
-    """model_path, model_id, revision as the anchors' exports name them."""
-    model_id = {"hf": source.get("repo_id"), "local": source.get("path"), "gguf": source.get("file"),
-                "synthetic": f"synthetic:{source.get('like') or source.get('model_type')}:seed{source.get('seed')}"}
-    revision = source.get("commit") or source.get("sha256") or source.get("revision") or ""
-    return {"model_path": checkpoint, "model_id": model_id.get(source["source"], ""), "revision": revision}
-
-
-def with_provenance(metrics: pd.DataFrame, identity: dict) -> pd.DataFrame:
-    """The per-matrix table with the export columns first."""
+def with_provenance(metrics: pd.DataFrame, dims: dict) -> pd.DataFrame:
+    """The per-matrix table with the export columns first (provenance from model.json)."""
+    identity = {"model_path": CHECKPOINT.format(model=dims["model"]), "model_id": dims["model_id"],
+                "revision": dims["revision"]}
     table = metrics.assign(**identity, shape=[f"{r}x{c}" for r, c in zip(metrics["rows"], metrics["cols"])],
                            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    first = [c for c in PROVENANCE_COLUMNS if c in table]
+    first = [c for c in EXPORT_FIRST_COLUMNS if c in table]
     return table[first + [c for c in table.columns if c not in first]]
 
 
@@ -106,8 +94,8 @@ def phase_analysis(metrics: pd.DataFrame, layers: int, columns=MAIN_METRICS) -> 
 def precision_wide(precision: pd.DataFrame) -> pd.DataFrame:
     """layer_name, category, out_features, in_features, alpha_<precision>... (one row per matrix)."""
     if precision.empty:
-        return pd.DataFrame(columns=["layer_name", "category", "out_features", "in_features"])
-    wide = precision.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False)
+        return pd.DataFrame(columns=PRECISION_WIDE_COLUMNS)
+    wide = precision.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False, dropna=False)
     wide.columns = [f"alpha_{p}" for p in wide.columns]
     info = precision.drop_duplicates("matrix").set_index("matrix")
     out = pd.DataFrame({"layer_name": wide.index, "category": info.loc[wide.index, "block_type"].to_numpy(),
@@ -124,7 +112,7 @@ def precision_summary(precision: pd.DataFrame) -> pd.DataFrame:
         rows.append({"precision": name, "count": int(v.size), "mean": v.mean(), "std": v.std(ddof=0),
                      "min": v.min(), "median": v.median(), "max": v.max(),
                      "q25": v.quantile(0.25), "q75": v.quantile(0.75)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PRECISION_SUMMARY_COLUMNS)
 
 
 def quantization_hint(alpha: float, thresholds: list, formats: list, direction: str) -> str:

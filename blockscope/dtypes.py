@@ -1,4 +1,6 @@
-"""Dtype names across safetensors, numpy (with ml_dtypes) and torch."""
+"""Number formats under their three spellings: safetensors (F32, BF16), numpy (float32,
+bfloat16, through ml_dtypes) and the config's precision names (fp32, bf16, fp8-e4m3).
+Every other module asks here."""
 
 import ml_dtypes
 import numpy as np
@@ -18,6 +20,10 @@ SAFETENSORS_TO_NUMPY = {
     "BOOL": np.dtype(np.bool_),
 }
 NUMPY_TO_SAFETENSORS = {v.name: k for k, v in SAFETENSORS_TO_NUMPY.items()}
+# The precision sweep's names (config `precision.precisions`).
+PRECISION_TO_SAFETENSORS = {"fp64": "F64", "fp32": "F32", "fp16": "F16", "bf16": "BF16", "fp8-e4m3": "F8_E4M3"}
+# Compute dtypes of the SVD (config `compute_dtype`), numpy spelling.
+COMPUTE_DTYPES = ("float32", "float64")
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -32,3 +38,19 @@ def numpy_dtype(name: str) -> np.dtype:
 def safetensors_dtype(dtype) -> str:
     return NUMPY_TO_SAFETENSORS[np.dtype(dtype).name]
 
+
+def precision_dtype(precision: str) -> np.dtype:
+    """numpy dtype of a precision-sweep format (fp32, bf16, fp8-e4m3, ...)."""
+    return SAFETENSORS_TO_NUMPY[PRECISION_TO_SAFETENSORS[precision]]
+
+
+# GGUF integer quantisation: about one step of a block's range, by bits (Q8_0 is symmetric int8).
+GGUF_STEPS = {"Q8": 1 / 127, "Q6": 1 / 63, "Q5": 1 / 31, "Q4": 1 / 15, "Q3": 1 / 7, "Q2": 1 / 3}
+
+
+def relative_precision(source_dtype: str) -> float:
+    """The relative rounding step of a stored format: machine epsilon for floating types (F16:
+    2^-10, BF16: 2^-7), GGUF_STEPS for GGUF quant types (Q4_1: 1/15); NaN when unknown."""
+    if source_dtype in SAFETENSORS_TO_NUMPY and source_dtype.startswith(("F", "BF")):
+        return float(ml_dtypes.finfo(SAFETENSORS_TO_NUMPY[source_dtype]).eps)
+    return GGUF_STEPS.get(source_dtype[:2], float("nan"))

@@ -19,7 +19,7 @@ class PowerLawFit:
     alpha: float
     xmin: float
     D: float
-    sigma: float
+    alpha_stderr: float  # WeightWatcher's and powerlaw's `sigma`: (alpha - 1) / sqrt(n_tail)
     num_pl_spikes: int
 
     @classmethod
@@ -69,7 +69,8 @@ def ks_scan(eigs_ascending: np.ndarray, candidates: np.ndarray):
 
 
 def powerlaw_fit(eigs: np.ndarray, xmin_range=None) -> PowerLawFit:
-    """KS-optimal power-law fit (WeightWatcher's `alpha`, `xmin`, `D`, `sigma`, `num_pl_spikes`).
+    """KS-optimal power-law fit (WeightWatcher's `alpha`, `xmin`, `D`, `sigma` (here
+    alpha_stderr: sigma means singular values everywhere else), `num_pl_spikes`).
 
     xmin_range restricts candidate xmins to [low, high] (used by alpha_peak).
     """
@@ -87,8 +88,13 @@ def powerlaw_fit(eigs: np.ndarray, xmin_range=None) -> PowerLawFit:
     best = int(np.argmin(ds))
     i = int(candidates[best])
     alpha = float(alphas[best])
-    return PowerLawFit(alpha, float(x[i]), float(ds[best]), (alpha - 1) / np.sqrt(x.size - i),
+    return PowerLawFit(alpha, float(x[i]), float(ds[best]), alpha_stderr(alpha, x.size - i),
                        int(np.count_nonzero(np.asarray(eigs) >= x[i])))
+
+
+def alpha_stderr(alpha: float, n_tail: int) -> float:
+    """Standard error of the maximum-likelihood alpha over n_tail points (Clauset et al. 2009)."""
+    return (alpha - 1) / np.sqrt(n_tail)
 
 
 def alpha_peak_range(eigs: np.ndarray, bins: int = 100):

@@ -6,11 +6,9 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import BlockscopeError
-from .naming import block_type, is_conv1d, layer_index, unit_name, unit_of, unit_order
+from .layout import INVENTORY_COLUMNS, LM_HEAD, all_units, unit_order
+from .naming import block_type, is_conv1d, layer_index, unit_of
 from .safetensors_file import checkpoint_files, read_header
-
-INVENTORY_COLUMNS = ["param_name", "unit", "layer_index", "block_type", "shape", "dtype", "source_dtype",
-                     "nbytes", "file", "layout"]
 
 # config.json spellings across families, first present wins.
 DIM_KEYS = {
@@ -63,7 +61,7 @@ def model_dims(config: dict, inventory: pd.DataFrame, model=None, path=None) -> 
         dims["head_dim"] = dims["hidden"] // dims["heads"]
     if dims["ffn"] is None and config.get("model_type") in ("gpt2", "gpt_bigcode"):
         dims["ffn"] = 4 * dims["hidden"]
-    has_head = (inventory["unit"] == "head").any()
+    has_head = (inventory["unit"] == LM_HEAD).any()
     tied = config.get("tie_word_embeddings")
     dims["tied_embeddings"] = bool(tied) if tied is not None else not has_head
     if has_head:  # an output head in the checkpoint is untied whatever the config says
@@ -71,15 +69,16 @@ def model_dims(config: dict, inventory: pd.DataFrame, model=None, path=None) -> 
     dims["model_type"] = config.get("model_type", "unknown")
     dims["architectures"] = config.get("architectures") or []
     dims["num_experts"] = _first(config, ("num_local_experts", "num_experts", "n_routed_experts"))
-    dims["units"] = all_units(inventory, dims["layers"])
+    dims["units"] = all_units(dims["layers"], present=inventory["unit"])
     return dims
 
 
-def all_units(inventory: pd.DataFrame, layers: int) -> list:
-    """embed, every layer_NNN up to the config's depth, head, other: the same DAG shape for every model."""
-    units = {"embed", "head", "other"} | {unit_name(i) for i in range(int(layers))}
-    units |= set(inventory["unit"])
-    return sorted(units, key=unit_order)
+def model_identity(source: dict) -> dict:
+    """source, model_id and revision of a checkpoint, as the anchors' exports name them."""
+    model_id = {"hf": source.get("repo_id"), "local": source.get("path"), "gguf": source.get("file"),
+                "synthetic": f"synthetic:{source.get('like') or source.get('model_type')}:seed{source.get('seed')}"}
+    revision = source.get("commit") or source.get("sha256") or source.get("revision") or ""
+    return {"source": source["source"], "model_id": model_id.get(source["source"], ""), "revision": revision}
 
 
 def build_inventory(folder, model=None, source_dtypes: dict | None = None) -> pd.DataFrame:

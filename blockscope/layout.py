@@ -141,7 +141,9 @@ CONTRACT_METRICS_COLUMNS = [
     "xmin", "D", "num_pl_spikes", "alpha_weighted", "alpha_hill", "alpha_peak", "alpha_mid", "mean", "std", "var",
     "sparsity", "seconds",
 ]
-BENCHMARK_COLUMNS = ["s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load", "cpu_time"]
+# Snakemake's benchmark files (seconds, MB, MB/s); blockscope adds rule and job from the path.
+BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
+                     "cpu_time"]
 
 # Every declared table, for docs/outputs.md and its test.
 TABLES = {

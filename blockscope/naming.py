@@ -1,4 +1,4 @@
-"""From a checkpoint parameter name to its unit (embed, layer_NNN, head, other) and block_type.
+"""From a checkpoint parameter name to its unit (embed, layer_NNN, lm_head, other) and block_type.
 
 Rules are ordered patterns on the dotted name, most specific first; they cover the
 checkpoint names of Llama, Mistral, Qwen2, Gemma, GPT-2, GPT-NeoX, Phi-3, BERT, OPT and
@@ -8,16 +8,12 @@ Mixtral-style MoE (per-expert 2-D and fused 3-D expert tensors). Anything unmatc
 
 import re
 
-BLOCK_TYPES = (
-    "embedding", "q_proj", "k_proj", "v_proj", "o_proj", "qkv_fused", "gate_proj", "up_proj",
-    "gate_up_fused", "down_proj", "moe_expert", "moe_router", "norm", "output",
-    "position_embedding", "other",
-)
+from .layout import EMBED, LM_HEAD, OTHER, layer_unit
 
 # A transformer block: a container name followed by the block index.
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
 
-# (block_type, pattern on the full name). First match wins.
+# (block_type, pattern on the full name). First match wins; every type is one of layout.BLOCK_TYPES.
 BLOCK_TYPE_RULES = [
     ("moe_router", r"(?:block_sparse_moe|mlp|moe|feed_forward)\.(?:gate|router)(?:\.weight|\.bias|$)"),
     ("moe_expert", r"\.experts?\."),
@@ -55,30 +51,19 @@ def block_type(name: str) -> str:
     return "other"
 
 
-def unit_name(index: int) -> str:
-    return f"layer_{index:03d}"
-
-
 def unit_of(name: str) -> str:
-    """embed, layer_NNN, head or other."""
+    """embed, layer_NNN, lm_head or other."""
     index = layer_index(name)
     if index is not None:
-        return unit_name(index)
+        return layer_unit(index)
     kind = block_type(name)
     if kind in ("embedding", "position_embedding") or ".embeddings." in name:
-        return "embed"
+        return EMBED
     if kind == "output":
-        return "head"
-    return "other"
+        return LM_HEAD
+    return OTHER
 
 
 def is_conv1d(name: str, model_type: str) -> bool:
     """True when the stored 2-D weight is (in, out) and must be transposed to out x in."""
     return model_type in CONV1D_MODEL_TYPES and bool(CONV1D_NAMES.search(name))
-
-
-def unit_order(unit: str):
-    """Sort key: embed, layers in order, head, other."""
-    if unit.startswith("layer_"):
-        return (1, int(unit[6:]))
-    return ({"embed": 0, "head": 2, "other": 3}[unit], 0)

@@ -139,14 +139,17 @@ def heads_heatmap(heads, title, target):
     save(fig, target)
 
 
-def precision_page(wide, precisions, title, target):
-    """Grouped bars: alpha-Hill of each matrix of a few layers, one bar per precision."""
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(wide) + 2), 4.5))
-    x = np.arange(len(wide))
+def precision_page(precision, title, target):
+    """Grouped bars: alpha-Hill of each matrix of a few layers, one bar per precision swept
+    (precision: the long table, one row per matrix and precision)."""
+    precisions = list(dict.fromkeys(precision["precision"]))
+    grid = precision.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False, dropna=False)
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(grid) + 2), 4.5))
+    x = np.arange(len(grid))
     width = 0.8 / len(precisions)
-    for i, precision in enumerate(precisions):
-        ax.bar(x + (i - (len(precisions) - 1) / 2) * width, wide[f"alpha_{precision}"], width, label=precision)
-    ax.set_xticks(x, [name.replace("model.layers.", "L").replace(".weight", "") for name in wide["layer_name"]],
+    for i, name in enumerate(precisions):
+        ax.bar(x + (i - (len(precisions) - 1) / 2) * width, grid[name], width, label=name)
+    ax.set_xticks(x, [name.replace("model.layers.", "L").replace(".weight", "") for name in grid.index],
                   rotation=70, ha="right", fontsize=7)
     ax.set(ylabel="α-Hill after casting", title=title)
     ax.legend(title="precision")

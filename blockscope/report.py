@@ -4,7 +4,8 @@ import os
 
 import pandas as pd
 
-from .aggregate import ENERGY_COLUMNS
+from .job_costs import cost_by_rule, costliest_jobs
+from .layout import ENERGY_COLUMNS, REPORT_METRICS
 
 
 def table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -27,8 +28,19 @@ def head_summary_by_layer(heads: pd.DataFrame) -> pd.DataFrame:
     return heads.groupby("layer_index")[columns].mean().reset_index()
 
 
+def cost_section(jobs: pd.DataFrame) -> list:
+    """Markdown lines: where the run's time and memory went, per rule and for the costliest jobs."""
+    if jobs.empty:
+        return []
+    total = jobs["s"].sum()
+    return ["## Where the time went", "",
+            f"{len(jobs)} jobs, {total:.1f} s of job wall time in all (before this report), from Snakemake's "
+            "benchmark files (`benchmarks/`); peak RSS in MB.", "",
+            table(cost_by_rule(jobs), 2), "", "Longest jobs:", "", table(costliest_jobs(jobs), 2), ""]
+
+
 def model_report(model, dims, metrics, heads, statistics, phases, hints, precision_summary, embedding,
-                 deep_dives: dict, plots: list, target_dir) -> str:
+                 deep_dives: dict, plots: list, target_dir, jobs: pd.DataFrame | None = None) -> str:
     link = lambda path: os.path.relpath(path, target_dir)  # noqa: E731
     lines = [f"# {model}: spectral anatomy", ""]
     keys = ["source", "model_type", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
@@ -38,8 +50,7 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
     lines += [f"{len(metrics)} matrices analysed; status: {status}; compute dtype "
               f"{', '.join(metrics['compute_dtype'].unique())} on {', '.join(metrics['backend'].unique())}.", ""]
     lines += ["## Statistics by weight type", "",
-              table(statistics[statistics["metric"].isin(["alpha", "alpha_hill", "effective_rank", "stable_rank",
-                                                           "svd_90_percent_ratio"])]), ""]
+              table(statistics[statistics["metric"].isin(REPORT_METRICS)]), ""]
     lines += ["## Components reaching 50/75/90/95/99 % of the variance (Σσ²)", "", table(energy_components(metrics), 1), ""]
     lines += ["## Phase analysis (early / middle / late thirds of depth)", "", table(phases), ""]
     if len(heads):
@@ -60,4 +71,5 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
                   f"silhouette at k: {info['silhouette_at_k']:.3f}; row norms: mean {info['norm_mean']:.3f}, "
                   f"median {info['norm_median']:.3f}, max {info['norm_max']:.3f}.", ""]
     lines += ["## Plots", ""] + [f"- [{os.path.basename(p)}]({link(p)})" for p in plots] + [""]
+    lines += cost_section(jobs if jobs is not None else pd.DataFrame())
     return "\n".join(lines)

@@ -6,7 +6,6 @@ compute_dtype and backend. The CPU path never imports torch, so a per-layer job 
 """
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 
@@ -14,9 +13,10 @@ import ml_dtypes
 import numpy as np
 import scipy.linalg
 
-log = logging.getLogger(__name__)
+from .device import torch_device
+from .dtypes import precision_dtype
 
-COMPUTE_DTYPES = {"float32": np.float32, "float64": np.float64}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,14 +53,6 @@ def singular_values(matrix: np.ndarray) -> np.ndarray:
     return scipy.linalg.svdvals(matrix, check_finite=False, overwrite_a=True)
 
 
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
 class CudaOutOfMemory(RuntimeError):
     pass
 
@@ -69,8 +61,6 @@ def singular_values_torch(matrices: list, device: str) -> list:
     """Batched torch.linalg.svdvals over same-shape matrices on `device` (cuda, or cpu for tests)."""
     import torch
 
-    if os.environ.get("BLOCKSCOPE_FORCE_CUDA_OOM") == "1":  # lets tests drive the fallback path
-        raise CudaOutOfMemory("forced by BLOCKSCOPE_FORCE_CUDA_OOM=1")
     by_shape = {}
     for index, matrix in enumerate(matrices):
         by_shape.setdefault(matrix.shape, []).append(index)
@@ -91,8 +81,10 @@ def compute_spectra(matrices: list, backend: str):
     """sigma for each matrix, the seconds each took and the backend that ran it.
 
     backend "cuda" (or "torch-cpu", the same code on the CPU) falls back to LAPACK on a CUDA
-    out-of-memory, with a warning in the log.
+    out-of-memory or where no GPU turned up, with a warning in the log.
     """
+    if backend == "cuda" and torch_device(backend) != "cuda":
+        backend = "cpu"
     if backend != "cpu" and matrices:
         device = "cuda" if backend == "cuda" else "cpu"
         started = time.perf_counter()
@@ -110,24 +102,7 @@ def compute_spectra(matrices: list, backend: str):
     return sigmas, seconds, "cpu"
 
 
-def resolve_backend(device: str) -> str:
-    """cpu | cuda from the config's device (auto: cuda when torch sees a GPU)."""
-    if device == "cpu":
-        return "cpu"
-    if cuda_available():
-        return "cuda"
-    if device == "cuda":
-        log.warning("device: cuda was asked for but torch sees no GPU; computing on the CPU")
-    return "cpu"
-
-
 # --- precision sweep -----------------------------------------------------------------------
-
-PRECISIONS = {
-    "fp64": np.float64, "fp32": np.float32, "fp16": np.float16,
-    "bf16": ml_dtypes.bfloat16, "fp8-e4m3": ml_dtypes.float8_e4m3fn,
-}
-
 
 # Formats with a small range are used with a per-tensor scale (amax -> format max), as FP8
 # inference does; the others are cast as they are.
@@ -141,5 +116,5 @@ def cast_round_trip(matrix: np.ndarray, precision: str, compute_dtype) -> np.nda
     if precision in SCALED_PRECISIONS:
         amax = float(np.max(np.abs(matrix))) if matrix.size else 0.0
         scale = amax / SCALED_PRECISIONS[precision] if amax > 0 and np.isfinite(amax) else 1.0
-    rounded = (matrix / scale).astype(PRECISIONS[precision]).astype(compute_dtype)
+    rounded = (matrix / scale).astype(precision_dtype(precision)).astype(compute_dtype)
     return rounded * compute_dtype(scale) if scale != 1.0 else rounded

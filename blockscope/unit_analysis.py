@@ -5,15 +5,14 @@ import logging
 import numpy as np
 import pandas as pd
 
+from .dtypes import numpy_dtype
 from .heavytail import alpha_hill, hill_k, tail_eigenvalues
-from .matrix_report import check_matrix, matrix_row
-from .spectra import COMPUTE_DTYPES, cast_round_trip, compute_spectra, matrices_of, singular_values, upcast
+from .layout import IDENTITY_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS
+from .matrix_metrics import check_matrix, matrix_metrics
+from .spectra import cast_round_trip, compute_spectra, matrices_of, singular_values, upcast
 from .tensors import iter_unit
 
 log = logging.getLogger(__name__)
-
-IDENTITY_COLUMNS = ["model", "unit", "param_name", "expert", "matrix", "layer_index", "block_type"]
-SPECTRA_COLUMNS = ["model", "unit", "param_name", "expert", "matrix", "index", "sigma"]
 
 
 def unit_matrices(tensor_path, inventory_rows: pd.DataFrame, compute_dtype):
@@ -36,7 +35,7 @@ def _identity(model, unit, matrix, info) -> dict:
 def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", compute_dtype="float32",
                  hill_fraction=0.1):
     """(metrics, spectra) DataFrames for one unit."""
-    dtype = COMPUTE_DTYPES[compute_dtype]
+    dtype = numpy_dtype(compute_dtype).type
     items = list(unit_matrices(tensor_path, inventory_rows, dtype))
     finite = [i for i, (m, _) in enumerate(items) if check_matrix(m.values) is None]
     sigmas, seconds, used = compute_spectra([items[i][0].values for i in finite], backend)
@@ -45,7 +44,7 @@ def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", comput
     for i, (matrix, info) in enumerate(items):
         sigma, secs = by_item.get(i, (np.zeros(0), 0.0))
         row = {**_identity(model, unit, matrix, info),
-               **matrix_row(matrix.values, sigma, info["source_dtype"], hill_fraction),
+               **matrix_metrics(matrix.values, sigma, info["source_dtype"], hill_fraction),
                "dtype": info["dtype"], "source_dtype": info["source_dtype"], "compute_dtype": compute_dtype,
                "backend": used if i in by_item else "none", "seconds": secs}
         metric_rows.append(row)
@@ -55,7 +54,7 @@ def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", comput
                  matrix.name, row["rows"], row["cols"], row["actual_rank"], row["design_rank"],
                  row["svd_90_percent_rank"], row["effective_rank"], row["alpha"], row["sparsity"], secs,
                  row["status"] if row["status"] != "ok" else row["warning"])
-    metrics = pd.DataFrame(metric_rows, columns=metrics_columns())
+    metrics = pd.DataFrame(metric_rows, columns=METRICS_COLUMNS)
     spectra = pd.concat(spectra_rows, ignore_index=True) if spectra_rows else pd.DataFrame(columns=SPECTRA_COLUMNS)
     return _typed(metrics), _typed(spectra)
 
@@ -73,7 +72,7 @@ def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFr
 
     Where the round trip changes no bit, the singular values of the spectra job are reused.
     """
-    dtype = COMPUTE_DTYPES[compute_dtype]
+    dtype = numpy_dtype(compute_dtype).type
     known = {name: group["sigma"].to_numpy() for name, group in spectra.groupby("matrix")} if len(spectra) else {}
     rows = []
     for matrix, info in unit_matrices(tensor_path, inventory_rows, dtype):
@@ -92,11 +91,4 @@ def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFr
             else:
                 value, k, status = float("nan"), 0, f"{precision}: {problem}"
             rows.append({**base, "precision": precision, "alpha_hill": value, "k": k, "status": status})
-    columns = IDENTITY_COLUMNS + ["rows", "cols", "source_dtype", "precision", "alpha_hill", "k", "status"]
-    return _typed(pd.DataFrame(rows, columns=columns))
-
-
-def metrics_columns() -> list:
-    """The metrics table's columns (an empty unit's file has them too)."""
-    sample = matrix_row(np.eye(2, dtype=np.float32), np.ones(2, np.float32), "F32")
-    return IDENTITY_COLUMNS + list(sample) + ["dtype", "source_dtype", "compute_dtype", "backend", "seconds"]
+    return _typed(pd.DataFrame(rows, columns=PRECISION_COLUMNS))

@@ -3,17 +3,16 @@
 
 rule aggregate:
     input:
-        metrics=per_unit("results/{model}/metrics/{unit}.parquet"),
-        heads=per_unit("results/{model}/heads/{unit}.parquet"),
-        precision=per_unit("results/{model}/precision/{unit}.parquet"),
-        dims="results/{model}/model.json",
-        checkpoint="resources/models/{model}",
+        metrics=per_unit("metrics"),
+        heads=per_unit("heads"),
+        precision=per_unit("precision"),
+        dims=layout.MODEL_JSON,
     output:
-        metrics="results/{model}/metrics.parquet",
+        metrics=layout.METRICS,
         metrics_csv="results/{model}/metrics.csv",
         metrics_json="results/{model}/metrics.json",
-        heads="results/{model}/heads.parquet",
-        precision="results/{model}/precision.parquet",
+        heads=layout.HEADS,
+        precision=layout.PRECISION,
         precision_csv="results/{model}/precision_alpha_hill.csv",
         precision_summary="results/{model}/precision_summary_statistics.csv",
         statistics="results/{model}/statistics_by_type.csv",
@@ -22,8 +21,11 @@ rule aggregate:
         hints_json="results/{model}/quantization_config.json",
     params:
         quantization=config["quantization"],
+        code=code("aggregate"),
     log:
         "logs/{model}/aggregate.log",
+    benchmark:
+        benchmark("aggregate")
     conda:
         "../envs/blockscope.yaml"
     script:
@@ -32,19 +34,22 @@ rule aggregate:
 
 rule summary:
     input:
-        metrics=expand("results/{model}/metrics.parquet", model=MODELS),
-        heads=expand("results/{model}/heads.parquet", model=MODELS),
-        precision=expand("results/{model}/precision.parquet", model=MODELS),
-        dims=expand("results/{model}/model.json", model=MODELS),
+        metrics=expand(layout.METRICS, model=MODELS),
+        heads=expand(layout.HEADS, model=MODELS),
+        precision=expand(layout.PRECISION, model=MODELS),
+        dims=expand(layout.MODEL_JSON, model=MODELS),
     output:
-        metrics="results/summary/metrics.parquet",
-        heads="results/summary/heads.parquet",
-        precision="results/summary/precision.parquet",
-        depth="results/summary/depth_comparison.csv",
+        metrics=f"{layout.SUMMARY}/metrics.parquet",
+        heads=f"{layout.SUMMARY}/heads.parquet",
+        precision=f"{layout.SUMMARY}/precision.parquet",
+        depth=f"{layout.SUMMARY}/depth_comparison.csv",
     params:
         controls=CONTROLS,
+        code=code("summary"),
     log:
         "logs/summary/summary.log",
+    benchmark:
+        layout.SUMMARY_BENCHMARK.format(rule="summary")
     conda:
         "../envs/blockscope.yaml"
     script:

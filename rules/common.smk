@@ -1,40 +1,45 @@
 # Validation, the model table, input functions and manifest readers.
+# blockscope is installed into the environment (make env; the conda env installs it too): the
+# contracts (paths, units, columns) come from blockscope.layout, never spelled here again.
 import functools
 import json
 import os
-import sys
+from pathlib import Path
 
-# The library lives beside this workflow; jobs (local or on a cluster) inherit the path.
-sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
-
+from blockscope import layout
+from blockscope.code_version import code_version
 from blockscope.config import validate_config
+from blockscope.device import backend_for
 
-validate_config(config)
+validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 MODELS = config["models"]
+LIBRARY = Path(workflow.basedir) / "blockscope"
+SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
+# envs/blockscope.yaml installs this checkout's library (Snakemake copies env files elsewhere).
+os.environ.setdefault("BLOCKSCOPE_SOURCE", workflow.basedir)
 
-
-def gpu_present():
-    """A GPU on this machine, without importing torch (the DAG must build fast)."""
-    import shutil, subprocess
-
-    if not shutil.which("nvidia-smi"):
-        return False
-    probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-    return probe.returncode == 0 and "GPU" in probe.stdout
-
-
-# device: cpu never claims the gpu resource; auto claims it only where a GPU is visible
-# (on a cluster, set device: cuda so that jobs ask SLURM for one).
-BACKEND = {"auto": "cuda" if gpu_present() else "cpu"}.get(config["device"], config["device"])
+# The device is decided here, once: device: cpu never claims the gpu resource; auto claims it
+# only where a GPU is visible (on a cluster, set device: cuda so that jobs ask SLURM for one).
+BACKEND = backend_for(config["device"])
 GPU_CLAIM = 1 if BACKEND == "cuda" else 0
 
 
 wildcard_constraints:
     model="[a-z0-9][a-z0-9._-]*",
-    unit="embed|head|other|layer_[0-9]+",
+    unit=layout.UNIT_WILDCARD,
     layer="[0-9]+",
     head="[0-9]+",
+
+
+def code(script):
+    """Param: hash of the library modules workflow_scripts/<script>.py reaches, so a library
+    edit reruns exactly the jobs it can change."""
+    return code_version(SCRIPTS / f"{script}.py", LIBRARY)
+
+
+def benchmark(rule, job="model"):
+    """A job's Snakemake benchmark file: results/{model}/benchmarks/<rule>/<job>.tsv."""
+    return layout.BENCHMARK.format(model="{model}", rule=rule, job=job)
 
 
 def model_spec(model):
@@ -44,20 +49,20 @@ def model_spec(model):
 
 def fetch_inputs(wildcards):
     like = model_spec(wildcards.model).get("like")
-    return {"like": f"resources/models/{like}"} if like else {}
+    return {"like": layout.CHECKPOINT.format(model=like)} if like else {}
 
 
 @functools.cache
 def _unit_megabytes(model, stamp):
     import pyarrow.parquet as pq
 
-    table = pq.read_table(f"results/{model}/inventory.parquet", columns=["unit", "nbytes"]).to_pandas()
+    table = pq.read_table(layout.INVENTORY.format(model=model), columns=["unit", "nbytes"]).to_pandas()
     return (table.groupby("unit")["nbytes"].sum() / 2**20).to_dict()
 
 
 def unit_megabytes(model, unit):
     """A unit's tensor bytes in MiB, from the inventory (re-read when it changes)."""
-    stamp = os.path.getmtime(f"results/{model}/inventory.parquet")
+    stamp = os.path.getmtime(layout.INVENTORY.format(model=model))
     return _unit_megabytes(model, stamp).get(unit, 0.0)
 
 
@@ -76,9 +81,14 @@ def units(model):
     return model_dims(model)["units"]
 
 
-def per_unit(pattern):
-    """Input function: pattern expanded over every unit of the wildcard's model."""
-    return lambda wildcards: expand(pattern, model=wildcards.model, unit=units(wildcards.model))
+def per_unit(kind):
+    """Input function: the model's files of one per-unit kind (tensors, spectra, ...), every unit."""
+    return lambda wildcards: [layout.per_unit(kind, wildcards.model, unit) for unit in units(wildcards.model)]
+
+
+def layer_file(kind):
+    """Input function: the per-unit file of the {layer} wildcard's unit."""
+    return lambda wildcards: layout.per_unit(kind, wildcards.model, layout.layer_unit(int(wildcards.layer)))
 
 
 def deep_dive_heads(model):
@@ -87,7 +97,7 @@ def deep_dive_heads(model):
 
 
 def deep_dive_files(model, ext):
-    return [f"results/{model}/heads/deep_dive/layer_{layer}_head_{head}.{ext}" for layer, head in deep_dive_heads(model)]
+    return [layout.deep_dive(model, layer, head, ext) for layer, head in deep_dive_heads(model)]
 
 
 # Random-init twins (synthetic with like:) are the controls their models are read against.
@@ -95,7 +105,7 @@ CONTROLS = {m: s["like"] for m, s in MODELS.items() if s["source"] == "synthetic
 
 
 def control_metrics(wildcards):
-    return [f"results/{twin}/metrics.parquet" for twin, of in CONTROLS.items() if of == wildcards.model][:1]
+    return [layout.METRICS.format(model=twin) for twin, of in CONTROLS.items() if of == wildcards.model][:1]
 
 
 def esd_layers(model):
@@ -105,13 +115,18 @@ def esd_layers(model):
     return sorted({layer for layer in chosen if 0 <= layer < layers})
 
 
+def plots_dir(model):
+    return layout.PLOTS.format(model=model)
+
+
 def model_plot_files(model):
+    plots = plots_dir(model)
     return [
-        *[f"results/{model}/plots/{metric}_by_layer.png" for metric in PLOT_METRICS],
-        *[f"results/{model}/plots/esd_layer_{layer}.png" for layer in esd_layers(model)],
-        f"results/{model}/plots/heads_heatmap.png",
-        f"results/{model}/plots/precision_distributions.png",
-        f"results/{model}/plots/precision",
+        *[f"{plots}/{metric}_by_layer.png" for metric in layout.PLOT_METRICS],
+        *[f"{plots}/esd_layer_{layer}.png" for layer in esd_layers(model)],
+        f"{plots}/heads_heatmap.png",
+        f"{plots}/precision_distributions.png",
+        f"{plots}/precision",
         f"results/{model}/embedding/elbow.png",
         f"results/{model}/embedding/pca.png",
         *deep_dive_files(model, "png"),
@@ -130,29 +145,39 @@ def headmerge_targets(model):
     ]
 
 
+# Rules that run once per unit, and once per model, with a benchmark file each (the report's
+# "where the time went" reads them all).
+PER_UNIT_RULES = ["extract", "spectra", "precision"]  # TODO-merge: heads
+PER_MODEL_RULES = ["fetch", "inventory", "embedding", "embedding_plots", "aggregate", "metric_plots",
+                   "head_and_precision_plots"]
+
+
+def benchmark_files(model):
+    """Every benchmark file of a model's jobs up to its report."""
+    files = [benchmark(rule).replace("{model}", model) for rule in PER_MODEL_RULES]
+    files += [benchmark(rule, unit).replace("{model}", model) for rule in PER_UNIT_RULES for unit in units(model)]
+    files += [benchmark("esd_plot", f"layer_{layer}").replace("{model}", model) for layer in esd_layers(model)]
+    return files
+
+
 def per_model_targets(model):
     return [
         *headmerge_targets(model),
-        f"results/{model}/report.md",
+        layout.REPORT.format(model=model),
         *deep_dive_files(model, "parquet"),
         *model_plot_files(model),
         *expand("results/{model}/embedding/{name}", model=model, name=["summary.json", "pca.png", "elbow.png"]),
-        f"results/{model}/inventory.parquet",
-        f"results/{model}/model.json",
-        *expand(
-            "results/{model}/{kind}/{unit}.parquet",
-            model=model,
-            kind=["tensors", "spectra", "metrics", "precision", "heads"],
-            unit=units(model),
-        ),
+        layout.INVENTORY.format(model=model),
+        layout.MODEL_JSON.format(model=model),
+        *[layout.per_unit(kind, model, unit) for kind in layout.PER_UNIT_KINDS for unit in units(model)],
     ]
 
 
 def all_targets(wildcards):
     return [target for model in MODELS for target in per_model_targets(model)] + [
-        "results/summary/metrics.parquet",
-        "results/summary/depth_comparison.csv",
-        *[f"results/summary/plots/{metric}_by_depth.png" for metric in PLOT_METRICS],
+        f"{layout.SUMMARY}/metrics.parquet",
+        f"{layout.SUMMARY}/depth_comparison.csv",
+        *[f"{layout.SUMMARY}/plots/{metric}_by_depth.png" for metric in layout.PLOT_METRICS],
     ]
 
 

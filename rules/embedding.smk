@@ -3,34 +3,55 @@
 
 rule embedding:
     input:
-        embed="results/{model}/tensors/embed.parquet",
-        head="results/{model}/tensors/head.parquet",
-        inventory="results/{model}/inventory.parquet",
-        checkpoint="resources/models/{model}",
+        embed=layout.per_unit("tensors", "{model}", layout.EMBED),
+        lm_head=layout.per_unit("tensors", "{model}", layout.LM_HEAD),
+        inventory=layout.INVENTORY,
+        checkpoint=layout.CHECKPOINT,
     output:
         summary="results/{model}/embedding/summary.json",
         elbow="results/{model}/embedding/elbow.parquet",
         clusters="results/{model}/embedding/clusters.parquet",
         points="results/{model}/embedding/pca_points.parquet",
-        elbow_plot=report(
-            "results/{model}/embedding/elbow.png",
-            category="{model}",
-            subcategory="embedding",
-            caption="../report/embedding_elbow.rst",
-        ),
-        pca_plot=report(
-            "results/{model}/embedding/pca.png",
-            category="{model}",
-            subcategory="embedding",
-            caption="../report/embedding_pca.rst",
-        ),
     params:
         settings=config["embedding"],
+        code=code("embedding"),
     log:
         "logs/{model}/embedding.log",
+    benchmark:
+        benchmark("embedding")
     resources:
         mem_mb=8000,
     conda:
         "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/embedding.py"
+
+
+rule embedding_plots:
+    input:
+        summary="results/{model}/embedding/summary.json",
+        elbow="results/{model}/embedding/elbow.parquet",
+        points="results/{model}/embedding/pca_points.parquet",
+    output:
+        elbow=report(
+            "results/{model}/embedding/elbow.png",
+            category="{model}",
+            subcategory="embedding",
+            caption="../report/embedding_elbow.rst",
+        ),
+        pca=report(
+            "results/{model}/embedding/pca.png",
+            category="{model}",
+            subcategory="embedding",
+            caption="../report/embedding_pca.rst",
+        ),
+    params:
+        code=code("embedding_plots"),
+    log:
+        "logs/{model}/plots/embedding.log",
+    benchmark:
+        benchmark("embedding_plots")
+    conda:
+        "../envs/blockscope.yaml"
+    script:
+        "../workflow_scripts/embedding_plots.py"

@@ -3,12 +3,16 @@
 
 checkpoint inventory:
     input:
-        "resources/models/{model}",
+        layout.CHECKPOINT,
     output:
-        inventory="results/{model}/inventory.parquet",
-        dims="results/{model}/model.json",
+        inventory=layout.INVENTORY,
+        dims=layout.MODEL_JSON,
+    params:
+        code=code("inventory"),
     log:
         "logs/{model}/inventory.log",
+    benchmark:
+        benchmark("inventory")
     conda:
         "../envs/blockscope.yaml"
     script:
@@ -17,12 +21,16 @@ checkpoint inventory:
 
 rule extract:
     input:
-        checkpoint="resources/models/{model}",
-        inventory="results/{model}/inventory.parquet",
+        checkpoint=layout.CHECKPOINT,
+        inventory=layout.INVENTORY,
     output:
-        "results/{model}/tensors/{unit}.parquet",
+        layout.TENSORS,
+    params:
+        code=code("extract"),
     log:
         "logs/{model}/extract/{unit}.log",
+    benchmark:
+        benchmark("extract", "{unit}")
     resources:
         mem_mb=scaled(500, 1.5),
         runtime=scaled(5, 0.02),

@@ -5,11 +5,14 @@ rule fetch:
     input:
         unpack(fetch_inputs),
     output:
-        directory("resources/models/{model}"),
+        directory(layout.CHECKPOINT),
     params:
         spec=lambda wildcards: model_spec(wildcards.model),
+        code=code("fetch"),
     log:
         "logs/{model}/fetch.log",
+    benchmark:
+        benchmark("fetch")
     resources:
         mem_mb=8000,
     conda:

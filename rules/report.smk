@@ -1,21 +1,24 @@
 # Plots and reports, per model and across models. All read tables; none recomputes a spectrum.
 
-PLOT_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "svd_90_percent_rank"]
-
 
 rule metric_plots:
     input:
-        metrics="results/{model}/metrics.parquet",
+        metrics=layout.METRICS,
         control=control_metrics,
     output:
         report(
-            expand("results/{{model}}/plots/{metric}_by_layer.png", metric=PLOT_METRICS),
+            expand("results/{{model}}/plots/{metric}_by_layer.png", metric=layout.PLOT_METRICS),
             category="{model}",
             subcategory="metrics by layer",
             caption="../report/metric_by_layer.rst",
         ),
+    params:
+        metrics=layout.PLOT_METRICS,
+        code=code("metric_plots"),
     log:
         "logs/{model}/plots/metrics.log",
+    benchmark:
+        benchmark("metric_plots")
     conda:
         "../envs/blockscope.yaml"
     script:
@@ -24,8 +27,8 @@ rule metric_plots:
 
 rule esd_plot:
     input:
-        spectra=lambda w: f"results/{w.model}/spectra/layer_{int(w.layer):03d}.parquet",
-        metrics=lambda w: f"results/{w.model}/metrics/layer_{int(w.layer):03d}.parquet",
+        spectra=layer_file("spectra"),
+        metrics=layer_file("metrics"),
     output:
         report(
             "results/{model}/plots/esd_layer_{layer}.png",
@@ -33,8 +36,12 @@ rule esd_plot:
             subcategory="eigenvalue spectra",
             caption="../report/esd.rst",
         ),
+    params:
+        code=code("esd_plot"),
     log:
         "logs/{model}/plots/esd_layer_{layer}.log",
+    benchmark:
+        benchmark("esd_plot", "layer_{layer}")
     conda:
         "../envs/blockscope.yaml"
     script:
@@ -43,9 +50,8 @@ rule esd_plot:
 
 rule head_and_precision_plots:
     input:
-        heads="results/{model}/heads.parquet",
-        precision="results/{model}/precision.parquet",
-        precision_wide="results/{model}/precision_alpha_hill.csv",
+        heads=layout.HEADS,
+        precision=layout.PRECISION,
     output:
         heatmap=report(
             "results/{model}/plots/heads_heatmap.png",
@@ -68,8 +74,11 @@ rule head_and_precision_plots:
         ),
     params:
         layers_per_page=config["report"]["layers_per_page"],
+        code=code("head_precision_plots"),
     log:
         "logs/{model}/plots/heads_precision.log",
+    benchmark:
+        benchmark("head_and_precision_plots")
     conda:
         "../envs/blockscope.yaml"
     script:
@@ -78,9 +87,9 @@ rule head_and_precision_plots:
 
 rule model_report:
     input:
-        dims="results/{model}/model.json",
-        metrics="results/{model}/metrics.parquet",
-        heads="results/{model}/heads.parquet",
+        dims=layout.MODEL_JSON,
+        metrics=layout.METRICS,
+        heads=layout.HEADS,
         statistics="results/{model}/statistics_by_type.csv",
         phases="results/{model}/phase_analysis.csv",
         hints="results/{model}/quantization_hints.csv",
@@ -88,10 +97,15 @@ rule model_report:
         embedding="results/{model}/embedding/summary.json",
         deep_dive=lambda w: deep_dive_files(w.model, "parquet"),
         plots=lambda w: model_plot_files(w.model),
+        benchmarks=lambda w: benchmark_files(w.model),
     output:
-        "results/{model}/report.md",
+        layout.REPORT,
+    params:
+        code=code("model_report"),
     log:
         "logs/{model}/report.log",
+    benchmark:
+        benchmark("model_report")
     conda:
         "../envs/blockscope.yaml"
     script:
@@ -100,15 +114,20 @@ rule model_report:
 
 rule summary_plots:
     input:
-        "results/summary/metrics.parquet",
+        f"{layout.SUMMARY}/metrics.parquet",
     output:
         report(
-            expand("results/summary/plots/{metric}_by_depth.png", metric=PLOT_METRICS),
+            expand(f"{layout.SUMMARY}/plots/{{metric}}_by_depth.png", metric=layout.PLOT_METRICS),
             category="across models",
             caption="../report/depth_overlay.rst",
         ),
+    params:
+        metrics=layout.PLOT_METRICS,
+        code=code("summary_plots"),
     log:
         "logs/summary/plots.log",
+    benchmark:
+        layout.SUMMARY_BENCHMARK.format(rule="summary_plots")
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -3,17 +3,20 @@
 
 rule spectra:
     input:
-        tensors="results/{model}/tensors/{unit}.parquet",
-        inventory="results/{model}/inventory.parquet",
+        tensors=layout.TENSORS,
+        inventory=layout.INVENTORY,
     output:
-        spectra="results/{model}/spectra/{unit}.parquet",
-        metrics="results/{model}/metrics/{unit}.parquet",
+        spectra=layout.SPECTRA,
+        metrics=layout.UNIT_METRICS,
     params:
         backend=BACKEND,
         compute_dtype=config["compute_dtype"],
         hill_fraction=config["precision"]["k_fraction"],
+        code=code("spectra"),
     log:
         "logs/{model}/spectra/{unit}.log",
+    benchmark:
+        benchmark("spectra", "{unit}")
     resources:
         gpu=GPU_CLAIM,
         mem_mb=scaled(1000, 4),
@@ -26,17 +29,20 @@ rule spectra:
 
 rule precision:
     input:
-        tensors="results/{model}/tensors/{unit}.parquet",
-        inventory="results/{model}/inventory.parquet",
-        spectra="results/{model}/spectra/{unit}.parquet",
+        tensors=layout.TENSORS,
+        inventory=layout.INVENTORY,
+        spectra=layout.SPECTRA,
     output:
-        "results/{model}/precision/{unit}.parquet",
+        layout.UNIT_PRECISION,
     params:
         precisions=config["precision"]["precisions"],
         compute_dtype=config["compute_dtype"],
         hill_fraction=config["precision"]["k_fraction"],
+        code=code("precision"),
     log:
         "logs/{model}/precision/{unit}.log",
+    benchmark:
+        benchmark("precision", "{unit}")
     resources:
         mem_mb=scaled(1000, 4),
         runtime=scaled(10, 0.1),

@@ -371,10 +371,6 @@ def test_precision_wide_empty_has_the_declared_columns():
     assert got.columns.tolist() == layout.PRECISION_WIDE_COLUMNS and got.empty
 
 
-@pytest.mark.xfail(strict=True, reason="bug: precision_wide uses pivot_table, whose dropna=True drops a matrix "
-                                       "whose alpha_hill is NaN at every precision (a matrix too small for the Hill "
-                                       "estimator), so precision_alpha_hill.csv loses rows; docstring says one row "
-                                       "per matrix")
 def test_precision_wide_keeps_a_matrix_without_any_alpha():
     long = _precision_long([
         ("big", "q_proj", 64, 64, "fp32", 2.0), ("big", "q_proj", 64, 64, "bf16", 2.1),

@@ -5,7 +5,8 @@ import pytest
 
 from blockscope import heavytail as ht
 from blockscope import metrics as mx
-from blockscope.matrix_report import matrix_row
+from blockscope.layout import MATRIX_COLUMNS
+from blockscope.matrix_metrics import matrix_metrics
 from blockscope.spectra import cast_round_trip, compute_spectra, singular_values
 
 
@@ -76,7 +77,7 @@ def test_exact_low_rank_matrices_give_their_rank(rank):
     sigma = singular_values(w.copy())
     assert mx.numerical_rank(sigma, 300, 200, np.finfo(np.float32).eps) == rank
     assert np.linalg.matrix_rank(w) == rank  # the convention we follow
-    row = matrix_row(w, sigma, "F32")
+    row = matrix_metrics(w, sigma, "F32")
     assert row["actual_rank"] == rank and row["rank_ratio"] == pytest.approx(rank / 200)
 
 
@@ -131,8 +132,12 @@ def test_torch_code_path_agrees_with_lapack():
 
 
 def test_cuda_out_of_memory_falls_back_to_cpu(monkeypatch, caplog):
-    pytest.importorskip("torch")
-    monkeypatch.setenv("BLOCKSCOPE_FORCE_CUDA_OOM", "1")
+    torch = pytest.importorskip("torch")
+
+    def out_of_memory(batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(torch.linalg, "svdvals", out_of_memory)
     mats = [np.eye(8, dtype=np.float32) * 2]
     sigmas, _, used = compute_spectra(mats, "torch-cpu")
     assert used == "cpu" and np.allclose(sigmas[0], 2.0)
@@ -149,13 +154,20 @@ def test_cuda_out_of_memory_falls_back_to_cpu(monkeypatch, caplog):
 def test_bad_matrices_give_nan_rows_with_a_status(make, status):
     w = make()
     sigma = singular_values(w.astype(np.float32)) if np.isfinite(w).all() else np.zeros(0)
-    row = matrix_row(w, sigma, "F32")
+    row = matrix_metrics(w, sigma, "F32")
     assert row["status"].startswith(status)
     assert np.isnan(row["alpha"]) and np.isnan(row["alpha_hill"])
     if "zero" in status:
         assert row["actual_rank"] == 0 and np.isnan(row["effective_rank"])
     if "0.5" in repr(make) or w.shape[0] == 1:
         assert row["actual_rank"] == 1
+
+
+@pytest.mark.parametrize("matrix", [np.eye(20, 30, dtype=np.float32) * np.arange(1, 21)[:, None],
+                                    np.full((4, 4), np.nan, np.float32)])
+def test_a_metrics_row_has_exactly_the_declared_columns(matrix):
+    sigma = singular_values(matrix.copy()) if np.isfinite(matrix).all() else np.zeros(0)
+    assert list(matrix_metrics(matrix, sigma, "BF16")) == MATRIX_COLUMNS
 
 
 def test_precision_round_trip_changes_only_what_the_format_loses():

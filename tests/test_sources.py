@@ -66,7 +66,7 @@ def test_hub_unreachable_names_model_repo_and_remedy(tmp_path, env):
             f"fetch('qwen', {{'source': 'hf', 'repo_id': 'Qwen/Qwen2.5-0.5B', 'revision': 'main'}}, {str(tmp_path / 'q')!r})")
     secret = "hf_THIS_IS_NOT_A_REAL_TOKEN"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, **env, "HF_TOKEN": secret, "PYTHONPATH": str(ROOT)}, timeout=120)
+                            env={**os.environ, **env, "HF_TOKEN": secret}, timeout=120)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "[qwen]" in last and "Qwen/Qwen2.5-0.5B@main" in last and "source: local" in last

@@ -6,7 +6,8 @@ import pytest
 
 from blockscope.inventory import build_inventory
 from blockscope.tensors import write_unit
-from blockscope.unit_analysis import analyse_unit, metrics_columns, precision_sweep
+from blockscope.layout import METRICS_COLUMNS
+from blockscope.unit_analysis import analyse_unit, precision_sweep
 
 
 def _unit(tmp_path, tensors: dict, layouts=None):
@@ -28,7 +29,7 @@ def test_fused_experts_are_split_and_bad_tensors_reported(tmp_path):
                "norm.weight": np.ones(16, np.float32)}
     path, inventory = _unit(tmp_path, tensors)
     metrics, spectra = analyse_unit("m", "layer_000", path, inventory)
-    assert list(metrics.columns) == metrics_columns()
+    assert list(metrics.columns) == METRICS_COLUMNS
     experts = metrics[metrics["param_name"] == "mlp.experts.gate_up_proj"]
     assert list(experts["expert"]) == [0, 1, 2] and set(experts["rows"]) == {40}
     expected = np.linalg.svd(tensors["mlp.experts.gate_up_proj"][1].astype(np.float64), compute_uv=False)
@@ -46,4 +47,4 @@ def test_fused_experts_are_split_and_bad_tensors_reported(tmp_path):
 def test_empty_unit_has_typed_empty_files(tmp_path):
     path, inventory = _unit(tmp_path, {"norm.weight": np.ones(8, np.float32)})
     metrics, spectra = analyse_unit("m", "other", path, inventory)
-    assert len(metrics) == 0 and list(metrics.columns) == metrics_columns() and len(spectra) == 0
+    assert len(metrics) == 0 and list(metrics.columns) == METRICS_COLUMNS and len(spectra) == 0

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-from blockscope import read_unit
+from blockscope import layout, read_unit
 from conftest import TINY_LLAMA, mtimes, run_workflow
 
 pytestmark = pytest.mark.slow
@@ -50,8 +50,8 @@ def test_every_unit_is_extracted_bit_for_bit(finished):
             for name, array in back.items():
                 assert array.tobytes() == weights[name].tobytes()
     # every unit has a file, even one with nothing in it (a tied model's head)
-    assert (finished / "results/tiny-gpt2/tensors/head.parquet").exists()
-    assert read_unit(finished / "results/tiny-gpt2/tensors/head.parquet") == {}
+    assert (finished / "results/tiny-gpt2/tensors/lm_head.parquet").exists()
+    assert read_unit(finished / "results/tiny-gpt2/tensors/lm_head.parquet") == {}
 
 
 def test_log_shows_dims_and_unit_table(finished):
@@ -115,11 +115,7 @@ def test_schema_error_stops_before_any_job(tmp_path):
     assert "models.a.source: 'ftp' is not allowed" in result.stdout + result.stderr
 
 
-CONTRACT = ["model", "unit", "param_name", "layer_index", "block_type", "rows", "cols", "source_dtype",
-            "compute_dtype", "backend", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank",
-            "svd_90_percent_ratio", "effective_rank", "stable_rank", "spectral_norm", "frobenius_norm", "log_norm",
-            "log_spectral_norm", "alpha", "xmin", "D", "num_pl_spikes", "alpha_weighted", "alpha_hill",
-            "alpha_peak", "alpha_mid", "mean", "std", "var", "sparsity", "seconds"]
+CONTRACT = layout.CONTRACT_METRICS_COLUMNS
 
 
 def test_metrics_spectra_and_precision_per_unit(finished):
@@ -164,17 +160,15 @@ def test_tables_plots_and_reports(finished, tmp_path):
 
     model = finished / "results/tiny-llama"
     metrics = pd.read_parquet(model / "metrics.parquet")
-    exported = ["model_path", "model_id", "revision", "param_name", "layer_index", "block_type", "shape", "rows",
-                "cols", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank", "svd_90_percent_ratio",
-                "mean", "std", "var", "sparsity", "dtype", "created_at"]
+    exported = layout.EXPORT_FIRST_COLUMNS
     assert list(metrics.columns[: len(exported)]) == exported and set(CONTRACT) <= set(metrics.columns)
     assert pd.read_csv(model / "metrics.csv").shape == metrics.shape
     assert len(json.loads((model / "metrics.json").read_text())) == len(metrics)
     wide = pd.read_csv(model / "precision_alpha_hill.csv")
-    assert list(wide.columns) == ["layer_name", "category", "out_features", "in_features", "alpha_fp32",
-                                  "alpha_fp16", "alpha_bf16"]
+    assert list(wide.columns) == layout.PRECISION_WIDE_COLUMNS + ["alpha_fp32", "alpha_fp16", "alpha_bf16"]
+    assert len(wide) == len(metrics)  # one row per matrix, even where alpha-Hill is NaN at every precision
     summary = pd.read_csv(model / "precision_summary_statistics.csv")
-    assert list(summary.columns) == ["precision", "count", "mean", "std", "min", "median", "max", "q25", "q75"]
+    assert list(summary.columns) == layout.PRECISION_SUMMARY_COLUMNS
     heads = pd.read_parquet(model / "heads.parquet")
     assert len(heads) == 2 * 4 and {"tag", "layer_tag"} <= set(heads.columns)
     hints = json.loads((model / "quantization_config.json").read_text())
@@ -199,20 +193,46 @@ def _dry_run_rules(work, snakefile):
     return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
 
 
-def test_editing_one_stage_reruns_that_stage_and_what_follows(finished, tmp_path):
+def workflow_copy(tmp_path):
+    """A copy of the workflow's code, to edit without touching the checkout."""
     from conftest import ROOT
 
-    work = clone(finished, tmp_path)
     workflow = tmp_path / "workflow"
-    workflow.mkdir()
+    workflow.mkdir(parents=True)
     for part in ("Snakefile", "rules", "workflow_scripts", "schemas", "blockscope", "report", "profiles"):
         (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, workflow / part)
+    return workflow
+
+
+def append_a_line(path):
+    path.write_text(path.read_text() + "\n# an edit\n")
+
+
+PLOT_RULES = {"metric_plots", "esd_plot", "head_and_precision_plots", "embedding_plots", "summary_plots",
+              "head_deep_dive_plot", "headmerge_plots"}
+
+
+def test_editing_one_stage_reruns_that_stage_and_what_follows(finished, tmp_path):
+    work, workflow = clone(finished, tmp_path), workflow_copy(tmp_path)
     assert _dry_run_rules(work, workflow / "Snakefile") <= {"all"}  # same code, nothing to do
-    script = workflow / "workflow_scripts/precision.py"
-    script.write_text(script.read_text() + "\n# an edit\n")
+    append_a_line(workflow / "workflow_scripts/precision.py")
     rerun = _dry_run_rules(work, workflow / "Snakefile")
     assert "precision" in rerun and "aggregate" in rerun
     assert not rerun & {"fetch", "inventory", "extract", "spectra", "heads", "embedding", "head_deep_dive"}
+
+
+def test_editing_a_library_module_reruns_exactly_what_uses_it(finished, tmp_path):
+    work, workflow = clone(finished, tmp_path), workflow_copy(tmp_path)
+    append_a_line(workflow / "blockscope/heavytail.py")
+    rerun = _dry_run_rules(work, workflow / "Snakefile")
+    assert {"spectra", "precision", "aggregate", "summary", "model_report"} <= rerun
+    assert not rerun & {"fetch", "inventory", "extract", "heads", "embedding", "head_deep_dive"}
+
+    workflow = workflow_copy(tmp_path / "second")
+    append_a_line(workflow / "blockscope/plots.py")
+    rerun = _dry_run_rules(work, workflow / "Snakefile")
+    assert {"metric_plots", "esd_plot", "summary_plots"} <= rerun
+    assert rerun <= PLOT_RULES | {"model_report", "all"}  # the report links the redrawn figures
 
 
 def test_a_killed_run_loses_nothing_finished_and_resumes(finished, tmp_path):

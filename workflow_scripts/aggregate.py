@@ -18,9 +18,7 @@ def write_csv(frame, target):
 def main(snakemake):
     model, out = snakemake.wildcards.model, snakemake.output
     dims = json.loads(Path(snakemake.input.dims).read_text())
-    source = json.loads((Path(snakemake.input.checkpoint) / "source.json").read_text())
-    metrics = agg.stack(pd.read_parquet(p) for p in snakemake.input.metrics)
-    metrics = agg.with_provenance(metrics, agg.model_identity(source, snakemake.input.checkpoint))
+    metrics = agg.with_provenance(agg.stack(pd.read_parquet(p) for p in snakemake.input.metrics), dims)
     write_parquet(metrics, out.metrics)
     write_csv(metrics, out.metrics_csv)
     with atomic_path(out.metrics_json) as tmp:

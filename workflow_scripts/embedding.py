@@ -8,7 +8,7 @@ import pandas as pd
 from blockscope import read_unit
 from blockscope.atomic import write_json, write_parquet
 from blockscope.embedding import analyse_embedding
-from blockscope.plots import embedding_elbow, embedding_pca
+from blockscope.layout import EMBED, LM_HEAD
 from blockscope.workflow import run_step
 
 
@@ -29,18 +29,18 @@ def main(snakemake):
     ks = range(settings["k_min"], settings["k_max"] + 1, settings["k_step"])
     decode = token_decoder(Path(snakemake.input.checkpoint))
     matrices = {}
-    for unit, path in (("embed", snakemake.input.embed), ("head", snakemake.input.head)):
+    for unit, path in ((EMBED, snakemake.input.embed), (LM_HEAD, snakemake.input.lm_head)):
         rows = inventory[(inventory["unit"] == unit) & inventory["block_type"].isin(["embedding", "output"])
                          & (inventory["shape"].map(len) == 2)]
         if len(rows):  # the token embedding (largest) and, when untied, the output head
             name = rows.loc[rows["nbytes"].idxmax(), "param_name"]
             matrices[name] = read_unit(path, names=[name])[name]
-    elbows, chosen, points, summary, clusters = {}, {}, {}, {}, []
+    elbows, points, summary, clusters = {}, {}, {}, []
     for name, matrix in matrices.items():
         elbow, table, pts, info = analyse_embedding(
             matrix, ks, seed=settings["seed"], sample_size=settings["sample"],
             silhouette_sample=settings["silhouette_sample"], nearest=settings["nearest_tokens"], decode=decode)
-        elbows[name], chosen[name], points[name], summary[name] = elbow.assign(matrix=name), info["k"], pts, info
+        elbows[name], points[name], summary[name] = elbow.assign(matrix=name), pts, info
         clusters.append(table.assign(matrix=name))
         print(f"[{model}] {name} {matrix.shape}: k = {info['k']} ({info['algorithm']}), "
               f"silhouette {info['silhouette_at_k']:.3f}")
@@ -52,8 +52,6 @@ def main(snakemake):
     write_parquet(pd.concat(clusters) if clusters else pd.DataFrame(), snakemake.output.clusters)
     write_parquet(pd.concat(p.assign(matrix=n) for n, p in points.items()) if points else pd.DataFrame(),
                   snakemake.output.points)
-    embedding_elbow(elbows, chosen, f"{model}: k-means elbow of embedding rows", snakemake.output.elbow_plot)
-    embedding_pca(points, f"{model}: embedding rows, PCA", snakemake.output.pca_plot)
 
 
 run_step(snakemake, main)

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from blockscope.atomic import write_json, write_parquet
-from blockscope.inventory import build_inventory, model_dims, read_config, unit_table
+from blockscope.inventory import build_inventory, model_dims, model_identity, read_config, unit_table
 from blockscope.workflow import run_step
 
 
@@ -13,7 +13,7 @@ def main(snakemake):
     source = json.loads((checkpoint / "source.json").read_text())
     inventory = build_inventory(checkpoint, model=model, source_dtypes=source.get("source_dtypes"))
     dims = model_dims(read_config(checkpoint, model), inventory, model=model, path=checkpoint / "config.json")
-    dims = {"model": model, "source": source["source"], **dims}
+    dims = {"model": model, **model_identity(source), **dims}  # provenance travels with the dims
     write_parquet(inventory, snakemake.output.inventory)
     write_json(dims, snakemake.output.dims)
     print(f"[{model}] " + ", ".join(f"{k}={v}" for k, v in dims.items() if k not in ("units", "model")))

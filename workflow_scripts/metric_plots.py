@@ -10,9 +10,8 @@ def main(snakemake):
     model = snakemake.wildcards.model
     metrics = pd.read_parquet(snakemake.input.metrics)
     control = pd.read_parquet(snakemake.input.control[0]) if snakemake.input.control else None
-    for path in snakemake.output:
-        metric = path.rsplit("/", 1)[1].removesuffix("_by_layer.png")
-        twin = f" vs random-init twin {control['model'].iloc[0]}" if control is not None else ""
+    twin = f" vs random-init twin {control['model'].iloc[0]}" if control is not None else ""
+    for metric, path in zip(snakemake.params.metrics, snakemake.output):
         metric_by_layer(metrics, metric, f"{model}: {metric} by layer{twin}", path, control)
 
 

@@ -6,6 +6,7 @@ import os
 import pandas as pd
 
 from blockscope.atomic import atomic_path
+from blockscope.job_costs import read_benchmarks
 from blockscope.report import model_report
 from blockscope.workflow import run_step
 
@@ -17,7 +18,7 @@ def main(snakemake):
         pd.read_parquet(inp.heads), pd.read_csv(inp.statistics), pd.read_csv(inp.phases), pd.read_csv(inp.hints),
         pd.read_csv(inp.precision_summary), json.load(open(inp.embedding)),
         {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
-        list(inp.plots), os.path.dirname(snakemake.output[0]))
+        list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks))
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(text)
 

@@ -3,7 +3,6 @@
 import pandas as pd
 
 from blockscope.atomic import write_parquet
-from blockscope.spectra import resolve_backend
 from blockscope.unit_analysis import analyse_unit
 from blockscope.workflow import run_step
 
@@ -12,7 +11,7 @@ def main(snakemake):
     unit = snakemake.wildcards.unit
     inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
     metrics, spectra = analyse_unit(snakemake.wildcards.model, unit, snakemake.input.tensors, inventory,
-                                    backend=resolve_backend(snakemake.params.backend),
+                                    backend=snakemake.params.backend,
                                     compute_dtype=snakemake.params.compute_dtype,
                                     hill_fraction=snakemake.params.hill_fraction)
     write_parquet(spectra, snakemake.output.spectra)

@@ -8,8 +8,7 @@ from blockscope.workflow import run_step
 
 def main(snakemake):
     metrics = pd.read_parquet(snakemake.input[0])
-    for path in snakemake.output:
-        metric = path.rsplit("/", 1)[1].removesuffix("_by_depth.png")
+    for metric, path in zip(snakemake.params.metrics, snakemake.output):
         depth_overlay(metrics, metric, f"all models: {metric} by relative depth (dashed: random-init controls)", path)
 
 

@@ -1,32 +1,17 @@
-"""One metrics row per matrix: the output contract's columns and the rest, with a status."""
+"""One metrics row per matrix: every column of layout.MATRIX_COLUMNS, with a status."""
 
 import numpy as np
 
 from . import heavytail as ht
 from . import metrics as mx
+from .dtypes import relative_precision
+from .layout import ELEMENT_COLUMNS, ENERGY_FRACTIONS, SPECTRAL_METRIC_COLUMNS, energy_column
 
-ENERGY_FRACTIONS = (0.5, 0.75, 0.9, 0.95, 0.99)
-ALPHA_LOW, ALPHA_HIGH = 2.0, 6.0
-
-# Relative precision of stored formats, for dtype-aware numerical ranks. GGUF integer
-# quantisation with b bits has a step of about 1 / (2^b - 1) of its block's range.
-SOURCE_EPS = {
-    "F64": np.finfo(np.float64).eps, "F32": np.finfo(np.float32).eps, "F16": 2.0**-10,
-    "BF16": 2.0**-7, "F8_E4M3": 2.0**-3, "F8_E5M2": 2.0**-2,
-    "Q8": 1 / 127, "Q6": 1 / 63, "Q5": 1 / 31, "Q4": 1 / 15, "Q3": 1 / 7, "Q2": 1 / 3,
-}
-
-
-def source_eps(source_dtype: str) -> float:
-    if source_dtype in SOURCE_EPS:
-        return SOURCE_EPS[source_dtype]
-    return SOURCE_EPS.get(source_dtype[:2], float("nan"))
+ALPHA_LOW, ALPHA_HIGH = 2.0, 6.0  # WeightWatcher's well-trained range of alpha
 
 
 def _nan_metrics() -> dict:
-    """Every metric column, NaN: the keys come from the metric functions themselves."""
-    names = [*spectral_metrics(np.ones(2), 2, 2, "F32"), *mx.element_stats(np.ones(1)), "sparsity"]
-    return dict.fromkeys(names, float("nan"))
+    return dict.fromkeys([*SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS], float("nan"))
 
 
 def spectral_metrics(sigma: np.ndarray, rows: int, cols: int, source_dtype: str, hill_fraction: float = 0.1) -> dict:
@@ -36,10 +21,10 @@ def spectral_metrics(sigma: np.ndarray, rows: int, cols: int, source_dtype: str,
     design = mx.design_rank(rows, cols)
     out = {
         "actual_rank": mx.numerical_rank(sigma, rows, cols, np.finfo(sigma.dtype).eps),
-        "numerical_rank_fp16": mx.rounding_noise_rank(sigma, rows, cols, SOURCE_EPS["F16"]),
-        "numerical_rank_bf16": mx.rounding_noise_rank(sigma, rows, cols, SOURCE_EPS["BF16"]),
-        "numerical_rank_source": mx.rounding_noise_rank(sigma, rows, cols, source_eps(source_dtype))
-        if np.isfinite(source_eps(source_dtype)) else float("nan"),
+        "numerical_rank_fp16": mx.rounding_noise_rank(sigma, rows, cols, relative_precision("F16")),
+        "numerical_rank_bf16": mx.rounding_noise_rank(sigma, rows, cols, relative_precision("BF16")),
+        "numerical_rank_source": mx.rounding_noise_rank(sigma, rows, cols, relative_precision(source_dtype))
+        if np.isfinite(relative_precision(source_dtype)) else float("nan"),
         "effective_rank": mx.effective_rank(sigma),
         "stable_rank": mx.stable_rank(sigma),
         "participation_ratio": mx.participation_ratio(sigma),
@@ -53,11 +38,12 @@ def spectral_metrics(sigma: np.ndarray, rows: int, cols: int, source_dtype: str,
     }
     out["rank_ratio"] = out["actual_rank"] / design if design else float("nan")
     for fraction in ENERGY_FRACTIONS:
-        out[f"energy_rank_{int(fraction * 100)}"] = mx.energy_rank(sigma, fraction)
+        out[energy_column(fraction)] = mx.energy_rank(sigma, fraction)
     out["svd_90_percent_rank"] = out["energy_rank_90"]
     out["svd_90_percent_ratio"] = out["energy_rank_90"] / design if design else float("nan")
     fit = ht.powerlaw_fit(eigs)
-    out.update(alpha=fit.alpha, xmin=fit.xmin, D=fit.D, sigma=fit.sigma, num_pl_spikes=fit.num_pl_spikes)
+    out.update(alpha=fit.alpha, xmin=fit.xmin, D=fit.D, alpha_stderr=fit.alpha_stderr,
+               num_pl_spikes=fit.num_pl_spikes)
     out["alpha_weighted"] = ht.alpha_weighted(fit.alpha, eigs)
     out["log_alpha_norm"] = ht.log_alpha_norm(fit.alpha, eigs)
     out["alpha_hill"] = ht.alpha_hill(eigs, ht.hill_k(ht.tail_eigenvalues(eigs).size, hill_fraction))
@@ -92,7 +78,7 @@ def status_of(row: dict, n_eigs: int) -> tuple:
     return "ok", warning
 
 
-def matrix_row(matrix: np.ndarray, sigma, source_dtype: str, hill_fraction: float = 0.1) -> dict:
+def matrix_metrics(matrix: np.ndarray, sigma, source_dtype: str, hill_fraction: float = 0.1) -> dict:
     """All metrics for one matrix (stored values in `matrix`, its singular values in `sigma`)."""
     rows, cols = matrix.shape
     row = {"rows": rows, "cols": cols, "design_rank": mx.design_rank(rows, cols)}
