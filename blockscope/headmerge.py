@@ -17,7 +17,6 @@ head keeps reading its own K/V, and only Q and O merge. Head count and architect
 
 import numpy as np
 
-from .factored import FactoredMatrix
 from .heads import AttentionWeights
 
 MEASURES = ("wq", "qk", "ov")
@@ -30,19 +29,12 @@ def cosine_matrix(inner: np.ndarray) -> np.ndarray:
         return inner / np.outer(norms, norms)
 
 
-def kernel_gram(fm: FactoredMatrix) -> np.ndarray:
-    """<A_i, A_j>_F for every pair of a stack: sum((L_i^T L_j) * (R_i R_j^T))."""
-    left = np.einsum("ind,jne->ijde", fm.left, fm.left)
-    right = np.einsum("idm,jem->ijde", fm.right, fm.right)
-    return np.einsum("ijde,ijde->ij", left, right)
-
-
 def similarities(weights: AttentionWeights) -> dict:
     """measure -> H x H cosine matrix."""
     queries = weights.q.reshape(weights.heads, -1).astype(np.float64)
     return {"wq": cosine_matrix(queries @ queries.T),
-            "qk": cosine_matrix(kernel_gram(weights.qk)),
-            "ov": cosine_matrix(kernel_gram(weights.ov))}
+            "qk": cosine_matrix(weights.qk.gram()),
+            "ov": cosine_matrix(weights.ov.gram())}
 
 
 def pairs_above(similarity: np.ndarray, threshold: float) -> list:

@@ -8,7 +8,8 @@ import pytest
 from blockscope import headmerge as hm
 from blockscope.config import validate_config
 from blockscope.errors import BlockscopeError
-from blockscope.heads import AttentionWeights, projection_names, read_projections, write_projections
+from blockscope.attention_layout import projection_names, read_projections, write_projections
+from blockscope.heads import AttentionWeights
 from conftest import ROOT
 
 WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
