@@ -35,7 +35,8 @@ class AttentionWeights:
     @classmethod
     def from_projections(cls, arrays: dict, dims: dict) -> "AttentionWeights":
         """From attention_layout.read_projections' arrays and the model's dims."""
-        return cls(arrays["q"], arrays["k"], arrays["v"], arrays["o"], dims["heads"], dims["kv_heads"], dims["head_dim"])
+        q, k, v, o = (arrays[part] for part in "qkvo")
+        return cls(q, k, v, o, dims["heads"], dims["kv_heads"], dims["head_dim"])
 
     def kv_head(self, h) -> int:
         return kv_head(h, self.heads, self.kv_heads)

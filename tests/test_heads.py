@@ -149,7 +149,8 @@ def test_grouped_query_attention_maps_heads_to_kv_heads():
 def test_no_attention_and_bad_head_counts():
     inventory = pd.DataFrame({"param_name": ["mlp.up_proj.weight"], "block_type": ["up_proj"], "shape": [[8, 4]],
                               "layout": ["out_in"]})
-    weights = attention_weights({"mlp.up_proj.weight": np.ones((8, 4))}, inventory, {"heads": 2, "kv_heads": 2, "head_dim": 2})
+    dims = {"heads": 2, "kv_heads": 2, "head_dim": 2}
+    weights = attention_weights({"mlp.up_proj.weight": np.ones((8, 4))}, inventory, dims)
     assert weights is None
     assert len(heads_table("m", "layer_000", 0, None)) == 0
     model = _tiny("llama", "LlamaForCausalLM", hidden_size=32, intermediate_size=64, num_attention_heads=4,
@@ -176,7 +177,8 @@ def test_quartile_tags_mark_the_lowest_and_highest_quarters():
     heads, kv, d, hidden = 8, 2, 8, 48
     # Head h's query is rank h + 1 within its d rows: effective ranks spread across the heads.
     q = np.concatenate([rng.standard_normal((d, h + 1)) @ rng.standard_normal((h + 1, hidden)) for h in range(heads)])
-    o = np.concatenate([rng.standard_normal((hidden, h + 1)) @ rng.standard_normal((h + 1, d)) for h in range(heads)], 1)
+    o = np.concatenate([rng.standard_normal((hidden, h + 1)) @ rng.standard_normal((h + 1, d))
+                        for h in range(heads)], axis=1)
     weights = AttentionWeights(q, rng.standard_normal((kv * d, hidden)), rng.standard_normal((kv * d, hidden)), o,
                                heads, kv, d)
     table = heads_table("m", "layer_000", 0, weights).sort_values("mean_effective_rank")
