@@ -48,7 +48,7 @@ def main():
     if (demo / "tensors/layer_015.parquet").exists():
         dims = json.loads((demo / "model.json").read_text())
         inventory = pd.read_parquet(demo / "inventory.parquet", filters=[("unit", "==", "layer_015")])
-        weights, _ = attention_weights(read_unit(demo / "tensors/layer_015.parquet"), inventory, dims)
+        weights = attention_weights(read_unit(demo / "tensors/layer_015.parquet"), inventory, dims)
         measure("smollm2-135m layer 15 (576 hidden, 9 heads, 3 kv)", weights)
     rng = np.random.default_rng(0)
     hidden, heads, kv, d = 4096, 32, 8, 128

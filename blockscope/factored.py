@@ -4,8 +4,9 @@
     right (..., d, m), d << n, m; leading axes stack many products (one per attention head)
     and every quantity below is computed for all of them at once. Singular values come from
     the d x d core R_l R_r^T of the QR factors (left = Q_l R_l, right^T = Q_r R_r); the nonzero
-    eigenvalues of a square A are those of the d x d product right @ left; Frobenius norms and
-    traces come from d x d products too. In the spirit of TransformerLens' FactoredMatrix.
+    eigenvalues of a square A are those of the d x d product right @ left; Frobenius norms,
+    traces and inner products come from d x d products too. In the spirit of TransformerLens'
+    FactoredMatrix.
 """
 
 from functools import cached_property
@@ -32,29 +33,46 @@ def r_factor(tall: np.ndarray) -> np.ndarray:
 
 
 class FactoredMatrix:
-    def __init__(self, left: np.ndarray, right: np.ndarray, r_left=None, r_right=None):
-        """r_left, r_right: R factors of left and right^T when already known (shared factors)."""
+    def __init__(self, left: np.ndarray, right: np.ndarray):
         if left.shape[-1] != right.shape[-2]:
             raise ValueError(f"inner dimensions differ: {left.shape} @ {right.shape}")
         self.left = np.asarray(left, dtype=np.float64)
         self.right = np.asarray(right, dtype=np.float64)
-        self._r_left, self._r_right = r_left, r_right
+        # Distinct right factors and which one each product uses (set by `grouped`).
+        self._distinct_right, self._groups = None, None
+
+    @classmethod
+    def grouped(cls, left: np.ndarray, right: np.ndarray, groups) -> "FactoredMatrix":
+        """The stack left[i] @ right[groups[i]]: products that share right factors.
+
+        Grouped-query attention: many query heads read one key/value head, so the R factor
+        of each distinct right factor is computed once and shared by its group.
+        """
+        groups = np.asarray(groups)
+        matrix = cls(left, np.asarray(right)[groups])
+        matrix._distinct_right, matrix._groups = np.asarray(right, dtype=np.float64), groups
+        return matrix
 
     @property
     def shape(self):
         return self.left.shape[:-1] + self.right.shape[-1:]
 
     def __getitem__(self, index) -> "FactoredMatrix":
-        """One product of a stack."""
-        pick = (lambda r: None if r is None else r[index])
-        return FactoredMatrix(self.left[index], self.right[index], pick(self._r_left), pick(self._r_right))
+        """One product (or a sub-stack) of a stack."""
+        if self._groups is None:
+            return FactoredMatrix(self.left[index], self.right[index])
+        return FactoredMatrix.grouped(self.left[index], self._distinct_right, self._groups[index])
+
+    def _r_right(self) -> np.ndarray:
+        """R factors of right^T, once per distinct right factor."""
+        if self._groups is None:
+            return r_factor(_t(self.right))
+        return r_factor(_t(self._distinct_right))[self._groups]
 
     @cached_property
     def core(self) -> np.ndarray:
         """R_l R_r^T: the same nonzero singular values as A, d x d."""
-        r_left = self._r_left if self._r_left is not None else r_factor(self.left)
-        r_right = self._r_right if self._r_right is not None else r_factor(_t(self.right))
-        return r_left @ _t(r_right)
+        return r_factor(self.left) @ _t(self._r_right())
 
     @cached_property
     def singular_values(self) -> np.ndarray:
@@ -87,9 +105,11 @@ class FactoredMatrix:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.sqrt(np.maximum(0.0, 2 * norm2 - 2 * self.trace_of_square())) / np.sqrt(norm2)
 
-    def inner(self, other: "FactoredMatrix"):
-        """<A, B>_F = tr(A^T B) = sum((L^T L') * (R R'^T)), through d x d products only."""
-        return np.sum((_t(self.left) @ other.left) * (self.right @ _t(other.right)), axis=(-2, -1))
+    def gram(self) -> np.ndarray:
+        """<A_i, A_j>_F for every pair of a stack (N x N): sum((L_i^T L_j) * (R_i R_j^T))."""
+        left = np.einsum("ind,jne->ijde", self.left, self.left)
+        right = np.einsum("idm,jem->ijde", self.right, self.right)
+        return np.einsum("ijde,ijde->ij", left, right)
 
     def dense(self) -> np.ndarray:
         """The materialised product (tests and small examples only)."""

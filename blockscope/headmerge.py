@@ -16,11 +16,13 @@ head keeps reading its own K/V, and only Q and O merge. Head count and architect
 """
 
 import numpy as np
+import pandas as pd
 
-from .factored import FactoredMatrix
 from .heads import AttentionWeights
 
 MEASURES = ("wq", "qk", "ov")
+# Long form of every layer's similarity matrices (what the plots read back).
+SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
 
 
 def cosine_matrix(inner: np.ndarray) -> np.ndarray:
@@ -30,19 +32,45 @@ def cosine_matrix(inner: np.ndarray) -> np.ndarray:
         return inner / np.outer(norms, norms)
 
 
-def kernel_gram(fm: FactoredMatrix) -> np.ndarray:
-    """<A_i, A_j>_F for every pair of a stack: sum((L_i^T L_j) * (R_i R_j^T))."""
-    left = np.einsum("ind,jne->ijde", fm.left, fm.left)
-    right = np.einsum("idm,jem->ijde", fm.right, fm.right)
-    return np.einsum("ijde,ijde->ij", left, right)
-
-
 def similarities(weights: AttentionWeights) -> dict:
     """measure -> H x H cosine matrix."""
     queries = weights.q.reshape(weights.heads, -1).astype(np.float64)
     return {"wq": cosine_matrix(queries @ queries.T),
-            "qk": cosine_matrix(kernel_gram(weights.qk)),
-            "ov": cosine_matrix(kernel_gram(weights.ov))}
+            "qk": cosine_matrix(weights.qk.gram()),
+            "ov": cosine_matrix(weights.ov.gram())}
+
+
+def upper_triangle(similarity: np.ndarray) -> np.ndarray:
+    """The pairwise values s[i, j], i < j, of a symmetric matrix."""
+    return similarity[np.triu_indices_from(similarity, 1)]
+
+
+def similarity_histogram(similarity: np.ndarray, bins: int = 20) -> dict:
+    """Counts of the pairwise similarities of one layer over [-1, 1]."""
+    counts, edges = np.histogram(upper_triangle(similarity), bins=bins, range=(-1, 1))
+    return {"edges": np.round(edges, 3).tolist(), "counts": counts.tolist()}
+
+
+def similarity_table(sims: dict) -> pd.DataFrame:
+    """layer -> measure -> H x H matrix, as one long table (SIMILARITY_COLUMNS)."""
+    frames = []
+    for layer, per_measure in sims.items():
+        for measure, matrix in per_measure.items():
+            i, j = np.indices(matrix.shape)
+            frames.append(pd.DataFrame({"layer": layer, "measure": measure, "head_i": i.ravel(), "head_j": j.ravel(),
+                                        "similarity": matrix.ravel()}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SIMILARITY_COLUMNS)
+
+
+def similarity_matrices(table: pd.DataFrame) -> dict:
+    """The inverse of similarity_table."""
+    sims = {}
+    for (layer, measure), rows in table.groupby(["layer", "measure"], sort=True):
+        heads = int(rows["head_i"].max()) + 1
+        matrix = np.full((heads, heads), np.nan)
+        matrix[rows["head_i"].to_numpy(), rows["head_j"].to_numpy()] = rows["similarity"].to_numpy()
+        sims.setdefault(int(layer), {})[measure] = matrix
+    return sims
 
 
 def pairs_above(similarity: np.ndarray, threshold: float) -> list:

@@ -23,6 +23,28 @@ rule headmerge:
     output:
         thresholds=expand("results/{{model}}/headmerge/threshold_{t}.json", t=config["headmerge"]["thresholds"]),
         summary="results/{model}/headmerge/summary.parquet",
+        similarities="results/{model}/headmerge/similarities.parquet",
+    params:
+        settings=config["headmerge"],
+        device=BACKEND,
+    log:
+        "logs/{model}/headmerge.log",
+    resources:
+        gpu=GPU_CLAIM,
+        mem_mb=12000,
+    conda:
+        "../envs/blockscope.yaml"
+    script:
+        "../workflow_scripts/headmerge.py"
+
+
+# Drawing only: an edit to the plots reruns this rule, never the evaluation.
+rule headmerge_plots:
+    input:
+        thresholds=expand("results/{{model}}/headmerge/threshold_{t}.json", t=config["headmerge"]["thresholds"]),
+        summary="results/{model}/headmerge/summary.parquet",
+        similarities="results/{model}/headmerge/similarities.parquet",
+    output:
         sweep=report(
             "results/{model}/headmerge/sweep.png",
             category="{model}",
@@ -47,15 +69,9 @@ rule headmerge:
             subcategory="head merging",
             caption="../report/headmerge_histograms.rst",
         ),
-    params:
-        settings=config["headmerge"],
-        device=BACKEND,
     log:
-        "logs/{model}/headmerge.log",
-    resources:
-        gpu=GPU_CLAIM,
-        mem_mb=12000,
+        "logs/{model}/headmerge_plots.log",
     conda:
         "../envs/blockscope.yaml"
     script:
-        "../workflow_scripts/headmerge.py"
+        "../workflow_scripts/headmerge_plots.py"

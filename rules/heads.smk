@@ -1,4 +1,6 @@
-# Per unit: QK / OV kernels of every query head. Per model: the deep-dive heads.
+# Per unit: QK / OV kernels of every query head. Per model: the deep-dive heads (table, then plot).
+
+from blockscope.layout import layer_unit
 
 
 rule heads:
@@ -21,20 +23,34 @@ rule heads:
 
 rule head_deep_dive:
     input:
-        tensors=lambda w: f"results/{w.model}/tensors/layer_{int(w.layer):03d}.parquet",
+        tensors=lambda w: f"results/{w.model}/tensors/{layer_unit(w.layer)}.parquet",
         inventory="results/{model}/inventory.parquet",
         dims="results/{model}/model.json",
     output:
-        table="results/{model}/heads/deep_dive/layer_{layer}_head_{head}.parquet",
-        plot=report(
-            "results/{model}/heads/deep_dive/layer_{layer}_head_{head}.png",
-            category="{model}",
-            subcategory="attention heads",
-            caption="../report/head_deep_dive.rst",
-        ),
+        "results/{model}/heads/deep_dive/layer_{layer}_head_{head}.parquet",
     log:
         "logs/{model}/heads/deep_dive_layer_{layer}_head_{head}.log",
     conda:
         "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/head_deep_dive.py"
+
+
+# Drawing only: an edit to the plots reruns this rule, never the eigendecomposition.
+rule head_deep_dive_plot:
+    input:
+        table="results/{model}/heads/deep_dive/layer_{layer}_head_{head}.parquet",
+        dims="results/{model}/model.json",
+    output:
+        report(
+            "results/{model}/heads/deep_dive/layer_{layer}_head_{head}.png",
+            category="{model}",
+            subcategory="attention heads",
+            caption="../report/head_deep_dive.rst",
+        ),
+    log:
+        "logs/{model}/heads/deep_dive_plot_layer_{layer}_head_{head}.log",
+    conda:
+        "../envs/blockscope.yaml"
+    script:
+        "../workflow_scripts/head_deep_dive_plot.py"

@@ -1,14 +1,13 @@
 """Head merging: similarity measures, GQA merge semantics, merged models that run, evaluation."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from blockscope import headmerge as hm
 from blockscope.config import validate_config
 from blockscope.errors import BlockscopeError
-from blockscope.heads import AttentionWeights, projection_names, read_projections, write_projections
+from blockscope.attention_layout import projection_names, read_projections, write_projections
+from blockscope.heads import AttentionWeights
 from conftest import ROOT
 
 WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
@@ -177,3 +176,117 @@ def test_wikitext_rows_are_joined_the_gptq_way():
 def test_thresholds_outside_the_cosine_range_are_refused(threshold):
     with pytest.raises(BlockscopeError, match="headmerge.thresholds.0"):
         validate_config({"models": {"a": {"source": "hf", "repo_id": "x/y"}}, "headmerge": {"thresholds": [threshold]}})
+
+
+# --- the sweep on a live model: a tiny real Llama, a synthetic token stream, no corpus -----------
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """(model, slots, evaluator, base): the checkpoint read the workflow's way, scored on random ids."""
+    from blockscope.evaluate import Evaluator, windows
+    from blockscope.headmerge_sweep import layer_slots
+    from blockscope.inventory import build_inventory, model_dims, read_config
+    from conftest import TINY_LLAMA, save_tiny
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = save_tiny("LlamaForCausalLM", TINY_LLAMA, folder).eval()
+    inventory = build_inventory(folder)
+    dims = model_dims(read_config(folder), inventory)
+    ids = np.random.default_rng(0).integers(0, TINY_LLAMA["vocab_size"], 4 * 16)
+    evaluator = Evaluator(windows(ids, 16, None), batch_size=2)
+    base = evaluator.score(model, base=True)
+    return model, layer_slots(model, inventory, dims, "tiny"), evaluator, base
+
+
+def _parameters(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_layer_slots_apply_then_restore_is_bit_identical(live):
+    import torch
+
+    model, slots, *_ = live
+    before = _parameters(model)
+    assert sorted(slots) == [0, 1] and slots[1].heads == 4
+    slots[1].apply([[0, 1, 2, 3]])
+    q = model.model.layers[1].self_attn.q_proj.weight.detach().numpy()
+    assert all(np.array_equal(q[0:16], q[16 * h:16 * (h + 1)]) for h in range(1, 4))  # merged q slices are equal
+    assert not torch.equal(before["model.layers.1.self_attn.k_proj.weight"],
+                           model.model.layers[1].self_attn.k_proj.weight)  # whole K/V groups merge too
+    slots[1].restore()
+    after = _parameters(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_merged_heads_share_their_q_slices_and_others_stay(live):
+    model, slots, *_ = live
+    slots[0].apply([[0, 2]])
+    try:
+        q = model.model.layers[0].self_attn.q_proj.weight.detach().numpy()
+        original = slots[0].arrays["q"]
+        assert np.array_equal(q[0:16], q[32:48])
+        assert np.array_equal(q[16:32], original[16:32]) and np.array_equal(q[48:64], original[48:64])
+    finally:
+        slots[0].restore()
+
+
+def test_a_threshold_above_every_similarity_leaves_the_model_unchanged(live):
+    from blockscope.headmerge_sweep import evaluate_plan, layer_similarities, threshold_result
+
+    model, slots, evaluator, base = live
+    before = _parameters(model)
+    sims = layer_similarities(slots)
+    result = threshold_result(evaluator, model, slots, sims, base, 1.0, "qk", 1, 50)
+    assert result["total_merged_pairs"] == 0 and result["merged_metrics"] == result["original_metrics"]
+    assert result["kl_divergence"] == 0.0 and result["perplexity_change_ci95"] == [0.0, 0.0]
+    # an empty plan, scored for real: the base model again, KL 0
+    again = evaluate_plan(evaluator, model, slots, {}).summary()
+    assert again["perplexity"] == pytest.approx(base.summary()["perplexity"], rel=1e-6)
+    assert again["kl_divergence"] == pytest.approx(0.0, abs=1e-6)
+    assert all(np.array_equal(before[n].numpy(), p.detach().numpy()) for n, p in model.named_parameters())
+
+
+def test_random_control_plans_have_the_same_pairs_per_layer():
+    from blockscope.headmerge_sweep import random_pairs_like
+
+    pairs = {0: [[0, 1, 0.9], [2, 3, 0.8]], 1: [], 2: [[1, 5, 0.95]]}
+    for seed in range(3):
+        control = random_pairs_like(pairs, 6, np.random.default_rng(seed))
+        assert {layer: len(p) for layer, p in control.items()} == {0: 2, 2: 1}
+        assert all(0 <= i < j < 6 for p in control.values() for i, j, _ in p)
+
+
+SWEEP_KEYS = {"threshold", "original_metrics", "merged_metrics", "total_merged_pairs", "layer_results", "similarity",
+              "tokens_evaluated", "kl_divergence", "top1_agreement", "perplexity_change_ci95", "random_control"}
+
+
+def test_the_sweep_returns_one_documented_result_per_threshold(live):
+    import torch
+
+    from blockscope.headmerge_sweep import summary_row, sweep
+
+    model, slots, evaluator, base = live
+    before = _parameters(model)
+    results = list(sweep(evaluator, model, slots, base, [-0.5, 1.0], "qk", random_seeds=2, bootstrap=50))
+    assert [r["threshold"] for r in results] == [-0.5, 1.0]
+    low, high = results
+    assert set(low) == SWEEP_KEYS and set(low["layer_results"]) == {"0", "1"}
+    assert low["total_merged_pairs"] == 2 * 6 and low["layer_results"]["0"]["groups"] == [[0, 1, 2, 3]]
+    assert low["kl_divergence"] > 0 and low["tokens_evaluated"] == 4 * 15
+    low_ci, high_ci = low["perplexity_change_ci95"]
+    assert len(low["random_control"]["runs"]) == 2 and low_ci <= high_ci
+    assert high["total_merged_pairs"] == 0 and high["original_metrics"] == low["original_metrics"]
+    row = summary_row("tiny", low)
+    assert row["merged_pairs"] == 12 and row["pairs_layer_0"] == row["pairs_layer_1"] == 6
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # the sweep restores
+
+
+def test_similarity_table_round_trips():
+    w = random_weights()
+    sims = {3: hm.similarities(w), 7: hm.similarities(random_weights(seed=1))}
+    table = hm.similarity_table(sims)
+    assert list(table.columns) == hm.SIMILARITY_COLUMNS and len(table) == 2 * 3 * 16
+    back = hm.similarity_matrices(table)
+    assert all(np.array_equal(back[layer][m], sims[layer][m]) for layer in sims for m in hm.MEASURES)
+    assert hm.similarity_table({}).empty

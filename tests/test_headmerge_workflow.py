@@ -1,14 +1,22 @@
 """The head-merge stage in the real workflow: a tiny causal LM with a real tokenizer, and an encoder."""
 
 import json
+import re
+import shutil
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_workflow, save_tiny
+from conftest import ROOT, copy_tree, run_workflow, save_tiny
 
 pytestmark = pytest.mark.slow
 WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
+PLOTS = ("sweep", "pairs_per_layer", "similarity_matrices", "similarity_histograms")
+
+
+def plot_targets(*models):
+    # rule all (common.smk's headmerge_targets) asks for the tables only; the figures by name.
+    return [f"results/{m}/headmerge/{name}.png" for m in models for name in PLOTS]
 
 
 def word_tokenizer(folder, corpus_lines):
@@ -40,7 +48,7 @@ def merged(tmp_path_factory):
               "device": "cpu", "embedding": {"k_max": 4},
               "headmerge": {"thresholds": [0.0, 0.99], "seq_len": 32, "max_tokens": 512, "random_seeds": 2,
                             "bootstrap": 200, "corpus": {"path": str(WIKITEXT)}}}
-    run_workflow(root / "work", config)
+    run_workflow(root / "work", config, "all", *plot_targets("tiny-lm", "tiny-bert"))
     return root / "work"
 
 
@@ -64,11 +72,31 @@ def test_threshold_json_format_and_controls(merged):
     summary = pd.read_parquet(merged / "results/tiny-lm/headmerge/summary.parquet")
     assert list(summary["threshold"]) == [0.0, 0.99]
     assert (merged / "results/tiny-lm/headmerge/sweep.png").stat().st_size > 10_000
+    sims = pd.read_parquet(merged / "results/tiny-lm/headmerge/similarities.parquet")
+    assert set(sims["measure"]) == {"wq", "qk", "ov"} and set(sims["layer"]) == {0, 1} and len(sims) == 2 * 3 * 16
 
 
 def test_encoders_are_skipped_with_a_reason(merged):
     skipped = json.loads((merged / "results/tiny-bert/headmerge/threshold_0.0.json").read_text())
     assert "not a causal LM (BertForMaskedLM)" in skipped["skipped"]
     assert "skipped" in (merged / "logs/tiny-bert/headmerge.log").read_text()
+    assert all((merged / f"results/tiny-bert/headmerge/{name}.png").exists() for name in PLOTS)
     heads = pd.read_parquet(merged / "results/tiny-bert/heads.parquet")
     assert len(heads) == 2 * 4  # BERT's heads are still analysed
+
+
+def test_editing_the_plots_reruns_only_the_plot_rule(merged, tmp_path):
+    work, workflow = tmp_path / "work", tmp_path / "workflow"
+    copy_tree(merged, work)
+    workflow.mkdir()
+    for part in ("Snakefile", "rules", "workflow_scripts", "schemas", "blockscope", "report", "profiles"):
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, workflow / part)
+    script = workflow / "workflow_scripts/headmerge_plots.py"
+    script.write_text(script.read_text() + "\n# an edit\n")
+    config = (merged / "config.yaml").read_text()
+    import yaml
+
+    result = run_workflow(work, yaml.safe_load(config), "--dry-run", *plot_targets("tiny-lm"),
+                          snakefile=workflow / "Snakefile")
+    rerun = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
+    assert rerun == {"headmerge_plots"}

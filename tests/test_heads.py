@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from blockscope.attention_layout import projection_names, read_projections, split_qkv, write_projections
 from blockscope.errors import BlockscopeError
 from blockscope.factored import FactoredMatrix
-from blockscope.heads import attention_weights, head_rows, heads_table
+from blockscope.heads import AttentionWeights, attention_weights, head_rows, heads_table
 from blockscope.metrics import effective_rank
 
 
@@ -31,9 +32,21 @@ def test_factored_equals_dense_on_random_factors(seed):
     for i in range(3):
         _dense_checks(stack[i])
         assert np.allclose(stack.singular_values[i], stack[i].singular_values)
-    a, b = FactoredMatrix(rng.standard_normal((40, 4)), rng.standard_normal((4, 40))), \
-        FactoredMatrix(rng.standard_normal((40, 4)), rng.standard_normal((4, 40)))
-    assert a.inner(b) == pytest.approx(np.sum(a.dense() * b.dense()), rel=1e-9)
+    pairs = FactoredMatrix(rng.standard_normal((3, 40, 4)), rng.standard_normal((3, 4, 40)))
+    dense = pairs.dense().reshape(3, -1)
+    assert np.allclose(pairs.gram(), dense @ dense.T, rtol=1e-9)
+
+
+def test_grouped_factors_equal_repeated_factors():
+    """Sharing R factors across a GQA group changes nothing but the work done."""
+    rng = np.random.default_rng(2)
+    left, right, groups = rng.standard_normal((6, 30, 4)), rng.standard_normal((2, 4, 30)), [0, 0, 0, 1, 1, 1]
+    grouped, repeated = FactoredMatrix.grouped(left, right, groups), FactoredMatrix(left, right[groups])
+    assert np.array_equal(grouped.right, repeated.right)
+    assert np.allclose(grouped.singular_values, repeated.singular_values, rtol=1e-12)
+    assert np.allclose(grouped[4].singular_values, repeated.singular_values[4], rtol=1e-12)
+    assert np.allclose(grouped.gram(), repeated.gram(), rtol=1e-12)
+    _dense_checks(grouped[5])
 
 
 def test_factored_equals_dense_on_real_weights():
@@ -48,7 +61,7 @@ def test_factored_equals_dense_on_real_weights():
         pytest.skip("demo model not extracted here (make run produces it)")
     dims = json.loads((root / "model.json").read_text())
     inventory = pd.read_parquet(root / "inventory.parquet", filters=[("unit", "==", "layer_003")])
-    weights, _ = attention_weights(read_unit(root / "tensors/layer_003.parquet"), inventory, dims)
+    weights = attention_weights(read_unit(root / "tensors/layer_003.parquet"), inventory, dims)
     for h in (0, 5):
         _dense_checks(weights.qk[h])
         _dense_checks(weights.ov[h])
@@ -98,8 +111,7 @@ def test_fused_layouts_reproduce_the_models_attention(model_type, class_name, ex
     out = model(torch.tensor([[3, 1, 4, 1, 5, 9]]), output_attentions=True)
     inventory, tensors = _inventory_of(model, prefix)
     dims = {"heads": 4, "kv_heads": 4, "head_dim": 8, "model_type": model_type}
-    weights, reason = attention_weights(tensors, inventory, dims)
-    assert reason is None
+    weights = attention_weights(tensors, inventory, dims)
     x = captured["x"].astype(np.float64)
     causal = np.tril(np.ones((6, 6), bool))
     for h in range(4):
@@ -114,7 +126,7 @@ def test_grouped_query_attention_maps_heads_to_kv_heads():
     model = _tiny("llama", "LlamaForCausalLM", hidden_size=32, intermediate_size=64, num_attention_heads=8,
                   num_key_value_heads=2)
     inventory, tensors = _inventory_of(model, "model.layers.0.")
-    weights, _ = attention_weights(tensors, inventory, {"heads": 8, "kv_heads": 2, "head_dim": 4})
+    weights = attention_weights(tensors, inventory, {"heads": 8, "kv_heads": 2, "head_dim": 4})
     assert [weights.kv_head(h) for h in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]  # transformers' repeat_kv
     table = heads_table("m", "layer_000", 0, weights)
     assert len(table) == 8 and set(table["tag"]) <= {"low-rank", "high-rank", ""}
@@ -125,23 +137,31 @@ def test_grouped_query_attention_maps_heads_to_kv_heads():
     phi3 = _tiny("phi3", "Phi3ForCausalLM", hidden_size=32, intermediate_size=64, num_attention_heads=4,
                  num_key_value_heads=2, pad_token_id=0)
     inventory, tensors = _inventory_of(phi3, "model.layers.0.")
-    weights, _ = attention_weights(tensors, inventory, {"heads": 4, "kv_heads": 2, "head_dim": 8})
+    dims = {"heads": 4, "kv_heads": 2, "head_dim": 8}
+    weights = attention_weights(tensors, inventory, dims)
     fused = tensors["model.layers.0.self_attn.qkv_proj.weight"]
-    assert np.array_equal(weights.key(1), fused[32 + 8:32 + 16]) and np.array_equal(weights.value(0), fused[48:56])
+    assert np.array_equal(weights.k[8:16], fused[32 + 8:32 + 16]) and np.array_equal(weights.v[0:8], fused[48:56])
+    names = projection_names(inventory)
+    written = write_projections(read_projections(tensors, names, dims), names, dims)
+    assert np.array_equal(written["model.layers.0.self_attn.qkv_proj.weight"], fused)
 
 
 def test_no_attention_and_bad_head_counts():
     inventory = pd.DataFrame({"param_name": ["mlp.up_proj.weight"], "block_type": ["up_proj"], "shape": [[8, 4]],
                               "layout": ["out_in"]})
-    weights, reason = attention_weights({"mlp.up_proj.weight": np.ones((8, 4))}, inventory,
-                                        {"heads": 2, "kv_heads": 2, "head_dim": 2})
-    assert weights is None and "no attention projections" in reason
+    dims = {"heads": 2, "kv_heads": 2, "head_dim": 2}
+    weights = attention_weights({"mlp.up_proj.weight": np.ones((8, 4))}, inventory, dims)
+    assert weights is None
     assert len(heads_table("m", "layer_000", 0, None)) == 0
     model = _tiny("llama", "LlamaForCausalLM", hidden_size=32, intermediate_size=64, num_attention_heads=4,
                   num_key_value_heads=2)
     inventory, tensors = _inventory_of(model, "model.layers.0.")
-    with pytest.raises(BlockscopeError, match=r"\[bad\].*q projection has 32 outputs, not 5 heads"):
-        attention_weights(tensors, inventory, {"heads": 5, "kv_heads": 2, "head_dim": 8}, model="bad")
+    with pytest.raises(BlockscopeError, match=r"\[bad\].*q projection has 32 outputs, not 6 heads"):
+        attention_weights(tensors, inventory, {"heads": 6, "kv_heads": 2, "head_dim": 8}, model="bad")
+    with pytest.raises(BlockscopeError, match=r"\[bad\] config.json: fused qkv has 10 rows, expected 12.*Fix: check"):
+        split_qkv(np.ones((10, 4)), {"heads": 2, "kv_heads": 1, "head_dim": 3}, model="bad")
+    with pytest.raises(BlockscopeError, match="3 query heads do not divide into 2"):
+        attention_weights(tensors, inventory, {"heads": 3, "kv_heads": 2, "head_dim": 8}, model="bad")
 
 
 def test_rank_deficient_factors_fall_back_to_qr():
@@ -149,3 +169,18 @@ def test_rank_deficient_factors_fall_back_to_qr():
     left = rng.standard_normal((60, 6))
     left[:, 2] = 0.0  # a dead head dimension: the Gram matrix is singular
     _dense_checks(FactoredMatrix(left, rng.standard_normal((6, 60))))
+
+
+def test_quartile_tags_mark_the_lowest_and_highest_quarters():
+    """A realistic layer (8 heads of different ranks): both tags present, the middle half untagged."""
+    rng = np.random.default_rng(4)
+    heads, kv, d, hidden = 8, 2, 8, 48
+    # Head h's query is rank h + 1 within its d rows: effective ranks spread across the heads.
+    q = np.concatenate([rng.standard_normal((d, h + 1)) @ rng.standard_normal((h + 1, hidden)) for h in range(heads)])
+    o = np.concatenate([rng.standard_normal((hidden, h + 1)) @ rng.standard_normal((h + 1, d))
+                        for h in range(heads)], axis=1)
+    weights = AttentionWeights(q, rng.standard_normal((kv * d, hidden)), rng.standard_normal((kv * d, hidden)), o,
+                               heads, kv, d)
+    table = heads_table("m", "layer_000", 0, weights).sort_values("mean_effective_rank")
+    assert {"low-rank", "high-rank"} <= set(table["tag"])
+    assert list(table["tag"]) == ["low-rank"] * 2 + [""] * 4 + ["high-rank"] * 2

@@ -8,6 +8,7 @@ import pandas as pd
 from blockscope import read_unit
 from blockscope.atomic import write_parquet
 from blockscope.heads import attention_weights, heads_table
+from blockscope.layout import ATTENTION_BLOCK_TYPES, unit_layer
 from blockscope.workflow import run_step
 
 
@@ -15,15 +16,13 @@ def main(snakemake):
     model, unit = snakemake.wildcards.model, snakemake.wildcards.unit
     dims = json.loads(open(snakemake.input.dims).read())
     inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
-    weights, reason = None, "not a transformer block"
-    layer_index = None
-    if unit.startswith("layer_"):
-        layer_index = int(unit[6:])
-        attention = inventory[inventory["block_type"].isin(["q_proj", "k_proj", "v_proj", "o_proj", "qkv_fused"])]
+    weights, layer_index = None, unit_layer(unit)
+    if layer_index is not None:
+        attention = inventory[inventory["block_type"].isin(ATTENTION_BLOCK_TYPES)]
         tensors = read_unit(snakemake.input.tensors, names=list(attention["param_name"]))
-        weights, reason = attention_weights(tensors, attention, dims, model=model)
+        weights = attention_weights(tensors, attention, dims, model=model)
     if weights is None:
-        logging.info("[%s] %s: empty heads table: %s", model, unit, reason)
+        logging.info("[%s] %s: empty heads table: no attention projections (q, k, v, o) in this unit", model, unit)
     table = heads_table(model, unit, layer_index, weights)
     write_parquet(table, snakemake.output[0])
     if len(table):

@@ -1,0 +1,21 @@
+"""rule head_deep_dive_plot: the eigenvalues of one head's QK kernel (head_deep_dive's table), drawn."""
+
+import json
+
+import pandas as pd
+
+from blockscope.heads import kv_head
+from blockscope.plots import head_eigenvalues
+from blockscope.workflow import run_step
+
+
+def main(snakemake):
+    model, layer, head = snakemake.wildcards.model, int(snakemake.wildcards.layer), int(snakemake.wildcards.head)
+    dims = json.loads(open(snakemake.input.dims).read())
+    group = kv_head(head, dims["heads"], dims["kv_heads"])
+    head_eigenvalues(pd.read_parquet(snakemake.input.table),
+                     f"{model}: layer {layer}, head {head} (kv head {group}), "
+                     f"QK kernel eigenvalues (d_head = {dims['head_dim']})", snakemake.output[0])
+
+
+run_step(snakemake, main)
