@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from .heads import AttentionWeights
+from .layout import SIMILARITY_COLUMNS
 
 MEASURES = ("wq", "qk", "ov")
 # Long form of every layer's similarity matrices (what the plots read back).
-SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
 
 
 def cosine_matrix(inner: np.ndarray) -> np.ndarray:

@@ -52,6 +52,7 @@ ATTENTION_BLOCK_TYPES = tuple(ATTENTION_PARTS)
 
 CHECKPOINT = "resources/models/{model}"
 CORPUS = "resources/corpus/wikitext-2-raw-test.txt"
+HEADMERGE = "results/{model}/headmerge"
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
@@ -142,6 +143,8 @@ CONTRACT_METRICS_COLUMNS = [
     "sparsity", "seconds",
 ]
 # Snakemake's benchmark files (seconds, MB, MB/s); blockscope adds rule and job from the path.
+# Head merging: every pairwise cosine of every layer and measure (wq, qk, ov).
+SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
 
@@ -150,4 +153,5 @@ TABLES = {
     "inventory": INVENTORY_COLUMNS, "spectra": SPECTRA_COLUMNS, "metrics": METRICS_COLUMNS,
     "precision": PRECISION_COLUMNS, "heads": HEAD_COLUMNS, "deep_dive": EIGENVALUE_COLUMNS,
     "precision_alpha_hill": PRECISION_WIDE_COLUMNS, "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
+    "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
 }

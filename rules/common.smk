@@ -142,12 +142,14 @@ def headmerge_targets(model):
     return [
         *[f"results/{model}/headmerge/threshold_{t}.json" for t in HEADMERGE["thresholds"]],
         f"results/{model}/headmerge/summary.parquet",
+        *[f"results/{model}/headmerge/{name}.png"
+          for name in ("sweep", "pairs_per_layer", "similarity_matrices", "similarity_histograms")],
     ]
 
 
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
-PER_UNIT_RULES = ["extract", "spectra", "precision"]  # TODO-merge: heads
+PER_UNIT_RULES = ["extract", "spectra", "precision", "heads"]
 PER_MODEL_RULES = ["fetch", "inventory", "embedding", "embedding_plots", "aggregate", "metric_plots",
                    "head_and_precision_plots"]
 
@@ -157,6 +159,10 @@ def benchmark_files(model):
     files = [benchmark(rule).replace("{model}", model) for rule in PER_MODEL_RULES]
     files += [benchmark(rule, unit).replace("{model}", model) for rule in PER_UNIT_RULES for unit in units(model)]
     files += [benchmark("esd_plot", f"layer_{layer}").replace("{model}", model) for layer in esd_layers(model)]
+    files += [benchmark(rule, f"layer_{layer}_head_{head}").replace("{model}", model)
+              for rule in ("head_deep_dive", "head_deep_dive_plot") for layer, head in deep_dive_heads(model)]
+    if HEADMERGE["enabled"]:
+        files += [benchmark(rule).replace("{model}", model) for rule in ("headmerge", "headmerge_plots")]
     return files
 
 
@@ -190,3 +196,5 @@ localrules:
     summary,
     summary_plots,
     model_report,
+    headmerge_plots,
+    head_deep_dive_plot,

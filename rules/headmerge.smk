@@ -3,11 +3,14 @@
 
 rule fetch_corpus:
     output:
-        "resources/corpus/wikitext-2-raw-test.txt",
+        layout.CORPUS,
     params:
         corpus=config["headmerge"]["corpus"],
+        code=code("fetch_corpus"),
     log:
         "logs/corpus.log",
+    benchmark:
+        layout.SUMMARY_BENCHMARK.format(rule="fetch_corpus")
     conda:
         "../envs/blockscope.yaml"
     script:
@@ -16,10 +19,10 @@ rule fetch_corpus:
 
 rule headmerge:
     input:
-        checkpoint="resources/models/{model}",
-        inventory="results/{model}/inventory.parquet",
-        dims="results/{model}/model.json",
-        corpus="resources/corpus/wikitext-2-raw-test.txt",
+        checkpoint=layout.CHECKPOINT,
+        inventory=layout.INVENTORY,
+        dims=layout.MODEL_JSON,
+        corpus=layout.CORPUS,
     output:
         thresholds=expand("results/{{model}}/headmerge/threshold_{t}.json", t=config["headmerge"]["thresholds"]),
         summary="results/{model}/headmerge/summary.parquet",
@@ -27,8 +30,11 @@ rule headmerge:
     params:
         settings=config["headmerge"],
         device=BACKEND,
+        code=code("headmerge"),
     log:
         "logs/{model}/headmerge.log",
+    benchmark:
+        benchmark("headmerge")
     resources:
         gpu=GPU_CLAIM,
         mem_mb=12000,
@@ -69,8 +75,12 @@ rule headmerge_plots:
             subcategory="head merging",
             caption="../report/headmerge_histograms.rst",
         ),
+    params:
+        code=code("headmerge_plots"),
     log:
         "logs/{model}/headmerge_plots.log",
+    benchmark:
+        benchmark("headmerge_plots")
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -1,17 +1,18 @@
 # Per unit: QK / OV kernels of every query head. Per model: the deep-dive heads (table, then plot).
 
-from blockscope.layout import layer_unit
-
-
 rule heads:
     input:
-        tensors="results/{model}/tensors/{unit}.parquet",
-        inventory="results/{model}/inventory.parquet",
-        dims="results/{model}/model.json",
+        tensors=layout.TENSORS,
+        inventory=layout.INVENTORY,
+        dims=layout.MODEL_JSON,
     output:
-        "results/{model}/heads/{unit}.parquet",
+        layout.UNIT_HEADS,
+    params:
+        code=code("heads"),
     log:
         "logs/{model}/heads/{unit}.log",
+    benchmark:
+        benchmark("heads", "{unit}")
     resources:
         mem_mb=scaled(500, 2),
         runtime=scaled(5, 0.02),
@@ -23,13 +24,17 @@ rule heads:
 
 rule head_deep_dive:
     input:
-        tensors=lambda w: f"results/{w.model}/tensors/{layer_unit(w.layer)}.parquet",
-        inventory="results/{model}/inventory.parquet",
-        dims="results/{model}/model.json",
+        tensors=layer_file("tensors"),
+        inventory=layout.INVENTORY,
+        dims=layout.MODEL_JSON,
     output:
-        "results/{model}/heads/deep_dive/layer_{layer}_head_{head}.parquet",
+        layout.DEEP_DIVE.replace("{ext}", "parquet"),
+    params:
+        code=code("head_deep_dive"),
     log:
         "logs/{model}/heads/deep_dive_layer_{layer}_head_{head}.log",
+    benchmark:
+        benchmark("head_deep_dive", "layer_{layer}_head_{head}")
     conda:
         "../envs/blockscope.yaml"
     script:
@@ -39,8 +44,8 @@ rule head_deep_dive:
 # Drawing only: an edit to the plots reruns this rule, never the eigendecomposition.
 rule head_deep_dive_plot:
     input:
-        table="results/{model}/heads/deep_dive/layer_{layer}_head_{head}.parquet",
-        dims="results/{model}/model.json",
+        table=layout.DEEP_DIVE.replace("{ext}", "parquet"),
+        dims=layout.MODEL_JSON,
     output:
         report(
             "results/{model}/heads/deep_dive/layer_{layer}_head_{head}.png",
@@ -48,8 +53,12 @@ rule head_deep_dive_plot:
             subcategory="attention heads",
             caption="../report/head_deep_dive.rst",
         ),
+    params:
+        code=code("head_deep_dive_plot"),
     log:
         "logs/{model}/heads/deep_dive_plot_layer_{layer}_head_{head}.log",
+    benchmark:
+        benchmark("head_deep_dive_plot", "layer_{layer}_head_{head}")
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from blockscope import headmerge as hm
+from blockscope import layout
 from blockscope.config import validate_config
 from blockscope.errors import BlockscopeError
 from blockscope.attention_layout import projection_names, read_projections, write_projections
@@ -286,7 +287,7 @@ def test_similarity_table_round_trips():
     w = random_weights()
     sims = {3: hm.similarities(w), 7: hm.similarities(random_weights(seed=1))}
     table = hm.similarity_table(sims)
-    assert list(table.columns) == hm.SIMILARITY_COLUMNS and len(table) == 2 * 3 * 16
+    assert list(table.columns) == layout.SIMILARITY_COLUMNS and len(table) == 2 * 3 * 16
     back = hm.similarity_matrices(table)
     assert all(np.array_equal(back[layer][m], sims[layer][m]) for layer in sims for m in hm.MEASURES)
     assert hm.similarity_table({}).empty

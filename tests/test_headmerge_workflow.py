@@ -15,7 +15,7 @@ PLOTS = ("sweep", "pairs_per_layer", "similarity_matrices", "similarity_histogra
 
 
 def plot_targets(*models):
-    # rule all (common.smk's headmerge_targets) asks for the tables only; the figures by name.
+    # the figures by name (a dry run that asks for them alone)
     return [f"results/{m}/headmerge/{name}.png" for m in models for name in PLOTS]
 
 

@@ -9,10 +9,10 @@ import pandas as pd
 
 from blockscope import headmerge_sweep as sweep
 from blockscope.atomic import write_json, write_parquet
+from blockscope.device import torch_device
 from blockscope.evaluate import Evaluator, corpus_text, raw_file_rows, windows
 from blockscope.headmerge import similarity_table
 from blockscope.sources import sha256
-from blockscope.spectra import resolve_backend
 from blockscope.workflow import run_step
 
 
@@ -30,7 +30,7 @@ def main(snakemake):
     dims = json.loads(Path(snakemake.input.dims).read_text())
     if not sweep.is_causal(dims):
         return skip(model_name, dims, settings, output)
-    device = "cuda" if resolve_backend(snakemake.params.device) == "cuda" else "cpu"
+    device = torch_device(snakemake.params.device)
     seq_len, max_tokens = sweep.window_settings(settings, device)
     model, tokenizer = sweep.load_causal_lm(model_name, snakemake.input.checkpoint, device, settings["dtype"])
     ids = np.asarray(tokenizer(corpus_text(raw_file_rows(snakemake.input.corpus)))["input_ids"])
