@@ -22,6 +22,5 @@ include: "rules/headmerge.smk"
 
 rule all:
     input:
-        expand("results/{model}/model.json", model=MODELS),
         all_targets,
     default_target: True

@@ -1,5 +1,7 @@
 """Atomic outputs: write beside the target, then rename, so a killed job never leaves a
-file that a rerun would take for finished."""
+file that a rerun would take for finished. Outputs get the modes a plain open() or mkdir()
+would give them under the process umask (tempfile's 0600 / 0700 would hide results from a
+group on a shared cluster)."""
 
 import contextlib
 import json
@@ -7,6 +9,26 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, directory: bool):
+    """chmod a finished temporary file or folder (and its contents) to the umask's modes."""
+    mask = current_umask()
+    if directory:
+        for root, folders, files in os.walk(path):
+            os.chmod(root, 0o777 & ~mask)
+            for name in files:
+                full = os.path.join(root, name)
+                if not os.path.islink(full):
+                    os.chmod(full, (0o777 if os.access(full, os.X_OK) else 0o666) & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
 
 
 @contextlib.contextmanager
@@ -18,6 +40,7 @@ def atomic_path(target):
     os.close(fd)
     try:
         yield Path(tmp)
+        _publish_mode(Path(tmp), directory=False)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -32,6 +55,7 @@ def atomic_dir(target):
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _publish_mode(tmp, directory=True)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -28,6 +28,21 @@ def head_summary_by_layer(heads: pd.DataFrame) -> pd.DataFrame:
     return heads.groupby("layer_index")[columns].mean().reset_index()
 
 
+def files_section(paths, target_dir) -> list:
+    """Markdown lines: the model's data files by kind (folder), with counts and sizes."""
+    rows = {}
+    for path in map(str, paths):
+        kind = os.path.relpath(os.path.dirname(path), target_dir)
+        kind = os.path.basename(path) if kind == "." else kind + "/"
+        count, size = rows.get(kind, (0, 0))
+        rows[kind] = (count + 1, size + os.path.getsize(path))
+    if not rows:
+        return []
+    frame = pd.DataFrame([{"files": kind, "count": n, "MiB": size / 2**20} for kind, (n, size) in rows.items()])
+    return ["## Files", "", f"{len(paths)} data files under `{target_dir}` (see docs/outputs.md):", "",
+            table(frame, 2), ""]
+
+
 def cost_section(jobs: pd.DataFrame) -> list:
     """Markdown lines: where the run's time and memory went, per rule and for the costliest jobs."""
     if jobs.empty:
@@ -40,7 +55,8 @@ def cost_section(jobs: pd.DataFrame) -> list:
 
 
 def model_report(model, dims, metrics, heads, statistics, phases, hints, precision_summary, embedding,
-                 deep_dives: dict, plots: list, target_dir, jobs: pd.DataFrame | None = None) -> str:
+                 deep_dives: dict, plots: list, target_dir, jobs: pd.DataFrame | None = None,
+                 files=()) -> str:
     link = lambda path: os.path.relpath(path, target_dir)  # noqa: E731
     lines = [f"# {model}: spectral anatomy", ""]
     keys = ["source", "model_type", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
@@ -71,5 +87,6 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
                   f"silhouette at k: {info['silhouette_at_k']:.3f}; row norms: mean {info['norm_mean']:.3f}, "
                   f"median {info['norm_median']:.3f}, max {info['norm_max']:.3f}.", ""]
     lines += ["## Plots", ""] + [f"- [{os.path.basename(p)}]({link(p)})" for p in plots] + [""]
+    lines += files_section(list(files), target_dir)
     lines += cost_section(jobs if jobs is not None else pd.DataFrame())
     return "\n".join(lines)

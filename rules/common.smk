@@ -4,12 +4,14 @@
 import functools
 import json
 import os
+import time
 from pathlib import Path
 
 from blockscope import layout
 from blockscope.code_version import code_version
 from blockscope.config import validate_config
 from blockscope.device import backend_for
+from blockscope.run_summary import summary_lines
 
 validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
 MODELS = config["models"]
@@ -166,17 +168,22 @@ def benchmark_files(model):
     return files
 
 
-def per_model_targets(model):
+def model_files(model):
+    """Every data file of a model up to its tables (the report indexes them)."""
     return [
-        *headmerge_targets(model),
-        layout.REPORT.format(model=model),
-        *deep_dive_files(model, "parquet"),
-        *model_plot_files(model),
-        *expand("results/{model}/embedding/{name}", model=model, name=["summary.json", "pca.png", "elbow.png"]),
         layout.INVENTORY.format(model=model),
         layout.MODEL_JSON.format(model=model),
         *[layout.per_unit(kind, model, unit) for kind in layout.PER_UNIT_KINDS for unit in units(model)],
+        *deep_dive_files(model, "parquet"),
+        *expand("results/{model}/embedding/{name}.parquet", model=model, name=["elbow", "clusters", "pca_points"]),
     ]
+
+
+def per_model_targets(model):
+    """What a model's run ends in. The report reaches every per-unit file, plot and table through
+    its own inputs, so rule all never evaluates a checkpoint: a model whose fetch or inventory
+    fails then takes only its own jobs down, and --keep-going finishes the others."""
+    return [layout.REPORT.format(model=model), *headmerge_targets(model)]
 
 
 def all_targets(wildcards):
@@ -185,6 +192,23 @@ def all_targets(wildcards):
         f"{layout.SUMMARY}/depth_comparison.csv",
         *[f"{layout.SUMMARY}/plots/{metric}_by_depth.png" for metric in layout.PLOT_METRICS],
     ]
+
+
+# The run's last lines say which models finished and, for the others, why not.
+RUN_STARTED = time.time()
+
+
+def report_outcomes():
+    for line in summary_lines(MODELS, RUN_STARTED):
+        print(line)
+
+
+onsuccess:
+    report_outcomes()
+
+
+onerror:
+    report_outcomes()
 
 
 # Downloads need the network (login nodes) and aggregation is light: keep them off the queue.

@@ -98,6 +98,7 @@ rule model_report:
         deep_dive=lambda w: deep_dive_files(w.model, "parquet"),
         plots=lambda w: model_plot_files(w.model),
         benchmarks=lambda w: benchmark_files(w.model),
+        files=lambda w: model_files(w.model),
     output:
         layout.REPORT,
     params:

@@ -101,12 +101,38 @@ def test_changing_one_source_reruns_that_model_alone(finished, tmp_path):
 
 def test_a_broken_model_fails_alone_with_one_clear_line(finished, tmp_path):
     work = clone(finished, tmp_path)
+    (work / "results/tiny-llama/report.md").unlink()  # the good model has work left to do
     config = {**BASE, "models": {**BASE["models"], "broken": {"source": "local", "path": str(tmp_path / "nowhere")}}}
     result = run_workflow(work, config, check=False)
     assert result.returncode != 0
     text = result.stdout + result.stderr
     assert f"ERROR [broken] {tmp_path / 'nowhere'}: the local checkpoint folder does not exist" in text
     assert not (work / "resources/models/broken").exists()
+    assert (work / "results/tiny-llama/report.md").exists()
+    assert "blockscope: 2 of 3 models finished (tiny-llama, tiny-gpt2)" in text
+    assert "NOT FINISHED broken: fetch: [broken]" in text
+
+
+def test_broken_models_never_stop_the_good_one(finished, tmp_path):
+    """A truncated local checkpoint (inventory fails) and an offline hub model (fetch fails)
+    beside a good model that still has every per-unit job to run."""
+    work = clone(finished, tmp_path)
+    shutil.rmtree(work / "results/tiny-gpt2")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(finished / "resources/models/tiny-llama", truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    config = {**BASE, "models": {"tiny-gpt2": BASE["models"]["tiny-gpt2"],
+                                 "truncated": {"source": "local", "path": str(truncated)},
+                                 "offline": {"source": "hf", "repo_id": "Qwen/Qwen2.5-0.5B"}}}
+    result = run_workflow(work, config, check=False)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (work / "results/tiny-gpt2/report.md").exists()
+    assert len(list((work / "results/tiny-gpt2/metrics").glob("*.parquet"))) == 5
+    assert "blockscope: 1 of 3 models finished (tiny-gpt2)" in text
+    assert re.search(r"NOT FINISHED truncated: inventory: \[truncated\] .*truncated", text)
+    assert "NOT FINISHED offline: fetch: [offline] cannot reach the Hugging Face hub" in text
 
 
 def test_schema_error_stops_before_any_job(tmp_path):
@@ -178,6 +204,16 @@ def test_tables_plots_and_reports(finished, tmp_path):
                     "### Deep dive: layer_1_head_0", "Components reaching 50/75/90/95/99"):
         assert heading in report
     assert "](plots/alpha_by_layer.png)" in report
+    # content, not only headings: the numbers of the tables it summarises, links that resolve
+    assert f"{len(metrics)} matrices analysed" in report
+    statistics = pd.read_csv(model / "statistics_by_type.csv")
+    for row in statistics[statistics["metric"] == "alpha"].itertuples():
+        assert re.search(rf"\| {row.block_type}\s+\| alpha\s+\|\s+{row.count} \|.*\|\s+{row.mean:.3f} \|", report), row
+    for link in re.findall(r"\]\(([^)]+)\)", report):
+        assert (model / link).exists(), link
+    costs = report[report.index("## Where the time went"):]
+    for rule in ("extract", "spectra", "precision", "heads"):
+        assert re.search(rf"\| {rule}\s+\|\s+5 \|", costs), rule  # one job per unit, five units
     for png in ["plots/alpha_by_layer.png", "plots/esd_layer_0.png", "plots/esd_layer_1.png",
                 "plots/heads_heatmap.png", "plots/precision_distributions.png", "plots/precision/layers_000-001.png"]:
         assert (model / png).stat().st_size > 10_000, png

@@ -18,7 +18,7 @@ def main(snakemake):
         pd.read_parquet(inp.heads), pd.read_csv(inp.statistics), pd.read_csv(inp.phases), pd.read_csv(inp.hints),
         pd.read_csv(inp.precision_summary), json.load(open(inp.embedding)),
         {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
-        list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks))
+        list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks), list(inp.files))
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(text)
 
