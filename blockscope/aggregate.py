@@ -5,14 +5,15 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from .heads import quartile_tags
+from .heads import NONFINITE_TAG, quartile_tags
 from .layout import (CHECKPOINT, EXPORT_FIRST_COLUMNS, MAIN_METRICS, PLOT_METRICS, PRECISION_SUMMARY_COLUMNS,
                      PRECISION_WIDE_COLUMNS)
 
 
-def stack(frames) -> pd.DataFrame:
+def stack(frames, columns=()) -> pd.DataFrame:
+    """The non-empty frames one under the other; with none, an empty frame of `columns`."""
     frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns))
 
 
 def with_provenance(metrics: pd.DataFrame, dims: dict) -> pd.DataFrame:
@@ -140,7 +141,8 @@ def tag_heads_across_layers(heads: pd.DataFrame) -> pd.DataFrame:
     """Model-level tag: quartiles of mean effective rank over every (layer, head) of the model."""
     if heads.empty:
         return heads
-    return heads.assign(layer_tag=heads["tag"], tag=quartile_tags(heads["mean_effective_rank"]))
+    tags = quartile_tags(heads["mean_effective_rank"]).where(heads["tag"] != NONFINITE_TAG, NONFINITE_TAG)
+    return heads.assign(layer_tag=heads["tag"], tag=tags)
 
 
 def relative_depth(metrics: pd.DataFrame, layers_of: dict) -> pd.Series:

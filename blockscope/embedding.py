@@ -2,13 +2,18 @@
 
 Large vocabularies are fitted with MiniBatchKMeans on a fixed random sample of rows and then
 every row is assigned in chunks, so memory stays at the sample plus one chunk. Every random
-choice uses `seed`: the same inputs give the same clusters.
+choice uses `seed`: the same inputs give the same clusters. Rows with a NaN or Inf are left out
+(counted in the summary); a matrix with too few finite rows for the largest k is skipped, with
+its reason in the summary instead of clusters.
 """
+
+import logging
 
 import numpy as np
 import pandas as pd
 
 CHUNK_ROWS = 8192
+log = logging.getLogger(__name__)
 
 
 def sample_rows(n_rows: int, size: int, seed: int) -> np.ndarray:
@@ -16,6 +21,12 @@ def sample_rows(n_rows: int, size: int, seed: int) -> np.ndarray:
     if size >= n_rows:
         return np.arange(n_rows)
     return np.sort(np.random.default_rng(seed).choice(n_rows, size=size, replace=False))
+
+
+def finite_rows(matrix) -> np.ndarray:
+    """Whether each row is all finite (checked chunk by chunk)."""
+    return np.concatenate([np.isfinite(np.asarray(matrix[i:i + CHUNK_ROWS])).all(axis=1)
+                           for i in range(0, matrix.shape[0], CHUNK_ROWS)] or [np.zeros(0, bool)])
 
 
 def row_norm_stats(matrix: np.ndarray) -> dict:
@@ -87,9 +98,34 @@ def pca_2d(sample: np.ndarray, seed: int) -> np.ndarray:
     return PCA(n_components=2, random_state=seed).fit_transform(sample)
 
 
+def empty_results(summary: dict) -> tuple:
+    """What analyse_embedding returns for a matrix it skips: empty tables and the summary."""
+    return (pd.DataFrame(columns=["k", "inertia", "silhouette"]),
+            pd.DataFrame(columns=["cluster", "size", "nearest_rows", "nearest_tokens"]),
+            pd.DataFrame(columns=["row", "pc1", "pc2", "cluster"]), summary)
+
+
 def analyse_embedding(matrix, ks, seed=0, sample_size=20000, silhouette_sample=5000, nearest=8,
                       minibatch_above=20000, decode=None):
-    """Everything the embedding stage writes, as tables and a summary dict."""
+    """Everything the embedding stage writes, as tables and a summary dict.
+
+    summary["status"] is "ok" or "skipped" (then summary["reason"] says why and the tables are
+    empty); summary["dropped_rows"] counts the rows left out for a NaN or Inf. Row numbers in
+    the tables are those of the full matrix.
+    """
+    ks = list(ks)
+    finite = finite_rows(matrix)
+    kept, total = np.flatnonzero(finite), int(matrix.shape[0])
+    counts = {"total_rows": total, "finite_rows": int(kept.size), "dropped_rows": total - int(kept.size)}
+    if counts["dropped_rows"]:
+        log.warning("%d of %d rows have NaN or Inf values: left out of the clustering", counts["dropped_rows"], total)
+        matrix = np.asarray(matrix[kept])  # a copy of the finite rows only
+    if not ks or kept.size <= max(ks):
+        reason = (f"{kept.size} finite rows of {total} ({counts['dropped_rows']} with NaN or Inf): "
+                  f"k-means up to k = {max(ks, default=0)} needs more")
+        log.warning("skipped: %s", reason)
+        return empty_results({"status": "skipped", "reason": reason, **counts})
+    original = lambda rows: kept[np.asarray(rows, dtype=int)]  # noqa: E731  row numbers in the full matrix
     index = sample_rows(matrix.shape[0], sample_size, seed)
     sample = np.asarray(matrix[index], dtype=np.float32)
     minibatch = matrix.shape[0] > minibatch_above
@@ -98,17 +134,18 @@ def analyse_embedding(matrix, ks, seed=0, sample_size=20000, silhouette_sample=5
     fitted = models[k]
     labels = assign_all(matrix, fitted)
     sizes = np.bincount(labels, minlength=k)
-    near = nearest_rows(matrix, fitted.cluster_centers_.astype(np.float32), nearest)
+    near = [original(n) for n in nearest_rows(matrix, fitted.cluster_centers_.astype(np.float32), nearest)]
     clusters = pd.DataFrame({
         "cluster": np.arange(k), "size": sizes,
         "nearest_rows": [list(map(int, n)) for n in near],
         "nearest_tokens": [[decode(int(i)) for i in n] if decode else [] for n in near],
     })
     coords = pca_2d(sample, seed)
-    points = pd.DataFrame({"row": index, "pc1": coords[:, 0], "pc2": coords[:, 1],
+    points = pd.DataFrame({"row": original(index), "pc1": coords[:, 0], "pc2": coords[:, 1],
                            "cluster": fitted.predict(sample)})
-    summary = {"k": k, "knee_method": "Kneedle (Satopää et al. 2011) on k-means inertia, via kneed",
+    summary = {"status": "ok", "k": k, "knee_method": "Kneedle (Satopää et al. 2011) on k-means inertia, via kneed",
                "algorithm": "MiniBatchKMeans" if minibatch else "KMeans", "seed": seed,
                "sample_rows": int(len(index)), "silhouette_rows": int(min(silhouette_sample, len(index))),
-               "silhouette_at_k": float(elbow.set_index("k").loc[k, "silhouette"]), **row_norm_stats(matrix)}
+               "silhouette_at_k": float(elbow.set_index("k").loc[k, "silhouette"]), **counts,
+               **row_norm_stats(matrix)}
     return elbow, clusters, points, summary

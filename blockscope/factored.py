@@ -61,7 +61,9 @@ class FactoredMatrix:
         """One product (or a sub-stack) of a stack."""
         if self._groups is None:
             return FactoredMatrix(self.left[index], self.right[index])
-        return FactoredMatrix.grouped(self.left[index], self._distinct_right, self._groups[index])
+        groups = self._groups[index]
+        used = np.unique(groups)  # only the right factors the sub-stack reads (a NaN one left out stays out)
+        return FactoredMatrix.grouped(self.left[index], self._distinct_right[used], np.searchsorted(used, groups))
 
     def _r_right(self) -> np.ndarray:
         """R factors of right^T, once per distinct right factor."""

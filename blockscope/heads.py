@@ -4,6 +4,7 @@ The checkpoint's layouts are decoded in attention_layout. Biases are ignored: th
 the bilinear parts W_Q^T W_K and W_O W_V of the circuits (a bias adds a rank-one or constant term).
 """
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -12,8 +13,10 @@ import pandas as pd
 
 from .attention_layout import projection_names, read_projections
 from .factored import FactoredMatrix
-from .layout import EIGENVALUE_COLUMNS, HEAD_COLUMNS, HEAD_ENERGY_FRACTIONS, energy_column
+from .layout import EIGENVALUE_COLUMNS, HEAD_COLUMNS, HEAD_ENERGY_FRACTIONS, HEAD_METRIC_COLUMNS, energy_column
 from .metrics import effective_rank, energy_rank
+
+log = logging.getLogger(__name__)
 
 
 def kv_head(h: int, heads: int, kv_heads: int) -> int:
@@ -85,27 +88,59 @@ def top_eigen_energy(eigs: np.ndarray, norm: float, count: int) -> float:
     return float(np.sum(np.abs(eigs[:count]) ** 2) / norm**2) if norm > 0 else float("nan")
 
 
-def head_rows(weights: AttentionWeights) -> list:
-    """Metrics of every query head, from the stacked factored kernels."""
-    qk, ov = weights.qk, weights.ov
-    qk_sigma, ov_sigma, eigs = qk.singular_values, ov.singular_values, qk.eigenvalues
-    asymmetry, qk_norm, ov_norm = qk.asymmetry(), qk.frobenius_norm, ov.frobenius_norm
+NONFINITE_TAG = "non-finite weights"  # the tag of a head whose QK or OV kernel has a NaN or Inf factor
+QK_COLUMNS = [c for c in HEAD_METRIC_COLUMNS if c.startswith("qk_")]
+OV_COLUMNS = [c for c in HEAD_METRIC_COLUMNS if c.startswith("ov_")]
+
+
+def finite_kernels(weights: AttentionWeights) -> tuple:
+    """(qk_ok, ov_ok): per query head, whether the factors of its QK kernel (its q rows, its kv
+    head's k rows) and of its OV kernel (its o columns, its kv head's v rows) are all finite."""
+    def per_head(matrix, count):
+        return np.isfinite(np.asarray(matrix).reshape(count, -1)).all(axis=1)
+
+    kv = weights.kv_of_heads
+    q, o = per_head(weights.q, weights.heads), per_head(weights._stack(weights.o.T, weights.heads), weights.heads)
+    k, v = per_head(weights.k, weights.kv_heads)[kv], per_head(weights.v, weights.kv_heads)[kv]
+    return q & k, o & v
+
+
+def qk_metrics(qk: FactoredMatrix, head_dim: int) -> list:
+    """The qk_ columns of every product of a stack of QK kernels."""
+    sigma, eigs, asymmetry, norm = qk.singular_values, qk.eigenvalues, qk.asymmetry(), qk.frobenius_norm
     rows = []
-    for h in range(weights.heads):
-        row = {"head": h, "kv_head": weights.kv_head(h),
-               "qk_effective_rank": effective_rank(qk_sigma[h]),
-               "qk_eig_effective_rank": eigen_effective_rank(eigs[h]),
-               "qk_asymmetry": float(asymmetry[h]),
-               "qk_complex_fraction": complex_fraction(eigs[h]),
-               "qk_top_dhead_energy": top_eigen_energy(eigs[h], qk_norm[h], weights.head_dim),
-               "qk_frobenius_norm": float(qk_norm[h]),
-               "ov_effective_rank": effective_rank(ov_sigma[h]),
-               "ov_frobenius_norm": float(ov_norm[h])}
-        for fraction in HEAD_ENERGY_FRACTIONS:
-            row[energy_column(fraction, "qk_")] = energy_rank(qk_sigma[h], fraction)
-            row[energy_column(fraction, "ov_")] = energy_rank(ov_sigma[h], fraction)
-        rows.append(row)
+    for h in range(len(sigma)):
+        row = {"qk_effective_rank": effective_rank(sigma[h]), "qk_eig_effective_rank": eigen_effective_rank(eigs[h]),
+               "qk_asymmetry": float(asymmetry[h]), "qk_complex_fraction": complex_fraction(eigs[h]),
+               "qk_top_dhead_energy": top_eigen_energy(eigs[h], norm[h], head_dim),
+               "qk_frobenius_norm": float(norm[h])}
+        rows.append(row | {energy_column(f, "qk_"): energy_rank(sigma[h], f) for f in HEAD_ENERGY_FRACTIONS})
     return rows
+
+
+def ov_metrics(ov: FactoredMatrix) -> list:
+    """The ov_ columns of every product of a stack of OV kernels."""
+    sigma, norm = ov.singular_values, ov.frobenius_norm
+    return [{"ov_effective_rank": effective_rank(sigma[h]), "ov_frobenius_norm": float(norm[h]),
+             **{energy_column(f, "ov_"): energy_rank(sigma[h], f) for f in HEAD_ENERGY_FRACTIONS}}
+            for h in range(len(sigma))]
+
+
+def _on_finite(metrics, stack: FactoredMatrix, ok: np.ndarray, *args) -> dict:
+    """head -> metrics, computed on the heads whose kernel is finite only (none: no work)."""
+    heads = np.flatnonzero(ok)
+    return dict(zip(heads.tolist(), metrics(stack[heads], *args))) if heads.size else {}
+
+
+def head_rows(weights: AttentionWeights) -> list:
+    """Metrics of every query head, from the stacked factored kernels; the QK (OV) columns of a
+    head whose QK (OV) factors are not all finite are NaN."""
+    qk_ok, ov_ok = finite_kernels(weights)
+    qk = _on_finite(qk_metrics, weights.qk, qk_ok, weights.head_dim)
+    ov = _on_finite(ov_metrics, weights.ov, ov_ok)
+    nan = dict.fromkeys(HEAD_METRIC_COLUMNS, float("nan"))
+    return [{"head": h, "kv_head": weights.kv_head(h), **nan, **qk.get(h, {}), **ov.get(h, {})}
+            for h in range(weights.heads)]
 
 
 def mean_effective_rank(qk_rank, ov_rank):
@@ -121,14 +156,38 @@ def quartile_tags(values: pd.Series) -> pd.Series:
 
 
 def heads_table(model: str, unit: str, layer_index, weights: AttentionWeights | None) -> pd.DataFrame:
-    """One row per query head; `tag` by quartiles of mean effective rank within this table."""
+    """One row per query head; `tag` by quartiles of mean effective rank within this table, or
+    NONFINITE_TAG for a head whose kernels have non-finite factors (its metrics NaN, logged)."""
     if weights is None:
         return pd.DataFrame(columns=HEAD_COLUMNS)
     rows = [{"model": model, "unit": unit, "layer_index": layer_index, **row} for row in head_rows(weights)]
     table = pd.DataFrame(rows)
     table["mean_effective_rank"] = mean_effective_rank(table["qk_effective_rank"], table["ov_effective_rank"])
     table["tag"] = quartile_tags(table["mean_effective_rank"])
+    qk_ok, ov_ok = finite_kernels(weights)
+    if not (qk_ok.all() and ov_ok.all()):
+        table.loc[~(qk_ok & ov_ok), "tag"] = NONFINITE_TAG
+        log.warning("[%s] %s: non-finite weights: QK metrics NaN for heads %s, OV metrics NaN for heads %s",
+                    model, unit, np.flatnonzero(~qk_ok).tolist(), np.flatnonzero(~ov_ok).tolist())
     return table[HEAD_COLUMNS]
+
+
+def deep_dive_problem(weights: AttentionWeights | None, h: int) -> str | None:
+    """Why head h of a layer has no eigenvalue table (None when it has one)."""
+    if weights is None:
+        return "the layer has no attention projections (q, k, v, o) that the naming rules recognise"
+    if not 0 <= h < weights.heads:
+        return f"the layer has {weights.heads} query heads, no head {h}"
+    if not finite_kernels(weights)[0][h]:
+        return f"head {h}'s QK kernel has non-finite factors (NaN or Inf in its q or k projection)"
+    return None
+
+
+def empty_eigenvalue_table(reason: str) -> pd.DataFrame:
+    """The deep-dive table of a head that has none: no rows, the reason in attrs["reason"]."""
+    table = pd.DataFrame({column: pd.Series(dtype=float) for column in EIGENVALUE_COLUMNS})
+    table.attrs["reason"] = reason
+    return table
 
 
 def eigenvalue_table(weights: AttentionWeights, h: int) -> pd.DataFrame:

@@ -1,4 +1,11 @@
-"""Headless matplotlib figures. Each function draws one figure and writes it atomically."""
+"""Headless matplotlib figures. Each function draws one figure and writes it atomically.
+
+Given nothing to draw (an empty table, a table without the columns it needs, no panels), a
+function writes a figure that says "nothing to plot: <reason>" instead of failing: the reason
+is the caller's `reason`, else a default that names what was missing.
+"""
+
+import textwrap
 
 import matplotlib
 
@@ -7,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
+from .layout import EIGENVALUE_COLUMNS  # noqa: E402
 
 
 def save(fig, target):
@@ -15,8 +23,26 @@ def save(fig, target):
     plt.close(fig)
 
 
-def head_eigenvalues(table, title, target):
+def nothing_to_plot(reason, title, target):
+    """A figure that says why there is nothing to draw."""
+    fig, ax = plt.subplots(figsize=(8, 2.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, textwrap.fill(f"nothing to plot: {reason}", 90), ha="center", va="center", fontsize=11,
+            transform=ax.transAxes)
+    fig.suptitle(title)
+    save(fig, target)
+
+
+def lacks(frame, *columns) -> bool:
+    """Whether a table is missing, empty, or without one of the columns."""
+    return frame is None or len(frame) == 0 or any(column not in frame for column in columns)
+
+
+def head_eigenvalues(table, title, target, reason=None):
     """Complex-plane scatter, sorted magnitudes and cumulative energy of one head's QK kernel."""
+    if lacks(table, *EIGENVALUE_COLUMNS):
+        reason = reason or getattr(table, "attrs", {}).get("reason") or "the eigenvalue table is empty"
+        return nothing_to_plot(reason, title, target)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     ax = axes[0]
     ax.scatter(table["real"], table["imag"], s=12, c=np.log10(table["magnitude"] + 1e-30), cmap="viridis")
@@ -36,8 +62,10 @@ def head_eigenvalues(table, title, target):
     save(fig, target)
 
 
-def embedding_elbow(elbows: dict, chosen: dict, title, target):
+def embedding_elbow(elbows: dict, chosen: dict, title, target, reason="no embedding matrix was clustered"):
     """Inertia and silhouette against k, one column per analysed matrix."""
+    if not elbows:
+        return nothing_to_plot(reason, title, target)
     fig, axes = plt.subplots(1, len(elbows), figsize=(6.5 * len(elbows), 4.5), squeeze=False)
     for ax, (name, elbow) in zip(axes[0], elbows.items()):
         ax.plot(elbow["k"], elbow["inertia"], marker="o", color="C0")
@@ -51,8 +79,10 @@ def embedding_elbow(elbows: dict, chosen: dict, title, target):
     save(fig, target)
 
 
-def embedding_pca(points: dict, title, target):
+def embedding_pca(points: dict, title, target, reason="no embedding matrix was clustered"):
     """The sampled rows on their first two principal components, coloured by cluster."""
+    if not points:
+        return nothing_to_plot(reason, title, target)
     fig, axes = plt.subplots(1, len(points), figsize=(6.5 * len(points), 5.5), squeeze=False)
     for ax, (name, frame) in zip(axes[0], points.items()):
         ax.scatter(frame["pc1"], frame["pc2"], c=frame["cluster"], cmap="tab20", s=3, alpha=0.6)
@@ -79,9 +109,15 @@ def _grid(count, width=4.2, height=3.2, columns=4):
     return fig, list(axes.flat)
 
 
-def metric_by_layer(metrics, metric, title, target, control=None):
+def metric_by_layer(metrics, metric, title, target, control=None, reason=None):
     """One panel per weight type: the metric against layer (the random twin dashed, if given)."""
+    if lacks(metrics, "layer_index", "block_type", metric):
+        return nothing_to_plot(reason or f"no {metric} values: the metrics table is empty", title, target)
     inside = metrics.dropna(subset=["layer_index"])
+    if inside[metric].notna().sum() == 0:
+        return nothing_to_plot(reason or f"no finite {metric} value in any transformer block", title, target)
+    if lacks(control, "layer_index", "block_type", metric):
+        control = None
     kinds = sorted(inside["block_type"].unique())
     fig, axes = _grid(len(kinds))
     for ax, kind in zip(axes, kinds):
@@ -101,17 +137,23 @@ def metric_by_layer(metrics, metric, title, target, control=None):
     save(fig, target)
 
 
-def esd(panels, title, target):
-    """Log-log ESDs with the fitted power law from xmin; panels: (name, eigenvalues, alpha, xmin)."""
+def esd(panels, title, target, reason="no matrix in this layer"):
+    """Log-log ESDs with the fitted power law from xmin; panels: (name, eigenvalues, alpha, xmin)
+    or (name, eigenvalues, alpha, xmin, status), the status shown where there is no spectrum."""
+    if not panels:
+        return nothing_to_plot(reason, title, target)
     fig, axes = _grid(len(panels))
-    for ax, (name, eigs, alpha, xmin) in zip(axes, panels):
-        eigs = eigs[eigs > 1e-5]
+    for ax, (name, eigs, alpha, xmin, *status) in zip(axes, panels):
+        eigs = np.asarray(eigs, dtype=np.float64)
+        eigs = eigs[np.isfinite(eigs) & (eigs > 1e-5)]
         if eigs.size < 2:
-            ax.set_title(f"{name}: no spectrum")
+            why = status[0] if status and status[0] and status[0] != "ok" else "no spectrum"
+            ax.set_title(textwrap.fill(f"{name}: {why}", 45), fontsize=8)
+            ax.axis("off")
             continue
         bins = np.logspace(np.log10(eigs.min()), np.log10(eigs.max()), 40)
         density, edges, _ = ax.hist(eigs, bins=bins, density=True, alpha=0.6, color="C0", label="ESD")
-        if np.isfinite(alpha):
+        if np.isfinite(alpha) and np.isfinite(xmin) and xmin > 0:
             tail = eigs[eigs >= xmin]
             share = tail.size / eigs.size
             x = np.logspace(np.log10(xmin), np.log10(eigs.max()), 50)
@@ -125,11 +167,14 @@ def esd(panels, title, target):
     save(fig, target)
 
 
-def heads_heatmap(heads, title, target):
-    """Layers x heads: QK and OV effective rank."""
+def heads_heatmap(heads, title, target, reason="no attention heads: no layer has q, k, v and o projections "
+                                               "that the naming rules recognise"):
+    """Layers x heads: QK and OV effective rank (NaN, for non-finite kernels, left blank)."""
+    if lacks(heads, "layer_index", "head", "qk_effective_rank", "ov_effective_rank"):
+        return nothing_to_plot(reason, title, target)
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.25 * max(heads["layer_index"].nunique(), 8) + 2))
     for ax, column in zip(axes, ("qk_effective_rank", "ov_effective_rank")):
-        grid = heads.pivot_table(index="layer_index", columns="head", values=column)
+        grid = heads.pivot_table(index="layer_index", columns="head", values=column, dropna=False)
         image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis", origin="upper")
         ax.set(xlabel="query head", ylabel="layer", title=column.replace("_", " "))
         ax.set_xticks(range(grid.shape[1]), grid.columns)
@@ -139,9 +184,11 @@ def heads_heatmap(heads, title, target):
     save(fig, target)
 
 
-def precision_page(precision, title, target):
+def precision_page(precision, title, target, reason="no matrix in these layers"):
     """Grouped bars: alpha-Hill of each matrix of a few layers, one bar per precision swept
     (precision: the long table, one row per matrix and precision)."""
+    if lacks(precision, "matrix", "precision", "alpha_hill"):
+        return nothing_to_plot(reason, title, target)
     precisions = list(dict.fromkeys(precision["precision"]))
     grid = precision.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False, dropna=False)
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(grid) + 2), 4.5))
@@ -156,8 +203,12 @@ def precision_page(precision, title, target):
     save(fig, target)
 
 
-def precision_distributions(precision, title, target):
+def precision_distributions(precision, title, target, reason="the precision sweep has no rows"):
     """The distribution of alpha-Hill over matrices, per precision."""
+    if lacks(precision, "precision", "alpha_hill"):
+        return nothing_to_plot(reason, title, target)
+    if precision["alpha_hill"].notna().sum() == 0:
+        return nothing_to_plot("no finite α-Hill at any precision", title, target)
     names = list(dict.fromkeys(precision["precision"]))
     data = [precision.loc[precision["precision"] == p, "alpha_hill"].dropna() for p in names]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -166,9 +217,13 @@ def precision_distributions(precision, title, target):
     save(fig, target)
 
 
-def depth_overlay(metrics, metric, title, target):
+def depth_overlay(metrics, metric, title, target, reason=None):
     """Per weight type, the metric against relative depth, one line per model (controls dashed)."""
+    if lacks(metrics, "relative_depth", "block_type", "model", "control_of", metric):
+        return nothing_to_plot(reason or f"no {metric} values: the metrics table is empty", title, target)
     inside = metrics.dropna(subset=["relative_depth"])
+    if inside[metric].notna().sum() == 0:
+        return nothing_to_plot(reason or f"no finite {metric} value in any transformer block", title, target)
     kinds = sorted(inside["block_type"].unique())
     fig, axes = _grid(len(kinds))
     for ax, kind in zip(axes, kinds):
@@ -185,8 +240,10 @@ def depth_overlay(metrics, metric, title, target):
     save(fig, target)
 
 
-def headmerge_sweep(summary, title, target):
+def headmerge_sweep(summary, title, target, reason="the head-merge summary has no rows"):
     """Perplexity and accuracy against threshold: merged, base, and the random control band."""
+    if lacks(summary, "threshold", "perplexity", "accuracy"):
+        return nothing_to_plot(reason, title, target)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, metric, label in ((axes[0], "perplexity", "perplexity (WikiText-2, log scale)"),
                               (axes[1], "accuracy", "next-token accuracy")):
@@ -208,8 +265,10 @@ def headmerge_sweep(summary, title, target):
     save(fig, target)
 
 
-def headmerge_pairs(summary, layers, title, target):
+def headmerge_pairs(summary, layers, title, target, reason="no layer with attention heads to merge"):
     """Thresholds x layers: how many head pairs each threshold merges."""
+    if len(layers) == 0 or lacks(summary, "threshold", *[f"pairs_layer_{layer}" for layer in layers]):
+        return nothing_to_plot(reason, title, target)
     grid = summary[[f"pairs_layer_{layer}" for layer in layers]].to_numpy()
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 0.5 * len(summary) + 2))
     image = ax.imshow(grid, aspect="auto", cmap="magma")
@@ -220,8 +279,10 @@ def headmerge_pairs(summary, layers, title, target):
     save(fig, target)
 
 
-def similarity_matrices(per_layer: dict, title, target):
+def similarity_matrices(per_layer: dict, title, target, reason="no layer with attention heads"):
     """Rows: chosen layers; columns: the three similarity measures (cosine, -1..1)."""
+    if not per_layer:
+        return nothing_to_plot(reason, title, target)
     measures = ("wq", "qk", "ov")
     fig, axes = plt.subplots(len(per_layer), 3, figsize=(12, 3.6 * len(per_layer)), squeeze=False)
     for row, (layer, sims) in enumerate(per_layer.items()):

@@ -1,11 +1,28 @@
-"""The per-model Markdown report, from the aggregated tables."""
+"""The per-model Markdown report, from the aggregated tables.
+
+Written with whatever exists: an empty or column-less table gives `_(none)_`, never a failure,
+and the section "Missing or flagged" lists what earlier stages flagged or could not find
+(matrices whose status is not ok, layers without attention, heads with non-finite kernels,
+empty deep dives, embedding matrices skipped or not found).
+"""
 
 import os
+import re
 
 import pandas as pd
 
+from .heads import NONFINITE_TAG
 from .job_costs import cost_by_rule, costliest_jobs
-from .layout import ENERGY_COLUMNS, REPORT_METRICS
+from .layout import ENERGY_COLUMNS, REPORT_METRICS, layer_unit
+
+HEAD_REPORT_COLUMNS = ["layer_index", "head", "kv_head", "qk_effective_rank", "qk_eig_effective_rank", "qk_asymmetry",
+                       "qk_complex_fraction", "qk_top_dhead_energy", "ov_effective_rank", "tag"]
+LISTED = 20  # matrices listed by name in "Missing or flagged" before "... and N more"
+
+
+def has(frame: pd.DataFrame | None, *columns) -> bool:
+    """Whether a table has rows and every one of the columns."""
+    return frame is not None and len(frame) > 0 and all(column in frame for column in columns)
 
 
 def table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -16,6 +33,8 @@ def table(frame: pd.DataFrame, digits: int = 3) -> str:
 
 def energy_components(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per weight type, the median number of components reaching 50/75/90/95/99 % of sum sigma^2."""
+    if not has(metrics, "block_type", "design_rank", *ENERGY_COLUMNS):
+        return pd.DataFrame()
     grouped = metrics.groupby("block_type")
     out = grouped[ENERGY_COLUMNS].median().round(1)
     out.insert(0, "design_rank (median)", grouped["design_rank"].median())
@@ -24,7 +43,8 @@ def energy_components(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def head_summary_by_layer(heads: pd.DataFrame) -> pd.DataFrame:
-    columns = ["qk_effective_rank", "ov_effective_rank", "qk_asymmetry", "qk_complex_fraction"]
+    columns = [c for c in ("qk_effective_rank", "ov_effective_rank", "qk_asymmetry", "qk_complex_fraction")
+               if c in heads]
     return heads.groupby("layer_index")[columns].mean().reset_index()
 
 
@@ -41,6 +61,75 @@ def files_section(paths, target_dir) -> list:
     frame = pd.DataFrame([{"files": kind, "count": n, "MiB": size / 2**20} for kind, (n, size) in rows.items()])
     return ["## Files", "", f"{len(paths)} data files under `{target_dir}` (see docs/outputs.md):", "",
             table(frame, 2), ""]
+
+
+def status_kind(status: str) -> str:
+    """A status without its counts: "non-finite weights (3 NaN, 0 Inf)" -> "non-finite weights"."""
+    return re.sub(r"\s*\([^)]*\)", "", str(status))
+
+
+def flagged_matrices(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Matrices whose status is not ok: matrix, block_type, status."""
+    if not has(metrics, "status"):
+        return pd.DataFrame(columns=["matrix", "block_type", "status"])
+    bad = metrics[metrics["status"] != "ok"]
+    name = "matrix" if "matrix" in bad else "param_name"
+    return pd.DataFrame({"matrix": bad[name], "block_type": bad.get("block_type"), "status": bad["status"]})
+
+
+def layers_without_attention(heads: pd.DataFrame, dims: dict) -> list:
+    """Layer units with no row in the heads table (no attention the naming rules recognise)."""
+    found = set(heads["layer_index"].dropna().astype(int)) if has(heads, "layer_index") else set()
+    return [layer_unit(i) for i in range(int(dims.get("layers") or 0)) if i not in found]
+
+
+def nonfinite_heads(heads: pd.DataFrame) -> pd.DataFrame:
+    """(layer_index, head) of heads whose QK or OV metrics are NaN for non-finite weights."""
+    if not has(heads, "layer_index", "head"):
+        return pd.DataFrame(columns=["layer_index", "head"])
+    tags = [heads[c] for c in ("tag", "layer_tag") if c in heads]
+    flagged = pd.concat([t == NONFINITE_TAG for t in tags], axis=1).any(axis=1) if tags else False
+    nan = heads[[c for c in ("qk_effective_rank", "ov_effective_rank") if c in heads]].isna().any(axis=1)
+    return heads.loc[flagged | nan, ["layer_index", "head"]].reset_index(drop=True)
+
+
+def missing_section(metrics, heads, dims, embedding: dict, deep_dives: dict) -> list:
+    """Markdown lines: what earlier stages flagged or could not find, and why."""
+    lines = ["## Missing or flagged", ""]
+    flagged = flagged_matrices(metrics)
+    if len(flagged):
+        counts = flagged["status"].map(status_kind).value_counts().rename_axis("status").reset_index(name="matrices")
+        lines += [f"{len(flagged)} of {len(metrics)} matrices have a status other than ok (their metrics are NaN "
+                  "or partial):", "", table(counts), ""]
+        listed = flagged.head(LISTED)
+        lines += [table(listed)] + ([f"... and {len(flagged) - LISTED} more (see metrics.csv, column status)", ""]
+                                    if len(flagged) > LISTED else [""])
+    elif not has(metrics, "status"):
+        lines += ["- No matrix was measured: the metrics table is empty.", ""]
+    missing = layers_without_attention(heads, dims)
+    if missing:
+        lines += [f"- No attention heads in {len(missing)} of {dims.get('layers')} layers "
+                  f"({', '.join(missing)}): no q, k, v and o projections that the naming rules recognise.", ""]
+    bad_heads = nonfinite_heads(heads)
+    if len(bad_heads):
+        pairs = ", ".join(f"layer {int(r.layer_index)} head {int(r.head)}" for r in bad_heads.itertuples())
+        lines += [f"- Heads with non-finite kernel factors (their QK or OV metrics are NaN): {pairs}.", ""]
+    for name, frame in deep_dives.items():
+        if not len(frame):
+            lines += [f"- Deep dive {name} is empty: {frame.attrs.get('reason', 'no eigenvalues')}.", ""]
+    matrices = embedding.get("matrices", {})
+    if not matrices:
+        lines += [f"- Embedding: {embedding.get('reason', 'no token embedding found')}.", ""]
+    for name, info in matrices.items():
+        if info.get("status", "ok") != "ok":
+            lines += [f"- Embedding {name} skipped: {info.get('reason', info.get('status'))}.", ""]
+        elif info.get("dropped_rows"):
+            lines += [f"- Embedding {name}: {info['dropped_rows']} of {info.get('total_rows')} rows have NaN or "
+                      "Inf values and were left out of the clustering.", ""]
+    if len(lines) == 2:
+        lines += ["Nothing: every matrix has status ok, every layer has attention heads, every embedding was "
+                  "clustered.", ""]
+    return lines
 
 
 def cost_section(jobs: pd.DataFrame) -> list:
@@ -62,26 +151,34 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
     keys = ["source", "model_type", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
             "tied_embeddings", "num_experts"]
     lines += ["## Model", "", table(pd.DataFrame([{k: dims.get(k) for k in keys}])), ""]
-    status = metrics["status"].value_counts().to_dict()
-    lines += [f"{len(metrics)} matrices analysed; status: {status}; compute dtype "
-              f"{', '.join(metrics['compute_dtype'].unique())} on {', '.join(metrics['backend'].unique())}.", ""]
+    if has(metrics, "status", "compute_dtype", "backend"):
+        status = metrics["status"].map(status_kind).value_counts().to_dict()
+        lines += [f"{len(metrics)} matrices analysed; status: {status}; compute dtype "
+                  f"{', '.join(metrics['compute_dtype'].unique())} on {', '.join(metrics['backend'].unique())}.", ""]
+    else:
+        lines += ["No matrix analysed.", ""]
+    lines += missing_section(metrics, heads, dims, embedding, deep_dives)
     lines += ["## Statistics by weight type", "",
-              table(statistics[statistics["metric"].isin(REPORT_METRICS)]), ""]
+              table(statistics[statistics["metric"].isin(REPORT_METRICS)] if has(statistics, "metric")
+                    else pd.DataFrame()), ""]
     lines += ["## Components reaching 50/75/90/95/99 % of the variance (Σσ²)", "", table(energy_components(metrics), 1), ""]
     lines += ["## Phase analysis (early / middle / late thirds of depth)", "", table(phases), ""]
-    if len(heads):
+    if has(heads, "layer_index", "head"):
         lines += ["## Attention heads", "", "Per layer (means over heads):", "", table(head_summary_by_layer(heads)), "",
                   "Per head (tag: lowest / highest quartile of mean effective rank over the whole model):", "",
-                  table(heads[["layer_index", "head", "kv_head", "qk_effective_rank", "qk_eig_effective_rank",
-                               "qk_asymmetry", "qk_complex_fraction", "qk_top_dhead_energy", "ov_effective_rank",
-                               "tag"]]), ""]
+                  table(heads[[c for c in HEAD_REPORT_COLUMNS if c in heads]]), ""]
     for name, frame in deep_dives.items():
-        lines += [f"### Deep dive: {name}", "", table(frame, 4), ""]
+        empty = f"_(empty: {frame.attrs['reason']})_\n" if not len(frame) and frame.attrs.get("reason") else None
+        lines += [f"### Deep dive: {name}", "", empty or table(frame, 4), ""]
     lines += ["## Precision sweep (α-Hill)", "", table(precision_summary), ""]
     lines += ["## Quantisation hints (a heuristic, not a guarantee)", "",
               "Lower α (heavier tail) keeps more bits, after AlphaPruning; see docs/metrics.md.", "",
-              table(hints["suggested_format"].value_counts().rename_axis("format").reset_index()), ""]
+              table(hints["suggested_format"].value_counts().rename_axis("format").reset_index()
+                    if has(hints, "suggested_format") else pd.DataFrame()), ""]
     for name, info in embedding.get("matrices", {}).items():
+        if info.get("status", "ok") != "ok" or "k" not in info:
+            lines += [f"## Embedding: {name}", "", f"Skipped: {info.get('reason', info.get('status'))}.", ""]
+            continue
         lines += [f"## Embedding: {name}", "",
                   f"k = {info['k']} by {info['knee_method']} ({info['algorithm']}, seed {info['seed']}); "
                   f"silhouette at k: {info['silhouette_at_k']:.3f}; row norms: mean {info['norm_mean']:.3f}, "

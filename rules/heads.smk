@@ -30,6 +30,11 @@ rule head_deep_dive:
     output:
         layout.DEEP_DIVE.replace("{ext}", "parquet"),
     params:
+        # True when the user named this pair in heads.deep_dive: a pair that names no head is then
+        # their error; the default pair (middle layer, head 0) gets an empty table and a placeholder.
+        user_set=lambda w: [int(w.layer), int(w.head)] in [
+            [int(layer), int(head)] for layer, head in config["heads"]["deep_dive"]
+        ],
         code=code("head_deep_dive"),
     log:
         "logs/{model}/heads/deep_dive_layer_{layer}_head_{head}.log",

@@ -45,3 +45,30 @@ def test_nearest_rows_chunked_equals_brute_force(monkeypatch):
         brute = np.argsort(((matrix - centers[c]) ** 2).sum(1), kind="stable")[:5]
         assert list(rows) == list(brute)
     assert list(sample_rows(10, 20, 0)) == list(range(10))
+
+
+def test_non_finite_rows_are_left_out_and_counted(caplog):
+    """NaN and Inf rows leave the clustering; row numbers stay those of the full matrix."""
+    matrix = blobs(100, 3, 8, 3)
+    bad = [5, 150, 299]
+    matrix[5, 0], matrix[150], matrix[299, 7] = np.nan, np.nan, np.inf
+    with caplog.at_level("WARNING"):
+        elbow, clusters, points, summary = analyse_embedding(matrix, range(2, 7), seed=0, sample_size=1000,
+                                                             silhouette_sample=500)
+    assert "3 of 300 rows have NaN or Inf values" in caplog.text
+    assert summary["status"] == "ok" and summary["dropped_rows"] == 3 and summary["finite_rows"] == 297
+    assert summary["total_rows"] == 300 and np.isfinite(summary["norm_max"]) and summary["k"] == 3
+    assert clusters["size"].sum() == 297 and not set(points["row"]) & set(bad) and len(points) == 297
+    nearest = {row for rows in clusters["nearest_rows"] for row in rows}
+    assert not nearest & set(bad) and max(nearest) < 300
+
+
+def test_too_few_finite_rows_skip_the_matrix_with_a_reason():
+    matrix = blobs(10, 2, 4, 4)
+    matrix[3:] = np.nan  # 3 finite rows, k up to 6
+    elbow, clusters, points, summary = analyse_embedding(matrix, range(2, 7))
+    assert summary["status"] == "skipped" and summary["dropped_rows"] == 17
+    assert summary["reason"] == "3 finite rows of 20 (17 with NaN or Inf): k-means up to k = 6 needs more"
+    assert len(elbow) == len(clusters) == len(points) == 0 and "k" not in summary
+    all_nan = analyse_embedding(np.full((50, 4), np.nan, np.float32), range(2, 4))[3]
+    assert all_nan["status"] == "skipped" and all_nan["finite_rows"] == 0

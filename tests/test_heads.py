@@ -184,3 +184,58 @@ def test_quartile_tags_mark_the_lowest_and_highest_quarters():
     table = heads_table("m", "layer_000", 0, weights).sort_values("mean_effective_rank")
     assert {"low-rank", "high-rank"} <= set(table["tag"])
     assert list(table["tag"]) == ["low-rank"] * 2 + [""] * 4 + ["high-rank"] * 2
+
+
+def _random_layer(seed=5, heads=4, kv=2, d=8, hidden=32):
+    rng = np.random.default_rng(seed)
+    return AttentionWeights(rng.standard_normal((heads * d, hidden)), rng.standard_normal((kv * d, hidden)),
+                            rng.standard_normal((kv * d, hidden)), rng.standard_normal((hidden, heads * d)),
+                            heads, kv, d)
+
+
+def test_non_finite_weights_give_nan_heads_and_leave_the_others_exact(caplog):
+    """A NaN in head 1's q rows and an Inf in kv head 1's v rows: NaN QK metrics for head 1,
+    NaN OV metrics for heads 2 and 3 (they read kv head 1), every other number as before."""
+    from blockscope.heads import NONFINITE_TAG, OV_COLUMNS, QK_COLUMNS, deep_dive_problem, finite_kernels
+
+    clean = _random_layer()
+    bad = _random_layer()
+    bad.q[8 + 3, 5] = np.nan
+    bad.v[8 + 1, 0] = np.inf
+    qk_ok, ov_ok = finite_kernels(bad)
+    assert list(qk_ok) == [True, False, True, True] and list(ov_ok) == [True, True, False, False]
+    with caplog.at_level("WARNING"):
+        table = heads_table("m", "layer_001", 1, bad).set_index("head")
+    assert "[m] layer_001: non-finite weights: QK metrics NaN for heads [1], OV metrics NaN for heads [2, 3]" \
+        in caplog.text
+    expected = heads_table("m", "layer_001", 1, clean).set_index("head")
+    assert table.loc[1, QK_COLUMNS].isna().all() and table.loc[[2, 3], OV_COLUMNS].isna().all().all()
+    same = lambda heads, columns: np.allclose(table.loc[heads, columns].astype(float),  # noqa: E731
+                                              expected.loc[heads, columns].astype(float))
+    assert same([0, 2, 3], QK_COLUMNS) and same([0, 1], OV_COLUMNS)
+    assert list(table["tag"].iloc[1:]) == [NONFINITE_TAG] * 3 and table.loc[0, "tag"] != NONFINITE_TAG
+    assert table["mean_effective_rank"].isna().tolist() == [False, True, True, True]
+    assert deep_dive_problem(bad, 1).startswith("head 1's QK kernel has non-finite factors")
+    assert deep_dive_problem(bad, 2) is None and deep_dive_problem(bad, 4) == "the layer has 4 query heads, no head 4"
+    assert "no attention projections" in deep_dive_problem(None, 0)
+
+
+def test_a_layer_of_non_finite_weights_gives_all_nan_rows():
+    bad = _random_layer()
+    bad.k[:] = np.nan
+    bad.o[:] = np.nan
+    table = heads_table("m", "layer_000", 0, bad)
+    assert list(table.columns) == list(heads_table("m", "layer_000", 0, _random_layer()).columns)
+    assert len(table) == 4 and table[["qk_effective_rank", "ov_effective_rank"]].isna().all().all()
+
+
+def test_grouped_sub_stack_reads_only_its_own_right_factors():
+    """Indexing a grouped stack keeps only the right factors it uses: a NaN factor of another
+    group never reaches the decompositions."""
+    rng = np.random.default_rng(6)
+    left, right = rng.standard_normal((4, 20, 3)), rng.standard_normal((2, 3, 20))
+    right[1, 0, 0] = np.nan
+    stack = FactoredMatrix.grouped(left, right, [0, 0, 1, 1])
+    sub = stack[np.array([0, 1])]
+    assert sub._distinct_right.shape[0] == 1 and np.isfinite(sub.singular_values).all()
+    assert np.allclose(sub.singular_values[1], FactoredMatrix(left[1], right[0]).singular_values)

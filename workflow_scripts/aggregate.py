@@ -7,6 +7,7 @@ import pandas as pd
 
 from blockscope import aggregate as agg
 from blockscope.atomic import atomic_path, write_json, write_parquet
+from blockscope.layout import HEAD_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS
 from blockscope.workflow import run_step
 
 
@@ -18,14 +19,14 @@ def write_csv(frame, target):
 def main(snakemake):
     model, out = snakemake.wildcards.model, snakemake.output
     dims = json.loads(Path(snakemake.input.dims).read_text())
-    metrics = agg.with_provenance(agg.stack(pd.read_parquet(p) for p in snakemake.input.metrics), dims)
+    metrics = agg.with_provenance(agg.stack((pd.read_parquet(p) for p in snakemake.input.metrics), METRICS_COLUMNS), dims)
     write_parquet(metrics, out.metrics)
     write_csv(metrics, out.metrics_csv)
     with atomic_path(out.metrics_json) as tmp:
         metrics.to_json(tmp, orient="records", indent=1)
-    write_parquet(agg.tag_heads_across_layers(agg.stack(pd.read_parquet(p) for p in snakemake.input.heads)),
+    write_parquet(agg.tag_heads_across_layers(agg.stack((pd.read_parquet(p) for p in snakemake.input.heads), HEAD_COLUMNS)),
                   out.heads)
-    precision = agg.stack(pd.read_parquet(p) for p in snakemake.input.precision)
+    precision = agg.stack((pd.read_parquet(p) for p in snakemake.input.precision), PRECISION_COLUMNS)
     write_parquet(precision, out.precision)
     write_csv(agg.precision_wide(precision), out.precision_csv)
     write_csv(agg.precision_summary(precision), out.precision_summary)

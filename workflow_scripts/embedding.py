@@ -12,6 +12,10 @@ from blockscope.layout import EMBED, LM_HEAD
 from blockscope.workflow import run_step
 
 
+NOT_FOUND = ("no token embedding found: no 2-D tensor in the embed or lm_head unit that the naming rules "
+             "call an embedding or output head")
+
+
 def token_decoder(checkpoint: Path):
     """id -> token text through tokenizer.json (no transformers import), or None."""
     path = checkpoint / "tokenizer.json"
@@ -40,18 +44,24 @@ def main(snakemake):
         elbow, table, pts, info = analyse_embedding(
             matrix, ks, seed=settings["seed"], sample_size=settings["sample"],
             silhouette_sample=settings["silhouette_sample"], nearest=settings["nearest_tokens"], decode=decode)
-        elbows[name], points[name], summary[name] = elbow.assign(matrix=name), pts, info
+        summary[name] = info
+        if info["status"] != "ok":
+            print(f"[{model}] {name} {matrix.shape}: {info['status']}: {info['reason']}")
+            continue
+        elbows[name], points[name] = elbow.assign(matrix=name), pts
         clusters.append(table.assign(matrix=name))
+        dropped = f"; {info['dropped_rows']} rows with NaN or Inf left out" if info["dropped_rows"] else ""
         print(f"[{model}] {name} {matrix.shape}: k = {info['k']} ({info['algorithm']}), "
-              f"silhouette {info['silhouette_at_k']:.3f}")
+              f"silhouette {info['silhouette_at_k']:.3f}{dropped}")
         print(table[["cluster", "size", "nearest_tokens"]].to_string(index=False))
+    result = {"model": model, "matrices": summary}
     if not matrices:
-        print(f"[{model}] no token embedding found: empty embedding outputs")
-    write_json({"model": model, "matrices": summary}, snakemake.output.summary)
+        result["reason"] = NOT_FOUND
+        print(f"[{model}] empty embedding outputs: {NOT_FOUND}")
+    write_json(result, snakemake.output.summary)
     write_parquet(pd.concat(elbows.values()) if elbows else pd.DataFrame(), snakemake.output.elbow)
     write_parquet(pd.concat(clusters) if clusters else pd.DataFrame(), snakemake.output.clusters)
     write_parquet(pd.concat(p.assign(matrix=n) for n, p in points.items()) if points else pd.DataFrame(),
                   snakemake.output.points)
-
 
 run_step(snakemake, main)

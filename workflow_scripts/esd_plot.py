@@ -1,4 +1,5 @@
-"""rule esd_plot: the ESDs of one layer's matrices with their power-law fits."""
+"""rule esd_plot: the ESDs of one layer's matrices with their power-law fits; a matrix without a
+spectrum (non-finite weights, ...) gets a panel with its status."""
 
 import numpy as np
 import pandas as pd
@@ -9,12 +10,13 @@ from blockscope.workflow import run_step
 
 def main(snakemake):
     spectra = pd.read_parquet(snakemake.input.spectra)
-    metrics = pd.read_parquet(snakemake.input.metrics).set_index("matrix")
-    panels = [(".".join(name.removesuffix(".weight").split(".")[-3:]),
-               group["sigma"].to_numpy(np.float64) ** 2, metrics.loc[name, "alpha"], metrics.loc[name, "xmin"])
-              for name, group in spectra.groupby("matrix", sort=False)]
+    metrics = pd.read_parquet(snakemake.input.metrics)
+    sigma = {name: group["sigma"].to_numpy(np.float64) for name, group in spectra.groupby("matrix", sort=False)} \
+        if len(spectra) else {}
+    panels = [(".".join(row.matrix.removesuffix(".weight").split(".")[-3:]), sigma.get(row.matrix, np.zeros(0)) ** 2,
+               row.alpha, row.xmin, row.status) for row in metrics.itertuples()] if len(metrics) else []
     esd(panels, f"{snakemake.wildcards.model}: eigenvalue spectra of layer {snakemake.wildcards.layer}",
-        snakemake.output[0])
+        snakemake.output[0], reason="no 2-D matrix in this layer")
 
 
 run_step(snakemake, main)

@@ -1,4 +1,5 @@
-"""rule head_deep_dive_plot: the eigenvalues of one head's QK kernel (head_deep_dive's table), drawn."""
+"""rule head_deep_dive_plot: the eigenvalues of one head's QK kernel (head_deep_dive's table), drawn.
+An empty table (no such head, no attention, non-finite weights) is drawn as its reason."""
 
 import json
 
@@ -12,10 +13,11 @@ from blockscope.workflow import run_step
 def main(snakemake):
     model, layer, head = snakemake.wildcards.model, int(snakemake.wildcards.layer), int(snakemake.wildcards.head)
     dims = json.loads(open(snakemake.input.dims).read())
+    table = pd.read_parquet(snakemake.input.table)
     group = kv_head(head, dims["heads"], dims["kv_heads"])
-    head_eigenvalues(pd.read_parquet(snakemake.input.table),
-                     f"{model}: layer {layer}, head {head} (kv head {group}), "
-                     f"QK kernel eigenvalues (d_head = {dims['head_dim']})", snakemake.output[0])
+    reason = table.attrs.get("reason") or f"no eigenvalues for layer {layer}, head {head} (see the head_deep_dive log)"
+    head_eigenvalues(table, f"{model}: layer {layer}, head {head} (kv head {group}), "
+                            f"QK kernel eigenvalues (d_head = {dims['head_dim']})", snakemake.output[0], reason=reason)
 
 
 run_step(snakemake, main)

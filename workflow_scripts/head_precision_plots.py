@@ -15,7 +15,9 @@ def main(snakemake):
     precision_distributions(precision, f"{model}: α-Hill by precision, all matrices", out.distributions)
     os.makedirs(out.pages, exist_ok=True)
     per_page = snakemake.params.layers_per_page
-    layers = sorted(precision["layer_index"].dropna().unique())
+    layers = sorted(precision["layer_index"].dropna().unique()) if "layer_index" in precision else []
+    if not layers:
+        print(f"[{model}] no precision pages: no matrix in a transformer block")
     for start in range(0, len(layers), per_page):
         first, last = int(layers[start]), int(layers[min(start + per_page, len(layers)) - 1])
         page = precision[precision["layer_index"].between(first, last)]

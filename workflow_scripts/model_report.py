@@ -1,4 +1,4 @@
-"""rule model_report: results/{model}/report.md."""
+"""rule model_report: results/{model}/report.md, written with whatever the earlier stages produced."""
 
 import json
 import os
@@ -11,12 +11,20 @@ from blockscope.report import model_report
 from blockscope.workflow import run_step
 
 
+def read_csv(path) -> pd.DataFrame:
+    """A table written by aggregate; an empty one (no columns at all) reads as an empty frame."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def main(snakemake):
     inp = snakemake.input
     text = model_report(
         snakemake.wildcards.model, json.load(open(inp.dims)), pd.read_parquet(inp.metrics),
-        pd.read_parquet(inp.heads), pd.read_csv(inp.statistics), pd.read_csv(inp.phases), pd.read_csv(inp.hints),
-        pd.read_csv(inp.precision_summary), json.load(open(inp.embedding)),
+        pd.read_parquet(inp.heads), read_csv(inp.statistics), read_csv(inp.phases), read_csv(inp.hints),
+        read_csv(inp.precision_summary), json.load(open(inp.embedding)),
         {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
         list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks), list(inp.files))
     with atomic_path(snakemake.output[0]) as tmp:
