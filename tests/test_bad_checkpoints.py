@@ -1,0 +1,181 @@
+"""Issue #11, nothing wrong passes as a number: crafted safetensors headers, local checkpoints
+that break."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from safetensors import SafetensorError, safe_open
+
+from blockscope.errors import BlockscopeError
+from blockscope.inventory import build_inventory
+from blockscope.safetensors_file import read_header
+from blockscope.sources import fetch
+from blockscope.tensors import extract_unit
+from conftest import TINY_LLAMA, save_tiny
+
+
+def write_safetensors(path, header, data: bytes):
+    """A file in the safetensors layout with any header at all (bytes, or JSON of any value)."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def f32(shape, begin):
+    """A well-formed F32 entry of `shape` starting at data byte `begin`."""
+    return {"dtype": "F32", "shape": list(shape), "data_offsets": [begin, begin + 4 * int(np.prod(shape))]}
+
+
+def library_rejects(path) -> bool:
+    try:
+        with safe_open(str(path), "np") as fh:
+            for key in fh.keys():
+                fh.get_tensor(key)
+    except SafetensorError:
+        return True
+    return False
+
+
+NORM_AND_WEIGHT = {"norm.weight": f32([64], 0), "w.weight": f32([64, 64], 256)}
+DATA = bytes(256 + 64 * 64 * 4)
+# (header, data, what the error says after "<file>: ", the safetensors library rejects it too)
+CRAFTED = {
+    "a JSON list": ([NORM_AND_WEIGHT], DATA,
+                    "corrupt safetensors header (a JSON list, not an object of tensors)", True),
+    "an entry that is a list": ({"w.weight": [0, 16]}, DATA,
+                                "corrupt safetensors header: tensor 'w.weight' is a JSON list, not an object "
+                                "with dtype, shape and data_offsets", True),
+    "no data_offsets": ({"w.weight": {"dtype": "F32", "shape": [64]}}, DATA,
+                        "corrupt safetensors header: tensor 'w.weight' lacks data_offsets", True),
+    "a dtype that is a number": ({"w.weight": {**f32([64], 0), "dtype": 7}}, DATA,
+                                 "corrupt safetensors header: tensor 'w.weight' has dtype 7, not a string", True),
+    "an unknown dtype": ({"w.weight": {**f32([64], 0), "dtype": "Q4_K"}}, DATA,
+                         "corrupt safetensors header: tensor 'w.weight' has the unknown dtype 'Q4_K'", True),
+    "a negative dim": ({"w.weight": {**f32([64], 0), "shape": [-64]}}, DATA,
+                       "corrupt safetensors header: tensor 'w.weight' has shape [-64], not a list of "
+                       "non-negative integers", True),
+    "a fractional dim": ({"w.weight": {**f32([64], 0), "shape": [8, 8.0]}}, DATA,
+                         "corrupt safetensors header: tensor 'w.weight' has shape [8, 8.0], not a list of "
+                         "non-negative integers", True),
+    "a boolean dim": ({"w.weight": {**f32([64], 0), "shape": [True, 64]}}, DATA,
+                      "corrupt safetensors header: tensor 'w.weight' has shape [True, 64], not a list of "
+                      "non-negative integers", True),
+    "a negative offset": ({"w.weight": {**f32([64], 0), "data_offsets": [-256, 0]}}, DATA,
+                          "corrupt safetensors header: tensor 'w.weight' has data_offsets [-256, 0], not two "
+                          "non-negative integers", True),
+    "three offsets": ({"w.weight": {**f32([64], 0), "data_offsets": [0, 256, 512]}}, DATA,
+                      "corrupt safetensors header: tensor 'w.weight' has data_offsets [0, 256, 512], not two "
+                      "non-negative integers", True),
+    "an end before the begin": ({"w.weight": {**f32([64], 0), "data_offsets": [256, 0]}}, DATA,
+                                "corrupt safetensors header: tensor 'w.weight' has data_offsets [256, 0] that "
+                                "end before they begin", True),
+    "a range past the data": ({"norm.weight": f32([64], 0), "w.weight": f32([64, 64], 256)}, DATA[:1000],
+                              "truncated safetensors file: tensor 'w.weight' ends at byte {end} but the file "
+                              "has {size}", True),
+    # the bug of #11: a 256-byte norm read as a 64 x 64 matrix made of its neighbour's bytes
+    "a shape larger than its bytes": ({"norm.weight": {**f32([64], 0), "shape": [64, 64]},
+                                       "w.weight": f32([64, 64], 256)}, DATA,
+                                      "corrupt safetensors header: tensor 'norm.weight' claims shape [64, 64] of "
+                                      "F32 (16384 bytes) but its data_offsets span 256 bytes", True),
+    "overlapping tensors": ({"norm.weight": {**f32([64, 64], 0)}, "w.weight": f32([64, 64], 256)}, DATA,
+                            "corrupt safetensors header: tensors 'norm.weight' and 'w.weight' overlap (data bytes "
+                            "256 to 16384 belong to both)", True),
+    "metadata that is not strings": ({"__metadata__": {"format": 1}, **NORM_AND_WEIGHT}, DATA,
+                                     "corrupt safetensors header (__metadata__ is not a map of strings)", True),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_crafted_headers_fail_before_any_byte_is_read(tmp_path, case):
+    header, data, what, rejected = CRAFTED[case]
+    path = write_safetensors(tmp_path / "model.safetensors", header, data)
+    raw = json.dumps(header).encode()
+    what = what.format(end=8 + len(raw) + 256 + 16384, size=8 + len(raw) + len(data))
+    with pytest.raises(BlockscopeError) as info:
+        read_header(path, model="crafted")
+    assert str(info.value) == f"[crafted] {path}: {what}. Fix: replace or repair {path}."
+    assert library_rejects(path) == rejected
+
+
+def test_the_well_formed_neighbour_file_passes_both_readers(tmp_path):
+    path = write_safetensors(tmp_path / "model.safetensors", NORM_AND_WEIGHT, DATA)
+    infos = read_header(path)
+    assert {n: i.shape for n, i in infos.items()} == {"norm.weight": (64,), "w.weight": (64, 64)}
+    assert not library_rejects(path)
+
+
+def test_a_format_dtype_blockscope_cannot_read_is_named_not_called_corrupt(tmp_path):
+    path = write_safetensors(tmp_path / "model.safetensors",
+                             {"ids": {"dtype": "U16", "shape": [4], "data_offsets": [0, 8]}}, bytes(8))
+    assert not library_rejects(path)  # a valid file...
+    with pytest.raises(BlockscopeError) as info:
+        read_header(path, model="m")
+    assert str(info.value) == (f"[m] {path}: tensor 'ids' is stored as U16, which blockscope cannot read (it reads "
+                               "F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, I16, I8, U8, BOOL). "
+                               "Fix: convert the file's U16 tensors to one of those.")
+
+
+# --- local checkpoints: errors name the user's files ------------------------------------------
+
+@pytest.fixture
+def local_checkpoint(tmp_path):
+    """A user's checkpoint folder and its canonical form fetched through the local source."""
+    user = tmp_path / "user ckpt"
+    save_tiny("LlamaForCausalLM", TINY_LLAMA, user)
+    canonical = tmp_path / "resources/models/mine"
+    fetch("mine", {"source": "local", "path": str(user)}, canonical)
+    return user, canonical
+
+
+def test_a_broken_local_file_is_named_by_the_users_path(local_checkpoint):
+    user, canonical = local_checkpoint
+    weights = user / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(BlockscopeError) as info:
+        build_inventory(canonical, model="mine")
+    message = str(info.value)
+    assert message.startswith(f"[mine] {weights}: truncated safetensors file: tensor ")
+    assert message.endswith(f". Fix: replace or repair {weights}.")
+    assert "resources/models" not in message
+
+
+def test_a_missing_local_file_is_named_by_the_users_path(local_checkpoint):
+    user, canonical = local_checkpoint
+    (user / "model.safetensors").unlink()
+    with pytest.raises(BlockscopeError) as info:
+        build_inventory(canonical, model="mine")
+    assert str(info.value) == (f"[mine] {user / 'model.safetensors'}: the safetensors file is missing. "
+                               f"Fix: replace or repair {user / 'model.safetensors'}.")
+
+
+def test_a_broken_local_config_is_named_by_the_users_path(local_checkpoint):
+    user, canonical = local_checkpoint
+    (canonical / "config.json").write_text("[1, 2]")  # the canonical copy of the user's config.json
+    with pytest.raises(BlockscopeError) as info:
+        build_inventory(canonical, model="mine")
+    assert str(info.value) == (f"[mine] {user / 'config.json'}: config.json holds a JSON list, not an object. "
+                               f"Fix: replace or repair {user / 'config.json'}.")
+
+
+def test_a_broken_fetched_file_asks_for_a_fetch_again(tmp_path):
+    canonical = tmp_path / "resources/models/tiny"
+    fetch("tiny", {"source": "synthetic", "config": TINY_LLAMA, "seed": 0}, canonical)
+    weights = canonical / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(BlockscopeError) as info:
+        build_inventory(canonical, model="tiny")
+    assert str(info.value).endswith(f". Fix: delete {canonical} and rerun the workflow to fetch it again.")
+
+
+def test_extract_checks_the_file_against_the_inventory(local_checkpoint, tmp_path):
+    user, canonical = local_checkpoint
+    inventory = build_inventory(canonical, model="mine")
+    rows = inventory[inventory["unit"] == "layer_000"]
+    save_tiny("LlamaForCausalLM", {**TINY_LLAMA, "hidden_size": 32}, user)  # the user saves another model
+    with pytest.raises(BlockscopeError) as info:
+        extract_unit(canonical, rows, tmp_path / "unit.parquet", model="mine")
+    message = str(info.value)
+    assert message.startswith(f"[mine] {user / 'model.safetensors'}: tensor ")
+    assert "the file changed after the inventory" in message and not (tmp_path / "unit.parquet").exists()
