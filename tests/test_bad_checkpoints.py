@@ -1,18 +1,22 @@
-"""Issue #11, nothing wrong passes as a number: crafted safetensors headers, local checkpoints
-that break."""
+"""Issue #11, nothing wrong passes as a number: crafted safetensors headers, tensors that hold
+no weight matrix, local checkpoints that change or break, temporary folders of killed fetches."""
 
 import json
 import struct
 
 import numpy as np
+import pandas as pd
 import pytest
 from safetensors import SafetensorError, safe_open
 
 from blockscope.errors import BlockscopeError
 from blockscope.inventory import build_inventory
+from blockscope.layout import METRICS_COLUMNS, PRECISION_COLUMNS
 from blockscope.safetensors_file import read_header
 from blockscope.sources import fetch
-from blockscope.tensors import extract_unit
+from blockscope.spectra import matrices_of
+from blockscope.tensors import extract_unit, write_unit
+from blockscope.unit_analysis import analyse_unit, precision_sweep
 from conftest import TINY_LLAMA, save_tiny
 
 
@@ -115,6 +119,88 @@ def test_a_format_dtype_blockscope_cannot_read_is_named_not_called_corrupt(tmp_p
     assert str(info.value) == (f"[m] {path}: tensor 'ids' is stored as U16, which blockscope cannot read (it reads "
                                "F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, I16, I8, U8, BOOL). "
                                "Fix: convert the file's U16 tensors to one of those.")
+
+
+# --- tensors that hold no weight matrix --------------------------------------------------------
+
+def _unit(tmp_path, tensors: dict, block_types: dict, layouts=None):
+    """A unit file and its inventory rows; tensors: name -> (safetensors dtype, array)."""
+    target = tmp_path / "unit.parquet"
+    write_unit(((n, d, a) for n, (d, a) in tensors.items()), target)
+    inventory = pd.DataFrame({
+        "param_name": list(tensors), "unit": "layer_000", "layer_index": 0,
+        "block_type": [block_types[n] for n in tensors], "shape": [list(a.shape) for _, a in tensors.values()],
+        "dtype": [d for d, _ in tensors.values()], "source_dtype": [d for d, _ in tensors.values()],
+        "layout": [(layouts or {}).get(n, "out_in") for n in tensors]})
+    return target, inventory
+
+
+REFUSED = {
+    "position_ids": ("I64", np.arange(16, dtype=np.int64).reshape(1, 16), "embedding",
+                     "integer tensor (I64): not a weight matrix", (1, 16)),
+    "attn.mask": ("BOOL", np.tril(np.ones((8, 8), bool)), "other",
+                  "bool tensor (BOOL): not a weight matrix", (8, 8)),
+    "qweight": ("U8", np.zeros((16, 4), np.uint8), "q_proj", "integer tensor (U8): not a weight matrix", (4, 16)),
+    "attn.c_attn.weight": ("F32", np.ones((2, 8, 4), np.float32), "qkv_fused",
+                           "3-D tensor (2x8x4) that is not an expert stack: not analysed", (None, None)),
+    "attn.bias": ("F32", np.ones((1, 1, 8, 8), np.float32), "other", "4-D tensor (1x1x8x8): not analysed",
+                  (None, None)),
+    "experts.down_proj": ("I32", np.zeros((2, 8, 4), np.int32), "moe_expert",
+                          "integer tensor (I32): not a weight matrix", (None, None)),
+}
+
+
+def test_tensors_without_a_weight_matrix_get_a_status_row_and_a_log_line(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    tensors = {name: (dtype, array) for name, (dtype, array, *_) in REFUSED.items()}
+    tensors["q_proj.weight"] = ("F32", rng.standard_normal((16, 8)).astype(np.float32))
+    tensors["experts.up_proj"] = ("F32", rng.standard_normal((2, 8, 4)).astype(np.float32))
+    tensors["norm.weight"] = ("F32", np.ones(8, np.float32))
+    block_types = {**{n: v[2] for n, v in REFUSED.items()}, "q_proj.weight": "q_proj",
+                   "experts.up_proj": "moe_expert", "norm.weight": "norm"}
+    path, inventory = _unit(tmp_path, tensors, block_types, layouts={"qweight": "in_out"})
+    with caplog.at_level("WARNING"):
+        metrics, spectra = analyse_unit("m", "layer_000", path, inventory)
+    assert list(metrics.columns) == METRICS_COLUMNS
+    assert sorted(metrics["matrix"]) == sorted([*REFUSED, "q_proj.weight", "experts.up_proj[0]",
+                                                "experts.up_proj[1]"])  # norms hold no matrix: no row
+    rows = metrics.set_index("matrix")
+    for name, (dtype, _, block_type, status, (r, c)) in REFUSED.items():
+        row = rows.loc[name]
+        assert row["status"] == status and row["warning"] == ""
+        assert (row["model"], row["unit"], row["param_name"], row["layer_index"], row["block_type"]) == \
+            ("m", "layer_000", name, 0, block_type)
+        assert pd.isna(row["expert"]) and pd.isna(row["design_rank"])
+        assert (row["dtype"], row["source_dtype"], row["compute_dtype"], row["backend"], row["seconds"]) == \
+            (dtype, dtype, "float32", "none", 0.0)
+        assert np.isnan(row[["alpha", "alpha_hill", "effective_rank", "spectral_norm", "mean", "sparsity"]]
+                        .astype(float)).all()
+        if r is None:  # rank 3 and more: no matrix, so no rows x cols
+            assert pd.isna(row["rows"]) and pd.isna(row["cols"])
+        else:
+            assert (row["rows"], row["cols"]) == (r, c)
+        assert f"{name:55s} {status}" in caplog.text
+    assert rows.loc["qweight", ["rows", "cols"]].tolist() == [4, 16]  # in_out: out x in, as for a matrix
+    analysed = rows.loc[["q_proj.weight", "experts.up_proj[0]", "experts.up_proj[1]"]]
+    assert (analysed["backend"] == "cpu").all() and analysed["spectral_norm"].gt(0).all()
+    assert set(spectra["matrix"]) == {"q_proj.weight", "experts.up_proj[0]", "experts.up_proj[1]"}
+
+    sweep = precision_sweep("m", "layer_000", path, inventory, spectra, ["fp32", "bf16"])
+    assert list(sweep.columns) == PRECISION_COLUMNS and len(sweep) == 2 * len(metrics)
+    refused = sweep[sweep["matrix"].isin(list(REFUSED))].set_index(["matrix", "precision"])
+    assert refused["alpha_hill"].isna().all() and (refused["k"] == 0).all()
+    assert refused.loc[("attn.bias", "bf16"), "status"] == "4-D tensor (1x1x8x8): not analysed"
+
+
+def test_matrices_of_refuses_what_it_cannot_split():
+    stack = np.zeros((2, 3, 4), np.float32)
+    assert [m.name for m in matrices_of("e", stack, block_type="moe_expert")] == ["e[0]", "e[1]"]
+    assert list(matrices_of("n", np.ones(4, np.float32))) == []
+    for array, block_type, why in [(stack, "qkv_fused", "3-D tensor (2x3x4) that is not an expert stack"),
+                                   (np.zeros((1, 1, 2, 2), np.float32), "moe_expert", "4-D tensor (1x1x2x2)"),
+                                   (np.zeros((2, 2), np.int64), "q_proj", "integer tensor (I64)")]:
+        with pytest.raises(ValueError, match=why.replace("(", r"\(").replace(")", r"\)")):
+            list(matrices_of("t", array, block_type=block_type))
 
 
 # --- local checkpoints: errors name the user's files ------------------------------------------
