@@ -265,3 +265,20 @@ def test_extract_checks_the_file_against_the_inventory(local_checkpoint, tmp_pat
     message = str(info.value)
     assert message.startswith(f"[mine] {user / 'model.safetensors'}: tensor ")
     assert "the file changed after the inventory" in message and not (tmp_path / "unit.parquet").exists()
+
+
+# --- a killed fetch leaves no temporary folder ------------------------------------------------
+
+def test_fetch_removes_the_temporary_folder_of_a_killed_fetch(tmp_path, capsys):
+    models = tmp_path / "resources/models"
+    stale = models / ".tiny.k1ll3d_x.tmp"  # what atomic_dir leaves when the job is killed
+    (stale / "half").mkdir(parents=True)
+    (stale / "half/model.safetensors").write_bytes(b"partial")
+    other = models / ".tiny.x.abcdefgh.tmp"  # model tiny.x's: not this fetch's to remove
+    other.mkdir()
+    fetch("tiny", {"source": "synthetic", "config": TINY_LLAMA, "seed": 0}, models / "tiny")
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in models.iterdir()) == [".tiny.x.abcdefgh.tmp", "tiny"]
+    assert build_inventory(models / "tiny", model="tiny")["param_name"].size == 2 * 9 + 3
+    assert f"[tiny] removed {stale}, the temporary folder of an earlier fetch that was killed" in capsys.readouterr().out
+
