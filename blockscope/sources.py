@@ -152,6 +152,34 @@ def fetch_hf(model, spec, dest):
 
 # --- local ----------------------------------------------------------------------------------
 
+def local_files(src) -> list:
+    """The files of a local checkpoint folder that fetch takes (config, weights, index, tokenizer)."""
+    src = Path(src)
+    return sorted({p for pattern in CHECKPOINT_PATTERNS + TOKENIZER_FILES for p in src.glob(pattern) if p.is_file()})
+
+
+def local_fingerprint(path) -> str:
+    """Name, size and mtime (ns) of every file a local source takes, as one short hash: the
+    fetch rule's param, computed when Snakemake builds the DAG, so that replacing, rewriting or
+    touching a file of the user's checkpoint reruns that model (and only it). "missing" when the
+    folder does not exist (fetch then fails with a clear message)."""
+    src = Path(path).expanduser()
+    if not src.is_dir():
+        return "missing"
+    digest = hashlib.sha256()
+    for file in local_files(src):
+        stat = file.stat()  # follows symlinks: the bytes that would be read
+        digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def source_fingerprint(spec: dict) -> str:
+    """What a model's source files look like now, for sources whose files can change under the
+    same config: local_fingerprint for `local`, "" for the others (hf pins a revision, synthetic
+    is seeded)."""
+    return local_fingerprint(spec["path"]) if spec.get("source") == "local" else ""
+
+
 def fetch_local(model, spec, dest):
     src = Path(spec["path"]).expanduser()
     if not src.is_dir():
@@ -165,7 +193,7 @@ def fetch_local(model, spec, dest):
                               fix="save the weights as safetensors (save_pretrained(safe_serialization=True))")
     _copy_matching(src, Path(dest), CHECKPOINT_PATTERNS + TOKENIZER_FILES, link_large=True)
     files = {p.name: p.stat().st_size for p in sorted(src.glob("*.safetensors"))}
-    return _provenance("local", {"path": str(src.resolve()), "files": files})
+    return _provenance("local", {"path": str(src.resolve()), "files": files, "fingerprint": local_fingerprint(src)})
 
 
 # --- gguf -----------------------------------------------------------------------------------

@@ -282,3 +282,65 @@ def test_fetch_removes_the_temporary_folder_of_a_killed_fetch(tmp_path, capsys):
     assert build_inventory(models / "tiny", model="tiny")["param_name"].size == 2 * 9 + 3
     assert f"[tiny] removed {stale}, the temporary folder of an earlier fetch that was killed" in capsys.readouterr().out
 
+
+# --- a local checkpoint that changes is fetched again ---------------------------------------
+
+def test_local_fingerprint_follows_size_and_mtime(tmp_path):
+    import os
+
+    from blockscope.sources import local_fingerprint, source_fingerprint
+
+    save_tiny("LlamaForCausalLM", TINY_LLAMA, tmp_path / "ckpt")
+    first = local_fingerprint(tmp_path / "ckpt")
+    assert len(first) == 16 and local_fingerprint(tmp_path / "ckpt") == first  # stable
+    weights = tmp_path / "ckpt/model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    touched = local_fingerprint(tmp_path / "ckpt")
+    assert touched != first
+    (tmp_path / "ckpt/notes.txt").write_text("not a checkpoint file")
+    assert local_fingerprint(tmp_path / "ckpt") == touched  # only the files fetch takes count
+    (tmp_path / "ckpt/tokenizer.json").write_text("{}")
+    assert local_fingerprint(tmp_path / "ckpt") != touched
+    assert local_fingerprint(tmp_path / "nowhere") == "missing"
+    assert source_fingerprint({"source": "synthetic", "config": {}}) == ""
+    assert source_fingerprint({"source": "local", "path": str(tmp_path / "ckpt")}) == \
+        local_fingerprint(tmp_path / "ckpt")
+
+
+@pytest.mark.slow
+def test_a_changed_local_checkpoint_reruns_that_model_alone(tmp_path):
+    import re
+
+    from conftest import run_workflow
+
+    user = tmp_path / "user ckpt"
+    save_tiny("LlamaForCausalLM", TINY_LLAMA, user)
+    config = {"models": {"mine": {"source": "local", "path": str(user)},
+                         "tiny": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0}},
+              "device": "cpu", "headmerge": {"enabled": False}}
+    targets = [f"results/{m}/tensors/layer_000.parquet" for m in config["models"]]
+    work = tmp_path / "work"
+    run_workflow(work, config, *targets)
+
+    def planned():
+        text = run_workflow(work, config, *targets, "--dry-run").stdout
+        jobs = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):\n(?:.*\n)*?\s+wildcards: model=([^,\n]+)", text, re.M)
+        return set(jobs)
+
+    assert planned() == set()  # the fingerprint is stable: nothing to do
+    from safetensors.numpy import load_file, save_file
+
+    from blockscope import read_unit
+    from blockscope.sources import local_fingerprint
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    weights = load_file(user / "model.safetensors")
+    weights[name] = weights[name] + 1  # the user retrains and saves over the same file
+    save_file(weights, user / "model.safetensors", metadata={"format": "pt"})
+    assert planned() == {("fetch", "mine"), ("inventory", "mine"), ("extract", "mine")}
+    run_workflow(work, config, *targets)
+    assert planned() == set()
+    assert np.array_equal(read_unit(work / "results/mine/tensors/layer_000.parquet", names=[name])[name], weights[name])
+    source = json.loads((work / "resources/models/mine/source.json").read_text())
+    assert source["fingerprint"] == local_fingerprint(user)
