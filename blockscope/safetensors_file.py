@@ -130,7 +130,8 @@ def _tensor_info(name, entry, data_start, data_size, file, fail) -> TensorInfo:
         raise fail(f"{where} has dtype {dtype!r}, not a string")
     if dtype in FORMAT_ONLY_DTYPES:  # a valid file, in a number format blockscope cannot read yet
         raise fail(f"tensor {name!r} is stored as {dtype}, which blockscope cannot read "
-                   f"(it reads {', '.join(SAFETENSORS_TO_NUMPY)})", f"convert the file's {dtype} tensors to one of those")
+                   f"(it reads {', '.join(SAFETENSORS_TO_NUMPY)})",
+                   f"convert the file's {dtype} tensors to one of those")
     if dtype not in SAFETENSORS_TO_NUMPY:
         raise fail(f"{where} has the unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):

@@ -14,6 +14,7 @@ from .spectra import Matrix, cast_round_trip, compute_spectra, matrices_of, not_
 from .tensors import iter_unit
 
 log = logging.getLogger(__name__)
+NO_METRICS = dict.fromkeys([*SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS], float("nan"))
 
 
 def refused_tensors(inventory_rows: pd.DataFrame) -> list:
@@ -45,9 +46,9 @@ def _refused_row(model, unit, info, why) -> dict:
     out x in for a 2-D tensor and NA for rank 3 and more (no matrix is defined), every metric NaN."""
     shape = list(info["shape"])
     rows, cols = (shape[::-1] if info["layout"] == "in_out" else shape) if len(shape) == 2 else (pd.NA, pd.NA)
-    matrix = Matrix(info["param_name"], None, np.zeros((0, 0)))
-    return {**_identity(model, unit, matrix, info), "rows": rows, "cols": cols, "design_rank": pd.NA,
-            **dict.fromkeys([*SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS], float("nan")), "status": why, "warning": "", "source_dtype": info["source_dtype"]}
+    whole = Matrix(info["param_name"], None, np.zeros((0, 0)))  # the tensor as a whole: no expert
+    return {**_identity(model, unit, whole, info), "rows": rows, "cols": cols, "design_rank": pd.NA,
+            **NO_METRICS, "status": why, "warning": "", "source_dtype": info["source_dtype"]}
 
 
 def _identity(model, unit, matrix, info) -> dict:

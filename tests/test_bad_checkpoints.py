@@ -280,7 +280,8 @@ def test_fetch_removes_the_temporary_folder_of_a_killed_fetch(tmp_path, capsys):
     assert not stale.exists() and other.exists()
     assert sorted(p.name for p in models.iterdir()) == [".tiny.x.abcdefgh.tmp", "tiny"]
     assert build_inventory(models / "tiny", model="tiny")["param_name"].size == 2 * 9 + 3
-    assert f"[tiny] removed {stale}, the temporary folder of an earlier fetch that was killed" in capsys.readouterr().out
+    log = capsys.readouterr().out
+    assert f"[tiny] removed {stale}, the temporary folder of an earlier fetch that was killed" in log
 
 
 # --- a local checkpoint that changes is fetched again ---------------------------------------
