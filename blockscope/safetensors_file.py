@@ -58,12 +58,10 @@ def origin(path) -> tuple:
         source = None
     if isinstance(source, dict) and source.get("source") == "local" and source.get("path"):
         shown = Path(source["path"]) / path.name
-    elif path.is_symlink():
-        shown = Path(path).resolve()
-    elif source is not None:
+    elif source is not None:  # fetched (hf, gguf, synthetic): whatever links the hub client made
         return path, f"delete {folder} and rerun the workflow to fetch it again"
-    else:
-        shown = path
+    else:  # a folder blockscope did not fetch: the file itself, where a symlink leads
+        shown = path.resolve() if path.is_symlink() else path
     return shown, f"replace or repair {shown}"
 
 

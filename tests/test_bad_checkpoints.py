@@ -345,3 +345,14 @@ def test_a_changed_local_checkpoint_reruns_that_model_alone(tmp_path):
     assert np.array_equal(read_unit(work / "results/mine/tensors/layer_000.parquet", names=[name])[name], weights[name])
     source = json.loads((work / "resources/models/mine/source.json").read_text())
     assert source["fingerprint"] == local_fingerprint(user)
+
+
+def test_a_symlinked_file_outside_a_fetched_checkpoint_is_named_where_it_leads(tmp_path):
+    (tmp_path / "store").mkdir()
+    real = write_safetensors(tmp_path / "store/weights.safetensors", [1], b"")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt/model.safetensors").symlink_to(real)
+    with pytest.raises(BlockscopeError) as info:
+        read_header(tmp_path / "ckpt/model.safetensors", model="m")
+    assert str(info.value) == (f"[m] {real}: corrupt safetensors header (a JSON list, not an object of tensors). "
+                               f"Fix: replace or repair {real}.")
