@@ -8,7 +8,7 @@ import pandas as pd
 from .errors import BlockscopeError
 from .layout import INVENTORY_COLUMNS, LM_HEAD, all_units, unit_order
 from .naming import block_type, is_conv1d, layer_index, unit_of
-from .safetensors_file import checkpoint_files, read_header
+from .safetensors_file import checkpoint_files, origin, read_header
 
 # config.json spellings across families, first present wins.
 DIM_KEYS = {
@@ -32,14 +32,17 @@ def _first(config: dict, keys):
 
 def read_config(folder, model=None) -> dict:
     path = Path(folder) / "config.json"
+    shown, fix = origin(path)  # a local source's errors name the user's config.json
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
-        raise BlockscopeError("config.json is missing", model=model, path=path,
+        raise BlockscopeError("config.json is missing", model=model, path=shown,
                               fix="put the model's transformers config.json beside its *.safetensors") from None
-    except json.JSONDecodeError as exc:
-        raise BlockscopeError(f"config.json is not valid JSON ({exc})", model=model, path=path,
-                              fix="repair or replace config.json") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BlockscopeError(f"config.json is not valid JSON ({exc})", model=model, path=shown, fix=fix) from None
+    if not isinstance(config, dict):
+        raise BlockscopeError(f"config.json holds a JSON {type(config).__name__}, not an object", model=model,
+                              path=shown, fix=fix)
     # Multimodal wrappers keep the language model's fields in text_config.
     text = config.get("text_config")
     if isinstance(text, dict) and _first(config, DIM_KEYS["layers"]) is None:

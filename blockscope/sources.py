@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -75,6 +76,8 @@ def fetch(model: str, spec: dict, dest, like_checkpoint=None):
     if kind not in fetchers:
         raise BlockscopeError(f"unknown source {kind!r}", model=model, path="config.yaml",
                               fix=f"set models.{model}.source to one of {', '.join(fetchers)}")
+    for stale in remove_stale_temporaries(dest):
+        print(f"[{model}] removed {stale}, the temporary folder of an earlier fetch that was killed")
     with atomic_dir(dest) as tmp:
         if kind == "synthetic":
             provenance = fetch_synthetic(model, spec, tmp, like_checkpoint)
@@ -82,6 +85,30 @@ def fetch(model: str, spec: dict, dest, like_checkpoint=None):
             provenance = fetchers[kind](model, spec, tmp)
         (tmp / "source.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance
+
+
+def stale_temporaries(dest) -> list:
+    """The temporary folders atomic_dir left beside `dest` when a fetch into it was killed:
+    `.<name>.XXXXXXXX.tmp` (tempfile.mkdtemp's 8 random characters), never another model's
+    (`.<name>.x.XXXXXXXX.tmp` is the folder of model `<name>.x`)."""
+    dest = Path(dest)
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.[a-z0-9_]{{8}}\.tmp")
+    if not dest.parent.is_dir():
+        return []
+    return sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def remove_stale_temporaries(dest) -> list:
+    """Remove what stale_temporaries finds; the job that fetches `dest` owns them (Snakemake
+    runs one job per output at a time). Returns the paths removed."""
+    removed = []
+    for path in stale_temporaries(dest):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 # --- hf -------------------------------------------------------------------------------------
@@ -125,6 +152,34 @@ def fetch_hf(model, spec, dest):
 
 # --- local ----------------------------------------------------------------------------------
 
+def local_files(src) -> list:
+    """The files of a local checkpoint folder that fetch takes (config, weights, index, tokenizer)."""
+    src = Path(src)
+    return sorted({p for pattern in CHECKPOINT_PATTERNS + TOKENIZER_FILES for p in src.glob(pattern) if p.is_file()})
+
+
+def local_fingerprint(path) -> str:
+    """Name, size and mtime (ns) of every file a local source takes, as one short hash: the
+    fetch rule's param, computed when Snakemake builds the DAG, so that replacing, rewriting or
+    touching a file of the user's checkpoint reruns that model (and only it). "missing" when the
+    folder does not exist (fetch then fails with a clear message)."""
+    src = Path(path).expanduser()
+    if not src.is_dir():
+        return "missing"
+    digest = hashlib.sha256()
+    for file in local_files(src):
+        stat = file.stat()  # follows symlinks: the bytes that would be read
+        digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def source_fingerprint(spec: dict) -> str:
+    """What a model's source files look like now, for sources whose files can change under the
+    same config: local_fingerprint for `local`, "" for the others (hf pins a revision, synthetic
+    is seeded)."""
+    return local_fingerprint(spec["path"]) if spec.get("source") == "local" else ""
+
+
 def fetch_local(model, spec, dest):
     src = Path(spec["path"]).expanduser()
     if not src.is_dir():
@@ -138,7 +193,7 @@ def fetch_local(model, spec, dest):
                               fix="save the weights as safetensors (save_pretrained(safe_serialization=True))")
     _copy_matching(src, Path(dest), CHECKPOINT_PATTERNS + TOKENIZER_FILES, link_large=True)
     files = {p.name: p.stat().st_size for p in sorted(src.glob("*.safetensors"))}
-    return _provenance("local", {"path": str(src.resolve()), "files": files})
+    return _provenance("local", {"path": str(src.resolve()), "files": files, "fingerprint": local_fingerprint(src)})
 
 
 # --- gguf -----------------------------------------------------------------------------------

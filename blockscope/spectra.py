@@ -14,7 +14,7 @@ import numpy as np
 import scipy.linalg
 
 from .device import torch_device
-from .dtypes import precision_dtype
+from .dtypes import numpy_dtype, precision_dtype, safetensors_dtype
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +31,38 @@ class Matrix:
         return self.param_name if self.expert is None else f"{self.param_name}[{self.expert}]"
 
 
-def matrices_of(param_name: str, array: np.ndarray, layout: str = "out_in"):
+EXPERT_STACK = "moe_expert"  # the block type whose 3-D tensors stack one matrix per expert
+
+
+def not_a_matrix(dtype: str, shape, block_type: str) -> str | None:
+    """Why a stored tensor of rank 2 or more holds no weight matrix to analyse (None when it
+    does). Integer and bool tensors are indices, masks or packed codes, not weights; a 3-D
+    tensor is split only as an expert stack; rank 4 and more is never guessed at."""
+    kind = numpy_dtype(dtype).kind
+    if kind in "iub":
+        what = "bool" if kind == "b" else "integer"
+        return f"{what} tensor ({dtype}): not a weight matrix"
+    rank, dims = len(shape), "x".join(map(str, shape))
+    if rank == 3 and block_type != EXPERT_STACK:
+        return f"3-D tensor ({dims}) that is not an expert stack: not analysed"
+    if rank >= 4:
+        return f"{rank}-D tensor ({dims}): not analysed"
+    return None
+
+
+def matrices_of(param_name: str, array: np.ndarray, layout: str = "out_in", block_type: str | None = None):
     """The 2-D matrices in a stored tensor: itself, transposed when stored in x out (GPT-2
-    Conv1D), or one per expert for a 3-D expert tensor. 1-D tensors hold none."""
+    Conv1D), or one per expert for a 3-D expert stack (block_type moe_expert). 1-D tensors hold
+    none; any other tensor is refused (ValueError): not_a_matrix says why, and the caller
+    reports it instead of analysing a guess."""
+    if array.ndim < 2:
+        return
+    problem = not_a_matrix(safetensors_dtype(array.dtype), array.shape, block_type)
+    if problem is not None:
+        raise ValueError(f"{param_name}: {problem}")
     if array.ndim == 2:
         yield Matrix(param_name, None, array.T if layout == "in_out" else array)
-    elif array.ndim == 3:
+    else:
         for expert in range(array.shape[0]):
             yield Matrix(param_name, expert, array[expert])
 

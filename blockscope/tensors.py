@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_path
 from .dtypes import numpy_dtype
-from .safetensors_file import read_header, tensor_view
+from .errors import BlockscopeError
+from .safetensors_file import origin, read_header, tensor_view
 
 SCHEMA = pa.schema([
     ("param_name", pa.string()),
@@ -67,16 +68,25 @@ def write_unit(tensors, target, chunk_bytes: int = CHUNK_BYTES):
     return total
 
 
-def extract_unit(checkpoint, inventory_rows, target):
-    """Write one unit's tensors from a canonical checkpoint folder, reading only that unit."""
+def extract_unit(checkpoint, inventory_rows, target, model=None):
+    """Write one unit's tensors from a canonical checkpoint folder, reading only that unit.
+
+    Each file's header is checked again (read_header) before its bytes are read."""
     headers = {}
 
     def tensors():
         for row in inventory_rows.itertuples():
             path = Path(checkpoint) / row.file
             if path not in headers:
-                headers[path] = read_header(path)
-            yield row.param_name, row.dtype, tensor_view(path, headers[path][row.param_name])
+                headers[path] = read_header(path, model=model)
+            info = headers[path].get(row.param_name)
+            if info is None or info.dtype != row.dtype or list(info.shape) != list(row.shape):
+                shown, _ = origin(path)
+                raise BlockscopeError(f"tensor {row.param_name!r} is not what the inventory recorded "
+                                      f"({row.dtype} {list(row.shape)}): the file changed after the inventory",
+                                      model=model, path=shown, fix="rerun the workflow so that the inventory "
+                                      "is rebuilt from the current file")
+            yield row.param_name, row.dtype, tensor_view(path, info)
 
     return write_unit(tensors(), target)
 

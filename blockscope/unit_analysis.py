@@ -7,22 +7,48 @@ import pandas as pd
 
 from .dtypes import numpy_dtype
 from .heavytail import alpha_hill, hill_k, tail_eigenvalues
-from .layout import IDENTITY_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS
+from .layout import (ELEMENT_COLUMNS, IDENTITY_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS,
+                     SPECTRAL_METRIC_COLUMNS)
 from .matrix_metrics import check_matrix, matrix_metrics
-from .spectra import cast_round_trip, compute_spectra, matrices_of, singular_values, upcast
+from .spectra import Matrix, cast_round_trip, compute_spectra, matrices_of, not_a_matrix, singular_values, upcast
 from .tensors import iter_unit
 
 log = logging.getLogger(__name__)
+NO_METRICS = dict.fromkeys([*SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS], float("nan"))
+
+
+def refused_tensors(inventory_rows: pd.DataFrame) -> list:
+    """(inventory row, why) for every tensor of rank 2 or more that holds no weight matrix:
+    integer and bool tensors, 3-D tensors that are not expert stacks, rank 4 and more."""
+    refused = []
+    for _, info in inventory_rows.iterrows():
+        if len(info["shape"]) >= 2:
+            why = not_a_matrix(info["dtype"], info["shape"], info["block_type"])
+            if why is not None:
+                refused.append((info, why))
+    return refused
 
 
 def unit_matrices(tensor_path, inventory_rows: pd.DataFrame, compute_dtype):
-    """(Matrix upcast to compute_dtype, its inventory row) for every 2-D matrix of the unit."""
+    """(Matrix upcast to compute_dtype, its inventory row) for every weight matrix of the unit;
+    the refused tensors (refused_tensors) are not read."""
     meta = inventory_rows.set_index("param_name")
-    names = [n for n in meta.index if len(meta.loc[n, "shape"]) >= 2]
+    refused = {info["param_name"] for info, _ in refused_tensors(inventory_rows)}
+    names = [n for n in meta.index if len(meta.loc[n, "shape"]) >= 2 and n not in refused]
     for name, array in iter_unit(tensor_path, names=names):
-        for matrix in matrices_of(name, array, meta.loc[name, "layout"]):
+        for matrix in matrices_of(name, array, meta.loc[name, "layout"], meta.loc[name, "block_type"]):
             matrix.values = upcast(matrix.values, compute_dtype)
             yield matrix, meta.loc[name]
+
+
+def _refused_row(model, unit, info, why) -> dict:
+    """The identity of a refused tensor with its reason as status; rows and cols are its
+    out x in for a 2-D tensor and NA for rank 3 and more (no matrix is defined), every metric NaN."""
+    shape = list(info["shape"])
+    rows, cols = (shape[::-1] if info["layout"] == "in_out" else shape) if len(shape) == 2 else (pd.NA, pd.NA)
+    whole = Matrix(info["param_name"], None, np.zeros((0, 0)))  # the tensor as a whole: no expert
+    return {**_identity(model, unit, whole, info), "rows": rows, "cols": cols, "design_rank": pd.NA,
+            **NO_METRICS, "status": why, "warning": "", "source_dtype": info["source_dtype"]}
 
 
 def _identity(model, unit, matrix, info) -> dict:
@@ -54,13 +80,17 @@ def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", comput
                  matrix.name, row["rows"], row["cols"], row["actual_rank"], row["design_rank"],
                  row["svd_90_percent_rank"], row["effective_rank"], row["alpha"], row["sparsity"], secs,
                  row["status"] if row["status"] != "ok" else row["warning"])
+    for info, why in refused_tensors(inventory_rows):
+        metric_rows.append({**_refused_row(model, unit, info, why), "dtype": info["dtype"],
+                            "compute_dtype": compute_dtype, "backend": "none", "seconds": 0.0})
+        log.warning("%-55s %s", info["param_name"], why)
     metrics = pd.DataFrame(metric_rows, columns=METRICS_COLUMNS)
     spectra = pd.concat(spectra_rows, ignore_index=True) if spectra_rows else pd.DataFrame(columns=SPECTRA_COLUMNS)
     return _typed(metrics), _typed(spectra)
 
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    for column in ("expert", "layer_index"):
+    for column in ("expert", "layer_index", "rows", "cols", "design_rank"):
         if column in frame:
             frame[column] = frame[column].astype("Int64")
     return frame
@@ -91,4 +121,7 @@ def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFr
             else:
                 value, k, status = float("nan"), 0, f"{precision}: {problem}"
             rows.append({**base, "precision": precision, "alpha_hill": value, "k": k, "status": status})
+    for info, why in refused_tensors(inventory_rows):  # one row per precision, as for a matrix
+        base = {k: v for k, v in _refused_row(model, unit, info, why).items() if k in PRECISION_COLUMNS}
+        rows += [{**base, "precision": precision, "alpha_hill": float("nan"), "k": 0} for precision in precisions]
     return _typed(pd.DataFrame(rows, columns=PRECISION_COLUMNS))

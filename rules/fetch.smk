@@ -1,4 +1,5 @@
 # Download or build each model's canonical checkpoint under resources/models/{model}/.
+from blockscope.sources import source_fingerprint
 
 
 rule fetch:
@@ -8,6 +9,8 @@ rule fetch:
         directory(layout.CHECKPOINT),
     params:
         spec=lambda wildcards: model_spec(wildcards.model),
+        # local: sizes and mtimes of the user's files, read at DAG time; a change reruns this model
+        source_files=lambda wildcards: source_fingerprint(model_spec(wildcards.model)),
         code=code("fetch"),
     log:
         "logs/{model}/fetch.log",

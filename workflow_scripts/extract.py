@@ -13,7 +13,8 @@ def main(snakemake):
     unit = snakemake.wildcards.unit
     inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
     started = time.perf_counter()
-    nbytes = extract_unit(snakemake.input.checkpoint, inventory, snakemake.output[0])
+    nbytes = extract_unit(snakemake.input.checkpoint, inventory, snakemake.output[0],
+                          model=snakemake.wildcards.model)
     seconds = time.perf_counter() - started
     size = os.path.getsize(snakemake.output[0])
     print(f"[{snakemake.wildcards.model}] {unit}: {len(inventory)} tensors, {nbytes / 2**20:.2f} MiB -> "

@@ -1,0 +1,358 @@
+"""Issue #11, nothing wrong passes as a number: crafted safetensors headers, tensors that hold
+no weight matrix, local checkpoints that change or break, temporary folders of killed fetches."""
+
+import json
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors import SafetensorError, safe_open
+
+from blockscope.errors import BlockscopeError
+from blockscope.inventory import build_inventory
+from blockscope.layout import METRICS_COLUMNS, PRECISION_COLUMNS
+from blockscope.safetensors_file import read_header
+from blockscope.sources import fetch
+from blockscope.spectra import matrices_of
+from blockscope.tensors import extract_unit, write_unit
+from blockscope.unit_analysis import analyse_unit, precision_sweep
+from conftest import TINY_LLAMA, save_tiny
+
+
+def write_safetensors(path, header, data: bytes):
+    """A file in the safetensors layout with any header at all (bytes, or JSON of any value)."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def f32(shape, begin):
+    """A well-formed F32 entry of `shape` starting at data byte `begin`."""
+    return {"dtype": "F32", "shape": list(shape), "data_offsets": [begin, begin + 4 * int(np.prod(shape))]}
+
+
+def library_rejects(path) -> bool:
+    try:
+        with safe_open(str(path), "np") as fh:
+            for key in fh.keys():
+                fh.get_tensor(key)
+    except SafetensorError:
+        return True
+    return False
+
+
+NORM_AND_WEIGHT = {"norm.weight": f32([64], 0), "w.weight": f32([64, 64], 256)}
+DATA = bytes(256 + 64 * 64 * 4)
+# (header, data, what the error says after "<file>: ", the safetensors library rejects it too)
+CRAFTED = {
+    "a JSON list": ([NORM_AND_WEIGHT], DATA,
+                    "corrupt safetensors header (a JSON list, not an object of tensors)", True),
+    "an entry that is a list": ({"w.weight": [0, 16]}, DATA,
+                                "corrupt safetensors header: tensor 'w.weight' is a JSON list, not an object "
+                                "with dtype, shape and data_offsets", True),
+    "no data_offsets": ({"w.weight": {"dtype": "F32", "shape": [64]}}, DATA,
+                        "corrupt safetensors header: tensor 'w.weight' lacks data_offsets", True),
+    "a dtype that is a number": ({"w.weight": {**f32([64], 0), "dtype": 7}}, DATA,
+                                 "corrupt safetensors header: tensor 'w.weight' has dtype 7, not a string", True),
+    "an unknown dtype": ({"w.weight": {**f32([64], 0), "dtype": "Q4_K"}}, DATA,
+                         "corrupt safetensors header: tensor 'w.weight' has the unknown dtype 'Q4_K'", True),
+    "a negative dim": ({"w.weight": {**f32([64], 0), "shape": [-64]}}, DATA,
+                       "corrupt safetensors header: tensor 'w.weight' has shape [-64], not a list of "
+                       "non-negative integers", True),
+    "a fractional dim": ({"w.weight": {**f32([64], 0), "shape": [8, 8.0]}}, DATA,
+                         "corrupt safetensors header: tensor 'w.weight' has shape [8, 8.0], not a list of "
+                         "non-negative integers", True),
+    "a boolean dim": ({"w.weight": {**f32([64], 0), "shape": [True, 64]}}, DATA,
+                      "corrupt safetensors header: tensor 'w.weight' has shape [True, 64], not a list of "
+                      "non-negative integers", True),
+    "a negative offset": ({"w.weight": {**f32([64], 0), "data_offsets": [-256, 0]}}, DATA,
+                          "corrupt safetensors header: tensor 'w.weight' has data_offsets [-256, 0], not two "
+                          "non-negative integers", True),
+    "three offsets": ({"w.weight": {**f32([64], 0), "data_offsets": [0, 256, 512]}}, DATA,
+                      "corrupt safetensors header: tensor 'w.weight' has data_offsets [0, 256, 512], not two "
+                      "non-negative integers", True),
+    "an end before the begin": ({"w.weight": {**f32([64], 0), "data_offsets": [256, 0]}}, DATA,
+                                "corrupt safetensors header: tensor 'w.weight' has data_offsets [256, 0] that "
+                                "end before they begin", True),
+    "a range past the data": ({"norm.weight": f32([64], 0), "w.weight": f32([64, 64], 256)}, DATA[:1000],
+                              "truncated safetensors file: tensor 'w.weight' ends at byte {end} but the file "
+                              "has {size}", True),
+    # the bug of #11: a 256-byte norm read as a 64 x 64 matrix made of its neighbour's bytes
+    "a shape larger than its bytes": ({"norm.weight": {**f32([64], 0), "shape": [64, 64]},
+                                       "w.weight": f32([64, 64], 256)}, DATA,
+                                      "corrupt safetensors header: tensor 'norm.weight' claims shape [64, 64] of "
+                                      "F32 (16384 bytes) but its data_offsets span 256 bytes", True),
+    "overlapping tensors": ({"norm.weight": {**f32([64, 64], 0)}, "w.weight": f32([64, 64], 256)}, DATA,
+                            "corrupt safetensors header: tensors 'norm.weight' and 'w.weight' overlap (data bytes "
+                            "256 to 16384 belong to both)", True),
+    "metadata that is not strings": ({"__metadata__": {"format": 1}, **NORM_AND_WEIGHT}, DATA,
+                                     "corrupt safetensors header (__metadata__ is not a map of strings)", True),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_crafted_headers_fail_before_any_byte_is_read(tmp_path, case):
+    header, data, what, rejected = CRAFTED[case]
+    path = write_safetensors(tmp_path / "model.safetensors", header, data)
+    raw = json.dumps(header).encode()
+    what = what.format(end=8 + len(raw) + 256 + 16384, size=8 + len(raw) + len(data))
+    with pytest.raises(BlockscopeError) as info:
+        read_header(path, model="crafted")
+    assert str(info.value) == f"[crafted] {path}: {what}. Fix: replace or repair {path}."
+    assert library_rejects(path) == rejected
+
+
+def test_the_well_formed_neighbour_file_passes_both_readers(tmp_path):
+    path = write_safetensors(tmp_path / "model.safetensors", NORM_AND_WEIGHT, DATA)
+    infos = read_header(path)
+    assert {n: i.shape for n, i in infos.items()} == {"norm.weight": (64,), "w.weight": (64, 64)}
+    assert not library_rejects(path)
+
+
+def test_a_format_dtype_blockscope_cannot_read_is_named_not_called_corrupt(tmp_path):
+    path = write_safetensors(tmp_path / "model.safetensors",
+                             {"ids": {"dtype": "U16", "shape": [4], "data_offsets": [0, 8]}}, bytes(8))
+    assert not library_rejects(path)  # a valid file...
+    with pytest.raises(BlockscopeError) as info:
+        read_header(path, model="m")
+    assert str(info.value) == (f"[m] {path}: tensor 'ids' is stored as U16, which blockscope cannot read (it reads "
+                               "F64, F32, F16, BF16, F8_E4M3, F8_E5M2, I64, I32, I16, I8, U8, BOOL). "
+                               "Fix: convert the file's U16 tensors to one of those.")
+
+
+# --- tensors that hold no weight matrix --------------------------------------------------------
+
+def _unit(tmp_path, tensors: dict, block_types: dict, layouts=None):
+    """A unit file and its inventory rows; tensors: name -> (safetensors dtype, array)."""
+    target = tmp_path / "unit.parquet"
+    write_unit(((n, d, a) for n, (d, a) in tensors.items()), target)
+    inventory = pd.DataFrame({
+        "param_name": list(tensors), "unit": "layer_000", "layer_index": 0,
+        "block_type": [block_types[n] for n in tensors], "shape": [list(a.shape) for _, a in tensors.values()],
+        "dtype": [d for d, _ in tensors.values()], "source_dtype": [d for d, _ in tensors.values()],
+        "layout": [(layouts or {}).get(n, "out_in") for n in tensors]})
+    return target, inventory
+
+
+REFUSED = {
+    "position_ids": ("I64", np.arange(16, dtype=np.int64).reshape(1, 16), "embedding",
+                     "integer tensor (I64): not a weight matrix", (1, 16)),
+    "attn.mask": ("BOOL", np.tril(np.ones((8, 8), bool)), "other",
+                  "bool tensor (BOOL): not a weight matrix", (8, 8)),
+    "qweight": ("U8", np.zeros((16, 4), np.uint8), "q_proj", "integer tensor (U8): not a weight matrix", (4, 16)),
+    "attn.c_attn.weight": ("F32", np.ones((2, 8, 4), np.float32), "qkv_fused",
+                           "3-D tensor (2x8x4) that is not an expert stack: not analysed", (None, None)),
+    "attn.bias": ("F32", np.ones((1, 1, 8, 8), np.float32), "other", "4-D tensor (1x1x8x8): not analysed",
+                  (None, None)),
+    "experts.down_proj": ("I32", np.zeros((2, 8, 4), np.int32), "moe_expert",
+                          "integer tensor (I32): not a weight matrix", (None, None)),
+}
+
+
+def test_tensors_without_a_weight_matrix_get_a_status_row_and_a_log_line(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    tensors = {name: (dtype, array) for name, (dtype, array, *_) in REFUSED.items()}
+    tensors["q_proj.weight"] = ("F32", rng.standard_normal((16, 8)).astype(np.float32))
+    tensors["experts.up_proj"] = ("F32", rng.standard_normal((2, 8, 4)).astype(np.float32))
+    tensors["norm.weight"] = ("F32", np.ones(8, np.float32))
+    block_types = {**{n: v[2] for n, v in REFUSED.items()}, "q_proj.weight": "q_proj",
+                   "experts.up_proj": "moe_expert", "norm.weight": "norm"}
+    path, inventory = _unit(tmp_path, tensors, block_types, layouts={"qweight": "in_out"})
+    with caplog.at_level("WARNING"):
+        metrics, spectra = analyse_unit("m", "layer_000", path, inventory)
+    assert list(metrics.columns) == METRICS_COLUMNS
+    assert sorted(metrics["matrix"]) == sorted([*REFUSED, "q_proj.weight", "experts.up_proj[0]",
+                                                "experts.up_proj[1]"])  # norms hold no matrix: no row
+    rows = metrics.set_index("matrix")
+    for name, (dtype, _, block_type, status, (r, c)) in REFUSED.items():
+        row = rows.loc[name]
+        assert row["status"] == status and row["warning"] == ""
+        assert (row["model"], row["unit"], row["param_name"], row["layer_index"], row["block_type"]) == \
+            ("m", "layer_000", name, 0, block_type)
+        assert pd.isna(row["expert"]) and pd.isna(row["design_rank"])
+        assert (row["dtype"], row["source_dtype"], row["compute_dtype"], row["backend"], row["seconds"]) == \
+            (dtype, dtype, "float32", "none", 0.0)
+        assert np.isnan(row[["alpha", "alpha_hill", "effective_rank", "spectral_norm", "mean", "sparsity"]]
+                        .astype(float)).all()
+        if r is None:  # rank 3 and more: no matrix, so no rows x cols
+            assert pd.isna(row["rows"]) and pd.isna(row["cols"])
+        else:
+            assert (row["rows"], row["cols"]) == (r, c)
+        assert f"{name:55s} {status}" in caplog.text
+    assert rows.loc["qweight", ["rows", "cols"]].tolist() == [4, 16]  # in_out: out x in, as for a matrix
+    analysed = rows.loc[["q_proj.weight", "experts.up_proj[0]", "experts.up_proj[1]"]]
+    assert (analysed["backend"] == "cpu").all() and analysed["spectral_norm"].gt(0).all()
+    assert set(spectra["matrix"]) == {"q_proj.weight", "experts.up_proj[0]", "experts.up_proj[1]"}
+
+    sweep = precision_sweep("m", "layer_000", path, inventory, spectra, ["fp32", "bf16"])
+    assert list(sweep.columns) == PRECISION_COLUMNS and len(sweep) == 2 * len(metrics)
+    refused = sweep[sweep["matrix"].isin(list(REFUSED))].set_index(["matrix", "precision"])
+    assert refused["alpha_hill"].isna().all() and (refused["k"] == 0).all()
+    assert refused.loc[("attn.bias", "bf16"), "status"] == "4-D tensor (1x1x8x8): not analysed"
+
+
+def test_matrices_of_refuses_what_it_cannot_split():
+    stack = np.zeros((2, 3, 4), np.float32)
+    assert [m.name for m in matrices_of("e", stack, block_type="moe_expert")] == ["e[0]", "e[1]"]
+    assert list(matrices_of("n", np.ones(4, np.float32))) == []
+    for array, block_type, why in [(stack, "qkv_fused", "3-D tensor (2x3x4) that is not an expert stack"),
+                                   (np.zeros((1, 1, 2, 2), np.float32), "moe_expert", "4-D tensor (1x1x2x2)"),
+                                   (np.zeros((2, 2), np.int64), "q_proj", "integer tensor (I64)")]:
+        with pytest.raises(ValueError, match=why.replace("(", r"\(").replace(")", r"\)")):
+            list(matrices_of("t", array, block_type=block_type))
+
+
+# --- local checkpoints: errors name the user's files ------------------------------------------
+
+@pytest.fixture
+def local_checkpoint(tmp_path):
+    """A user's checkpoint folder and its canonical form fetched through the local source."""
+    user = tmp_path / "user ckpt"
+    save_tiny("LlamaForCausalLM", TINY_LLAMA, user)
+    canonical = tmp_path / "resources/models/mine"
+    fetch("mine", {"source": "local", "path": str(user)}, canonical)
+    return user, canonical
+
+
+def test_a_broken_local_file_is_named_by_the_users_path(local_checkpoint):
+    user, canonical = local_checkpoint
+    weights = user / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(BlockscopeError) as info:
+        build_inventory(canonical, model="mine")
+    message = str(info.value)
+    assert message.startswith(f"[mine] {weights}: truncated safetensors file: tensor ")
+    assert message.endswith(f". Fix: replace or repair {weights}.")
+    assert "resources/models" not in message
+
+
+def test_a_missing_local_file_is_named_by_the_users_path(local_checkpoint):
+    user, canonical = local_checkpoint
+    (user / "model.safetensors").unlink()
+    with pytest.raises(BlockscopeError) as info:
+        build_inventory(canonical, model="mine")
+    assert str(info.value) == (f"[mine] {user / 'model.safetensors'}: the safetensors file is missing. "
+                               f"Fix: replace or repair {user / 'model.safetensors'}.")
+
+
+def test_a_broken_local_config_is_named_by_the_users_path(local_checkpoint):
+    user, canonical = local_checkpoint
+    (canonical / "config.json").write_text("[1, 2]")  # the canonical copy of the user's config.json
+    with pytest.raises(BlockscopeError) as info:
+        build_inventory(canonical, model="mine")
+    assert str(info.value) == (f"[mine] {user / 'config.json'}: config.json holds a JSON list, not an object. "
+                               f"Fix: replace or repair {user / 'config.json'}.")
+
+
+def test_a_broken_fetched_file_asks_for_a_fetch_again(tmp_path):
+    canonical = tmp_path / "resources/models/tiny"
+    fetch("tiny", {"source": "synthetic", "config": TINY_LLAMA, "seed": 0}, canonical)
+    weights = canonical / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(BlockscopeError) as info:
+        build_inventory(canonical, model="tiny")
+    assert str(info.value).endswith(f". Fix: delete {canonical} and rerun the workflow to fetch it again.")
+
+
+def test_extract_checks_the_file_against_the_inventory(local_checkpoint, tmp_path):
+    user, canonical = local_checkpoint
+    inventory = build_inventory(canonical, model="mine")
+    rows = inventory[inventory["unit"] == "layer_000"]
+    save_tiny("LlamaForCausalLM", {**TINY_LLAMA, "hidden_size": 32}, user)  # the user saves another model
+    with pytest.raises(BlockscopeError) as info:
+        extract_unit(canonical, rows, tmp_path / "unit.parquet", model="mine")
+    message = str(info.value)
+    assert message.startswith(f"[mine] {user / 'model.safetensors'}: tensor ")
+    assert "the file changed after the inventory" in message and not (tmp_path / "unit.parquet").exists()
+
+
+# --- a killed fetch leaves no temporary folder ------------------------------------------------
+
+def test_fetch_removes_the_temporary_folder_of_a_killed_fetch(tmp_path, capsys):
+    models = tmp_path / "resources/models"
+    stale = models / ".tiny.k1ll3d_x.tmp"  # what atomic_dir leaves when the job is killed
+    (stale / "half").mkdir(parents=True)
+    (stale / "half/model.safetensors").write_bytes(b"partial")
+    other = models / ".tiny.x.abcdefgh.tmp"  # model tiny.x's: not this fetch's to remove
+    other.mkdir()
+    fetch("tiny", {"source": "synthetic", "config": TINY_LLAMA, "seed": 0}, models / "tiny")
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in models.iterdir()) == [".tiny.x.abcdefgh.tmp", "tiny"]
+    assert build_inventory(models / "tiny", model="tiny")["param_name"].size == 2 * 9 + 3
+    log = capsys.readouterr().out
+    assert f"[tiny] removed {stale}, the temporary folder of an earlier fetch that was killed" in log
+
+
+# --- a local checkpoint that changes is fetched again ---------------------------------------
+
+def test_local_fingerprint_follows_size_and_mtime(tmp_path):
+    import os
+
+    from blockscope.sources import local_fingerprint, source_fingerprint
+
+    save_tiny("LlamaForCausalLM", TINY_LLAMA, tmp_path / "ckpt")
+    first = local_fingerprint(tmp_path / "ckpt")
+    assert len(first) == 16 and local_fingerprint(tmp_path / "ckpt") == first  # stable
+    weights = tmp_path / "ckpt/model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    touched = local_fingerprint(tmp_path / "ckpt")
+    assert touched != first
+    (tmp_path / "ckpt/notes.txt").write_text("not a checkpoint file")
+    assert local_fingerprint(tmp_path / "ckpt") == touched  # only the files fetch takes count
+    (tmp_path / "ckpt/tokenizer.json").write_text("{}")
+    assert local_fingerprint(tmp_path / "ckpt") != touched
+    assert local_fingerprint(tmp_path / "nowhere") == "missing"
+    assert source_fingerprint({"source": "synthetic", "config": {}}) == ""
+    assert source_fingerprint({"source": "local", "path": str(tmp_path / "ckpt")}) == \
+        local_fingerprint(tmp_path / "ckpt")
+
+
+@pytest.mark.slow
+def test_a_changed_local_checkpoint_reruns_that_model_alone(tmp_path):
+    import re
+
+    from conftest import run_workflow
+
+    user = tmp_path / "user ckpt"
+    save_tiny("LlamaForCausalLM", TINY_LLAMA, user)
+    config = {"models": {"mine": {"source": "local", "path": str(user)},
+                         "tiny": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0}},
+              "device": "cpu", "headmerge": {"enabled": False}}
+    targets = [f"results/{m}/tensors/layer_000.parquet" for m in config["models"]]
+    work = tmp_path / "work"
+    run_workflow(work, config, *targets)
+
+    def planned():
+        text = run_workflow(work, config, *targets, "--dry-run").stdout
+        jobs = re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):\n(?:.*\n)*?\s+wildcards: model=([^,\n]+)", text, re.M)
+        return set(jobs)
+
+    assert planned() == set()  # the fingerprint is stable: nothing to do
+    from safetensors.numpy import load_file, save_file
+
+    from blockscope import read_unit
+    from blockscope.sources import local_fingerprint
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    weights = load_file(user / "model.safetensors")
+    weights[name] = weights[name] + 1  # the user retrains and saves over the same file
+    save_file(weights, user / "model.safetensors", metadata={"format": "pt"})
+    assert planned() == {("fetch", "mine"), ("inventory", "mine"), ("extract", "mine")}
+    run_workflow(work, config, *targets)
+    assert planned() == set()
+    assert np.array_equal(read_unit(work / "results/mine/tensors/layer_000.parquet", names=[name])[name], weights[name])
+    source = json.loads((work / "resources/models/mine/source.json").read_text())
+    assert source["fingerprint"] == local_fingerprint(user)
+
+
+def test_a_symlinked_file_outside_a_fetched_checkpoint_is_named_where_it_leads(tmp_path):
+    (tmp_path / "store").mkdir()
+    real = write_safetensors(tmp_path / "store/weights.safetensors", [1], b"")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt/model.safetensors").symlink_to(real)
+    with pytest.raises(BlockscopeError) as info:
+        read_header(tmp_path / "ckpt/model.safetensors", model="m")
+    assert str(info.value) == (f"[m] {real}: corrupt safetensors header (a JSON list, not an object of tensors). "
+                               f"Fix: replace or repair {real}.")
