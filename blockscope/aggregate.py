@@ -20,7 +20,8 @@ def with_provenance(metrics: pd.DataFrame, dims: dict) -> pd.DataFrame:
     """The per-matrix table with the export columns first (provenance from model.json)."""
     identity = {"model_path": CHECKPOINT.format(model=dims["model"]), "model_id": dims["model_id"],
                 "revision": dims["revision"]}
-    table = metrics.assign(**identity, shape=[f"{r}x{c}" for r, c in zip(metrics["rows"], metrics["cols"])],
+    shapes = [f"{r}x{c}" if pd.notna(r) and pd.notna(c) else "" for r, c in zip(metrics["rows"], metrics["cols"])]
+    table = metrics.assign(**identity, shape=shapes,
                            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     first = [c for c in EXPORT_FIRST_COLUMNS if c in table]
     return table[first + [c for c in table.columns if c not in first]]
