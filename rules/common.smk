@@ -96,9 +96,9 @@ def layer_file(kind):
     return lambda wildcards: layout.per_unit(kind, wildcards.model, layout.layer_unit(int(wildcards.layer)))
 
 
-def deep_dive_heads(model):
+def deep_dive_heads(model, dims=None):
     """[layer, head] pairs of the deep dive: the config's, else the middle layer's head 0."""
-    return config["heads"]["deep_dive"] or [[model_dims(model)["layers"] // 2, 0]]
+    return config["heads"]["deep_dive"] or [[(dims or model_dims(model))["layers"] // 2, 0]]
 
 
 def deep_dive_files(model, ext):
@@ -171,22 +171,37 @@ def benchmark_files(model):
     return files
 
 
-def model_files(model):
-    """Every data file of a model up to its tables (the report indexes them)."""
+def model_files(model, dims=None):
+    """Every data file of a model up to its tables (the report indexes them); dims: its model.json,
+    when read without the checkpoint."""
+    dims = dims or model_dims(model)
     return [
         layout.INVENTORY.format(model=model),
         layout.MODEL_JSON.format(model=model),
-        *[layout.per_unit(kind, model, unit) for kind in layout.PER_UNIT_KINDS for unit in units(model)],
-        *deep_dive_files(model, "parquet"),
+        *[layout.per_unit(kind, model, unit) for kind in layout.PER_UNIT_KINDS for unit in dims["units"]],
+        *[layout.deep_dive(model, layer, head, "parquet") for layer, head in deep_dive_heads(model, dims)],
         *expand("results/{model}/embedding/{name}.parquet", model=model, name=["elbow", "clusters", "pca_points"]),
     ]
 
 
+def inventoried_model_files(model):
+    """model_files of a model whose model.json exists, read without evaluating the checkpoint.
+
+    Rule all must never wait on a checkpoint: a model whose fetch or inventory fails would hold
+    every other model back (its input function raises until that checkpoint is done, and it
+    never is). A model still to be inventoried needs no file list here: its report reaches
+    every file through its own inputs. An inventoried one lists them, so that a deleted
+    intermediate file is made again (Snakemake does not rebuild the missing inputs of a job
+    that is up to date)."""
+    path = layout.MODEL_JSON.format(model=model)
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return model_files(model, json.load(fh))
+
+
 def per_model_targets(model):
-    """What a model's run ends in. The report reaches every per-unit file, plot and table through
-    its own inputs, so rule all never evaluates a checkpoint: a model whose fetch or inventory
-    fails then takes only its own jobs down, and --keep-going finishes the others."""
-    return [layout.REPORT.format(model=model), *headmerge_targets(model)]
+    return [layout.REPORT.format(model=model), *headmerge_targets(model), *inventoried_model_files(model)]
 
 
 def all_targets(wildcards):

@@ -46,14 +46,14 @@ def merged(tmp_path_factory):
     config = {"models": {"tiny-lm": {"source": "local", "path": str(root / "lm")},
                          "tiny-bert": {"source": "local", "path": str(root / "enc")}},
               "device": "cpu", "embedding": {"k_max": 4},
-              "headmerge": {"thresholds": [0.0, 0.99], "seq_len": 32, "max_tokens": 512, "random_seeds": 2,
+              "headmerge": {"thresholds": [0.001, 0.99], "seq_len": 32, "max_tokens": 512, "random_seeds": 2,
                             "bootstrap": 200, "corpus": {"path": str(WIKITEXT)}}}
     run_workflow(root / "work", config, "all", *plot_targets("tiny-lm", "tiny-bert"))
     return root / "work"
 
 
 def test_threshold_json_format_and_controls(merged):
-    low = json.loads((merged / "results/tiny-lm/headmerge/threshold_0.0.json").read_text())
+    low = json.loads((merged / "results/tiny-lm/headmerge/threshold_0.001.json").read_text())
     for key in ("threshold", "original_metrics", "merged_metrics", "total_merged_pairs", "layer_results",
                 "tokens_evaluated", "kl_divergence", "top1_agreement", "random_control", "perplexity_change_ci95",
                 "similarity", "dtype", "device"):
@@ -61,7 +61,7 @@ def test_threshold_json_format_and_controls(merged):
     assert set(low["original_metrics"]) == {"perplexity", "accuracy"} and low["tokens_evaluated"] == 16 * 31
     assert low["total_merged_pairs"] == sum(r["num_pairs"] for r in low["layer_results"].values()) > 0
     layer = low["layer_results"]["0"]
-    assert len(layer["similarity_matrix"]) == 4 and all(p[2] > 0.0 for p in layer["pairs"])
+    assert len(layer["similarity_matrix"]) == 4 and all(p[2] > 0.001 for p in layer["pairs"])
     assert low["kl_divergence"] > 0 and low["merged_metrics"]["perplexity"] != low["original_metrics"]["perplexity"]
     assert len(low["random_control"]["runs"]) == 2
     ci = low["perplexity_change_ci95"]
@@ -70,14 +70,14 @@ def test_threshold_json_format_and_controls(merged):
     assert high["total_merged_pairs"] == 0 and high["merged_metrics"] == high["original_metrics"]
     assert high["original_metrics"] == low["original_metrics"]  # the base is evaluated once and reused
     summary = pd.read_parquet(merged / "results/tiny-lm/headmerge/summary.parquet")
-    assert list(summary["threshold"]) == [0.0, 0.99]
+    assert list(summary["threshold"]) == [0.001, 0.99]
     assert (merged / "results/tiny-lm/headmerge/sweep.png").stat().st_size > 10_000
     sims = pd.read_parquet(merged / "results/tiny-lm/headmerge/similarities.parquet")
     assert set(sims["measure"]) == {"wq", "qk", "ov"} and set(sims["layer"]) == {0, 1} and len(sims) == 2 * 3 * 16
 
 
 def test_encoders_are_skipped_with_a_reason(merged):
-    skipped = json.loads((merged / "results/tiny-bert/headmerge/threshold_0.0.json").read_text())
+    skipped = json.loads((merged / "results/tiny-bert/headmerge/threshold_0.001.json").read_text())
     assert "not a causal LM (BertForMaskedLM)" in skipped["skipped"]
     assert "skipped" in (merged / "logs/tiny-bert/headmerge.log").read_text()
     assert all((merged / f"results/tiny-bert/headmerge/{name}.png").exists() for name in PLOTS)
