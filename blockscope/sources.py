@@ -170,8 +170,8 @@ def fetch_hf(model, spec, dest):
                               fix="rerun with network access (without HF_HUB_OFFLINE) to complete it, or use "
                                   "`source: local` with `path:`") from None
     except hub_errors.LocalEntryNotFoundError as exc:  # offline (or no network) and not in the cache
-        raise BlockscopeError(f"{where} is not in the Hugging Face cache and the hub cannot be reached "
-                              f"({type(exc).__name__})", model=model, path=hub_cache(),
+        raise BlockscopeError(f"cannot reach the Hugging Face hub for {where} ({type(exc).__name__}), and the "
+                              f"Hugging Face cache {hub_cache()} does not hold it", model=model,
                               fix=f"run `hf download {repo_id} --revision {revision}` where the network is reachable "
                                   "with this HF_HUB_CACHE (or unset HF_HUB_OFFLINE), or download the files elsewhere "
                                   "and use `source: local` with `path:`") from None

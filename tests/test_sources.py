@@ -67,7 +67,8 @@ def test_hub_unreachable_names_model_repo_and_remedy(tmp_path, env):
             f"fetch('qwen', {{'source': 'hf', 'repo_id': 'Qwen/Qwen2.5-0.5B', 'revision': 'main'}}, {str(tmp_path / 'q')!r})")
     secret = "hf_THIS_IS_NOT_A_REAL_TOKEN"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, **env, "HF_TOKEN": secret}, timeout=120)
+                            env={**os.environ, **env, "HF_TOKEN": secret, "HF_HUB_CACHE": str(tmp_path / "cache")},
+                            timeout=120)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "[qwen]" in last and "Qwen/Qwen2.5-0.5B@main" in last and "source: local" in last
@@ -201,7 +202,7 @@ def test_hf_offline_not_in_cache_is_one_line(hub_cache, tmp_path, spec):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "[gone]" in last and f"{spec['repo_id']}@{spec['revision']}" in last and "source: local" in last
-    assert "is not in the Hugging Face cache" in last and "hf download" in last
+    assert f"Hugging Face cache {hub_cache} does not hold it" in last and "hf download" in last
     assert secret not in result.stderr + result.stdout
     assert not (tmp_path / "gone").exists()
 
