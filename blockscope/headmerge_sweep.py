@@ -5,6 +5,8 @@ plan (connected components), scored against the base model; the control merges a
 pairs per layer, once per seed; a paired bootstrap gives the perplexity change's CI.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -20,6 +22,28 @@ REPORTED = ("perplexity", "accuracy")
 def is_causal(dims: dict) -> bool:
     """Whether the checkpoint's architecture predicts the next token (what the evaluation scores)."""
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in dims.get("architectures", []))
+
+
+# Files from which transformers builds a tokenizer (special tokens, added tokens and chat
+# templates alone build none).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def has_tokenizer(checkpoint) -> bool:
+    """Whether the checkpoint folder holds tokenizer files (a synthetic model built from a bare
+    config holds none)."""
+    return any((Path(checkpoint) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def skip_reason(dims: dict, checkpoint) -> str | None:
+    """Why head merging cannot evaluate this model, or None: the evaluation scores next-token
+    predictions of the corpus, so it needs a causal LM and a tokenizer."""
+    if not is_causal(dims):
+        return f"not a causal LM ({', '.join(dims.get('architectures') or ['unknown'])}): no next-token evaluation"
+    if not has_tokenizer(checkpoint):
+        return (f"no tokenizer in the checkpoint (none of {', '.join(TOKENIZER_FILES)}): the corpus cannot be "
+                "tokenised; a synthetic model gets one with `like:` a model that has one")
+    return None
 
 
 def window_settings(settings: dict, device: str) -> tuple:

@@ -45,9 +45,11 @@ class TensorInfo:
 def origin(path) -> tuple:
     """(the path to name in an error, the fix) for a file of a checkpoint.
 
+    An `hf` source's files are links into the shared Hugging Face cache: errors name the file
+    in the cache's snapshot and ask to remove that revision from the cache before fetching again.
     A `local` source's files live in the user's folder (the weights are symlinked, config.json
     is copied): errors name the user's file and ask to replace or repair it, since fetching
-    again would only link the same bytes. A file that fetch wrote itself (hf, gguf, synthetic)
+    again would only link the same bytes. A file that fetch wrote itself (gguf, synthetic, hf before the cache)
     is fetched again by deleting the checkpoint folder.
     """
     path = Path(path)
@@ -58,7 +60,12 @@ def origin(path) -> tuple:
         source = None
     if isinstance(source, dict) and source.get("source") == "local" and source.get("path"):
         shown = Path(source["path"]) / path.name
-    elif source is not None:  # fetched (hf, gguf, synthetic): whatever links the hub client made
+    elif isinstance(source, dict) and source.get("source") == "hf" and source.get("snapshot"):
+        # linked into the shared Hugging Face cache: fetching again would link the same bytes
+        shown = Path(source["snapshot"]) / path.name
+        return shown, (f"remove the revision from the Hugging Face cache (hf cache rm {source.get('commit')}), "
+                       f"delete {folder} and rerun the workflow with network access to download it again")
+    elif source is not None:  # fetched (gguf, synthetic, an older hf fetch): fetching again rewrites it
         return path, f"delete {folder} and rerun the workflow to fetch it again"
     else:  # a folder blockscope did not fetch: the file itself, where a symlink leads
         shown = path.resolve() if path.is_symlink() else path

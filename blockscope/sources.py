@@ -113,8 +113,39 @@ def remove_stale_temporaries(dest) -> list:
 
 # --- hf -------------------------------------------------------------------------------------
 
+def hub_cache() -> Path:
+    """The Hugging Face cache the hub client uses (HF_HUB_CACHE, else $HF_HOME/hub, else
+    ~/.cache/huggingface/hub): the one copy of a hub model on this machine."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def link_snapshot(snapshot, dest) -> list:
+    """Symlink the checkpoint files of a cached snapshot folder (config, safetensors + index,
+    generation and tokenizer files; never pickles) into `dest`. Each link points at the file's
+    path in the snapshot (snapshots/<commit>/<name>, itself the hub client's link to its blob),
+    so nothing is copied and the commit stays readable in the link."""
+    snapshot, dest = Path(snapshot), Path(dest)
+    linked = []
+    for pattern in HUB_PATTERNS:
+        for path in sorted(snapshot.glob(pattern)):
+            target = dest / path.name
+            if target.exists() or not path.is_file():  # is_file follows the link to the blob
+                continue
+            os.symlink(path.absolute(), target)
+            linked.append(path.name)
+    return linked
+
+
 def fetch_hf(model, spec, dest):
-    """snapshot_download of safetensors, config and tokenizer files at a pinned commit."""
+    """The repo's safetensors, config and tokenizer files at a pinned commit, in the shared
+    Hugging Face cache (downloaded there only when missing), linked into `dest`.
+
+    snapshot_download alone resolves the revision: online through the hub, offline
+    (HF_HUB_OFFLINE=1, as on a cluster's compute nodes) through the cache's refs/ and
+    snapshots/, so a model already in the cache is neither downloaded nor copied again.
+    """
     import huggingface_hub
     from huggingface_hub import errors as hub_errors
 
@@ -122,15 +153,8 @@ def fetch_hf(model, spec, dest):
     token = os.environ.get("HF_TOKEN") or None  # read here, never logged or written
     where = f"hub repo {repo_id}@{revision}"
     try:
-        info = huggingface_hub.model_info(repo_id, revision=revision, token=token, files_metadata=False)
-        files = [s.rfilename for s in (info.siblings or [])]
-        if not any(name.endswith(".safetensors") for name in files):
-            raise BlockscopeError(f"{where} has no *.safetensors files (blockscope never loads pickles)",
-                                  model=model, fix="convert the checkpoint to safetensors and use a `local` source")
-        huggingface_hub.snapshot_download(repo_id, revision=info.sha, allow_patterns=HUB_PATTERNS,
-                                          local_dir=dest, token=token)
-    except BlockscopeError:
-        raise
+        snapshot = Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS,
+                                                          token=token))
     except hub_errors.GatedRepoError:
         raise BlockscopeError(f"{where} is gated", model=model,
                               fix="accept its licence on huggingface.co and export HF_TOKEN") from None
@@ -140,14 +164,29 @@ def fetch_hf(model, spec, dest):
     except hub_errors.RevisionNotFoundError:
         raise BlockscopeError(f"{where}: revision {revision!r} does not exist", model=model,
                               fix="set revision to a branch, tag or commit of the repo") from None
-    except Exception as exc:  # network, offline mode, proxies: all end the same way for the user
+    except hub_errors.IncompleteSnapshotError:
+        raise BlockscopeError(f"the Hugging Face cache holds an incomplete snapshot of {where} and the hub "
+                              "cannot be reached", model=model, path=hub_cache(),
+                              fix="rerun with network access (without HF_HUB_OFFLINE) to complete it, or use "
+                                  "`source: local` with `path:`") from None
+    except hub_errors.LocalEntryNotFoundError as exc:  # offline (or no network) and not in the cache
+        raise BlockscopeError(f"cannot reach the Hugging Face hub for {where} ({type(exc).__name__}), and the "
+                              f"Hugging Face cache {hub_cache()} does not hold it", model=model,
+                              fix=f"run `hf download {repo_id} --revision {revision}` where the network is reachable "
+                                  "with this HF_HUB_CACHE (or unset HF_HUB_OFFLINE), or download the files elsewhere "
+                                  "and use `source: local` with `path:`") from None
+    except Exception as exc:  # network, proxies: all end the same way for the user
         reason = type(exc).__name__
         raise BlockscopeError(f"cannot reach the Hugging Face hub for {where} ({reason})", model=model,
                               fix="check the network or HF_HUB_OFFLINE, or download the files elsewhere and "
                                   "use `source: local` with `path:`") from None
-    shutil.rmtree(Path(dest) / ".cache", ignore_errors=True)
-    return _provenance("hf", {"repo_id": repo_id, "revision": revision, "commit": info.sha},
-                       "huggingface_hub")
+    if not list(snapshot.glob("*.safetensors")):
+        raise BlockscopeError(f"{where} has no *.safetensors files (blockscope never loads pickles)",
+                              model=model, fix="convert the checkpoint to safetensors and use a `local` source")
+    linked = link_snapshot(snapshot, dest)
+    files = {name: (snapshot / name).stat().st_size for name in linked if name.endswith(".safetensors")}
+    return _provenance("hf", {"repo_id": repo_id, "revision": revision, "commit": snapshot.name,
+                              "snapshot": str(snapshot.absolute()), "files": files}, "huggingface_hub")
 
 
 # --- local ----------------------------------------------------------------------------------

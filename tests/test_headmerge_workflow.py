@@ -100,3 +100,24 @@ def test_editing_the_plots_reruns_only_the_plot_rule(merged, tmp_path):
                           snakefile=workflow / "Snakefile")
     rerun = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
     assert rerun == {"headmerge_plots"}
+
+
+def test_a_model_without_a_tokenizer_skips_head_merging_and_the_run_completes(tmp_path):
+    """A synthetic model from a bare config has no tokenizer: head merging writes why, the rest
+    of its analysis completes, the run exits 0 (run_workflow checks it)."""
+    if not WIKITEXT.exists():
+        pytest.skip("shared WikiText-2 copy not present")
+    config = {"models": {"bare": {"source": "synthetic", "seed": 0, "config": {
+                  "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                  "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64}}},
+              "device": "cpu", "embedding": {"k_max": 4},
+              "headmerge": {"thresholds": [0.5, 0.9], "seq_len": 16, "max_tokens": 64, "random_seeds": 1,
+                            "bootstrap": 100, "corpus": {"path": str(WIKITEXT)}}}
+    work = tmp_path / "work"
+    run_workflow(work, config, "all")
+    for t in (0.5, 0.9):
+        skipped = json.loads((work / f"results/bare/headmerge/threshold_{t}.json").read_text())
+        assert skipped["threshold"] == t and skipped["skipped"].startswith("no tokenizer in the checkpoint")
+    assert "skipped: no tokenizer" in (work / "logs/bare/headmerge.log").read_text()
+    assert all((work / f"results/bare/headmerge/{name}.png").exists() for name in PLOTS)
+    assert (work / "results/bare/report.md").exists() and len(pd.read_parquet(work / "results/bare/heads.parquet")) == 4

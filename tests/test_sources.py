@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +67,8 @@ def test_hub_unreachable_names_model_repo_and_remedy(tmp_path, env):
             f"fetch('qwen', {{'source': 'hf', 'repo_id': 'Qwen/Qwen2.5-0.5B', 'revision': 'main'}}, {str(tmp_path / 'q')!r})")
     secret = "hf_THIS_IS_NOT_A_REAL_TOKEN"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, **env, "HF_TOKEN": secret}, timeout=120)
+                            env={**os.environ, **env, "HF_TOKEN": secret, "HF_HUB_CACHE": str(tmp_path / "cache")},
+                            timeout=120)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert "[qwen]" in last and "Qwen/Qwen2.5-0.5B@main" in last and "source: local" in last
@@ -89,3 +91,132 @@ def test_gguf_is_dequantised_with_its_quant_types(tmp_path, smollm2_gguf):
     # Q4_1 blocks of 32 weights hold at most 16 distinct values: the dequantisation is real
     q = load_file(tmp_path / "smol/model.safetensors")["model.layers.0.mlp.up_proj.weight"]
     assert len(np.unique(q.reshape(-1)[:32])) <= 16
+
+
+# --- hf through the shared Hugging Face cache, offline ------------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+OLD_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def hub_cache_repo(cache, repo_id, files: dict, commit, ref="main"):
+    """The layout the hub client writes: models--Org--name/{blobs/<hash>, snapshots/<commit>/<file>
+    (a relative link to its blob), refs/<ref> (the commit)}. files: name -> path of the bytes."""
+    import hashlib
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    for name, src in files.items():
+        data = src.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        os.symlink(os.path.relpath(blob, repo / "snapshots" / commit), repo / "snapshots" / commit / name)
+    if ref:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    """A tmp HF_HUB_CACHE holding Org/tiny at two commits (main -> COMMIT): a tiny real llama, a
+    real tokenizer, and a pickle the user's own download brought along."""
+    from tokenizers import Tokenizer, models
+
+    root = tmp_path_factory.mktemp("hub")
+    ckpt = root / "ckpt"
+    save_tiny("LlamaForCausalLM", TINY_LLAMA, ckpt)
+    Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(str(ckpt / "tokenizer.json"))
+    (ckpt / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
+    (ckpt / "pytorch_model.bin").write_bytes(b"a pickle blockscope must never link")
+    files = {p.name: p for p in ckpt.iterdir()}
+    cache = (root / "cache").resolve()
+    hub_cache_repo(cache, "Org/tiny", files, COMMIT)
+    hub_cache_repo(cache, "Org/tiny", {"config.json": ckpt / "config.json", "model.safetensors": ckpt / "model.safetensors"},
+                   OLD_COMMIT, ref=None)
+    return cache
+
+
+def fetch_offline(cache, model, spec, dest, secret=None):
+    """fetch in a fresh process with HF_HUB_CACHE=cache and HF_HUB_OFFLINE=1 (the hub client reads
+    both at import): the real huggingface_hub resolves everything from the cache."""
+    code = f"from blockscope.sources import fetch\nfetch({model!r}, {spec!r}, {str(dest)!r})"
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_TOKEN", None)
+    if secret:
+        env["HF_TOKEN"] = secret
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def cache_state(cache):
+    return sorted((str(p.relative_to(cache)), p.lstat().st_ino, p.lstat().st_size) for p in cache.rglob("*"))
+
+
+def test_hf_offline_links_the_cached_snapshot(hub_cache, tmp_path):
+    before = cache_state(hub_cache)
+    dest = tmp_path / "models/tiny"
+    result = fetch_offline(hub_cache, "tiny", {"source": "hf", "repo_id": "Org/tiny", "revision": "main"}, dest)
+    assert result.returncode == 0, result.stderr
+    snapshot = hub_cache / "models--Org--tiny/snapshots" / COMMIT
+    names = {p.name for p in dest.iterdir()}
+    assert names == {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                     "tokenizer_config.json", "source.json"}  # never the pickle
+    assert dest.is_dir() and not dest.is_symlink()
+    for name in names - {"source.json"}:
+        link = dest / name
+        assert link.is_symlink() and os.readlink(link) == str(snapshot / name)
+        real = Path(os.path.realpath(link))
+        assert real.parent == hub_cache / "models--Org--tiny/blobs"  # the cache's bytes, not a copy
+        assert real.stat().st_ino == (snapshot / name).stat().st_ino
+    assert not (dest / "source.json").is_symlink()
+    source = json.loads((dest / "source.json").read_text())
+    assert source["source"] == "hf" and source["repo_id"] == "Org/tiny" and source["revision"] == "main"
+    assert source["commit"] == COMMIT and source["snapshot"] == str(snapshot)
+    assert source["files"] == {"model.safetensors": (snapshot / "model.safetensors").stat().st_size}
+    assert build_inventory(dest)["param_name"].str.contains("q_proj").any()  # the workflow reads through the links
+
+    # a second fetch replaces the links; the cache is untouched and nothing is duplicated
+    result = fetch_offline(hub_cache, "tiny", {"source": "hf", "repo_id": "Org/tiny", "revision": "main"}, dest)
+    assert result.returncode == 0, result.stderr
+    assert cache_state(hub_cache) == before
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["tiny"]  # no temporary left beside it
+    assert all((dest / n).is_symlink() for n in names - {"source.json"})
+
+
+def test_hf_offline_pinned_commit(hub_cache, tmp_path):
+    dest = tmp_path / "old"
+    result = fetch_offline(hub_cache, "old", {"source": "hf", "repo_id": "Org/tiny", "revision": OLD_COMMIT}, dest)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors", "source.json"]
+    assert os.readlink(dest / "model.safetensors").startswith(str(hub_cache / "models--Org--tiny/snapshots" / OLD_COMMIT))
+    source = json.loads((dest / "source.json").read_text())
+    assert source["commit"] == OLD_COMMIT and source["revision"] == OLD_COMMIT
+
+
+@pytest.mark.parametrize("spec", [{"repo_id": "Org/absent", "revision": "main"},
+                                  {"repo_id": "Org/tiny", "revision": "v9"}])
+def test_hf_offline_not_in_cache_is_one_line(hub_cache, tmp_path, spec):
+    secret = "hf_THIS_IS_NOT_A_REAL_TOKEN"
+    result = fetch_offline(hub_cache, "gone", {"source": "hf", **spec}, tmp_path / "gone", secret=secret)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "[gone]" in last and f"{spec['repo_id']}@{spec['revision']}" in last and "source: local" in last
+    assert f"Hugging Face cache {hub_cache} does not hold it" in last and "hf download" in last
+    assert secret not in result.stderr + result.stdout
+    assert not (tmp_path / "gone").exists()
+
+
+def test_hf_broken_cached_file_is_named_in_the_cache(tmp_path):
+    ckpt, cache = tmp_path / "ckpt", (tmp_path / "cache").resolve()
+    save_tiny("LlamaForCausalLM", TINY_LLAMA, ckpt)
+    hub_cache_repo(cache, "Org/tiny", {p.name: p for p in ckpt.iterdir()}, COMMIT)
+    dest = tmp_path / "models/tiny"
+    assert fetch_offline(cache, "tiny", {"source": "hf", "repo_id": "Org/tiny"}, dest).returncode == 0
+    blob = Path(os.path.realpath(dest / "model.safetensors"))
+    blob.write_bytes(blob.read_bytes()[:-100])  # the cache's copy is damaged
+    with pytest.raises(BlockscopeError) as info:
+        build_inventory(dest, model="tiny")
+    message = str(info.value)
+    cached = cache / "models--Org--tiny/snapshots" / COMMIT / "model.safetensors"
+    assert message.startswith(f"[tiny] {cached}:") and f"hf cache rm {COMMIT}" in message and str(dest) in message

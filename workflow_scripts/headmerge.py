@@ -16,8 +16,7 @@ from blockscope.sources import sha256
 from blockscope.workflow import run_step
 
 
-def skip(model_name, dims, settings, output):
-    reason = f"not a causal LM ({', '.join(dims.get('architectures') or ['unknown'])}): no next-token evaluation"
+def skip(model_name, reason, settings, output):
     logging.info("[%s] skipped: %s", model_name, reason)
     for t, path in zip(settings["thresholds"], output.thresholds):
         write_json({"threshold": t, "skipped": reason}, path)
@@ -28,8 +27,9 @@ def skip(model_name, dims, settings, output):
 def main(snakemake):
     model_name, settings, output = snakemake.wildcards.model, snakemake.params.settings, snakemake.output
     dims = json.loads(Path(snakemake.input.dims).read_text())
-    if not sweep.is_causal(dims):
-        return skip(model_name, dims, settings, output)
+    reason = sweep.skip_reason(dims, snakemake.input.checkpoint)
+    if reason:
+        return skip(model_name, reason, settings, output)
     device = torch_device(snakemake.params.device)
     seq_len, max_tokens = sweep.window_settings(settings, device)
     model, tokenizer = sweep.load_causal_lm(model_name, snakemake.input.checkpoint, device, settings["dtype"])
