@@ -37,3 +37,41 @@ def test_per_matrix_table_and_ranking():
     assert table["matrix"].tolist() == ["a", "b", "c"]
     assert table["precision_sensitive"].tolist() == [True, False, False]
     assert most_sensitive(table, 10)["matrix"].tolist() == ["a", "b"]
+
+
+def _sweep(n=30):
+    """A long sweep table: matrix i moves by i % across fp32 -> fp16 -> bf16; one has a NaN."""
+    rows = []
+    for i in range(n):
+        name = f"model.layers.{i // 7}.mlp.m{i}.weight"
+        for precision, factor in (("fp32", 1.0), ("fp16", 1 + 0.005 * i), ("bf16", 1 + 0.01 * i)):
+            rows.append({"matrix": name, "block_type": "down_proj", "rows": 64, "cols": 32, "precision": precision,
+                         "alpha_hill": float("nan") if i == 3 and precision == "bf16" else 2.0 * factor,
+                         "layer_index": i // 7, "status": "ok"})
+    return pd.DataFrame(rows)
+
+
+def test_sensitivity_plot_is_written(tmp_path):
+    from blockscope import plots
+
+    target = tmp_path / "precision_sensitivity.png"
+    plots.precision_sensitivity(_sweep(), 0.05, "m: the most precision-sensitive matrices", target)
+    assert target.stat().st_size > 10_000
+
+
+def test_report_section_counts_and_ranks_sensitive_matrices(tmp_path):
+    from blockscope import aggregate as agg
+    from blockscope.report import model_report
+
+    wide = agg.precision_wide(_sweep(), 0.05)
+    # relative range of matrix i: 0.01 i * 2 / mean(2, 2(1 + .005 i), 2(1 + .01 i)) = 0.01 i / (1 + .005 i)
+    # > 0.05 from i = 6 (0.0583; i = 5: 0.0488): 24 of the 29 finite ones (i = 3 has a NaN)
+    assert int(wide["precision_sensitive"].sum()) == 24
+    empty = pd.DataFrame()
+    text = model_report("m", {"model": "m", "layers": 5}, empty, empty, empty, empty, empty, empty,
+                        {"matrices": {}}, {}, [], str(tmp_path), precision_wide=wide, sensitivity_threshold=0.05)
+    section = text.split("## Precision sensitivity")[1].split("\n## ")[0]
+    assert "24 of 29 matrices are precision-sensitive" in section and "above 0.05" in section
+    assert "1 matrices have no finite" in section
+    listed = [line for line in section.splitlines() if line.startswith("| model.layers.")]
+    assert len(listed) == 10 and "m29.weight" in listed[0] and "m20.weight" in listed[-1]
