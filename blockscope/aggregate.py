@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 
 from .heads import NONFINITE_TAG, quartile_tags
-from .layout import (CHECKPOINT, EXPORT_FIRST_COLUMNS, MAIN_METRICS, PLOT_METRICS, PRECISION_SUMMARY_COLUMNS,
-                     PRECISION_WIDE_COLUMNS)
+from .layout import (CHECKPOINT, EXPORT_FIRST_COLUMNS, MAIN_METRICS, PLOT_METRICS, PRECISION_SENSITIVITY_COLUMNS,
+                     PRECISION_SUMMARY_COLUMNS, PRECISION_WIDE_COLUMNS, RELATIVE_RANGE_ROW, SENSITIVE_ROW)
+from .sensitivity import DEFAULT_THRESHOLD, precision_sensitivity
 
 
 def stack(frames, columns=()) -> pd.DataFrame:
@@ -93,27 +94,42 @@ def phase_analysis(metrics: pd.DataFrame, layers: int, columns=MAIN_METRICS) -> 
     return pd.DataFrame(rows)
 
 
-def precision_wide(precision: pd.DataFrame) -> pd.DataFrame:
-    """layer_name, category, out_features, in_features, alpha_<precision>... (one row per matrix)."""
+def precision_wide(precision: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """layer_name, category, out_features, in_features, alpha_<precision>..., then alpha_hill_range,
+    alpha_hill_relative_range, precision_sensitive (one row per matrix)."""
     if precision.empty:
-        return pd.DataFrame(columns=PRECISION_WIDE_COLUMNS)
+        return pd.DataFrame(columns=[*PRECISION_WIDE_COLUMNS, *PRECISION_SENSITIVITY_COLUMNS])
     wide = precision.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False, dropna=False)
     wide.columns = [f"alpha_{p}" for p in wide.columns]
     info = precision.drop_duplicates("matrix").set_index("matrix")
     out = pd.DataFrame({"layer_name": wide.index, "category": info.loc[wide.index, "block_type"].to_numpy(),
                         "out_features": info.loc[wide.index, "rows"].to_numpy(),
                         "in_features": info.loc[wide.index, "cols"].to_numpy()})
-    return pd.concat([out, wide.reset_index(drop=True)], axis=1)
+    spread = precision_sensitivity(precision, threshold).set_index("matrix").loc[wide.index]
+    return pd.concat([out, wide.reset_index(drop=True),
+                      spread[PRECISION_SENSITIVITY_COLUMNS].reset_index(drop=True)], axis=1)
 
 
-def precision_summary(precision: pd.DataFrame) -> pd.DataFrame:
-    """precision, count, mean, std, min, median, max, q25, q75 of alpha_hill."""
-    rows = []
-    for name, group in precision.groupby("precision", sort=False):
-        v = group["alpha_hill"].dropna()
-        rows.append({"precision": name, "count": int(v.size), "mean": v.mean(), "std": v.std(ddof=0),
-                     "min": v.min(), "median": v.median(), "max": v.max(),
-                     "q25": v.quantile(0.25), "q75": v.quantile(0.75)})
+def _quantiles(values: pd.Series) -> dict:
+    v = values.dropna()
+    return {"count": int(v.size), "mean": v.mean(), "std": v.std(ddof=0), "min": v.min(), "median": v.median(),
+            "max": v.max(), "q25": v.quantile(0.25), "q75": v.quantile(0.75)}
+
+
+def precision_summary(precision: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """precision, count, mean, std, min, median, max, q25, q75 of alpha_hill per precision; then
+    two rows over matrices: alpha_hill_relative_range (its statistics over the matrices where it
+    is finite) and precision_sensitive (count: matrices with relative range > threshold; mean:
+    their share of those matrices; the rest NaN)."""
+    rows = [{"precision": name, **_quantiles(group["alpha_hill"])}
+            for name, group in precision.groupby("precision", sort=False)]
+    if rows:
+        spread = precision_sensitivity(precision, threshold)
+        relative = spread["alpha_hill_relative_range"].dropna()
+        sensitive = int(spread["precision_sensitive"].sum())
+        rows.append({"precision": RELATIVE_RANGE_ROW, **_quantiles(relative)})
+        rows.append({"precision": SENSITIVE_ROW, "count": sensitive,
+                     "mean": sensitive / relative.size if relative.size else np.nan})
     return pd.DataFrame(rows, columns=PRECISION_SUMMARY_COLUMNS)
 
 

@@ -120,7 +120,8 @@ ELEMENT_COLUMNS = ["mean", "std", "var", "sparsity"]
 MATRIX_COLUMNS = ["rows", "cols", "design_rank", *SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS, "status", "warning"]
 METRICS_COLUMNS = [*IDENTITY_COLUMNS, *MATRIX_COLUMNS, "dtype", "source_dtype", "compute_dtype", "backend",
                    "seconds"]
-PRECISION_COLUMNS = [*IDENTITY_COLUMNS, "rows", "cols", "source_dtype", "precision", "alpha_hill", "k", "status"]
+PRECISION_COLUMNS = [*IDENTITY_COLUMNS, "rows", "cols", "source_dtype", "precision", "svd_dtype", "backend",
+                     "alpha_hill", "k", "status"]
 HEAD_METRIC_COLUMNS = [
     "qk_effective_rank", "qk_eig_effective_rank", "qk_asymmetry", "qk_complex_fraction", "qk_top_dhead_energy",
     "qk_frobenius_norm", *[energy_column(f, "qk_") for f in HEAD_ENERGY_FRACTIONS], "ov_effective_rank",
@@ -133,6 +134,10 @@ EXPORT_FIRST_COLUMNS = ["model_path", "model_id", "revision", "param_name", "lay
                         "rows", "cols", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank",
                         "svd_90_percent_ratio", "mean", "std", "var", "sparsity", "dtype", "created_at"]
 PRECISION_WIDE_COLUMNS = ["layer_name", "category", "out_features", "in_features"]  # then alpha_<precision>...
+# ...then the spread of alpha-Hill across the precisions (blockscope.sensitivity).
+PRECISION_SENSITIVITY_COLUMNS = ["alpha_hill_range", "alpha_hill_relative_range", "precision_sensitive"]
+# Rows precision_summary_statistics.csv appends after the per-precision ones (same columns).
+RELATIVE_RANGE_ROW, SENSITIVE_ROW = "alpha_hill_relative_range", "precision_sensitive"
 PRECISION_SUMMARY_COLUMNS = ["precision", "count", "mean", "std", "min", "median", "max", "q25", "q75"]
 # The output contract of ARCHITECTURE.md: columns every metrics table carries at least.
 CONTRACT_METRICS_COLUMNS = [
@@ -152,6 +157,6 @@ BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "
 TABLES = {
     "inventory": INVENTORY_COLUMNS, "spectra": SPECTRA_COLUMNS, "metrics": METRICS_COLUMNS,
     "precision": PRECISION_COLUMNS, "heads": HEAD_COLUMNS, "deep_dive": EIGENVALUE_COLUMNS,
-    "precision_alpha_hill": PRECISION_WIDE_COLUMNS, "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
+    "precision_alpha_hill": [*PRECISION_WIDE_COLUMNS, *PRECISION_SENSITIVITY_COLUMNS], "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
     "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
 }

@@ -15,6 +15,8 @@ import numpy as np  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 from .layout import EIGENVALUE_COLUMNS  # noqa: E402
+from .sensitivity import most_sensitive  # noqa: E402
+from .sensitivity import precision_sensitivity as sensitivity_table  # noqa: E402
 
 
 def save(fig, target):
@@ -214,6 +216,36 @@ def precision_distributions(precision, title, target, reason="the precision swee
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.boxplot(data, tick_labels=names, showmeans=True)
     ax.set(xlabel="precision the matrix was cast to", ylabel="α-Hill", title=title)
+    save(fig, target)
+
+
+def precision_sensitivity(precision, threshold, title, target, top=20,
+                          reason="no matrix has a finite α-Hill at every precision swept"):
+    """The `top` matrices of largest relative range of α-Hill across precisions: the relative
+    range as bars (the threshold dashed), and α-Hill per precision of the same matrices."""
+    if lacks(precision, "matrix", "block_type", "precision", "alpha_hill"):
+        return nothing_to_plot("the precision sweep has no rows", title, target)
+    ranked = most_sensitive(sensitivity_table(precision, threshold), top)
+    if ranked.empty:
+        return nothing_to_plot(reason, title, target)
+    names = ranked["matrix"].tolist()[::-1]  # largest at the top
+    labels = [name.replace("model.layers.", "L").replace(".weight", "") for name in names]
+    grid = precision.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False).loc[names]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.32 * len(names) + 2.2), sharey=True)
+    y = np.arange(len(names))
+    colours = ["C3" if flag else "C0" for flag in ranked["precision_sensitive"].tolist()[::-1]]
+    axes[0].barh(y, ranked["alpha_hill_relative_range"].to_numpy()[::-1], color=colours)
+    axes[0].axvline(threshold, color="k", ls="--", lw=0.8, label=f"threshold {threshold:g}")
+    axes[0].set_yticks(y, labels, fontsize=7)
+    axes[0].set(xlabel="relative range of α-Hill, (max - min) / |mean| (red: sensitive)",
+                title=f"top {len(names)} by relative range")
+    axes[0].legend(fontsize=8)
+    for i, column in enumerate(grid.columns):
+        axes[1].plot(grid[column].to_numpy(), y, "o", ms=4, color=f"C{i}", label=column)
+    axes[1].set(xlabel="α-Hill after casting", title="α-Hill per precision")
+    axes[1].legend(title="precision", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
     save(fig, target)
 
 

@@ -143,9 +143,33 @@ def cost_section(jobs: pd.DataFrame) -> list:
             table(cost_by_rule(jobs), 2), "", "Longest jobs:", "", table(costliest_jobs(jobs), 2), ""]
 
 
+SENSITIVE_LISTED = 10  # matrices listed by relative range in "Precision sensitivity"
+
+
+def sensitivity_section(wide: pd.DataFrame | None, threshold) -> list:
+    """Markdown lines: how many matrices are precision-sensitive, and the top ones by relative range
+    (from precision_alpha_hill.csv)."""
+    lines = ["## Precision sensitivity", ""]
+    if not has(wide, "layer_name", "alpha_hill_relative_range", "precision_sensitive"):
+        return lines + ["_(none: no precision sweep)_", ""]
+    finite = wide.dropna(subset=["alpha_hill_relative_range"])
+    sensitive = int(wide["precision_sensitive"].astype(str).str.lower().eq("true").sum())
+    lines += [f"{sensitive} of {len(finite)} matrices are precision-sensitive: the relative range of their "
+              f"α-Hill across the swept precisions, (max - min) / |mean|, is above {threshold:g} "
+              f"(`precision.sensitivity_threshold`). {len(wide) - len(finite)} matrices have no finite "
+              "α-Hill at some precision and are not ranked.", ""]
+    if len(finite):
+        alphas = [c for c in wide.columns if c.startswith("alpha_") and not c.startswith("alpha_hill")]
+        top = finite.sort_values("alpha_hill_relative_range", ascending=False, kind="stable").head(SENSITIVE_LISTED)
+        lines += [f"Top {len(top)} by relative range:", "",
+                  table(top[["layer_name", "category", *alphas, "alpha_hill_range", "alpha_hill_relative_range",
+                             "precision_sensitive"]], 4), ""]
+    return lines
+
+
 def model_report(model, dims, metrics, heads, statistics, phases, hints, precision_summary, embedding,
                  deep_dives: dict, plots: list, target_dir, jobs: pd.DataFrame | None = None,
-                 files=()) -> str:
+                 files=(), precision_wide: pd.DataFrame | None = None, sensitivity_threshold: float = 0.05) -> str:
     link = lambda path: os.path.relpath(path, target_dir)  # noqa: E731
     lines = [f"# {model}: spectral anatomy", ""]
     keys = ["source", "model_type", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
@@ -171,6 +195,7 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
         empty = f"_(empty: {frame.attrs['reason']})_\n" if not len(frame) and frame.attrs.get("reason") else None
         lines += [f"### Deep dive: {name}", "", empty or table(frame, 4), ""]
     lines += ["## Precision sweep (α-Hill)", "", table(precision_summary), ""]
+    lines += sensitivity_section(precision_wide, sensitivity_threshold)
     lines += ["## Quantisation hints (a heuristic, not a guarantee)", "",
               "Lower α (heavier tail) keeps more bits, after AlphaPruning; see docs/metrics.md.", "",
               table(hints["suggested_format"].value_counts().rename_axis("format").reset_index()

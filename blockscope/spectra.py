@@ -135,12 +135,26 @@ def compute_spectra(matrices: list, backend: str):
 SCALED_PRECISIONS = {"fp8-e4m3": float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max)}
 
 
+def svd_dtype(precision: str, compute_dtype) -> np.dtype:
+    """The dtype a precision's SVD runs in: the wider of `compute_dtype` and the precision's own
+    compute type (float64 for fp64, float32 for every narrower format). fp64 is thus measured in
+    float64 whatever compute_dtype says; fp32 and below run in compute_dtype, as the spectra do."""
+    natural = np.float64 if precision == "fp64" else np.float32
+    return np.promote_types(natural, np.dtype(compute_dtype))
+
+
 def cast_round_trip(matrix: np.ndarray, precision: str, compute_dtype) -> np.ndarray:
-    """The matrix rounded to `precision` and back to the compute dtype."""
-    matrix = np.asarray(matrix, dtype=compute_dtype)
+    """The matrix rounded to `precision` and back, in `compute_dtype`. Rounding starts from the
+    matrix as given (read it in float64 and the fp64 round trip keeps every bit); the result is
+    then held in compute_dtype (see svd_dtype for the dtype each precision needs)."""
+    matrix = np.asarray(matrix)
+    if matrix.dtype.kind != "f":
+        matrix = matrix.astype(np.float64)
+    compute_dtype = np.dtype(compute_dtype).type
     scale = 1.0
     if precision in SCALED_PRECISIONS:
         amax = float(np.max(np.abs(matrix))) if matrix.size else 0.0
         scale = amax / SCALED_PRECISIONS[precision] if amax > 0 and np.isfinite(amax) else 1.0
-    rounded = (matrix / scale).astype(precision_dtype(precision)).astype(compute_dtype)
+    scaled = matrix / matrix.dtype.type(scale) if scale != 1.0 else matrix
+    rounded = scaled.astype(precision_dtype(precision)).astype(compute_dtype)
     return rounded * compute_dtype(scale) if scale != 1.0 else rounded

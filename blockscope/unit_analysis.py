@@ -10,7 +10,7 @@ from .heavytail import alpha_hill, hill_k, tail_eigenvalues
 from .layout import (ELEMENT_COLUMNS, IDENTITY_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS,
                      SPECTRAL_METRIC_COLUMNS)
 from .matrix_metrics import check_matrix, matrix_metrics
-from .spectra import Matrix, cast_round_trip, compute_spectra, matrices_of, not_a_matrix, singular_values, upcast
+from .spectra import Matrix, cast_round_trip, compute_spectra, matrices_of, not_a_matrix, svd_dtype, upcast
 from .tensors import iter_unit
 
 log = logging.getLogger(__name__)
@@ -96,32 +96,58 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _hill(sigma, hill_fraction):
+    """(alpha_hill, k, status) of one spectrum."""
+    eigs = np.asarray(sigma, np.float64) ** 2
+    k = hill_k(tail_eigenvalues(eigs).size, hill_fraction)
+    value = alpha_hill(eigs, k)
+    return value, k, "ok" if np.isfinite(value) else "too few eigenvalues"
+
+
 def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFrame, precisions,
-                    compute_dtype="float32", hill_fraction=0.1) -> pd.DataFrame:
+                    compute_dtype="float32", hill_fraction=0.1, backend="cpu", spectra_backend=None) -> pd.DataFrame:
     """alpha_hill of every matrix after a round trip through each precision.
 
-    Where the round trip changes no bit, the singular values of the spectra job are reused.
+    Each precision's SVD runs in svd_dtype (fp64: float64, the others: compute_dtype), all the
+    unit's rounded matrices of one precision in one compute_spectra call (batched torch on
+    `backend` cuda or torch-cpu, LAPACK on cpu or after a CUDA out-of-memory). Matrices are read
+    in the widest of those dtypes, so the fp64 row is the stored weights' own spectrum. Where the
+    round trip changes no bit and the SVD dtype is compute_dtype, the singular values of the
+    spectra job are reused (backend: spectra_backend[matrix], the spectra job's, else "spectra").
     """
-    dtype = numpy_dtype(compute_dtype).type
+    compute = np.dtype(compute_dtype)
+    dtypes = {precision: svd_dtype(precision, compute) for precision in precisions}
+    read = max([compute, *dtypes.values()], key=lambda d: d.itemsize)
+    items = list(unit_matrices(tensor_path, inventory_rows, read.type))
     known = {name: group["sigma"].to_numpy() for name, group in spectra.groupby("matrix")} if len(spectra) else {}
+    spectra_backend = spectra_backend or {}
+    found = {}  # (item, precision) -> (alpha_hill, k, status, backend)
+    for precision in precisions:
+        dtype, todo = dtypes[precision], []
+        for i, (matrix, _) in enumerate(items):
+            rounded = cast_round_trip(matrix.values, precision, dtype)
+            problem = check_matrix(rounded)
+            if problem is not None:
+                found[i, precision] = (float("nan"), 0, f"{precision}: {problem}", "none")
+            elif dtype == compute and matrix.name in known and np.array_equal(rounded, matrix.values):
+                found[i, precision] = (*_hill(known[matrix.name], hill_fraction),
+                                       spectra_backend.get(matrix.name, "spectra"))
+            else:
+                todo.append((i, rounded))
+        sigmas, _, used = compute_spectra([rounded for _, rounded in todo], backend)
+        for (i, _), sigma in zip(todo, sigmas):
+            found[i, precision] = (*_hill(sigma, hill_fraction), used)
+        del todo, sigmas
     rows = []
-    for matrix, info in unit_matrices(tensor_path, inventory_rows, dtype):
+    for i, (matrix, info) in enumerate(items):
         base = {**_identity(model, unit, matrix, info), "rows": matrix.values.shape[0],
                 "cols": matrix.values.shape[1], "source_dtype": info["source_dtype"]}
         for precision in precisions:
-            rounded = cast_round_trip(matrix.values, precision, dtype)
-            problem = check_matrix(rounded)
-            if problem is None:
-                same = np.array_equal(rounded, matrix.values)
-                sigma = known[matrix.name] if same and matrix.name in known else singular_values(rounded)
-                eigs = sigma.astype(np.float64) ** 2
-                k = hill_k(tail_eigenvalues(eigs).size, hill_fraction)
-                value = alpha_hill(eigs, k)
-                status = "ok" if np.isfinite(value) else "too few eigenvalues"
-            else:
-                value, k, status = float("nan"), 0, f"{precision}: {problem}"
-            rows.append({**base, "precision": precision, "alpha_hill": value, "k": k, "status": status})
+            value, k, status, used = found[i, precision]
+            rows.append({**base, "precision": precision, "svd_dtype": dtypes[precision].name, "backend": used,
+                         "alpha_hill": value, "k": k, "status": status})
     for info, why in refused_tensors(inventory_rows):  # one row per precision, as for a matrix
         base = {k: v for k, v in _refused_row(model, unit, info, why).items() if k in PRECISION_COLUMNS}
-        rows += [{**base, "precision": precision, "alpha_hill": float("nan"), "k": 0} for precision in precisions]
+        rows += [{**base, "precision": precision, "svd_dtype": "", "backend": "none", "alpha_hill": float("nan"),
+                  "k": 0} for precision in precisions]
     return _typed(pd.DataFrame(rows, columns=PRECISION_COLUMNS))

@@ -21,6 +21,7 @@ rule aggregate:
         hints_json="results/{model}/quantization_config.json",
     params:
         quantization=config["quantization"],
+        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
         code=code("aggregate"),
     log:
         "logs/{model}/aggregate.log",

@@ -131,6 +131,7 @@ def model_plot_files(model):
         *[f"{plots}/esd_layer_{layer}.png" for layer in esd_layers(model)],
         f"{plots}/heads_heatmap.png",
         f"{plots}/precision_distributions.png",
+        f"{plots}/precision_sensitivity.png",
         f"{plots}/precision",
         f"results/{model}/embedding/elbow.png",
         f"results/{model}/embedding/pca.png",

@@ -65,6 +65,12 @@ rule head_and_precision_plots:
             subcategory="precision",
             caption="../report/precision_distributions.rst",
         ),
+        sensitivity=report(
+            "results/{model}/plots/precision_sensitivity.png",
+            category="{model}",
+            subcategory="precision",
+            caption="../report/precision_sensitivity.rst",
+        ),
         pages=report(
             directory("results/{model}/plots/precision"),
             patterns=["{name}.png"],
@@ -74,6 +80,7 @@ rule head_and_precision_plots:
         ),
     params:
         layers_per_page=config["report"]["layers_per_page"],
+        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
         code=code("head_precision_plots"),
     log:
         "logs/{model}/plots/heads_precision.log",
@@ -94,6 +101,7 @@ rule model_report:
         phases="results/{model}/phase_analysis.csv",
         hints="results/{model}/quantization_hints.csv",
         precision_summary="results/{model}/precision_summary_statistics.csv",
+        precision_csv="results/{model}/precision_alpha_hill.csv",
         embedding="results/{model}/embedding/summary.json",
         deep_dive=lambda w: deep_dive_files(w.model, "parquet"),
         plots=lambda w: model_plot_files(w.model),
@@ -102,6 +110,7 @@ rule model_report:
     output:
         layout.REPORT,
     params:
+        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
         code=code("model_report"),
     log:
         "logs/{model}/report.log",

@@ -32,9 +32,11 @@ rule precision:
         tensors=layout.TENSORS,
         inventory=layout.INVENTORY,
         spectra=layout.SPECTRA,
+        metrics=layout.UNIT_METRICS,
     output:
         layout.UNIT_PRECISION,
     params:
+        backend=BACKEND,
         precisions=config["precision"]["precisions"],
         compute_dtype=config["compute_dtype"],
         hill_fraction=config["precision"]["k_fraction"],
@@ -44,6 +46,7 @@ rule precision:
     benchmark:
         benchmark("precision", "{unit}")
     resources:
+        gpu=GPU_CLAIM,
         mem_mb=scaled(1000, 4),
         runtime=scaled(10, 0.1),
     conda:

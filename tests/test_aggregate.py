@@ -357,7 +357,8 @@ def test_precision_wide_by_hand():
     ])
     got = agg.precision_wide(long)
     # declared columns, then alpha_<precision> in order of first appearance
-    assert got.columns.tolist() == [*layout.PRECISION_WIDE_COLUMNS, "alpha_fp32", "alpha_bf16", "alpha_fp8"]
+    assert got.columns.tolist() == [*layout.PRECISION_WIDE_COLUMNS, "alpha_fp32", "alpha_bf16", "alpha_fp8",
+                                    *layout.PRECISION_SENSITIVITY_COLUMNS]
     assert got["layer_name"].tolist() == ["l1.q", "l0.k"]                # order of first appearance
     assert got["category"].tolist() == ["q_proj", "k_proj"]
     assert got["out_features"].tolist() == [8, 4] and got["in_features"].tolist() == [16, 16]
@@ -368,7 +369,8 @@ def test_precision_wide_by_hand():
 
 def test_precision_wide_empty_has_the_declared_columns():
     got = agg.precision_wide(_precision_long([]))
-    assert got.columns.tolist() == layout.PRECISION_WIDE_COLUMNS and got.empty
+    assert got.columns.tolist() == [*layout.PRECISION_WIDE_COLUMNS, *layout.PRECISION_SENSITIVITY_COLUMNS]
+    assert got.empty
 
 
 def test_precision_wide_keeps_a_matrix_without_any_alpha():
@@ -378,7 +380,8 @@ def test_precision_wide_keeps_a_matrix_without_any_alpha():
     ])
     got = agg.precision_wide(long)
     assert got["layer_name"].tolist() == ["big", "tiny"]
-    assert got.columns.tolist() == [*layout.PRECISION_WIDE_COLUMNS, "alpha_fp32", "alpha_bf16"]
+    assert got.columns.tolist() == [*layout.PRECISION_WIDE_COLUMNS, "alpha_fp32", "alpha_bf16",
+                                    *layout.PRECISION_SENSITIVITY_COLUMNS]
 
 
 def test_precision_summary_by_hand():
@@ -389,7 +392,8 @@ def test_precision_summary_by_hand():
     ])
     got = agg.precision_summary(long)
     assert got.columns.tolist() == layout.PRECISION_SUMMARY_COLUMNS
-    assert got["precision"].tolist() == ["fp32", "int4"]           # order of first appearance
+    # order of first appearance, then the two rows over matrices
+    assert got["precision"].tolist() == ["fp32", "int4", layout.RELATIVE_RANGE_ROW, layout.SENSITIVE_ROW]
     fp32 = got.set_index("precision").loc["fp32"]
     # 1, 2, 3, 10: mean 4, deviations -3 -2 -1 6 -> population variance 50 / 4
     assert fp32["count"] == 4
@@ -400,6 +404,26 @@ def test_precision_summary_by_hand():
     int4 = got.set_index("precision").loc["int4"]
     assert int4["count"] == 1                                       # NaN not counted
     assert (int4["mean"], int4["std"], int4["q25"], int4["q75"]) == (5.0, 0.0, 5.0, 5.0)
+    # a: 1 and 5 -> range 4, mean 3, relative 4/3; b: NaN at int4 -> NaN; c, d: only one precision -> NaN
+    spread = got.set_index("precision").loc[layout.RELATIVE_RANGE_ROW]
+    assert spread["count"] == 1 and spread["max"] == pytest.approx(4 / 3)
+    sensitive = got.set_index("precision").loc[layout.SENSITIVE_ROW]
+    assert sensitive["count"] == 1 and sensitive["mean"] == 1.0 and math.isnan(sensitive["max"])
+
+
+def test_precision_wide_sensitivity_columns_by_hand():
+    long = _precision_long([
+        ("a", "q_proj", 4, 4, "fp32", 2.0), ("a", "q_proj", 4, 4, "fp16", 2.0), ("a", "q_proj", 4, 4, "bf16", 2.1),
+        ("b", "k_proj", 4, 4, "fp32", 3.0), ("b", "k_proj", 4, 4, "fp16", 3.0), ("b", "k_proj", 4, 4, "bf16", 3.0),
+        ("c", "v_proj", 4, 4, "fp32", 3.0), ("c", "v_proj", 4, 4, "fp16", NAN), ("c", "v_proj", 4, 4, "bf16", 3.0),
+    ])
+    got = agg.precision_wide(long, threshold=0.04).set_index("layer_name")
+    # a: 2, 2, 2.1 -> range 0.1, mean 6.1/3, relative 0.3/6.1 = 0.0492 > 0.04
+    assert got.loc["a", "alpha_hill_range"] == pytest.approx(0.1)
+    assert got.loc["a", "alpha_hill_relative_range"] == pytest.approx(0.3 / 6.1)
+    assert got["precision_sensitive"].tolist() == [True, False, False]
+    assert got.loc["b", "alpha_hill_range"] == 0.0 and math.isnan(got.loc["c", "alpha_hill_relative_range"])
+    assert not agg.precision_wide(long, threshold=0.05).set_index("layer_name").loc["a", "precision_sensitive"]
 
 
 # --- heads ----------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def _calls(tmp_path):
         ("heads_heatmap_columns", plots.heads_heatmap, (pd.DataFrame(columns=HEAD_COLUMNS), "t")),
         ("precision_page", plots.precision_page, (EMPTY, "t")),
         ("precision_distributions", plots.precision_distributions, (EMPTY, "t")),
+        ("precision_sensitivity", plots.precision_sensitivity, (EMPTY, 0.05, "t")),
         ("depth_overlay", plots.depth_overlay, (EMPTY, "alpha", "t")),
         ("headmerge_sweep", plots.headmerge_sweep, (EMPTY, "t")),
         ("headmerge_pairs", plots.headmerge_pairs, (EMPTY, [], "t")),

@@ -48,3 +48,93 @@ def test_empty_unit_has_typed_empty_files(tmp_path):
     path, inventory = _unit(tmp_path, {"norm.weight": np.ones(8, np.float32)})
     metrics, spectra = analyse_unit("m", "other", path, inventory)
     assert len(metrics) == 0 and list(metrics.columns) == METRICS_COLUMNS and len(spectra) == 0
+
+
+# --- precision sweep: the dtype each SVD runs in, the torch path and its fallback --------------
+
+def _f64_unit(tmp_path, matrix):
+    target = tmp_path / "unit64.parquet"
+    write_unit([("attn.q_proj.weight", "F64", matrix)], target)
+    inventory = pd.DataFrame({"param_name": ["attn.q_proj.weight"], "unit": "layer_000", "layer_index": 0,
+                              "block_type": "q_proj", "shape": [list(matrix.shape)], "dtype": "F64",
+                              "source_dtype": "F64", "layout": "out_in"})
+    return target, inventory
+
+
+def _clustered_top(rng, n=100):
+    """An F64 matrix whose top 10 singular values lie within 1e-9 of each other: float32 rounding
+    (relative 6e-8) scrambles them, so alpha-Hill (k = 10) moves a lot; float64 keeps them."""
+    sigma = np.concatenate([1 + 1e-9 * np.arange(10, 0, -1), np.linspace(0.5, 0.1, n - 10)])
+    u, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return (u * sigma) @ v.T
+
+
+def test_fp64_row_is_computed_in_float64_and_differs_from_fp32(tmp_path):
+    import scipy.linalg
+    from blockscope.heavytail import alpha_hill, hill_k
+
+    w = _clustered_top(np.random.default_rng(7))
+    path, inventory = _f64_unit(tmp_path, w)
+    sweep = precision_sweep("m", "layer_000", path, inventory, pd.DataFrame(), ["fp64", "fp32"],
+                            compute_dtype="float32").set_index("precision")
+    assert sweep.loc["fp64", "svd_dtype"] == "float64" and sweep.loc["fp32", "svd_dtype"] == "float32"
+    assert set(sweep["backend"]) == {"cpu"} and set(sweep["status"]) == {"ok"}
+    reference = scipy.linalg.svdvals(w) ** 2  # float64 LAPACK of the stored weights
+    expected = alpha_hill(reference, hill_k(reference.size, 0.1))
+    assert sweep.loc["fp64", "alpha_hill"] == pytest.approx(expected, rel=1e-6)
+    assert abs(sweep.loc["fp32", "alpha_hill"] - expected) > 0.1 * expected  # float32 loses the tail's order
+
+
+def test_fp64_sigma_equals_float64_lapack():
+    """The fp64 round trip of a stored matrix keeps every bit and its SVD runs in float64."""
+    from blockscope.spectra import cast_round_trip, compute_spectra, svd_dtype
+
+    w = np.random.default_rng(8).standard_normal((60, 40))
+    assert svd_dtype("fp64", "float32") == np.float64 and svd_dtype("bf16", "float32") == np.float32
+    assert svd_dtype("fp16", "float64") == np.float64
+    rounded = cast_round_trip(w, "fp64", svd_dtype("fp64", "float32"))
+    assert rounded.dtype == np.float64 and np.array_equal(rounded, w)
+    (sigma,), _, used = compute_spectra([rounded], "cpu")
+    reference = np.linalg.svd(w, compute_uv=False)
+    assert used == "cpu" and np.max(np.abs(sigma - reference) / reference) <= 1e-12
+
+
+def _bf16_unit(tmp_path, n=3):
+    rng = np.random.default_rng(9)
+    tensors = {f"attn.m{i}.weight": (rng.standard_normal((48, 32)) * rng.random(32) ** 2).astype(np.float32)
+               for i in range(n)}
+    return _unit(tmp_path, tensors)
+
+
+def test_sweep_runs_on_the_batched_torch_path(tmp_path):
+    pytest.importorskip("torch")
+    path, inventory = _bf16_unit(tmp_path)
+    args = ("m", "layer_000", path, inventory, pd.DataFrame(), ["fp32", "fp16", "bf16", "fp64"])
+    lapack = precision_sweep(*args, backend="cpu")
+    torch_cpu = precision_sweep(*args, backend="torch-cpu")
+    assert set(lapack["backend"]) == {"cpu"} and set(torch_cpu["backend"]) == {"torch-cpu"}
+    assert torch_cpu["svd_dtype"].tolist() == lapack["svd_dtype"].tolist()
+    assert np.allclose(torch_cpu["alpha_hill"], lapack["alpha_hill"], rtol=1e-4)
+
+
+def test_sweep_falls_back_to_lapack_on_cuda_out_of_memory(tmp_path, monkeypatch, caplog):
+    torch = pytest.importorskip("torch")
+
+    def out_of_memory(batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    path, inventory = _bf16_unit(tmp_path)
+    expected = precision_sweep("m", "layer_000", path, inventory, pd.DataFrame(), ["fp16", "bf16"])
+    monkeypatch.setattr(torch.linalg, "svdvals", out_of_memory)
+    got = precision_sweep("m", "layer_000", path, inventory, pd.DataFrame(), ["fp16", "bf16"], backend="torch-cpu")
+    assert set(got["backend"]) == {"cpu"} and "falling back to CPU" in caplog.text
+    assert np.array_equal(got["alpha_hill"], expected["alpha_hill"])
+
+
+def test_reused_spectra_name_the_spectra_jobs_backend(tmp_path):
+    path, inventory = _bf16_unit(tmp_path, n=1)
+    metrics, spectra = analyse_unit("m", "layer_000", path, inventory)
+    sweep = precision_sweep("m", "layer_000", path, inventory, spectra, ["fp32", "fp16"],
+                            spectra_backend={"attn.m0.weight": "cuda"}).set_index("precision")
+    assert sweep.loc["fp32", "backend"] == "cuda" and sweep.loc["fp16", "backend"] == "cpu"

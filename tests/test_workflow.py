@@ -191,7 +191,8 @@ def test_tables_plots_and_reports(finished, tmp_path):
     assert pd.read_csv(model / "metrics.csv").shape == metrics.shape
     assert len(json.loads((model / "metrics.json").read_text())) == len(metrics)
     wide = pd.read_csv(model / "precision_alpha_hill.csv")
-    assert list(wide.columns) == layout.PRECISION_WIDE_COLUMNS + ["alpha_fp32", "alpha_fp16", "alpha_bf16"]
+    assert list(wide.columns) == (layout.PRECISION_WIDE_COLUMNS + ["alpha_fp32", "alpha_fp16", "alpha_bf16"]
+                                  + layout.PRECISION_SENSITIVITY_COLUMNS)
     assert len(wide) == len(metrics)  # one row per matrix, even where alpha-Hill is NaN at every precision
     summary = pd.read_csv(model / "precision_summary_statistics.csv")
     assert list(summary.columns) == layout.PRECISION_SUMMARY_COLUMNS
@@ -215,7 +216,7 @@ def test_tables_plots_and_reports(finished, tmp_path):
     for rule in ("extract", "spectra", "precision", "heads"):
         assert re.search(rf"\| {rule}\s+\|\s+5 \|", costs), rule  # one job per unit, five units
     for png in ["plots/alpha_by_layer.png", "plots/esd_layer_0.png", "plots/esd_layer_1.png",
-                "plots/heads_heatmap.png", "plots/precision_distributions.png", "plots/precision/layers_000-001.png"]:
+                "plots/heads_heatmap.png", "plots/precision_distributions.png", "plots/precision_sensitivity.png", "plots/precision/layers_000-001.png"]:
         assert (model / png).stat().st_size > 10_000, png
     assert (finished / "results/summary/plots/alpha_by_depth.png").exists()
     # the browsable report, built by snakemake itself

@@ -28,8 +28,9 @@ def main(snakemake):
                   out.heads)
     precision = agg.stack((pd.read_parquet(p) for p in snakemake.input.precision), PRECISION_COLUMNS)
     write_parquet(precision, out.precision)
-    write_csv(agg.precision_wide(precision), out.precision_csv)
-    write_csv(agg.precision_summary(precision), out.precision_summary)
+    threshold = snakemake.params.sensitivity_threshold
+    write_csv(agg.precision_wide(precision, threshold), out.precision_csv)
+    write_csv(agg.precision_summary(precision, threshold), out.precision_summary)
     statistics = agg.statistics_by_type(metrics)
     write_csv(statistics, out.statistics)
     phases = agg.phase_analysis(metrics, dims["layers"])

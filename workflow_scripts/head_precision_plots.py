@@ -4,7 +4,7 @@ import os
 
 import pandas as pd
 
-from blockscope.plots import heads_heatmap, precision_distributions, precision_page
+from blockscope.plots import heads_heatmap, precision_distributions, precision_page, precision_sensitivity
 from blockscope.workflow import run_step
 
 
@@ -13,6 +13,8 @@ def main(snakemake):
     heads_heatmap(pd.read_parquet(snakemake.input.heads), f"{model}: effective rank per attention head", out.heatmap)
     precision = pd.read_parquet(snakemake.input.precision)
     precision_distributions(precision, f"{model}: α-Hill by precision, all matrices", out.distributions)
+    precision_sensitivity(precision, snakemake.params.sensitivity_threshold,
+                          f"{model}: the most precision-sensitive matrices", out.sensitivity)
     os.makedirs(out.pages, exist_ok=True)
     per_page = snakemake.params.layers_per_page
     layers = sorted(precision["layer_index"].dropna().unique()) if "layer_index" in precision else []

@@ -26,7 +26,8 @@ def main(snakemake):
         pd.read_parquet(inp.heads), read_csv(inp.statistics), read_csv(inp.phases), read_csv(inp.hints),
         read_csv(inp.precision_summary), json.load(open(inp.embedding)),
         {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
-        list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks), list(inp.files))
+        list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks), list(inp.files),
+        precision_wide=read_csv(inp.precision_csv), sensitivity_threshold=snakemake.params.sensitivity_threshold)
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(text)
 

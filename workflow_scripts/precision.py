@@ -10,10 +10,12 @@ from blockscope.workflow import run_step
 def main(snakemake):
     unit = snakemake.wildcards.unit
     inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
+    metrics = pd.read_parquet(snakemake.input.metrics, columns=["matrix", "backend"])
     table = precision_sweep(snakemake.wildcards.model, unit, snakemake.input.tensors, inventory,
                             pd.read_parquet(snakemake.input.spectra), snakemake.params.precisions,
                             compute_dtype=snakemake.params.compute_dtype,
-                            hill_fraction=snakemake.params.hill_fraction)
+                            hill_fraction=snakemake.params.hill_fraction, backend=snakemake.params.backend,
+                            spectra_backend=dict(zip(metrics["matrix"], metrics["backend"])))
     write_parquet(table, snakemake.output[0])
     if len(table):
         wide = table.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False)
