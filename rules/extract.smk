@@ -28,7 +28,7 @@ rule selection:
     output:
         layout.SELECTION,
     params:
-        selection=model_selection,
+        selection=lambda w: model_selection(w.model),
         code=code("selection"),
     log:
         "logs/{model}/selection.log",
