@@ -27,6 +27,7 @@ import jsonschema
 import yaml
 
 from .errors import BlockscopeError
+from .selection import parse_layers, pattern_error
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 COMMAND_LINE = "--config on the command line"
@@ -331,10 +332,51 @@ def _check_model(slug, spec, models, origins):
             _check_model_type(slug, spec["config"], origins)
 
 
+def _check_layers(origins, keys, value) -> list | None:
+    try:
+        return parse_layers(value)
+    except ValueError as exc:
+        _fail(origins, keys, f"config key {_dotted(keys)}: {exc}",
+              'give layer indices and ranges such as "0-5,20,30-31", or a list of integers')
+
+
+def _check_select(origins, keys, select):
+    """Regexes that compile and layers that parse, for `select` at key path `keys`."""
+    for key in ("include", "exclude"):
+        for i, pattern in enumerate(select.get(key) or []):
+            problem = pattern_error(pattern)
+            if problem:
+                _fail(origins, keys + (key, i), f"config key {_dotted(keys + (key, i))}: {_short_repr(pattern)} is "
+                      f"not a valid regex ({problem})", "fix the regex (Python re syntax, matched with re.search)")
+    return _check_layers(origins, keys + ("layers",), select.get("layers"))
+
+
+def _synthetic_layers(spec):
+    """The block count a synthetic model's own config gives, None when it does not say."""
+    config = spec.get("config") or {}
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
 def check_cross_keys(config: dict, origins: Origins):
     models = config["models"]
     for slug, spec in models.items():
         _check_model(slug, spec, models, origins)
+
+    global_layers = _check_select(origins, ("select",), config.get("select") or {})
+    for slug, spec in models.items():
+        own = spec.get("select") or {}
+        own_layers = _check_select(origins, ("models", slug, "select"), own)
+        layers = own_layers if "layers" in own else global_layers
+        count = _synthetic_layers(spec) if spec["source"] == "synthetic" else None
+        if layers and count is not None and layers[-1] >= count:
+            keys = ("models", slug, "select", "layers") if "layers" in own else ("select", "layers")
+            _fail(origins, keys, f"config key {_dotted(keys)} names layer {layers[-1]}, but model {slug} has "
+                  f"{count} layers (0-{count - 1})", f"keep the layers of {slug} within 0-{count - 1}",
+                  also=[("select", "layers")])
+    _check_layers(origins, ("headmerge", "layers"), config["headmerge"].get("layers"))
 
     emb = config["embedding"]
     if emb["k_min"] > emb["k_max"]:

@@ -109,15 +109,20 @@ class LayerSlots:
                 self.params[name].copy_(original)
 
 
-def layer_slots(model, inventory: pd.DataFrame, dims: dict, model_name: str = None, path=None) -> dict:
-    """layer index -> LayerSlots, for every layer with attention; BlockscopeError when none has."""
+def layer_slots(model, inventory: pd.DataFrame, dims: dict, model_name: str = None, path=None,
+                layers=None) -> dict:
+    """layer index -> LayerSlots, for every layer with attention (of `layers` only, when given:
+    headmerge.layers); BlockscopeError when none has."""
     slots = {}
     for layer, rows in inventory.dropna(subset=["layer_index"]).groupby("layer_index"):
+        if layers is not None and int(layer) not in layers:
+            continue
         names = projection_names(rows)
         if has_attention(names):
             slots[int(layer)] = LayerSlots(model, names, dims, model_name)
     if not slots:
-        raise BlockscopeError("no layer with attention projections", model=model_name, path=path,
+        where = f" among headmerge.layers {layers}" if layers is not None else ""
+        raise BlockscopeError(f"no layer with attention projections{where}", model=model_name, path=path,
                               fix="head merging needs q/k/v/o (or fused qkv) projections")
     return slots
 

@@ -56,6 +56,7 @@ HEADMERGE = "results/{model}/headmerge"
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
+SELECTION = "results/{model}/selection.json"  # what `select` chose (model.json describes the whole checkpoint)
 PER_UNIT_KINDS = ("tensors", "spectra", "metrics", "precision", "heads")
 PER_UNIT = "results/{model}/{kind}/{unit}.parquet"
 TENSORS = "results/{model}/tensors/{unit}.parquet"

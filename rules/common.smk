@@ -4,10 +4,12 @@
 import functools
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 from blockscope import layout
+from blockscope import selection as select
 from blockscope.code_version import code_version
 from blockscope.config import validate_config
 from blockscope.device import backend_for
@@ -48,8 +50,9 @@ def benchmark(rule, job="model"):
 
 
 def model_spec(model):
-    """A model's own config slice: the only config its rules see (keeps reruns per model)."""
-    return MODELS[model]
+    """A model's own config slice: the only config its rules see (keeps reruns per model).
+    Its `select` is left out: what to analyse never refetches the checkpoint."""
+    return {key: value for key, value in MODELS[model].items() if key != "select"}
 
 
 def fetch_inputs(wildcards):
@@ -82,8 +85,45 @@ def model_dims(model):
         return json.load(fh)
 
 
-def units(model):
-    return model_dims(model)["units"]
+def model_selection(model):
+    """The model's resolved select: its own keys over the top-level ones (blockscope.selection)."""
+    return select.resolve(config.get("select"), MODELS[model].get("select"))
+
+
+@functools.cache
+def _selected(model, stamp, layers):
+    import pyarrow.parquet as pq
+
+    path = layout.INVENTORY.format(model=model)
+    inventory = pq.read_table(path, columns=["param_name", "unit", "layer_index"]).to_pandas()
+    try:
+        return select.selected_units(inventory, model_selection(model), layers, model=model, path="config.yaml")
+    except select.BlockscopeError as exc:
+        print(f"ERROR {exc}", file=sys.stderr)  # one clear line before Snakemake's own report
+        raise
+
+
+def selected(model, dims=None):
+    """unit -> its selected parameter names. Every unit when nothing is selected; BlockscopeError
+    when the selection names a missing layer or matches nothing. dims: the model's model.json when
+    read without the checkpoint (rule all), else the checkpoint is evaluated."""
+    dims = dims or model_dims(model)
+    return _selected(model, os.path.getmtime(layout.INVENTORY.format(model=model)), dims["layers"])
+
+
+def units(model, dims=None):
+    """The units that get jobs: those with a selected tensor (all of them without a selection)."""
+    return list(selected(model, dims))
+
+
+def selected_names(wildcards):
+    """Param: the unit's selected parameter names. Only units whose list changes rerun when the
+    selection changes; a unit selected whole has the same list with or without a selection."""
+    return selected(wildcards.model).get(wildcards.unit, [])
+
+
+def selected_layers(model, dims=None):
+    return [layer for layer in map(layout.unit_layer, units(model, dims)) if layer is not None]
 
 
 def per_unit(kind):
@@ -97,8 +137,14 @@ def layer_file(kind):
 
 
 def deep_dive_heads(model, dims=None):
-    """[layer, head] pairs of the deep dive: the config's, else the middle layer's head 0."""
-    return config["heads"]["deep_dive"] or [[(dims or model_dims(model))["layers"] // 2, 0]]
+    """[layer, head] pairs of the deep dive: the config's, else the middle layer's head 0; with a
+    selection, only pairs of selected layers (the default: the middle selected layer)."""
+    if select.is_everything(model_selection(model)):
+        return config["heads"]["deep_dive"] or [[(dims or model_dims(model))["layers"] // 2, 0]]
+    layers = selected_layers(model, dims)
+    if config["heads"]["deep_dive"]:
+        return [pair for pair in config["heads"]["deep_dive"] if pair[0] in layers]
+    return [[layers[len(layers) // 2], 0]] if layers else []
 
 
 def deep_dive_files(model, ext):
@@ -115,9 +161,11 @@ def control_metrics(wildcards):
 
 def esd_layers(model):
     """Layers whose ESDs are plotted: the config's, else first, middle and last."""
-    layers = model_dims(model)["layers"]
-    chosen = config["report"]["esd_layers"] or [0, layers // 2, layers - 1]
-    return sorted({layer for layer in chosen if 0 <= layer < layers})
+    layers = selected_layers(model)  # every layer without a selection
+    if not layers:
+        return []
+    chosen = config["report"]["esd_layers"] or [layers[0], layers[len(layers) // 2], layers[-1]]
+    return sorted({layer for layer in chosen if layer in layers})
 
 
 def plots_dir(model):
@@ -140,6 +188,19 @@ def model_plot_files(model):
 
 
 HEADMERGE = config["headmerge"]
+
+
+def headmerge_dims(wildcards):
+    """Input function: model.json, once headmerge.layers is known to fit the model."""
+    layers = select.parse_layers(HEADMERGE.get("layers"))
+    if layers:
+        try:
+            select.check_layers(layers, model_dims(wildcards.model)["layers"], "headmerge.layers",
+                                model=wildcards.model, path="config.yaml")
+        except select.BlockscopeError as exc:
+            print(f"ERROR {exc}", file=sys.stderr)
+            raise
+    return layout.MODEL_JSON.format(model=wildcards.model)
 
 
 def headmerge_targets(model):
@@ -179,14 +240,15 @@ def model_files(model, dims=None):
     return [
         layout.INVENTORY.format(model=model),
         layout.MODEL_JSON.format(model=model),
-        *[layout.per_unit(kind, model, unit) for kind in layout.PER_UNIT_KINDS for unit in dims["units"]],
+        layout.SELECTION.format(model=model),
+        *[layout.per_unit(kind, model, unit) for kind in layout.PER_UNIT_KINDS for unit in units(model, dims)],
         *[layout.deep_dive(model, layer, head, "parquet") for layer, head in deep_dive_heads(model, dims)],
         *expand("results/{model}/embedding/{name}.parquet", model=model, name=["elbow", "clusters", "pca_points"]),
     ]
 
 
 def inventoried_model_files(model):
-    """model_files of a model whose model.json exists, read without evaluating the checkpoint.
+    """model_files of a model whose inventory exists, read without evaluating the checkpoint.
 
     Rule all must never wait on a checkpoint: a model whose fetch or inventory fails would hold
     every other model back (its input function raises until that checkpoint is done, and it
@@ -195,7 +257,7 @@ def inventoried_model_files(model):
     intermediate file is made again (Snakemake does not rebuild the missing inputs of a job
     that is up to date)."""
     path = layout.MODEL_JSON.format(model=model)
-    if not os.path.exists(path):
+    if not (os.path.exists(path) and os.path.exists(layout.INVENTORY.format(model=model))):
         return []
     with open(path) as fh:
         return model_files(model, json.load(fh))
@@ -233,6 +295,7 @@ onerror:
 # Downloads need the network (login nodes) and aggregation is light: keep them off the queue.
 localrules:
     all,
+    selection,
     fetch,
     fetch_corpus,
     aggregate,

@@ -19,6 +19,25 @@ checkpoint inventory:
         "../workflow_scripts/inventory.py"
 
 
+# What `select` chose, beside the inventory (which describes the whole checkpoint and never
+# reruns for a new selection): a change of selection reruns this small job and the report only.
+rule selection:
+    input:
+        inventory=layout.INVENTORY,
+        dims=layout.MODEL_JSON,
+    output:
+        layout.SELECTION,
+    params:
+        selection=lambda w: model_selection(w.model),
+        code=code("selection"),
+    log:
+        "logs/{model}/selection.log",
+    conda:
+        "../envs/blockscope.yaml"
+    script:
+        "../workflow_scripts/selection.py"
+
+
 rule extract:
     input:
         checkpoint=layout.CHECKPOINT,

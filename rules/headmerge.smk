@@ -21,14 +21,15 @@ rule headmerge:
     input:
         checkpoint=layout.CHECKPOINT,
         inventory=layout.INVENTORY,
-        dims=layout.MODEL_JSON,
+        dims=headmerge_dims,
         corpus=layout.CORPUS,
     output:
         thresholds=expand("results/{{model}}/headmerge/threshold_{t}.json", t=config["headmerge"]["thresholds"]),
         summary="results/{model}/headmerge/summary.parquet",
         similarities="results/{model}/headmerge/similarities.parquet",
     params:
-        settings=config["headmerge"],
+        # headmerge.layers only when set: runs from before the key existed stay up to date
+        settings={k: v for k, v in config["headmerge"].items() if k != "layers" or v is not None},
         device=BACKEND,
         code=code("headmerge"),
     log:

@@ -8,6 +8,7 @@ rule heads:
     output:
         layout.UNIT_HEADS,
     params:
+        selected=selected_names,
         code=code("heads"),
     log:
         "logs/{model}/heads/{unit}.log",
@@ -35,6 +36,7 @@ rule head_deep_dive:
         user_set=lambda w: [int(w.layer), int(w.head)] in [
             [int(layer), int(head)] for layer, head in config["heads"]["deep_dive"]
         ],
+        selected=lambda w: selected(w.model).get(layout.layer_unit(int(w.layer)), []),
         code=code("head_deep_dive"),
     log:
         "logs/{model}/heads/deep_dive_layer_{layer}_head_{head}.log",

@@ -12,6 +12,7 @@ rule spectra:
         backend=BACKEND,
         compute_dtype=config["compute_dtype"],
         hill_fraction=config["precision"]["k_fraction"],
+        selected=selected_names,
         code=code("spectra"),
     log:
         "logs/{model}/spectra/{unit}.log",
@@ -40,6 +41,7 @@ rule precision:
         precisions=config["precision"]["precisions"],
         compute_dtype=config["compute_dtype"],
         hill_fraction=config["precision"]["k_fraction"],
+        selected=selected_names,
         code=code("precision"),
     log:
         "logs/{model}/precision/{unit}.log",

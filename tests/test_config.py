@@ -80,19 +80,19 @@ def test_a_misspelt_model_key_names_the_model_and_the_nearest_key():
     config = {"models": {"tiny": {"source": "synthetic", "config": TINY_LLAMA, "sed": 7}}}
     assert refusal(config) == (
         "[tiny] config.yaml: config key models.tiny.sed is not known; did you mean 'seed'? "
-        "(a synthetic model takes: source, config, like, seed, dtype). Fix: rename it to seed.")
+        "(a synthetic model takes: source, config, like, seed, dtype, select). Fix: rename it to seed.")
 
 
 def test_a_key_of_another_source_is_refused():
     message = refusal({"models": {"q": {"source": "hf", "repo_id": "x/y", "path": "/data"}}})
     assert message == ("[q] config.yaml: config key models.q.path is not known (an hf model takes: source, repo_id, "
-                       "revision). Fix: delete it or correct its name (every key is described in "
+                       "revision, select). Fix: delete it or correct its name (every key is described in "
                        "schemas/config.schema.yaml).")
 
 
 @pytest.mark.parametrize("spec, fragment", [
     ({"source": "local", "path": "/p", "revison": "x"},
-     "models.m.revison is not known (a local model takes: source, path)"),
+     "models.m.revison is not known (a local model takes: source, path, select)"),
     ({"source": "gguf", "package": "p", "fille": "f"}, "models.m.fille is not known; did you mean 'file'?"),
     ({"source": "hf", "repo_id": "x/y", "revsion": "v1"}, "did you mean 'revision'?"),
     ({"source": "synthetic", "like": "m2", "dtpye": "float16"}, "did you mean 'dtype'?"),
@@ -341,3 +341,39 @@ def test_model_types_read_from_source_match_transformers():
     if imported is None:
         pytest.skip("transformers is not installed")
     assert _model_types_from_source() <= set(imported)
+
+
+# --- select: what to analyse ---------------------------------------------------------------------
+
+def test_a_selection_global_and_per_model_is_valid():
+    config = validate_config({"models": {"tiny": {**copy.deepcopy(LLAMA), "select": {"layers": [1]}},
+                                         "hub": {"source": "hf", "repo_id": "x/y", "select": {"include": ["q_proj"]}}},
+                              "select": {"include": [".*(q_proj|k_proj|v_proj).*"], "exclude": ["norm"],
+                                         "layers": "0-1"},
+                              "headmerge": {"layers": "0,1"}})
+    assert config["models"]["tiny"]["select"] == {"layers": [1]}  # no defaults: unset keys fall to the global
+    assert validate_config(with_llama())["select"] == {"include": [], "exclude": [], "layers": None}
+    assert validate_config(with_llama())["headmerge"]["layers"] is None
+
+
+@pytest.mark.parametrize("config, message", [
+    (with_llama(select={"include": ["q_proj", "(unclosed"]}),
+     "config.yaml: config key select.include.1: '(unclosed' is not a valid regex (missing ), unterminated "
+     "subpattern at position 0). Fix: fix the regex (Python re syntax, matched with re.search)."),
+    ({"models": {"tiny": {**LLAMA, "select": {"exclude": ["[a-"]}}}},
+     "[tiny] config.yaml: config key models.tiny.select.exclude.0: '[a-' is not a valid regex"),
+    (with_llama(select={"layers": "0-3,x"}),
+     "config.yaml: config key select.layers: 'x' in '0-3,x' is neither a layer index nor a range a-b. "
+     "Fix: give layer indices and ranges such as \"0-5,20,30-31\", or a list of integers."),
+    (with_llama(select={"layers": "0-2"}),
+     "config.yaml: config key select.layers names layer 2, but model tiny has 2 layers (0-1). "
+     "Fix: keep the layers of tiny within 0-1."),
+    ({"models": {"tiny": {**LLAMA, "select": {"layers": [5]}}}},
+     "[tiny] config.yaml: config key models.tiny.select.layers names layer 5, but model tiny has 2 layers (0-1)"),
+    (with_llama(headmerge={"layers": "3-1"}), "config key headmerge.layers: range '3-1' runs backwards"),
+    (with_llama(select={"include": "q_proj"}), "config key select.include: 'q_proj' is not of type 'array'"),
+    (with_llama(select={"layer": "1"}), "config key select.layer is not known; did you mean 'layers'?"),
+])
+def test_a_bad_selection_names_the_key(config, message):
+    got = refusal(config)
+    assert got == message if message.endswith(".") else message in got, got

@@ -15,6 +15,8 @@ from blockscope import read_unit
 from blockscope.atomic import write_parquet
 from blockscope.errors import BlockscopeError
 from blockscope.heads import attention_weights, deep_dive_problem, eigenvalue_table, empty_eigenvalue_table
+from blockscope.layout import ATTENTION_BLOCK_TYPES
+from blockscope.selection import unselected_attention
 from blockscope.workflow import run_step
 
 
@@ -31,6 +33,13 @@ def main(snakemake):
     model, layer, head = snakemake.wildcards.model, int(snakemake.wildcards.layer), int(snakemake.wildcards.head)
     dims = json.loads(open(snakemake.input.dims).read())
     inventory = pd.read_parquet(snakemake.input.inventory, filters=[("layer_index", "==", layer)])
+    attention = inventory[inventory["block_type"].isin(ATTENTION_BLOCK_TYPES)]
+    left_out = unselected_attention(attention["param_name"], snakemake.params.selected)
+    if left_out:  # the selection keeps part of this layer's attention: no kernel to take apart
+        logging.warning("[%s] layer %d head %d: empty deep-dive table: the selection leaves out %s",
+                        model, layer, head, ", ".join(left_out))
+        table = empty_eigenvalue_table(f"layer {layer}, head {head}: not selected ({', '.join(left_out)})")
+        return write_parquet(with_attrs(table), snakemake.output[0])
     weights = attention_weights(read_unit(snakemake.input.tensors), inventory, dims, model=model)
     problem = deep_dive_problem(weights, head)
     if problem and snakemake.params.user_set and (weights is None or not 0 <= head < weights.heads):

@@ -12,6 +12,7 @@ from blockscope.atomic import write_json, write_parquet
 from blockscope.device import torch_device
 from blockscope.evaluate import Evaluator, corpus_text, raw_file_rows, windows
 from blockscope.headmerge import similarity_table
+from blockscope.selection import parse_layers
 from blockscope.sources import sha256
 from blockscope.workflow import run_step
 
@@ -40,7 +41,7 @@ def main(snakemake):
     logging.info("[%s] base: %s on %s", model_name, base.summary(), device)
 
     slots = sweep.layer_slots(model, pd.read_parquet(snakemake.input.inventory), dims, model_name,
-                              path=snakemake.input.inventory)
+                              path=snakemake.input.inventory, layers=parse_layers(settings.get("layers")))
     sims = sweep.layer_similarities(slots)
     write_parquet(similarity_table(sims), output.similarities)
     run_info = {"seq_len": seq_len, "dtype": settings["dtype"], "device": device,

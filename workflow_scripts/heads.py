@@ -9,6 +9,7 @@ from blockscope import read_unit
 from blockscope.atomic import write_parquet
 from blockscope.heads import attention_weights, heads_table
 from blockscope.layout import ATTENTION_BLOCK_TYPES, unit_layer
+from blockscope.selection import unselected_attention
 from blockscope.workflow import run_step
 
 
@@ -17,11 +18,18 @@ def main(snakemake):
     dims = json.loads(open(snakemake.input.dims).read())
     inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
     weights, layer_index = None, unit_layer(unit)
-    if layer_index is not None:
-        attention = inventory[inventory["block_type"].isin(ATTENTION_BLOCK_TYPES)]
+    attention = inventory[inventory["block_type"].isin(ATTENTION_BLOCK_TYPES)]
+    left_out = unselected_attention(attention["param_name"], snakemake.params.selected)
+    if layer_index is not None and len(attention) and left_out:
+        logging.info("[%s] %s: empty heads table: the selection leaves out %s (heads need q, k, v and o)",
+                     model, unit, ", ".join(left_out))
+    elif layer_index is not None:
         tensors = read_unit(snakemake.input.tensors, names=list(attention["param_name"]))
         weights = attention_weights(tensors, attention, dims, model=model)
-    if weights is None:
+        if weights is None:
+            logging.info("[%s] %s: empty heads table: no attention projections (q, k, v, o) in this unit",
+                         model, unit)
+    else:
         logging.info("[%s] %s: empty heads table: no attention projections (q, k, v, o) in this unit", model, unit)
     table = heads_table(model, unit, layer_index, weights)
     write_parquet(table, snakemake.output[0])

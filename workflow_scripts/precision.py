@@ -11,6 +11,7 @@ def main(snakemake):
     unit = snakemake.wildcards.unit
     inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
     metrics = pd.read_parquet(snakemake.input.metrics, columns=["matrix", "backend"])
+    inventory = inventory[inventory["param_name"].isin(snakemake.params.selected)]  # what `select` chose
     table = precision_sweep(snakemake.wildcards.model, unit, snakemake.input.tensors, inventory,
                             pd.read_parquet(snakemake.input.spectra), snakemake.params.precisions,
                             compute_dtype=snakemake.params.compute_dtype,

@@ -10,6 +10,7 @@ from blockscope.workflow import run_step
 def main(snakemake):
     unit = snakemake.wildcards.unit
     inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
+    inventory = inventory[inventory["param_name"].isin(snakemake.params.selected)]  # what `select` chose
     metrics, spectra = analyse_unit(snakemake.wildcards.model, unit, snakemake.input.tensors, inventory,
                                     backend=snakemake.params.backend,
                                     compute_dtype=snakemake.params.compute_dtype,
