@@ -117,6 +117,9 @@ SPECTRAL_METRIC_COLUMNS = [
     "log_alpha_norm", "alpha_hill", "alpha_peak", "alpha_mid", "num_spikes", "mp_softrank",
 ]
 ELEMENT_COLUMNS = ["mean", "std", "var", "sparsity"]
+# The status of a 1-D parameter's metrics row (norm weights, biases): ELEMENT_COLUMNS only, rows = its
+# length, cols NA, no spectrum and no precision rows.
+STATISTICS_ONLY = "1-D parameter: statistics only"
 MATRIX_COLUMNS = ["rows", "cols", "design_rank", *SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS, "status", "warning"]
 METRICS_COLUMNS = [*IDENTITY_COLUMNS, *MATRIX_COLUMNS, "dtype", "source_dtype", "compute_dtype", "backend",
                    "seconds"]
@@ -133,6 +136,9 @@ EXPORT_FIRST_COLUMNS = ["model_path", "model_id", "revision", "param_name", "lay
                         "rows", "cols", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank",
                         "svd_90_percent_ratio", "mean", "std", "var", "sparsity", "dtype", "created_at"]
 PRECISION_WIDE_COLUMNS = ["layer_name", "category", "out_features", "in_features"]  # then alpha_<precision>...
+# quantization_hints.csv: one row per metrics row; no format (decision keep) without a usable spectrum.
+QUANTIZATION_HINT_COLUMNS = ["matrix", "param_name", "expert", "block_type", "layer_index", "rows", "cols", "alpha",
+                             "alpha_hill", "suggested_format", "bits", "group_size", "decision", "reason", "basis"]
 PRECISION_SUMMARY_COLUMNS = ["precision", "count", "mean", "std", "min", "median", "max", "q25", "q75"]
 # The output contract of ARCHITECTURE.md: columns every metrics table carries at least.
 CONTRACT_METRICS_COLUMNS = [
@@ -154,4 +160,5 @@ TABLES = {
     "precision": PRECISION_COLUMNS, "heads": HEAD_COLUMNS, "deep_dive": EIGENVALUE_COLUMNS,
     "precision_alpha_hill": PRECISION_WIDE_COLUMNS, "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
     "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
+    "quantization_hints": QUANTIZATION_HINT_COLUMNS,
 }

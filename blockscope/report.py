@@ -132,6 +132,18 @@ def missing_section(metrics, heads, dims, embedding: dict, deep_dives: dict) -> 
     return lines
 
 
+def quantization_section(hints: pd.DataFrame) -> list:
+    """Markdown lines: the rule actually used (from the hints' basis) and the count per format."""
+    lines = ["## Quantisation hints (a heuristic, not a guarantee)", ""]
+    if not has(hints, "suggested_format", "basis"):
+        return lines + [table(pd.DataFrame()), ""]
+    formats = hints["suggested_format"].fillna("keep (no usable spectrum)")
+    return lines + [f"Rule: {'; '.join(hints['basis'].dropna().unique())}. A value exactly on a threshold joins "
+                    "the band above it. Rows without a usable spectrum (status not ok, or 1-D parameters) get no "
+                    "format: keep as stored. See docs/metrics.md.", "",
+                    table(formats.value_counts().rename_axis("format").reset_index()), ""]
+
+
 def cost_section(jobs: pd.DataFrame) -> list:
     """Markdown lines: where the run's time and memory went, per rule and for the costliest jobs."""
     if jobs.empty:
@@ -171,10 +183,7 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
         empty = f"_(empty: {frame.attrs['reason']})_\n" if not len(frame) and frame.attrs.get("reason") else None
         lines += [f"### Deep dive: {name}", "", empty or table(frame, 4), ""]
     lines += ["## Precision sweep (α-Hill)", "", table(precision_summary), ""]
-    lines += ["## Quantisation hints (a heuristic, not a guarantee)", "",
-              "Lower α (heavier tail) keeps more bits, after AlphaPruning; see docs/metrics.md.", "",
-              table(hints["suggested_format"].value_counts().rename_axis("format").reset_index()
-                    if has(hints, "suggested_format") else pd.DataFrame()), ""]
+    lines += quantization_section(hints)
     for name, info in embedding.get("matrices", {}).items():
         if info.get("status", "ok") != "ok" or "k" not in info:
             lines += [f"## Embedding: {name}", "", f"Skipped: {info.get('reason', info.get('status'))}.", ""]
