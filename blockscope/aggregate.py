@@ -8,7 +8,7 @@ import pandas as pd
 
 from .heads import NONFINITE_TAG, quartile_tags
 from .layout import (CHECKPOINT, EXPORT_FIRST_COLUMNS, MAIN_METRICS, PLOT_METRICS, PRECISION_SUMMARY_COLUMNS,
-                     PRECISION_WIDE_COLUMNS, QUANTIZATION_HINT_COLUMNS)
+                     PRECISION_WIDE_COLUMNS, QUANTIZATION_HINT_COLUMNS, STATISTICS_ONLY)
 from .quantization import overrides
 
 
@@ -16,6 +16,13 @@ def stack(frames, columns=()) -> pd.DataFrame:
     """The non-empty frames one under the other; with none, an empty frame of `columns`."""
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns))
+
+
+def spectral_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The metrics rows that can hold a spectrum: every row but the 1-D parameters' statistics-only ones."""
+    if "status" not in metrics:
+        return metrics
+    return metrics[metrics["status"] != STATISTICS_ONLY]
 
 
 def with_provenance(metrics: pd.DataFrame, dims: dict) -> pd.DataFrame:
@@ -42,7 +49,7 @@ def series_stats(values: pd.Series) -> dict:
 
 def statistics_by_type(metrics: pd.DataFrame, columns=MAIN_METRICS) -> pd.DataFrame:
     """One row per (block_type, metric); first/last follow layer order."""
-    ordered = metrics.sort_values(["layer_index", "param_name"], na_position="first")
+    ordered = spectral_rows(metrics).sort_values(["layer_index", "param_name"], na_position="first")
     rows = [{"block_type": kind, "metric": metric, **series_stats(group[metric])}
             for kind, group in ordered.groupby("block_type") for metric in columns if metric in group]
     return pd.DataFrame(rows)
@@ -85,7 +92,7 @@ def phase_row(part: pd.DataFrame, metric: str) -> dict:
 
 def phase_analysis(metrics: pd.DataFrame, layers: int, columns=MAIN_METRICS) -> pd.DataFrame:
     """Per weight type and metric: phase means, trend, largest layer-over-layer drop and jump."""
-    inside = metrics.dropna(subset=["layer_index"]).assign(
+    inside = spectral_rows(metrics).dropna(subset=["layer_index"]).assign(
         phase=lambda f: phase_of(f["layer_index"].astype(float), layers))
     rows = []
     for kind, part in inside.groupby("block_type"):
@@ -236,7 +243,7 @@ def relative_depth(metrics: pd.DataFrame, layers_of: dict) -> pd.Series:
 
 def depth_comparison(metrics: pd.DataFrame, bins: int = 10, columns=PLOT_METRICS) -> pd.DataFrame:
     """Mean of each metric per model, weight type and relative-depth bin."""
-    inside = metrics.dropna(subset=["relative_depth"]).copy()
+    inside = spectral_rows(metrics).dropna(subset=["relative_depth"]).copy()
     inside["depth_bin"] = np.minimum((inside["relative_depth"] * bins).astype(int), bins - 1) / bins
     present = [c for c in columns if c in inside]
     return inside.groupby(["block_type", "depth_bin", "model"])[present].mean().reset_index()

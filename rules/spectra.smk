@@ -12,6 +12,7 @@ rule spectra:
         backend=BACKEND,
         compute_dtype=config["compute_dtype"],
         hill_fraction=config["precision"]["k_fraction"],
+        sparsity_threshold=config["sparsity_threshold"],
         code=code("spectra"),
     log:
         "logs/{model}/spectra/{unit}.log",

@@ -152,7 +152,17 @@ def test_metrics_spectra_and_precision_per_unit(finished):
             spectra = pd.read_parquet(finished / f"results/{model}/spectra/{unit}.parquet")
             precision = pd.read_parquet(finished / f"results/{model}/precision/{unit}.parquet")
             assert set(CONTRACT) <= set(metrics.columns)
+            vectors = metrics[metrics["status"] == layout.STATISTICS_ONLY]
+            metrics = metrics[metrics["status"] != layout.STATISTICS_ONLY]
             assert sorted(metrics["param_name"]) == sorted(rows.loc[rows["shape"].map(len) == 2, "param_name"])
+            assert sorted(vectors["param_name"]) == sorted(rows.loc[rows["shape"].map(len) == 1, "param_name"])
+            tensors = read_unit(finished / f"results/{model}/tensors/{unit}.parquet", names=list(vectors["param_name"]))
+            for row in vectors.itertuples():  # 1-D: statistics of the stored values, no spectrum, no precision
+                x = np.asarray(tensors[row.param_name], np.float64)
+                assert row.rows == x.size and pd.isna(row.cols) and np.isnan(row.alpha)
+                assert row.mean == pytest.approx(x.mean()) and row.std == pytest.approx(x.std())
+                assert row.sparsity == pytest.approx(np.mean(np.abs(x) <= 1e-6))
+            assert not set(vectors["param_name"]) & (set(spectra["param_name"]) | set(precision["param_name"]))
             assert (metrics["backend"] == "cpu").all() and (metrics["compute_dtype"] == "float32").all()
             counts = spectra.groupby("matrix").size()
             for row in metrics.itertuples():
@@ -192,20 +202,31 @@ def test_tables_plots_and_reports(finished, tmp_path):
     assert len(json.loads((model / "metrics.json").read_text())) == len(metrics)
     wide = pd.read_csv(model / "precision_alpha_hill.csv")
     assert list(wide.columns) == layout.PRECISION_WIDE_COLUMNS + ["alpha_fp32", "alpha_fp16", "alpha_bf16"]
-    assert len(wide) == len(metrics)  # one row per matrix, even where alpha-Hill is NaN at every precision
+    matrices = metrics[metrics["status"] != layout.STATISTICS_ONLY]
+    assert len(wide) == len(matrices)  # one row per matrix, even where alpha-Hill is NaN at every precision
     summary = pd.read_csv(model / "precision_summary_statistics.csv")
     assert list(summary.columns) == layout.PRECISION_SUMMARY_COLUMNS
     heads = pd.read_parquet(model / "heads.parquet")
     assert len(heads) == 2 * 4 and {"tag", "layer_tag"} <= set(heads.columns)
     hints = json.loads((model / "quantization_config.json").read_text())
     assert hints["heuristic"] is True and set(hints["formats"]) == set(metrics["matrix"])
+    assert hints["preset"] == "alpha_pruning" and hints["group_size"] == 32
+    assert set(hints["parameters"]) == set(metrics["param_name"])
+    for row in metrics.itertuples():
+        entry = hints["parameters"][row.param_name]
+        if row.status == "ok" and np.isfinite(row.alpha):
+            assert entry["decision"] == "quantize" and entry["bits"] in (16, 8, 4) and entry["group_size"] == 32
+            assert entry["value"] == pytest.approx(row.alpha)
+        else:
+            assert entry["decision"] == "keep" and entry["format"] is None and entry["reason"]
     report = (model / "report.md").read_text()
     for heading in ("## Model", "## Statistics by weight type", "## Phase analysis", "## Attention heads",
                     "### Deep dive: layer_1_head_0", "Components reaching 50/75/90/95/99"):
         assert heading in report
     assert "](plots/alpha_by_layer.png)" in report
     # content, not only headings: the numbers of the tables it summarises, links that resolve
-    assert f"{len(metrics)} matrices analysed" in report
+    assert f"{len(matrices)} matrices analysed" in report
+    assert "Rule: preset alpha_pruning: alpha thresholds [3.0, 5.0], lower alpha keeps more bits" in report
     statistics = pd.read_csv(model / "statistics_by_type.csv")
     for row in statistics[statistics["metric"] == "alpha"].itertuples():
         assert re.search(rf"\| {row.block_type}\s+\| alpha\s+\|\s+{row.count} \|.*\|\s+{row.mean:.3f} \|", report), row
