@@ -186,6 +186,11 @@ def test_heads_deep_dive_and_embedding(finished):
 
     summary = json.loads((finished / "results/tiny-llama/embedding/summary.json").read_text())
     assert set(summary["matrices"]) == {"model.embed_tokens.weight", "lm_head.weight"}  # untied head too
+    tokens = pd.read_parquet(finished / "results/tiny-llama/embedding/token_clusters.parquet")
+    assert set(tokens["matrix"]) == set(summary["matrices"]) and (tokens["cluster"] >= 0).all()
+    embed = read_unit(finished / "results/tiny-llama/tensors/embed.parquet")["model.embed_tokens.weight"]
+    assert tokens[tokens["matrix"] == "model.embed_tokens.weight"]["token_id"].tolist() == list(range(len(embed)))
+    assert pd.read_csv(finished / "results/tiny-llama/embedding/token_clusters.csv").shape == tokens.shape
     tied = json.loads((finished / "results/tiny-gpt2/embedding/summary.json").read_text())
     assert set(tied["matrices"]) == {"transformer.wte.weight"}
     assert (finished / "results/tiny-llama/embedding/pca.png").stat().st_size > 10_000
