@@ -28,6 +28,7 @@ import yaml
 
 from .errors import BlockscopeError
 from .selection import parse_layers, pattern_error
+from .quantization import DIRECTION_ALIASES, PRESETS, RULE_KEYS
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 COMMAND_LINE = "--config on the command line"
@@ -360,6 +361,26 @@ def _synthetic_layers(spec):
     return None
 
 
+def resolve_quantization(quant: dict, origins: Origins | None = None) -> dict:
+    """Fill the quantization section in place from its preset (explicit keys win) and give
+    direction its current name; preset custom needs all four rule keys. Idempotent."""
+    quant.setdefault("preset", "alpha_pruning")
+    preset = quant["preset"]
+    if preset == "custom":
+        missing = [k for k in RULE_KEYS if k not in quant]
+        if missing:
+            _fail(origins or Origins(()), ("quantization", missing[0]), f"config key quantization.preset is custom "
+                  f"but quantization.{', quantization.'.join(missing)} not set",
+                  "set metric, direction, alpha_thresholds and formats, or choose preset alpha_pruning or "
+                  "original_script", also=[("quantization", "preset")])
+    else:
+        for key, value in PRESETS[preset].items():
+            quant.setdefault(key, copy.deepcopy(value))
+    quant["direction"] = DIRECTION_ALIASES.get(quant["direction"], quant["direction"])
+    quant.setdefault("group_size", 32)
+    return quant
+
+
 def check_cross_keys(config: dict, origins: Origins):
     models = config["models"]
     for slug, spec in models.items():
@@ -391,7 +412,7 @@ def check_cross_keys(config: dict, origins: Origins):
               f"embedding.silhouette_sample ({emb['silhouette_sample']}): silhouette needs more rows than clusters",
               "lower k_max or raise silhouette_sample", also=[("embedding", "silhouette_sample")])
 
-    quant = config["quantization"]
+    quant = resolve_quantization(config["quantization"], origins)
     thresholds, formats = quant["alpha_thresholds"], quant["formats"]
     if len(formats) != len(thresholds) + 1:
         _fail(origins, ("quantization", "formats"), f"config key quantization.formats has {len(formats)} entries "

@@ -98,16 +98,49 @@ def pca_2d(sample: np.ndarray, seed: int) -> np.ndarray:
     return PCA(n_components=2, random_state=seed).fit_transform(sample)
 
 
-def empty_results(summary: dict) -> tuple:
-    """What analyse_embedding returns for a matrix it skips: empty tables and the summary."""
+TOKEN_CLUSTER_COLUMNS = ["token_id", "token", "cluster", "distance"]  # the workflow adds `matrix`
+
+
+def centroid_distances(matrix, centers: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Euclidean distance (float64) of every row to the centroid of its cluster, chunk by chunk."""
+    out = np.empty(matrix.shape[0])
+    for i in range(0, matrix.shape[0], CHUNK_ROWS):
+        chunk = np.asarray(matrix[i:i + CHUNK_ROWS], np.float64)
+        out[i:i + len(chunk)] = np.linalg.norm(chunk - centers[labels[i:i + CHUNK_ROWS]].astype(np.float64), axis=1)
+    return out
+
+
+def token_clusters(total: int, kept: np.ndarray, labels, distances, decode=None) -> pd.DataFrame:
+    """One row per embedding row: token_id, decoded token ("" without a tokenizer or for an id it
+    does not know), cluster (-1 for a row left out for NaN or Inf, or when nothing was clustered)
+    and distance to its centroid (NaN then)."""
+    cluster = np.full(total, -1, np.int64)
+    distance = np.full(total, np.nan)
+    if labels is not None:
+        cluster[kept], distance[kept] = labels, distances
+    return pd.DataFrame({"token_id": np.arange(total), "token": [_decoded(decode, i) for i in range(total)],
+                         "cluster": cluster, "distance": distance}, columns=TOKEN_CLUSTER_COLUMNS)
+
+
+def _decoded(decode, i) -> str:
+    if decode is None:
+        return ""
+    try:
+        return decode(int(i)) or ""
+    except Exception:  # an id past the tokenizer's vocabulary (padded embedding rows)
+        return ""
+
+
+def empty_results(summary: dict, tokens: pd.DataFrame) -> tuple:
+    """What analyse_embedding returns for a matrix it skips: empty tables, every token in cluster -1, the summary."""
     return (pd.DataFrame(columns=["k", "inertia", "silhouette"]),
             pd.DataFrame(columns=["cluster", "size", "nearest_rows", "nearest_tokens"]),
-            pd.DataFrame(columns=["row", "pc1", "pc2", "cluster"]), summary)
+            pd.DataFrame(columns=["row", "pc1", "pc2", "cluster"]), summary, tokens)
 
 
 def analyse_embedding(matrix, ks, seed=0, sample_size=20000, silhouette_sample=5000, nearest=8,
                       minibatch_above=20000, decode=None):
-    """Everything the embedding stage writes, as tables and a summary dict.
+    """Everything the embedding stage writes: (elbow, clusters, points, summary, tokens).
 
     summary["status"] is "ok" or "skipped" (then summary["reason"] says why and the tables are
     empty); summary["dropped_rows"] counts the rows left out for a NaN or Inf. Row numbers in
@@ -124,7 +157,8 @@ def analyse_embedding(matrix, ks, seed=0, sample_size=20000, silhouette_sample=5
         reason = (f"{kept.size} finite rows of {total} ({counts['dropped_rows']} with NaN or Inf): "
                   f"k-means up to k = {max(ks, default=0)} needs more")
         log.warning("skipped: %s", reason)
-        return empty_results({"status": "skipped", "reason": reason, **counts})
+        return empty_results({"status": "skipped", "reason": reason, **counts},
+                             token_clusters(total, kept, None, None, decode))
     original = lambda rows: kept[np.asarray(rows, dtype=int)]  # noqa: E731  row numbers in the full matrix
     index = sample_rows(matrix.shape[0], sample_size, seed)
     sample = np.asarray(matrix[index], dtype=np.float32)
@@ -133,12 +167,13 @@ def analyse_embedding(matrix, ks, seed=0, sample_size=20000, silhouette_sample=5
     k = knee(elbow["k"], elbow["inertia"])
     fitted = models[k]
     labels = assign_all(matrix, fitted)
+    tokens = token_clusters(total, kept, labels, centroid_distances(matrix, fitted.cluster_centers_, labels), decode)
     sizes = np.bincount(labels, minlength=k)
     near = [original(n) for n in nearest_rows(matrix, fitted.cluster_centers_.astype(np.float32), nearest)]
     clusters = pd.DataFrame({
         "cluster": np.arange(k), "size": sizes,
         "nearest_rows": [list(map(int, n)) for n in near],
-        "nearest_tokens": [[decode(int(i)) for i in n] if decode else [] for n in near],
+        "nearest_tokens": [[_decoded(decode, i) for i in n] if decode else [] for n in near],
     })
     coords = pca_2d(sample, seed)
     points = pd.DataFrame({"row": original(index), "pc1": coords[:, 0], "pc2": coords[:, 1],
@@ -148,4 +183,4 @@ def analyse_embedding(matrix, ks, seed=0, sample_size=20000, silhouette_sample=5
                "sample_rows": int(len(index)), "silhouette_rows": int(min(silhouette_sample, len(index))),
                "silhouette_at_k": float(elbow.set_index("k").loc[k, "silhouette"]), **counts,
                **row_norm_stats(matrix)}
-    return elbow, clusters, points, summary
+    return elbow, clusters, points, summary, tokens

@@ -118,6 +118,9 @@ SPECTRAL_METRIC_COLUMNS = [
     "log_alpha_norm", "alpha_hill", "alpha_peak", "alpha_mid", "num_spikes", "mp_softrank",
 ]
 ELEMENT_COLUMNS = ["mean", "std", "var", "sparsity"]
+# The status of a 1-D parameter's metrics row (norm weights, biases): ELEMENT_COLUMNS only, rows = its
+# length, cols NA, no spectrum and no precision rows.
+STATISTICS_ONLY = "1-D parameter: statistics only"
 MATRIX_COLUMNS = ["rows", "cols", "design_rank", *SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS, "status", "warning"]
 METRICS_COLUMNS = [*IDENTITY_COLUMNS, *MATRIX_COLUMNS, "dtype", "source_dtype", "compute_dtype", "backend",
                    "seconds"]
@@ -139,6 +142,9 @@ PRECISION_WIDE_COLUMNS = ["layer_name", "category", "out_features", "in_features
 PRECISION_SENSITIVITY_COLUMNS = ["alpha_hill_range", "alpha_hill_relative_range", "precision_sensitive"]
 # Rows precision_summary_statistics.csv appends after the per-precision ones (same columns).
 RELATIVE_RANGE_ROW, SENSITIVE_ROW = "alpha_hill_relative_range", "precision_sensitive"
+# quantization_hints.csv: one row per metrics row; no format (decision keep) without a usable spectrum.
+QUANTIZATION_HINT_COLUMNS = ["matrix", "param_name", "expert", "block_type", "layer_index", "rows", "cols", "alpha",
+                             "alpha_hill", "suggested_format", "bits", "group_size", "decision", "reason", "basis"]
 PRECISION_SUMMARY_COLUMNS = ["precision", "count", "mean", "std", "min", "median", "max", "q25", "q75"]
 # The output contract of ARCHITECTURE.md: columns every metrics table carries at least.
 CONTRACT_METRICS_COLUMNS = [
@@ -160,4 +166,5 @@ TABLES = {
     "precision": PRECISION_COLUMNS, "heads": HEAD_COLUMNS, "deep_dive": EIGENVALUE_COLUMNS,
     "precision_alpha_hill": [*PRECISION_WIDE_COLUMNS, *PRECISION_SENSITIVITY_COLUMNS], "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
     "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
+    "quantization_hints": QUANTIZATION_HINT_COLUMNS,
 }

@@ -78,7 +78,8 @@ def status_of(row: dict, n_eigs: int) -> tuple:
     return "ok", warning
 
 
-def matrix_metrics(matrix: np.ndarray, sigma, source_dtype: str, hill_fraction: float = 0.1) -> dict:
+def matrix_metrics(matrix: np.ndarray, sigma, source_dtype: str, hill_fraction: float = 0.1,
+                   sparsity_threshold: float = mx.SPARSITY_THRESHOLD) -> dict:
     """All metrics for one matrix (stored values in `matrix`, its singular values in `sigma`)."""
     rows, cols = matrix.shape
     row = {"rows": rows, "cols": cols, "design_rank": mx.design_rank(rows, cols)}
@@ -88,6 +89,6 @@ def matrix_metrics(matrix: np.ndarray, sigma, source_dtype: str, hill_fraction: 
     values = np.asarray(matrix, dtype=np.float32) if matrix.dtype.itemsize < 4 else np.asarray(matrix)
     row.update(spectral_metrics(sigma, rows, cols, source_dtype, hill_fraction))
     row.update(mx.element_stats(values))
-    row["sparsity"] = mx.sparsity(values)
+    row["sparsity"] = mx.sparsity(values, sparsity_threshold)
     row["status"], row["warning"] = status_of(row, int(np.count_nonzero(np.asarray(sigma, np.float64) ** 2 > ht.EIGENVALUE_FLOOR)))
     return row

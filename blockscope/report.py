@@ -13,7 +13,7 @@ import pandas as pd
 
 from .heads import NONFINITE_TAG
 from .job_costs import cost_by_rule, costliest_jobs
-from .layout import ENERGY_COLUMNS, REPORT_METRICS, layer_unit
+from .layout import ENERGY_COLUMNS, REPORT_METRICS, STATISTICS_ONLY, layer_unit
 
 HEAD_REPORT_COLUMNS = ["layer_index", "head", "kv_head", "qk_effective_rank", "qk_eig_effective_rank", "qk_asymmetry",
                        "qk_complex_fraction", "qk_top_dhead_energy", "ov_effective_rank", "tag"]
@@ -35,7 +35,8 @@ def energy_components(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per weight type, the median number of components reaching 50/75/90/95/99 % of sum sigma^2."""
     if not has(metrics, "block_type", "design_rank", *ENERGY_COLUMNS):
         return pd.DataFrame()
-    grouped = metrics.groupby("block_type")
+    grouped = metrics[metrics["status"] != STATISTICS_ONLY].groupby("block_type") if "status" in metrics \
+        else metrics.groupby("block_type")
     out = grouped[ENERGY_COLUMNS].median().round(1)
     out.insert(0, "design_rank (median)", grouped["design_rank"].median())
     out.insert(0, "matrices", grouped.size())
@@ -72,7 +73,7 @@ def flagged_matrices(metrics: pd.DataFrame) -> pd.DataFrame:
     """Matrices whose status is not ok: matrix, block_type, status."""
     if not has(metrics, "status"):
         return pd.DataFrame(columns=["matrix", "block_type", "status"])
-    bad = metrics[metrics["status"] != "ok"]
+    bad = metrics[~metrics["status"].isin(["ok", STATISTICS_ONLY])]
     name = "matrix" if "matrix" in bad else "param_name"
     return pd.DataFrame({"matrix": bad[name], "block_type": bad.get("block_type"), "status": bad["status"]})
 
@@ -99,7 +100,8 @@ def missing_section(metrics, heads, dims, embedding: dict, deep_dives: dict) -> 
     flagged = flagged_matrices(metrics)
     if len(flagged):
         counts = flagged["status"].map(status_kind).value_counts().rename_axis("status").reset_index(name="matrices")
-        lines += [f"{len(flagged)} of {len(metrics)} matrices have a status other than ok (their metrics are NaN "
+        matrices = int((metrics["status"] != STATISTICS_ONLY).sum())
+        lines += [f"{len(flagged)} of {matrices} matrices have a status other than ok (their metrics are NaN "
                   "or partial):", "", table(counts), ""]
         listed = flagged.head(LISTED)
         lines += [table(listed)] + ([f"... and {len(flagged) - LISTED} more (see metrics.csv, column status)", ""]
@@ -130,6 +132,18 @@ def missing_section(metrics, heads, dims, embedding: dict, deep_dives: dict) -> 
         lines += ["Nothing: every matrix has status ok, every layer has attention heads, every embedding was "
                   "clustered.", ""]
     return lines
+
+
+def quantization_section(hints: pd.DataFrame) -> list:
+    """Markdown lines: the rule actually used (from the hints' basis) and the count per format."""
+    lines = ["## Quantisation hints (a heuristic, not a guarantee)", ""]
+    if not has(hints, "suggested_format", "basis"):
+        return lines + [table(pd.DataFrame()), ""]
+    formats = hints["suggested_format"].fillna("keep (no usable spectrum)")
+    return lines + [f"Rule: {'; '.join(hints['basis'].dropna().unique())}. A value exactly on a threshold joins "
+                    "the band above it. Rows without a usable spectrum (status not ok, or 1-D parameters) get no "
+                    "format: keep as stored. See docs/metrics.md.", "",
+                    table(formats.value_counts().rename_axis("format").reset_index()), ""]
 
 
 def cost_section(jobs: pd.DataFrame) -> list:
@@ -177,7 +191,9 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
     lines += ["## Model", "", table(pd.DataFrame([{k: dims.get(k) for k in keys}])), ""]
     if has(metrics, "status", "compute_dtype", "backend"):
         status = metrics["status"].map(status_kind).value_counts().to_dict()
-        lines += [f"{len(metrics)} matrices analysed; status: {status}; compute dtype "
+        vectors = int((metrics["status"] == STATISTICS_ONLY).sum())
+        lines += [f"{len(metrics) - vectors} matrices analysed (and {vectors} 1-D parameters, statistics only); "
+                  f"status: {status}; compute dtype "
                   f"{', '.join(metrics['compute_dtype'].unique())} on {', '.join(metrics['backend'].unique())}.", ""]
     else:
         lines += ["No matrix analysed.", ""]
@@ -196,10 +212,7 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
         lines += [f"### Deep dive: {name}", "", empty or table(frame, 4), ""]
     lines += ["## Precision sweep (α-Hill)", "", table(precision_summary), ""]
     lines += sensitivity_section(precision_wide, sensitivity_threshold)
-    lines += ["## Quantisation hints (a heuristic, not a guarantee)", "",
-              "Lower α (heavier tail) keeps more bits, after AlphaPruning; see docs/metrics.md.", "",
-              table(hints["suggested_format"].value_counts().rename_axis("format").reset_index()
-                    if has(hints, "suggested_format") else pd.DataFrame()), ""]
+    lines += quantization_section(hints)
     for name, info in embedding.get("matrices", {}).items():
         if info.get("status", "ok") != "ok" or "k" not in info:
             lines += [f"## Embedding: {name}", "", f"Skipped: {info.get('reason', info.get('status'))}.", ""]

@@ -8,7 +8,8 @@ import pandas as pd
 from .dtypes import numpy_dtype
 from .heavytail import alpha_hill, hill_k, tail_eigenvalues
 from .layout import (ELEMENT_COLUMNS, IDENTITY_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS,
-                     SPECTRAL_METRIC_COLUMNS)
+                     SPECTRAL_METRIC_COLUMNS, STATISTICS_ONLY)
+from .metrics import SPARSITY_THRESHOLD, element_stats, sparsity
 from .matrix_metrics import check_matrix, matrix_metrics
 from .spectra import Matrix, cast_round_trip, compute_spectra, matrices_of, not_a_matrix, svd_dtype, upcast
 from .tensors import iter_unit
@@ -51,6 +52,29 @@ def _refused_row(model, unit, info, why) -> dict:
             **NO_METRICS, "status": why, "warning": "", "source_dtype": info["source_dtype"]}
 
 
+def vector_rows(model, unit, tensor_path, inventory_rows, sparsity_threshold=SPARSITY_THRESHOLD) -> list:
+    """A statistics-only metrics row for every floating 1-D parameter (norm weights, biases):
+    mean, std, var, sparsity; rows = its length, cols and design_rank NA, every spectral metric
+    NaN, status STATISTICS_ONLY. Non-finite entries leave the statistics NaN, with their count
+    in `warning`. Never a spectrum or precision row."""
+    meta = inventory_rows.set_index("param_name")
+    names = [n for n in meta.index if len(meta.loc[n, "shape"]) == 1
+             and numpy_dtype(meta.loc[n, "dtype"]).kind not in "iub"]
+    rows = []
+    for name, array in iter_unit(tensor_path, names=names):
+        info = meta.loc[name]
+        values = np.asarray(array, dtype=np.float64)
+        finite = np.isfinite(values)
+        stats = ({**element_stats(values), "sparsity": sparsity(values, sparsity_threshold)} if finite.all()
+                 else dict.fromkeys(ELEMENT_COLUMNS, float("nan")))
+        warning = "" if finite.all() else f"non-finite entries ({int((~finite).sum())}): statistics NaN"
+        whole = Matrix(name, None, np.zeros((0, 0)))
+        rows.append({**_identity(model, unit, whole, info), "rows": int(values.size), "cols": pd.NA,
+                     "design_rank": pd.NA, **NO_METRICS, **stats, "status": STATISTICS_ONLY, "warning": warning,
+                     "dtype": info["dtype"], "source_dtype": info["source_dtype"], "backend": "none", "seconds": 0.0})
+    return rows
+
+
 def _identity(model, unit, matrix, info) -> dict:
     layer = info["layer_index"]
     return {"model": model, "unit": unit, "param_name": matrix.param_name,
@@ -59,8 +83,9 @@ def _identity(model, unit, matrix, info) -> dict:
 
 
 def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", compute_dtype="float32",
-                 hill_fraction=0.1):
-    """(metrics, spectra) DataFrames for one unit."""
+                 hill_fraction=0.1, sparsity_threshold=SPARSITY_THRESHOLD):
+    """(metrics, spectra) DataFrames for one unit: a row per matrix (with its spectrum), per
+    refused tensor and per 1-D parameter (statistics only, see vector_rows)."""
     dtype = numpy_dtype(compute_dtype).type
     items = list(unit_matrices(tensor_path, inventory_rows, dtype))
     finite = [i for i, (m, _) in enumerate(items) if check_matrix(m.values) is None]
@@ -70,7 +95,7 @@ def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", comput
     for i, (matrix, info) in enumerate(items):
         sigma, secs = by_item.get(i, (np.zeros(0), 0.0))
         row = {**_identity(model, unit, matrix, info),
-               **matrix_metrics(matrix.values, sigma, info["source_dtype"], hill_fraction),
+               **matrix_metrics(matrix.values, sigma, info["source_dtype"], hill_fraction, sparsity_threshold),
                "dtype": info["dtype"], "source_dtype": info["source_dtype"], "compute_dtype": compute_dtype,
                "backend": used if i in by_item else "none", "seconds": secs}
         metric_rows.append(row)
@@ -84,6 +109,10 @@ def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", comput
         metric_rows.append({**_refused_row(model, unit, info, why), "dtype": info["dtype"],
                             "compute_dtype": compute_dtype, "backend": "none", "seconds": 0.0})
         log.warning("%-55s %s", info["param_name"], why)
+    vectors = vector_rows(model, unit, tensor_path, inventory_rows, sparsity_threshold)
+    for row in vectors:
+        row["compute_dtype"] = compute_dtype
+    metric_rows += vectors
     metrics = pd.DataFrame(metric_rows, columns=METRICS_COLUMNS)
     spectra = pd.concat(spectra_rows, ignore_index=True) if spectra_rows else pd.DataFrame(columns=SPECTRA_COLUMNS)
     return _typed(metrics), _typed(spectra)

@@ -12,6 +12,8 @@ rule embedding:
         elbow="results/{model}/embedding/elbow.parquet",
         clusters="results/{model}/embedding/clusters.parquet",
         points="results/{model}/embedding/pca_points.parquet",
+        token_clusters="results/{model}/embedding/token_clusters.parquet",
+        token_clusters_csv="results/{model}/embedding/token_clusters.csv",
     params:
         settings=config["embedding"],
         code=code("embedding"),

@@ -13,6 +13,7 @@ rule spectra:
         compute_dtype=config["compute_dtype"],
         hill_fraction=config["precision"]["k_fraction"],
         selected=selected_names,
+        sparsity_threshold=config["sparsity_threshold"],
         code=code("spectra"),
     log:
         "logs/{model}/spectra/{unit}.log",

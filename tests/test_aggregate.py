@@ -4,6 +4,7 @@ Every expected value below is worked out by hand in the comments, not by calling
 """
 
 import inspect
+import json
 import math
 from pathlib import Path
 
@@ -23,8 +24,6 @@ STATISTICS_COLUMNS = ["block_type", "metric", "count", "min", "max", "mean", "me
                       "last", "variance", "cv"]
 PHASE_COLUMNS = ["block_type", "metric", "early", "middle", "late", "trend", "largest_drop", "largest_drop_at_layer",
                  "largest_jump", "largest_jump_at_layer"]
-HINT_COLUMNS = ["matrix", "block_type", "layer_index", "rows", "cols", "alpha", "alpha_hill", "suggested_format",
-                "basis"]
 
 
 # --- the module speaks layout's contracts -------------------------------------------------------
@@ -260,11 +259,16 @@ def test_statistics_by_type_default_columns_are_the_main_metrics():
 
 THRESHOLDS = [3.0, 5.0]
 FORMATS = ["bf16", "fp8/int8", "int4"]      # most to fewest bits
+LOWER, HIGHER = "lower_alpha_more_bits", "higher_alpha_more_bits"
+ALPHA_PRUNING = {"preset": "alpha_pruning", "metric": "alpha", "direction": LOWER, "alpha_thresholds": [3.0, 5.0],
+                 "formats": ["bf16", "fp8/int8", "int4"], "group_size": 32}
+ORIGINAL = {"preset": "original_script", "metric": "alpha_hill", "direction": HIGHER, "alpha_thresholds": [2.5, 3.0],
+            "formats": ["fp16/bf16", "fp8/int8", "int4"], "group_size": 32}
+BELOW = np.nextafter  # BELOW(t, -inf): the largest float below t
 
 
-@pytest.mark.parametrize("alpha, alpha_pruning, inverse", [
-    # bands are [-inf, 3), [3, 5), [5, inf): searchsorted(side="right") puts a value equal to a
-    # threshold in the band above it
+@pytest.mark.parametrize("alpha, lower, higher", [
+    # bands are [-inf, 3), [3, 5), [5, inf): a value equal to a threshold joins the band above it
     (1.0, "bf16", "int4"),
     (2.999, "bf16", "int4"),
     (3.0, "fp8/int8", "fp8/int8"),   # exactly the first threshold: the middle band
@@ -275,70 +279,150 @@ FORMATS = ["bf16", "fp8/int8", "int4"]      # most to fewest bits
     (0.0, "bf16", "int4"),
     (-1.0, "bf16", "int4"),
 ])
-def test_quantization_hint_bands_and_edges(alpha, alpha_pruning, inverse):
-    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, "alpha_pruning") == alpha_pruning
-    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, "inverse") == inverse
+def test_quantization_hint_bands_and_edges(alpha, lower, higher):
+    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, LOWER) == lower
+    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, HIGHER) == higher
+    # the former direction names still read the same
+    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, "alpha_pruning") == lower
+    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, "inverse") == higher
 
 
-def test_quantization_hint_edge_side_is_right():
-    """A value on a threshold belongs to the band above it in both directions (side="right")."""
-    assert int(np.searchsorted(THRESHOLDS, 3.0, side="right")) == 1
-    assert agg.quantization_hint(3.0, THRESHOLDS, FORMATS, "alpha_pruning") == \
-        agg.quantization_hint(3.5, THRESHOLDS, FORMATS, "alpha_pruning") != \
-        agg.quantization_hint(np.nextafter(3.0, 0.0), THRESHOLDS, FORMATS, "alpha_pruning")
-    assert agg.quantization_hint(5.0, THRESHOLDS, FORMATS, "inverse") == \
-        agg.quantization_hint(50.0, THRESHOLDS, FORMATS, "inverse") != \
-        agg.quantization_hint(np.nextafter(5.0, 0.0), THRESHOLDS, FORMATS, "inverse")
+# Every band edge of both presets, approached from below and from above (worked out by hand from
+# the band rule [t_i, t_i+1)): alpha_pruning on alpha, original_script on alpha_hill.
+@pytest.mark.parametrize("preset, value, expected", [
+    (ALPHA_PRUNING, BELOW(3.0, -np.inf), "bf16"),      # just below 3: lowest band, most bits
+    (ALPHA_PRUNING, 3.0, "fp8/int8"),                  # on 3: the band above
+    (ALPHA_PRUNING, np.nextafter(3.0, np.inf), "fp8/int8"),
+    (ALPHA_PRUNING, BELOW(5.0, -np.inf), "fp8/int8"),
+    (ALPHA_PRUNING, 5.0, "int4"),                      # on 5: the band above, fewest bits
+    (ALPHA_PRUNING, np.nextafter(5.0, np.inf), "int4"),
+    (ORIGINAL, BELOW(2.5, -np.inf), "int4"),           # "< 2.5 -> INT4"
+    (ORIGINAL, 2.5, "fp8/int8"),                       # "2.5-3 -> FP8": 2.5 is in the middle band
+    (ORIGINAL, np.nextafter(2.5, np.inf), "fp8/int8"),
+    (ORIGINAL, BELOW(3.0, -np.inf), "fp8/int8"),
+    (ORIGINAL, 3.0, "fp16/bf16"),                      # on 3: the band above (the prose's "> 3" would say FP8)
+    (ORIGINAL, np.nextafter(3.0, np.inf), "fp16/bf16"),  # "> 3 -> FP16/BF16"
+])
+def test_quantization_presets_every_band_edge_both_sides(preset, value, expected):
+    got = agg.quantization_hint(value, preset["alpha_thresholds"], preset["formats"], preset["direction"])
+    assert got == expected
+    metrics = pd.DataFrame({"matrix": ["m"], "param_name": ["m"], "status": ["ok"], "alpha": [value],
+                            "alpha_hill": [value]})
+    assert agg.quantization_hints(metrics, preset)["suggested_format"].tolist() == [expected]
 
 
-@pytest.mark.parametrize("direction", ["alpha_pruning", "inverse"])
+def test_presets_are_what_config_resolves():
+    from blockscope.config import resolve_quantization
+    from blockscope.quantization import PRESETS
+
+    assert resolve_quantization({}) == ALPHA_PRUNING
+    assert resolve_quantization({"preset": "original_script"}) == ORIGINAL
+    assert {k: PRESETS["original_script"][k] for k in PRESETS["original_script"]} == \
+        {k: ORIGINAL[k] for k in PRESETS["original_script"]}
+    # explicit keys override the preset's; the former direction names are renamed
+    got = resolve_quantization({"preset": "original_script", "formats": ["bf16", "int8", "int4"],
+                                "direction": "inverse", "group_size": 64})
+    assert got == {**ORIGINAL, "formats": ["bf16", "int8", "int4"], "group_size": 64}
+    assert resolve_quantization(dict(got)) == got   # idempotent
+
+
+@pytest.mark.parametrize("direction", [LOWER, HIGHER])
 @pytest.mark.parametrize("alpha", [NAN, np.nan, float("inf"), -float("inf")])
-def test_quantization_hint_unknown_alpha_keeps_the_most_bits(alpha, direction):
-    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, direction) == "bf16"
+def test_quantization_hint_unknown_alpha_gets_no_format(alpha, direction):
+    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, direction) is None
 
 
 def test_quantization_hint_one_threshold_and_four_bands():
-    assert [agg.quantization_hint(a, [4.0], ["bf16", "int4"], "alpha_pruning") for a in (3.9, 4.0)] == \
+    assert [agg.quantization_hint(a, [4.0], ["bf16", "int4"], LOWER) for a in (3.9, 4.0)] == \
         ["bf16", "int4"]
-    assert [agg.quantization_hint(a, [4.0], ["bf16", "int4"], "inverse") for a in (3.9, 4.0)] == ["int4", "bf16"]
+    assert [agg.quantization_hint(a, [4.0], ["bf16", "int4"], HIGHER) for a in (3.9, 4.0)] == ["int4", "bf16"]
     formats = ["fp32", "bf16", "int8", "int4"]
-    assert [agg.quantization_hint(a, [2.0, 4.0, 6.0], formats, "alpha_pruning") for a in (1, 2, 5, 6, 9)] == \
+    assert [agg.quantization_hint(a, [2.0, 4.0, 6.0], formats, LOWER) for a in (1, 2, 5, 6, 9)] == \
         ["fp32", "bf16", "int8", "int4", "int4"]
-    assert [agg.quantization_hint(a, [2.0, 4.0, 6.0], formats, "inverse") for a in (1, 2, 5, 6, 9)] == \
+    assert [agg.quantization_hint(a, [2.0, 4.0, 6.0], formats, HIGHER) for a in (1, 2, 5, 6, 9)] == \
         ["int4", "int8", "bf16", "fp32", "fp32"]
+
+
+def test_format_bits():
+    assert [agg.format_bits(f) for f in ("bf16", "fp16/bf16", "fp8/int8", "int4", "nf4", "keep", None)] == \
+        [16, 16, 8, 4, 4, None, None]
 
 
 def _hint_metrics():
     return pd.DataFrame({
-        "matrix": ["m0", "m1", "m2", "m3"], "block_type": ["q_proj", "k_proj", "down_proj", "embedding"],
-        "layer_index": [0, 0, 1, NAN], "rows": [8, 4, 8, 16], "cols": [8, 8, 16, 8],
-        "alpha": [2.0, 3.0, 6.0, NAN], "alpha_hill": [6.0, 4.0, 1.0, 3.0], "extra": [1, 2, 3, 4],
+        "matrix": ["m0", "m1", "m2", "m3", "w[0]", "w[1]", "ln.weight", "pos_ids"],
+        "param_name": ["m0", "m1", "m2", "m3", "w", "w", "ln.weight", "pos_ids"],
+        "expert": pd.array([None, None, None, None, 0, 1, None, None], dtype="Int64"),
+        "block_type": ["q_proj", "k_proj", "down_proj", "embedding", "moe_expert", "moe_expert", "norm", "other"],
+        "layer_index": [0, 0, 1, NAN, 1, 1, 1, NAN], "rows": [8, 4, 8, 16, 8, 8, 8, 1], "cols": [8, 8, 16, 8, 8, 8, NAN, 8],
+        "alpha": [2.0, 3.0, 6.0, NAN, 4.0, 9.0, NAN, NAN], "alpha_hill": [6.0, 4.0, 1.0, 3.0, 2.0, 2.0, NAN, NAN],
+        "status": ["ok", "ok", "ok", "ok", "ok", "ok", layout.STATISTICS_ONLY,
+                   "integer tensor (I64): not a weight matrix"],
+        "extra": [1, 2, 3, 4, 5, 6, 7, 8],
     })
 
 
 def test_quantization_hints_alpha_pruning_on_alpha():
-    settings = {"metric": "alpha", "direction": "alpha_pruning", "alpha_thresholds": [3.0, 5.0], "formats": FORMATS}
-    got = agg.quantization_hints(_hint_metrics(), settings)
-    assert got.columns.tolist() == HINT_COLUMNS
-    assert got["matrix"].tolist() == ["m0", "m1", "m2", "m3"]
-    assert got["suggested_format"].tolist() == ["bf16", "fp8/int8", "int4", "bf16"]
-    assert set(got["basis"]) == {"alpha thresholds [3.0, 5.0] (alpha_pruning)"}
+    got = agg.quantization_hints(_hint_metrics(), ALPHA_PRUNING)
+    assert got.columns.tolist() == layout.QUANTIZATION_HINT_COLUMNS
+    assert got["matrix"].tolist() == ["m0", "m1", "m2", "m3", "w[0]", "w[1]", "ln.weight", "pos_ids"]
+    # alpha 2 -> bf16, 3 (edge) -> fp8, 6 -> int4, NaN (status ok) -> keep, experts 4 -> fp8, 9 -> int4
+    assert got["suggested_format"].tolist() == ["bf16", "fp8/int8", "int4", None, "fp8/int8", "int4", None, None]
+    assert got["bits"].tolist() == [16, 8, 4, pd.NA, 8, 4, pd.NA, pd.NA]
+    assert got["decision"].tolist() == ["quantize"] * 3 + ["keep"] + ["quantize"] * 2 + ["keep"] * 2
+    assert got["reason"].tolist()[3:] == ["alpha is not finite", "", "", layout.STATISTICS_ONLY,
+                                          "integer tensor (I64): not a weight matrix"]
+    assert got["group_size"].tolist() == [32, 32, 32, pd.NA, 32, 32, pd.NA, pd.NA]
+    assert set(got["basis"]) == {"preset alpha_pruning: alpha thresholds [3.0, 5.0], lower alpha keeps more bits"}
 
 
-def test_quantization_hints_inverse_on_alpha_hill():
-    settings = {"metric": "alpha_hill", "direction": "inverse", "alpha_thresholds": [3.0, 5.0], "formats": FORMATS}
-    got = agg.quantization_hints(_hint_metrics(), settings)
-    # alpha_hill 6 -> top band -> bf16 (inverse); 4 -> middle; 1 -> bottom -> int4; 3 -> middle (edge)
-    assert got["suggested_format"].tolist() == ["bf16", "fp8/int8", "int4", "fp8/int8"]
-    assert set(got["basis"]) == {"alpha_hill thresholds [3.0, 5.0] (inverse)"}
+def test_quantization_hints_original_script_on_alpha_hill():
+    got = agg.quantization_hints(_hint_metrics(), ORIGINAL)
+    # alpha_hill 6 -> fp16/bf16; 4 -> fp16/bf16; 1 -> int4; 3 (edge) -> fp16/bf16; experts 2, 2 -> int4
+    assert got["suggested_format"].tolist() == ["fp16/bf16", "fp16/bf16", "int4", "fp16/bf16", "int4", "int4",
+                                                None, None]
+    assert set(got["basis"]) == {"preset original_script: alpha_hill thresholds [2.5, 3.0], higher alpha_hill "
+                                 "keeps more bits"}
     assert got["alpha"].tolist()[:3] == [2.0, 3.0, 6.0]   # both exponents are carried either way
+    overridden = agg.quantization_hints(_hint_metrics(), {**ORIGINAL, "alpha_thresholds": [2.0, 3.0]})
+    assert set(overridden["basis"]) == {"preset original_script (overridden: alpha_thresholds): alpha_hill "
+                                        "thresholds [2.0, 3.0], higher alpha_hill keeps more bits"}
 
 
-def test_quantization_hints_config_defaults_match_the_config():
+def test_quantization_config_export():
+    settings = {**ALPHA_PRUNING, "group_size": 64}
+    hints = agg.quantization_hints(_hint_metrics(), settings)
+    got = json.loads(json.dumps(agg.quantization_config("tiny", hints, settings), allow_nan=False))
+    assert got["group_size"] == 64 and got["preset"] == "alpha_pruning" and got["preset_overrides"] == []
+    assert got["bands"] == [{"from": None, "to": 3.0, "format": "bf16"}, {"from": 3.0, "to": 5.0, "format": "fp8/int8"},
+                            {"from": 5.0, "to": None, "format": "int4"}]
+    params = got["parameters"]
+    assert list(params) == ["m0", "m1", "m2", "m3", "w", "ln.weight", "pos_ids"]
+    assert params["m0"] == {"param_name": "m0", "format": "bf16", "bits": 16, "group_size": 64, "metric": "alpha",
+                            "value": 2.0, "decision": "quantize", "reason": ""}
+    assert params["m3"] == {"param_name": "m3", "format": None, "bits": None, "group_size": None, "metric": "alpha",
+                            "value": None, "decision": "keep", "reason": "alpha is not finite"}
+    assert params["w"] == {"param_name": "w", "experts": [
+        {"expert": 0, "param_name": "w", "format": "fp8/int8", "bits": 8, "group_size": 64, "metric": "alpha",
+         "value": 4.0, "decision": "quantize", "reason": ""},
+        {"expert": 1, "param_name": "w", "format": "int4", "bits": 4, "group_size": 64, "metric": "alpha",
+         "value": 9.0, "decision": "quantize", "reason": ""}]}
+    assert params["ln.weight"]["decision"] == "keep" and params["ln.weight"]["format"] is None
+    assert params["ln.weight"]["reason"] == layout.STATISTICS_ONLY
+    assert got["formats"]["w[1]"] == "int4" and got["formats"]["pos_ids"] is None
+    original = agg.quantization_config("tiny", agg.quantization_hints(_hint_metrics(), ORIGINAL), ORIGINAL)
+    assert original["bands"] == [{"from": None, "to": 2.5, "format": "int4"},
+                                 {"from": 2.5, "to": 3.0, "format": "fp8/int8"},
+                                 {"from": 3.0, "to": None, "format": "fp16/bf16"}]
+    assert original["parameters"]["m2"]["value"] == 1.0 and original["parameters"]["m2"]["metric"] == "alpha_hill"
+
+
+def test_quantization_config_defaults_match_the_config():
     """The documented default (config.yaml) reads as the tests above assume."""
+    from blockscope.config import resolve_quantization
+
     quantization = yaml.safe_load((ROOT / "config.yaml").read_text())["quantization"]
-    assert quantization == {"metric": "alpha", "direction": "alpha_pruning", "alpha_thresholds": THRESHOLDS,
-                            "formats": FORMATS}
+    assert resolve_quantization(quantization) == ALPHA_PRUNING
 
 
 # --- precision tables -----------------------------------------------------------------------------

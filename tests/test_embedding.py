@@ -16,7 +16,7 @@ def test_planted_clusters_are_found_and_deterministic():
     matrix = blobs(300, 5, 16, 0)
     first = analyse_embedding(matrix, range(2, 11), seed=0, sample_size=1000, silhouette_sample=500,
                               decode=lambda i: f"tok{i}")
-    elbow, clusters, points, summary = first
+    elbow, clusters, points, summary, _ = first
     assert summary["k"] == 5 and summary["silhouette_at_k"] > 0.8
     assert sorted(clusters["size"]) == [300] * 5
     assert all(len(set(np.array(rows) // 300)) == 1 for rows in clusters["nearest_rows"])  # same blob
@@ -28,7 +28,7 @@ def test_planted_clusters_are_found_and_deterministic():
 
 def test_large_vocabularies_use_minibatch_on_a_sample():
     matrix = blobs(8000, 4, 8, 1)  # 32000 rows
-    _, clusters, points, summary = analyse_embedding(matrix, range(2, 7), seed=0, sample_size=4000,
+    _, clusters, points, summary, _ = analyse_embedding(matrix, range(2, 7), seed=0, sample_size=4000,
                                                      silhouette_sample=1000)
     assert summary["algorithm"] == "MiniBatchKMeans" and summary["sample_rows"] == 4000 and len(points) == 4000
     assert clusters["size"].sum() == 32000 and summary["k"] == 4
@@ -53,7 +53,7 @@ def test_non_finite_rows_are_left_out_and_counted(caplog):
     bad = [5, 150, 299]
     matrix[5, 0], matrix[150], matrix[299, 7] = np.nan, np.nan, np.inf
     with caplog.at_level("WARNING"):
-        elbow, clusters, points, summary = analyse_embedding(matrix, range(2, 7), seed=0, sample_size=1000,
+        elbow, clusters, points, summary, _ = analyse_embedding(matrix, range(2, 7), seed=0, sample_size=1000,
                                                              silhouette_sample=500)
     assert "3 of 300 rows have NaN or Inf values" in caplog.text
     assert summary["status"] == "ok" and summary["dropped_rows"] == 3 and summary["finite_rows"] == 297
@@ -66,9 +66,58 @@ def test_non_finite_rows_are_left_out_and_counted(caplog):
 def test_too_few_finite_rows_skip_the_matrix_with_a_reason():
     matrix = blobs(10, 2, 4, 4)
     matrix[3:] = np.nan  # 3 finite rows, k up to 6
-    elbow, clusters, points, summary = analyse_embedding(matrix, range(2, 7))
+    elbow, clusters, points, summary, _ = analyse_embedding(matrix, range(2, 7))
     assert summary["status"] == "skipped" and summary["dropped_rows"] == 17
     assert summary["reason"] == "3 finite rows of 20 (17 with NaN or Inf): k-means up to k = 6 needs more"
     assert len(elbow) == len(clusters) == len(points) == 0 and "k" not in summary
     all_nan = analyse_embedding(np.full((50, 4), np.nan, np.float32), range(2, 4))[3]
     assert all_nan["status"] == "skipped" and all_nan["finite_rows"] == 0
+
+
+def _capture_fits(monkeypatch):
+    """Record every fitted k-means model, to read the centroids the clustering used."""
+    from blockscope import embedding
+
+    fitted, real = [], embedding.fit_kmeans
+
+    def recording(*args, **kwargs):
+        fitted.append(real(*args, **kwargs))
+        return fitted[-1]
+
+    monkeypatch.setattr(embedding, "fit_kmeans", recording)
+    return fitted
+
+
+def test_token_clusters_label_every_row_with_its_centroid_distance(monkeypatch):
+    fitted = _capture_fits(monkeypatch)
+    matrix = blobs(60, 3, 6, 2)
+    matrix[[5, 77]] = np.nan                       # left out of the clustering: cluster -1, distance NaN
+    matrix[100, 2] = np.inf
+    vocab = {i: f"t{i}" for i in range(150)}       # a tokenizer shorter than the embedding (padded rows)
+    _, clusters, _, summary, tokens = analyse_embedding(matrix, range(2, 6), seed=0, sample_size=1000,
+                                                        silhouette_sample=100, decode=lambda i: vocab[i])
+    assert tokens.columns.tolist() == ["token_id", "token", "cluster", "distance"]
+    assert tokens["token_id"].tolist() == list(range(180))
+    assert tokens.loc[[5, 77, 100], "cluster"].tolist() == [-1, -1, -1]
+    assert tokens.loc[[5, 77, 100], "distance"].isna().all()
+    model = next(m for m in fitted if m.n_clusters == summary["k"])
+    ok = tokens[tokens["cluster"] >= 0]
+    assert len(ok) == 177 and ok["cluster"].between(0, summary["k"] - 1).all()
+    centers = model.cluster_centers_.astype(np.float64)
+    ids, labels = ok["token_id"].to_numpy(), ok["cluster"].to_numpy()
+    expected = np.linalg.norm(matrix[ids].astype(np.float64) - centers[labels], axis=1)
+    assert np.allclose(ok["distance"], expected, rtol=1e-12)
+    nearest = np.argmin(((matrix[ids, None, :] - centers[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == labels).all()   # each row sits in its nearest centroid's cluster
+    assert np.bincount(labels).tolist() == clusters["size"].tolist()
+    assert tokens.loc[0, "token"] == "t0" and tokens.loc[149, "token"] == "t149"
+    assert tokens.loc[150:, "token"].eq("").all()          # ids past the tokenizer: empty
+
+
+def test_token_clusters_without_tokenizer_or_clustering():
+    matrix = blobs(30, 2, 4, 3)
+    tokens = analyse_embedding(matrix, range(2, 4), sample_size=500, silhouette_sample=50)[4]
+    assert len(tokens) == 60 and tokens["token"].eq("").all() and (tokens["cluster"] >= 0).all()
+    skipped = analyse_embedding(np.full((50, 4), np.nan, np.float32), range(2, 4))
+    assert skipped[3]["status"] == "skipped"
+    assert len(skipped[4]) == 50 and (skipped[4]["cluster"] == -1).all() and skipped[4]["distance"].isna().all()

@@ -152,7 +152,17 @@ def test_metrics_spectra_and_precision_per_unit(finished):
             spectra = pd.read_parquet(finished / f"results/{model}/spectra/{unit}.parquet")
             precision = pd.read_parquet(finished / f"results/{model}/precision/{unit}.parquet")
             assert set(CONTRACT) <= set(metrics.columns)
+            vectors = metrics[metrics["status"] == layout.STATISTICS_ONLY]
+            metrics = metrics[metrics["status"] != layout.STATISTICS_ONLY]
             assert sorted(metrics["param_name"]) == sorted(rows.loc[rows["shape"].map(len) == 2, "param_name"])
+            assert sorted(vectors["param_name"]) == sorted(rows.loc[rows["shape"].map(len) == 1, "param_name"])
+            tensors = read_unit(finished / f"results/{model}/tensors/{unit}.parquet", names=list(vectors["param_name"]))
+            for row in vectors.itertuples():  # 1-D: statistics of the stored values, no spectrum, no precision
+                x = np.asarray(tensors[row.param_name], np.float64)
+                assert row.rows == x.size and pd.isna(row.cols) and np.isnan(row.alpha)
+                assert row.mean == pytest.approx(x.mean()) and row.std == pytest.approx(x.std())
+                assert row.sparsity == pytest.approx(np.mean(np.abs(x) <= 1e-6))
+            assert not set(vectors["param_name"]) & (set(spectra["param_name"]) | set(precision["param_name"]))
             assert (metrics["backend"] == "cpu").all() and (metrics["compute_dtype"] == "float32").all()
             counts = spectra.groupby("matrix").size()
             for row in metrics.itertuples():
@@ -176,6 +186,11 @@ def test_heads_deep_dive_and_embedding(finished):
 
     summary = json.loads((finished / "results/tiny-llama/embedding/summary.json").read_text())
     assert set(summary["matrices"]) == {"model.embed_tokens.weight", "lm_head.weight"}  # untied head too
+    tokens = pd.read_parquet(finished / "results/tiny-llama/embedding/token_clusters.parquet")
+    assert set(tokens["matrix"]) == set(summary["matrices"]) and (tokens["cluster"] >= 0).all()
+    embed = read_unit(finished / "results/tiny-llama/tensors/embed.parquet")["model.embed_tokens.weight"]
+    assert tokens[tokens["matrix"] == "model.embed_tokens.weight"]["token_id"].tolist() == list(range(len(embed)))
+    assert pd.read_csv(finished / "results/tiny-llama/embedding/token_clusters.csv").shape == tokens.shape
     tied = json.loads((finished / "results/tiny-gpt2/embedding/summary.json").read_text())
     assert set(tied["matrices"]) == {"transformer.wte.weight"}
     assert (finished / "results/tiny-llama/embedding/pca.png").stat().st_size > 10_000
@@ -193,20 +208,31 @@ def test_tables_plots_and_reports(finished, tmp_path):
     wide = pd.read_csv(model / "precision_alpha_hill.csv")
     assert list(wide.columns) == (layout.PRECISION_WIDE_COLUMNS + ["alpha_fp32", "alpha_fp16", "alpha_bf16"]
                                   + layout.PRECISION_SENSITIVITY_COLUMNS)
-    assert len(wide) == len(metrics)  # one row per matrix, even where alpha-Hill is NaN at every precision
+    matrices = metrics[metrics["status"] != layout.STATISTICS_ONLY]
+    assert len(wide) == len(matrices)  # one row per matrix, even where alpha-Hill is NaN at every precision
     summary = pd.read_csv(model / "precision_summary_statistics.csv")
     assert list(summary.columns) == layout.PRECISION_SUMMARY_COLUMNS
     heads = pd.read_parquet(model / "heads.parquet")
     assert len(heads) == 2 * 4 and {"tag", "layer_tag"} <= set(heads.columns)
     hints = json.loads((model / "quantization_config.json").read_text())
     assert hints["heuristic"] is True and set(hints["formats"]) == set(metrics["matrix"])
+    assert hints["preset"] == "alpha_pruning" and hints["group_size"] == 32
+    assert set(hints["parameters"]) == set(metrics["param_name"])
+    for row in metrics.itertuples():
+        entry = hints["parameters"][row.param_name]
+        if row.status == "ok" and np.isfinite(row.alpha):
+            assert entry["decision"] == "quantize" and entry["bits"] in (16, 8, 4) and entry["group_size"] == 32
+            assert entry["value"] == pytest.approx(row.alpha)
+        else:
+            assert entry["decision"] == "keep" and entry["format"] is None and entry["reason"]
     report = (model / "report.md").read_text()
     for heading in ("## Model", "## Statistics by weight type", "## Phase analysis", "## Attention heads",
                     "### Deep dive: layer_1_head_0", "Components reaching 50/75/90/95/99"):
         assert heading in report
     assert "](plots/alpha_by_layer.png)" in report
     # content, not only headings: the numbers of the tables it summarises, links that resolve
-    assert f"{len(metrics)} matrices analysed" in report
+    assert f"{len(matrices)} matrices analysed" in report
+    assert "Rule: preset alpha_pruning: alpha thresholds [3.0, 5.0], lower alpha keeps more bits" in report
     statistics = pd.read_csv(model / "statistics_by_type.csv")
     for row in statistics[statistics["metric"] == "alpha"].itertuples():
         assert re.search(rf"\| {row.block_type}\s+\| alpha\s+\|\s+{row.count} \|.*\|\s+{row.mean:.3f} \|", report), row

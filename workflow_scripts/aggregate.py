@@ -35,14 +35,11 @@ def main(snakemake):
     write_csv(statistics, out.statistics)
     phases = agg.phase_analysis(metrics, dims["layers"])
     write_csv(phases, out.phases)
-    hints = agg.quantization_hints(metrics, snakemake.params.quantization)
+    settings = snakemake.params.quantization
+    hints = agg.quantization_hints(metrics, settings)
     write_csv(hints, out.hints)
-    write_json({"model": model, "heuristic": True,
-                "note": "Suggested number formats from heavy-tail exponents: a heuristic, not a guarantee. "
-                        "Sources: AlphaPruning (Lu et al., NeurIPS 2024), WeightWatcher; see docs/metrics.md.",
-                "settings": snakemake.params.quantization,
-                "formats": dict(zip(hints["matrix"], hints["suggested_format"]))}, out.hints_json)
-    print(f"[{model}] {len(metrics)} matrices; formats suggested: {hints['suggested_format'].value_counts().to_dict()}")
+    write_json(agg.quantization_config(model, hints, settings), out.hints_json)
+    print(f"[{model}] {len(metrics)} matrices; formats suggested: {hints['suggested_format'].value_counts(dropna=False).to_dict()}")
     print(phases[phases["metric"] == "alpha"].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 

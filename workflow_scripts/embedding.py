@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 
 from blockscope import read_unit
-from blockscope.atomic import write_json, write_parquet
-from blockscope.embedding import analyse_embedding
+from blockscope.atomic import atomic_path, write_json, write_parquet
+from blockscope.embedding import TOKEN_CLUSTER_COLUMNS, analyse_embedding
 from blockscope.layout import EMBED, LM_HEAD
 from blockscope.workflow import run_step
 
@@ -39,12 +39,13 @@ def main(snakemake):
         if len(rows):  # the token embedding (largest) and, when untied, the output head
             name = rows.loc[rows["nbytes"].idxmax(), "param_name"]
             matrices[name] = read_unit(path, names=[name])[name]
-    elbows, points, summary, clusters = {}, {}, {}, []
+    elbows, points, summary, clusters, tokens = {}, {}, {}, [], []
     for name, matrix in matrices.items():
-        elbow, table, pts, info = analyse_embedding(
+        elbow, table, pts, info, labels = analyse_embedding(
             matrix, ks, seed=settings["seed"], sample_size=settings["sample"],
             silhouette_sample=settings["silhouette_sample"], nearest=settings["nearest_tokens"], decode=decode)
         summary[name] = info
+        tokens.append(labels.assign(matrix=name))
         if info["status"] != "ok":
             print(f"[{model}] {name} {matrix.shape}: {info['status']}: {info['reason']}")
             continue
@@ -61,6 +62,11 @@ def main(snakemake):
     write_json(result, snakemake.output.summary)
     write_parquet(pd.concat(elbows.values()) if elbows else pd.DataFrame(), snakemake.output.elbow)
     write_parquet(pd.concat(clusters) if clusters else pd.DataFrame(), snakemake.output.clusters)
+    token_table = (pd.concat(tokens, ignore_index=True) if tokens
+                   else pd.DataFrame(columns=[*TOKEN_CLUSTER_COLUMNS, "matrix"]))
+    write_parquet(token_table, snakemake.output.token_clusters)
+    with atomic_path(snakemake.output.token_clusters_csv) as tmp:
+        token_table.to_csv(tmp, index=False)
     write_parquet(pd.concat(p.assign(matrix=n) for n, p in points.items()) if points else pd.DataFrame(),
                   snakemake.output.points)
 

@@ -4,13 +4,14 @@ spectrum (non-finite weights, ...) gets a panel with its status."""
 import numpy as np
 import pandas as pd
 
+from blockscope.aggregate import spectral_rows
 from blockscope.plots import esd
 from blockscope.workflow import run_step
 
 
 def main(snakemake):
     spectra = pd.read_parquet(snakemake.input.spectra)
-    metrics = pd.read_parquet(snakemake.input.metrics)
+    metrics = spectral_rows(pd.read_parquet(snakemake.input.metrics))  # no 1-D statistics-only rows
     sigma = {name: group["sigma"].to_numpy(np.float64) for name, group in spectra.groupby("matrix", sort=False)} \
         if len(spectra) else {}
     panels = [(".".join(row.matrix.removesuffix(".weight").split(".")[-3:]), sigma.get(row.matrix, np.zeros(0)) ** 2,

@@ -2,13 +2,14 @@
 
 import pandas as pd
 
+from blockscope.aggregate import spectral_rows
 from blockscope.plots import metric_by_layer
 from blockscope.workflow import run_step
 
 
 def main(snakemake):
     model = snakemake.wildcards.model
-    metrics = pd.read_parquet(snakemake.input.metrics)
+    metrics = spectral_rows(pd.read_parquet(snakemake.input.metrics))  # no 1-D statistics-only rows
     control = pd.read_parquet(snakemake.input.control[0]) if snakemake.input.control else None
     twin = f" vs random-init twin {control['model'].iloc[0]}" if control is not None else ""
     for metric, path in zip(snakemake.params.metrics, snakemake.output):

@@ -14,7 +14,8 @@ def main(snakemake):
     metrics, spectra = analyse_unit(snakemake.wildcards.model, unit, snakemake.input.tensors, inventory,
                                     backend=snakemake.params.backend,
                                     compute_dtype=snakemake.params.compute_dtype,
-                                    hill_fraction=snakemake.params.hill_fraction)
+                                    hill_fraction=snakemake.params.hill_fraction,
+                                    sparsity_threshold=snakemake.params.sparsity_threshold)
     write_parquet(spectra, snakemake.output.spectra)
     write_parquet(metrics, snakemake.output.metrics)
 
