@@ -11,7 +11,7 @@ from safetensors import SafetensorError, safe_open
 
 from blockscope.errors import BlockscopeError
 from blockscope.inventory import build_inventory
-from blockscope.layout import METRICS_COLUMNS, PRECISION_COLUMNS
+from blockscope.layout import METRICS_COLUMNS, PRECISION_COLUMNS, STATISTICS_ONLY
 from blockscope.safetensors_file import read_header
 from blockscope.sources import fetch
 from blockscope.spectra import matrices_of
@@ -163,7 +163,8 @@ def test_tensors_without_a_weight_matrix_get_a_status_row_and_a_log_line(tmp_pat
         metrics, spectra = analyse_unit("m", "layer_000", path, inventory)
     assert list(metrics.columns) == METRICS_COLUMNS
     assert sorted(metrics["matrix"]) == sorted([*REFUSED, "q_proj.weight", "experts.up_proj[0]",
-                                                "experts.up_proj[1]"])  # norms hold no matrix: no row
+                                                "experts.up_proj[1]", "norm.weight"])
+    assert metrics.set_index("matrix").loc["norm.weight", "status"] == STATISTICS_ONLY  # 1-D: statistics only
     rows = metrics.set_index("matrix")
     for name, (dtype, _, block_type, status, (r, c)) in REFUSED.items():
         row = rows.loc[name]
@@ -186,7 +187,7 @@ def test_tensors_without_a_weight_matrix_get_a_status_row_and_a_log_line(tmp_pat
     assert set(spectra["matrix"]) == {"q_proj.weight", "experts.up_proj[0]", "experts.up_proj[1]"}
 
     sweep = precision_sweep("m", "layer_000", path, inventory, spectra, ["fp32", "bf16"])
-    assert list(sweep.columns) == PRECISION_COLUMNS and len(sweep) == 2 * len(metrics)
+    assert list(sweep.columns) == PRECISION_COLUMNS and len(sweep) == 2 * (len(metrics) - 1)  # not the 1-D row
     refused = sweep[sweep["matrix"].isin(list(REFUSED))].set_index(["matrix", "precision"])
     assert refused["alpha_hill"].isna().all() and (refused["k"] == 0).all()
     assert refused.loc[("attn.bias", "bf16"), "status"] == "4-D tensor (1x1x8x8): not analysed"
