@@ -204,6 +204,21 @@ def _parameters(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+def test_headmerge_layers_restricts_the_slots_to_those_layers(live, tmp_path):
+    from blockscope.errors import BlockscopeError
+    from blockscope.headmerge_sweep import layer_slots
+    from blockscope.inventory import build_inventory, model_dims, read_config
+    from conftest import TINY_LLAMA, save_tiny
+
+    model, *_ = live
+    save_tiny("LlamaForCausalLM", TINY_LLAMA, tmp_path)
+    inventory = build_inventory(tmp_path)
+    dims = model_dims(read_config(tmp_path), inventory)
+    assert sorted(layer_slots(model, inventory, dims, "tiny", layers=[1])) == [1]
+    with pytest.raises(BlockscopeError, match=r"no layer with attention projections among headmerge.layers \[7\]"):
+        layer_slots(model, inventory, dims, "tiny", layers=[7])
+
+
 def test_layer_slots_apply_then_restore_is_bit_identical(live):
     import torch
 
