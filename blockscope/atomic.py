@@ -6,6 +6,7 @@ group on a shared cluster)."""
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -61,6 +62,30 @@ def atomic_dir(target):
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stale_temporaries(dest) -> list:
+    """The temporary folders atomic_dir left beside `dest` when a fetch into it was killed:
+    `.<name>.XXXXXXXX.tmp` (tempfile.mkdtemp's 8 random characters), never another model's
+    (`.<name>.x.XXXXXXXX.tmp` is the folder of model `<name>.x`)."""
+    dest = Path(dest)
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.[a-z0-9_]{{8}}\.tmp")
+    if not dest.parent.is_dir():
+        return []
+    return sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def remove_stale_temporaries(dest) -> list:
+    """Remove what stale_temporaries finds; the job that fetches `dest` owns them (Snakemake
+    runs one job per output at a time). Returns the paths removed."""
+    removed = []
+    for path in stale_temporaries(dest):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def write_json(obj, target):

@@ -8,6 +8,7 @@ names from the package itself (`from blockscope import read_unit`) reaches __ini
 """
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -42,10 +43,21 @@ def module_file(name: str, package_dir: Path) -> Path:
     return package_dir / "__init__.py"
 
 
+@functools.cache
+def _imports_of(path: str, own_name: str | None, stamp) -> frozenset:
+    """imported_modules of a file, parsed once per content stamp (every rule asks at DAG build)."""
+    return frozenset(imported_modules(Path(path).read_text(), own_name))
+
+
+def _file_imports(path: Path, own_name: str | None = None) -> frozenset:
+    stat = path.stat()
+    return _imports_of(str(path), own_name, (stat.st_mtime_ns, stat.st_size))
+
+
 def module_closure(script, package_dir) -> list:
     """The library files a script reaches through imports, sorted."""
     package_dir = Path(package_dir)
-    seen, pending = {}, list(imported_modules(Path(script).read_text()))
+    seen, pending = {}, list(_file_imports(Path(script)))
     while pending:
         name = pending.pop()
         path = module_file(name, package_dir)
@@ -53,7 +65,7 @@ def module_closure(script, package_dir) -> list:
             continue
         seen[name] = path
         own_name = ".".join((PACKAGE, *path.relative_to(package_dir).with_suffix("").parts))
-        pending += imported_modules(path.read_text(), own_name)
+        pending += _file_imports(path, own_name)
     return sorted(seen.values())
 
 

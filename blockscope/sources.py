@@ -13,12 +13,11 @@ import importlib.util
 import json
 import os
 import platform
-import re
 import shutil
 from collections import Counter
 from pathlib import Path
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, remove_stale_temporaries
 from .errors import BlockscopeError
 
 HUB_PATTERNS = [
@@ -85,30 +84,6 @@ def fetch(model: str, spec: dict, dest, like_checkpoint=None):
             provenance = fetchers[kind](model, spec, tmp)
         (tmp / "source.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance
-
-
-def stale_temporaries(dest) -> list:
-    """The temporary folders atomic_dir left beside `dest` when a fetch into it was killed:
-    `.<name>.XXXXXXXX.tmp` (tempfile.mkdtemp's 8 random characters), never another model's
-    (`.<name>.x.XXXXXXXX.tmp` is the folder of model `<name>.x`)."""
-    dest = Path(dest)
-    pattern = re.compile(rf"\.{re.escape(dest.name)}\.[a-z0-9_]{{8}}\.tmp")
-    if not dest.parent.is_dir():
-        return []
-    return sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name))
-
-
-def remove_stale_temporaries(dest) -> list:
-    """Remove what stale_temporaries finds; the job that fetches `dest` owns them (Snakemake
-    runs one job per output at a time). Returns the paths removed."""
-    removed = []
-    for path in stale_temporaries(dest):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
 
 
 # --- hf -------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pandas as pd
 
 from .dtypes import numpy_dtype
 from .heavytail import alpha_hill, hill_k, tail_eigenvalues
-from .layout import (ELEMENT_COLUMNS, IDENTITY_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS,
+from .layout import (ELEMENT_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS,
                      SPECTRAL_METRIC_COLUMNS, STATISTICS_ONLY)
 from .metrics import SPARSITY_THRESHOLD, element_stats, sparsity
 from .matrix_metrics import check_matrix, matrix_metrics

@@ -217,7 +217,7 @@ def headmerge_targets(model):
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
 PER_UNIT_RULES = ["extract", "spectra", "precision", "heads"]
-PER_MODEL_RULES = ["fetch", "inventory", "embedding", "embedding_plots", "aggregate", "metric_plots",
+PER_MODEL_RULES = ["fetch", "inventory", "selection", "embedding", "embedding_plots", "aggregate", "metric_plots",
                    "head_and_precision_plots"]
 
 

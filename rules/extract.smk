@@ -32,6 +32,8 @@ rule selection:
         code=code("selection"),
     log:
         "logs/{model}/selection.log",
+    benchmark:
+        benchmark("selection")
     conda:
         "../envs/blockscope.yaml"
     script:
