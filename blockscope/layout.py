@@ -168,3 +168,19 @@ TABLES = {
     "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
     "quantization_hints": QUANTIZATION_HINT_COLUMNS,
 }
+
+
+# Figures: every figure is written in each of report.formats; the HTML report embeds one of them.
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def embedded_format(formats) -> str:
+    """The format the Snakemake HTML report embeds: PNG, else SVG, else the first listed."""
+    return next((ext for ext in ("png", "svg") if ext in formats), formats[0])
+
+
+def figure_files(stem: str, formats) -> list:
+    """One figure's files, the embedded format first: figure_files("x/sweep", ["pdf", "png"])
+    -> ["x/sweep.png", "x/sweep.pdf"]."""
+    first = embedded_format(formats)
+    return [f"{stem}.{ext}" for ext in [first, *(ext for ext in formats if ext != first)]]

@@ -6,6 +6,7 @@ is the caller's `reason`, else a default that names what was missing.
 """
 
 import textwrap
+from pathlib import Path
 
 import matplotlib
 
@@ -20,8 +21,11 @@ from .sensitivity import precision_sensitivity as sensitivity_table  # noqa: E40
 
 
 def save(fig, target):
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    """Write a figure to `target`, a path or a list of paths (layout.figure_files), each in the
+    format its suffix names (png, pdf or svg)."""
+    for path in [target] if isinstance(target, (str, Path)) else target:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=Path(path).suffix.lstrip(".").lower(), dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

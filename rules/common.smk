@@ -159,6 +159,22 @@ def control_metrics(wildcards):
     return [layout.METRICS.format(model=twin) for twin, of in CONTROLS.items() if of == wildcards.model][:1]
 
 
+FORMATS = config["report"]["formats"]
+
+
+def figure(stem, **report_kwargs):
+    """Output: one figure in every report.formats. The embedded format is flagged for the HTML
+    report with `report_kwargs` (category, caption, ...); the other formats are plain outputs.
+    Scripts pass the whole list to plots.save, which writes each file in its suffix's format."""
+    embedded, *others = layout.figure_files(stem, FORMATS)
+    return [report(embedded, **report_kwargs), *others]
+
+
+def figure_files(stem):
+    """Input: every file of one figure (see figure)."""
+    return layout.figure_files(stem, FORMATS)
+
+
 def esd_layers(model):
     """Layers whose ESDs are plotted: the config's, else first, middle and last."""
     layers = selected_layers(model)  # every layer without a selection
@@ -176,7 +192,7 @@ def model_plot_files(model):
     plots = plots_dir(model)
     return [
         *[f"{plots}/{metric}_by_layer.png" for metric in layout.PLOT_METRICS],
-        *[f"{plots}/esd_layer_{layer}.png" for layer in esd_layers(model)],
+        *[path for layer in esd_layers(model) for path in figure_files(f"{plots}/esd_layer_{layer}")],
         f"{plots}/heads_heatmap.png",
         f"{plots}/precision_distributions.png",
         f"{plots}/precision_sensitivity.png",

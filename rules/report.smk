@@ -30,8 +30,8 @@ rule esd_plot:
         spectra=layer_file("spectra"),
         metrics=layer_file("metrics"),
     output:
-        report(
-            "results/{model}/plots/esd_layer_{layer}.png",
+        figure(
+            "results/{model}/plots/esd_layer_{layer}",
             category="{model}",
             subcategory="eigenvalue spectra",
             caption="../report/esd.rst",

@@ -108,3 +108,22 @@ def test_fused_3d_expert_tensors_are_moe_experts(tmp_path):
 def test_unknown_names_land_in_other(name):
     assert block_type(name) == "other"
     assert unit_of(name) in ("other",) or unit_of(name).startswith("layer_")
+
+
+def test_figure_files_put_the_embedded_format_first():
+    from blockscope.layout import embedded_format, figure_files
+    assert figure_files("x/sweep", ["pdf", "png"]) == ["x/sweep.png", "x/sweep.pdf"]
+    assert figure_files("x/sweep", ["pdf", "svg"]) == ["x/sweep.svg", "x/sweep.pdf"]
+    assert embedded_format(["pdf"]) == "pdf"
+
+
+def test_a_figure_is_written_in_the_format_of_each_suffix(tmp_path):
+    import matplotlib.pyplot as plt
+    from blockscope.plots import save
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    targets = [tmp_path / "f.png", tmp_path / "f.pdf", tmp_path / "f.svg"]
+    save(fig, [str(t) for t in targets])
+    assert targets[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert targets[1].read_bytes()[:5] == b"%PDF-"
+    assert b"<svg" in targets[2].read_bytes()[:2000]

@@ -17,7 +17,7 @@ def main(snakemake):
     panels = [(".".join(row.matrix.removesuffix(".weight").split(".")[-3:]), sigma.get(row.matrix, np.zeros(0)) ** 2,
                row.alpha, row.xmin, row.status) for row in metrics.itertuples()] if len(metrics) else []
     esd(panels, f"{snakemake.wildcards.model}: eigenvalue spectra of layer {snakemake.wildcards.layer}",
-        snakemake.output[0], reason="no 2-D matrix in this layer")
+        list(snakemake.output), reason="no 2-D matrix in this layer")
 
 
 run_step(snakemake, main)
