@@ -6,6 +6,14 @@ The public reading API is small and lazy, like safetensors':
     unit_names(path)            -> the parameter names of a unit file
 """
 
-from .tensors import iter_unit, read_unit, unit_names
-
 __all__ = ["read_unit", "iter_unit", "unit_names"]
+
+
+def __getattr__(name):
+    """The reading API, imported on first use: a job that only needs a light module (the GPU
+    slots, the layout) does not pay numpy and pyarrow for it."""
+    if name in __all__:
+        from . import tensors
+
+        return getattr(tensors, name)
+    raise AttributeError(f"module 'blockscope' has no attribute {name!r}")

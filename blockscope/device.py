@@ -9,12 +9,18 @@ import subprocess
 log = logging.getLogger(__name__)
 
 
-def gpu_visible() -> bool:
-    """An NVIDIA GPU on this machine, asked of nvidia-smi (importing torch would slow every DAG build)."""
+def nvidia_gpus() -> list:
+    """nvidia-smi's line for each NVIDIA GPU on this machine (importing torch would slow every
+    DAG build); none without nvidia-smi or a working driver."""
     if not shutil.which("nvidia-smi"):
-        return False
+        return []
     probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-    return probe.returncode == 0 and "GPU" in probe.stdout
+    return [line for line in probe.stdout.splitlines() if line.startswith("GPU")] if probe.returncode == 0 else []
+
+
+def gpu_visible() -> bool:
+    """An NVIDIA GPU on this machine, asked of nvidia-smi."""
+    return bool(nvidia_gpus())
 
 
 def backend_for(device: str) -> str:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .dtypes import numpy_dtype
+from .gpu_slots import NO_GPU
 from .heavytail import alpha_hill, hill_k, tail_eigenvalues
 from .layout import (ELEMENT_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS,
                      SPECTRAL_METRIC_COLUMNS, STATISTICS_ONLY)
@@ -83,9 +84,10 @@ def _identity(model, unit, matrix, info) -> dict:
 
 
 def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", compute_dtype="float32",
-                 hill_fraction=0.1, sparsity_threshold=SPARSITY_THRESHOLD):
+                 hill_fraction=0.1, sparsity_threshold=SPARSITY_THRESHOLD, device=NO_GPU):
     """(metrics, spectra) DataFrames for one unit: a row per matrix (with its spectrum), per
-    refused tensor and per 1-D parameter (statistics only, see vector_rows)."""
+    refused tensor and per 1-D parameter (statistics only, see vector_rows). device: the GPU the
+    job held (blockscope.gpu_slots), recorded in every row."""
     dtype = numpy_dtype(compute_dtype).type
     items = list(unit_matrices(tensor_path, inventory_rows, dtype))
     finite = [i for i, (m, _) in enumerate(items) if check_matrix(m.values) is None]
@@ -113,7 +115,7 @@ def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", comput
     for row in vectors:
         row["compute_dtype"] = compute_dtype
     metric_rows += vectors
-    metrics = pd.DataFrame(metric_rows, columns=METRICS_COLUMNS)
+    metrics = pd.DataFrame(metric_rows, columns=METRICS_COLUMNS).assign(device=device)
     spectra = pd.concat(spectra_rows, ignore_index=True) if spectra_rows else pd.DataFrame(columns=SPECTRA_COLUMNS)
     return _typed(metrics), _typed(spectra)
 
@@ -134,7 +136,8 @@ def _hill(sigma, hill_fraction):
 
 
 def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFrame, precisions,
-                    compute_dtype="float32", hill_fraction=0.1, backend="cpu", spectra_backend=None) -> pd.DataFrame:
+                    compute_dtype="float32", hill_fraction=0.1, backend="cpu", spectra_backend=None,
+                    device=NO_GPU) -> pd.DataFrame:
     """alpha_hill of every matrix after a round trip through each precision.
 
     Each precision's SVD runs in svd_dtype (fp64: float64, the others: compute_dtype), all the
@@ -143,6 +146,7 @@ def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFr
     in the widest of those dtypes, so the fp64 row is the stored weights' own spectrum. Where the
     round trip changes no bit and the SVD dtype is compute_dtype, the singular values of the
     spectra job are reused (backend: spectra_backend[matrix], the spectra job's, else "spectra").
+    device: the GPU this job held (blockscope.gpu_slots), recorded in every row.
     """
     compute = np.dtype(compute_dtype)
     dtypes = {precision: svd_dtype(precision, compute) for precision in precisions}
@@ -179,4 +183,4 @@ def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFr
         base = {k: v for k, v in _refused_row(model, unit, info, why).items() if k in PRECISION_COLUMNS}
         rows += [{**base, "precision": precision, "svd_dtype": "", "backend": "none", "alpha_hill": float("nan"),
                   "k": 0} for precision in precisions]
-    return _typed(pd.DataFrame(rows, columns=PRECISION_COLUMNS))
+    return _typed(pd.DataFrame(rows, columns=PRECISION_COLUMNS).assign(device=device))

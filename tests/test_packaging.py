@@ -1,5 +1,6 @@
 """Every third-party package the library and the rule scripts import is pinned, at one version,
-in requirements.txt (make env) and in envs/blockscope.yaml (--software-deployment-method conda)."""
+in requirements.txt (make env) and in envs/blockscope.yaml (--software-deployment-method conda).
+The SLURM executor is pinned apart, in requirements-slurm.txt (the cluster path only)."""
 
 import ast
 import importlib.metadata
@@ -14,6 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*(ROOT / "blockscope").glob("*.py"), *(ROOT / "workflow_scripts").glob("*.py")])
 ENV = ROOT / "envs" / "blockscope.yaml"
 REQUIREMENTS = ROOT / "requirements.txt"
+SLURM_REQUIREMENTS = ROOT / "requirements-slurm.txt"
+SLURM_PLUGINS = {"snakemake-executor-plugin-slurm", "snakemake-executor-plugin-slurm-jobstep"}
 # Provided by the workflow itself, not by the env: the package under test and Snakemake.
 PROVIDED = {"blockscope", "snakemake"}
 # Optional dependencies a library imports on first use of a method: method -> distribution.
@@ -48,13 +51,13 @@ def parse_pin(line: str):
     return (normalise(match.group(1)), match.group(2)) if match else None
 
 
-def requirement_pins() -> dict:
+def requirement_pins(path: Path = REQUIREMENTS) -> dict:
     pins = {}
-    for line in REQUIREMENTS.read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line and not line.startswith("-"):
             pin = parse_pin(line)
-            assert pin, f"requirements.txt: not pinned with ==: {line!r}"
+            assert pin, f"{path.name}: not pinned with ==: {line!r}"
             pins[pin[0]] = pin[1]
     return pins
 
@@ -136,6 +139,14 @@ def test_env_and_requirements_pin_the_same_versions():
         f"pinned in envs/blockscope.yaml only: {sorted(set(env) - set(requirements))}"
     differ = {name: (requirements[name], env[name]) for name in env if env[name] != requirements[name]}
     assert not differ, f"versions differ (requirements.txt, envs/blockscope.yaml): {differ}"
+
+
+def test_the_slurm_executor_is_pinned_for_the_cluster_path_only():
+    """Snakemake loads every installed executor plugin at start and the SLURM one probes the
+    controller (`scontrol show config`, ~9 s where none answers): a laptop install leaves it out."""
+    assert set(requirement_pins(SLURM_REQUIREMENTS)) == SLURM_PLUGINS
+    assert not SLURM_PLUGINS & set(requirement_pins()), "requirements.txt installs the SLURM executor"
+    assert not SLURM_PLUGINS & set(env_pins()), "envs/blockscope.yaml installs the SLURM executor"
 
 
 def test_env_installs_blockscope_from_its_source_last():

@@ -1,13 +1,18 @@
 """The workflow through a real single-node SLURM (Debian's slurmctld/slurmd, fake GPUs).
 
 Runs where the machine allows (root, and SLURM installed or apt reachable); skipped with the
-reason otherwise. The daemons it starts are stopped by pid at the end.
+reason otherwise. The daemons it starts are stopped by pid at the end. The SLURM executor
+(requirements-slurm.txt, not in requirements.txt) is installed into the running environment
+when missing, and uninstalled again afterwards, so that later snakemake calls do not pay its
+controller probe.
 """
 
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -19,6 +24,28 @@ CONFIG = {"models": {"tiny": {"source": "synthetic", "config": TINY_LLAMA, "seed
           "device": "cpu", "embedding": {"k_max": 4}, "headmerge": {"enabled": False}}
 DETERMINISTIC = ["matrix", "rows", "cols", "actual_rank", "effective_rank", "stable_rank", "alpha", "alpha_hill",
                  "xmin", "spectral_norm", "sparsity", "status"]
+
+
+SLURM_REQUIREMENTS = ROOT / "requirements-slurm.txt"
+
+
+def pip(*args):
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def slurm_executor():
+    """The SLURM executor plugin in this environment: installed from requirements-slurm.txt when
+    missing (skip if pip cannot), uninstalled at the end when this fixture installed it."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm"):
+        yield
+        return
+    installed = pip("install", "--quiet", "-r", str(SLURM_REQUIREMENTS))
+    if installed.returncode != 0:
+        pytest.skip(f"could not install {SLURM_REQUIREMENTS.name}: {installed.stderr.strip()[-300:]}")
+    yield
+    names = [line.split("==")[0] for line in SLURM_REQUIREMENTS.read_text().splitlines() if "==" in line]
+    pip("uninstall", "--yes", *names)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +63,7 @@ def slurm(tmp_path_factory):
     subprocess.run(["bash", str(ROOT / "tests/slurm/stop_slurm.sh"), str(state)], timeout=60)
 
 
-def test_workflow_runs_through_sbatch_and_matches_a_local_run(slurm, tmp_path):
+def test_workflow_runs_through_sbatch_and_matches_a_local_run(slurm, slurm_executor, tmp_path):
     local = run_workflow(tmp_path / "local", CONFIG, "results/tiny/metrics.parquet")
     assert local.returncode == 0
     cluster = run_workflow(tmp_path / "cluster", CONFIG, "results/tiny/metrics.parquet", "--profile",
@@ -58,7 +85,7 @@ def test_workflow_runs_through_sbatch_and_matches_a_local_run(slurm, tmp_path):
     assert "no GPU" in (tmp_path / "cluster/logs/tiny/spectra/layer_000.log").read_text()  # fake GPUs: CPU inside
 
 
-def test_a_rejected_job_is_reported_and_nothing_finished_is_lost(slurm, tmp_path):
+def test_a_rejected_job_is_reported_and_nothing_finished_is_lost(slurm, slurm_executor, tmp_path):
     work = tmp_path / "w"
     run_workflow(work, CONFIG, "results/tiny/model.json")  # finished locally
     before = (work / "results/tiny/inventory.parquet").stat().st_mtime_ns

@@ -28,8 +28,9 @@ def test_fused_experts_are_split_and_bad_tensors_reported(tmp_path):
                "attn.broken.weight": np.full((16, 16), np.nan, np.float32),
                "norm.weight": np.ones(16, np.float32)}
     path, inventory = _unit(tmp_path, tensors)
-    metrics, spectra = analyse_unit("m", "layer_000", path, inventory)
+    metrics, spectra = analyse_unit("m", "layer_000", path, inventory, device="cuda:3")
     assert list(metrics.columns) == METRICS_COLUMNS
+    assert set(metrics["device"]) == {"cuda:3"}  # the job's GPU on every row, refused and 1-D ones too
     experts = metrics[metrics["param_name"] == "mlp.experts.gate_up_proj"]
     assert list(experts["expert"]) == [0, 1, 2] and set(experts["rows"]) == {40}
     expected = np.linalg.svd(tensors["mlp.experts.gate_up_proj"][1].astype(np.float64), compute_uv=False)
@@ -82,6 +83,7 @@ def test_fp64_row_is_computed_in_float64_and_differs_from_fp32(tmp_path):
                             compute_dtype="float32").set_index("precision")
     assert sweep.loc["fp64", "svd_dtype"] == "float64" and sweep.loc["fp32", "svd_dtype"] == "float32"
     assert set(sweep["backend"]) == {"cpu"} and set(sweep["status"]) == {"ok"}
+    assert set(sweep["device"]) == {"cpu"}  # held no GPU
     reference = scipy.linalg.svdvals(w) ** 2  # float64 LAPACK of the stored weights
     expected = alpha_hill(reference, hill_k(reference.size, 0.1))
     assert sweep.loc["fp64", "alpha_hill"] == pytest.approx(expected, rel=1e-6)

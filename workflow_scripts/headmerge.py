@@ -11,6 +11,7 @@ from blockscope import headmerge_sweep as sweep
 from blockscope.atomic import write_json, write_parquet
 from blockscope.device import torch_device
 from blockscope.evaluate import Evaluator, corpus_text, raw_file_rows, windows
+from blockscope.gpu_slots import claim_gpu
 from blockscope.headmerge import similarity_table
 from blockscope.selection import parse_layers
 from blockscope.sources import sha256
@@ -31,6 +32,7 @@ def main(snakemake):
     reason = sweep.skip_reason(dims, snakemake.input.checkpoint)
     if reason:
         return skip(model_name, reason, settings, output)
+    gpu = claim_gpu(snakemake.params.device)  # this job's own GPU, before torch loads
     device = torch_device(snakemake.params.device)
     seq_len, max_tokens = sweep.window_settings(settings, device)
     model, tokenizer = sweep.load_causal_lm(model_name, snakemake.input.checkpoint, device, settings["dtype"])
@@ -44,7 +46,7 @@ def main(snakemake):
                               path=snakemake.input.inventory, layers=parse_layers(settings.get("layers")))
     sims = sweep.layer_similarities(slots)
     write_parquet(similarity_table(sims), output.similarities)
-    run_info = {"seq_len": seq_len, "dtype": settings["dtype"], "device": device,
+    run_info = {"seq_len": seq_len, "dtype": settings["dtype"], "device": gpu.device if device == "cuda" else device,
                 "corpus_sha256": sha256(snakemake.input.corpus)}
     rows = []
     results = sweep.sweep(evaluator, model, slots, base, settings["thresholds"], settings["similarity"],

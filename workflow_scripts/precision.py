@@ -3,11 +3,13 @@
 import pandas as pd
 
 from blockscope.atomic import write_parquet
+from blockscope.gpu_slots import claim_gpu
 from blockscope.unit_analysis import precision_sweep
 from blockscope.workflow import run_step
 
 
 def main(snakemake):
+    gpu = claim_gpu(snakemake.params.backend)  # this job's own GPU, before torch loads
     unit = snakemake.wildcards.unit
     inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
     metrics = pd.read_parquet(snakemake.input.metrics, columns=["matrix", "backend"])
@@ -16,7 +18,7 @@ def main(snakemake):
                             pd.read_parquet(snakemake.input.spectra), snakemake.params.precisions,
                             compute_dtype=snakemake.params.compute_dtype,
                             hill_fraction=snakemake.params.hill_fraction, backend=snakemake.params.backend,
-                            spectra_backend=dict(zip(metrics["matrix"], metrics["backend"])))
+                            spectra_backend=dict(zip(metrics["matrix"], metrics["backend"])), device=gpu.device)
     write_parquet(table, snakemake.output[0])
     if len(table):
         wide = table.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False)
