@@ -48,7 +48,7 @@ BACKENDS = ("cpu", "cuda")
 PER_UNIT_RULES = ("extract", "spectra", "precision", "heads")
 GPU_RULES = ("spectra", "precision")  # the per-unit rules that compute with torch on CUDA
 MB = 1e6  # Snakemake's mem_mb and the benchmark files' max_rss are in MB
-CALIBRATION_VERSION = 4  # bump when what is measured changes: older caches are measured again
+CALIBRATION_VERSION = 5  # bump when what is measured changes: older caches are measured again
 SCRIPTS = Path(__file__).resolve().parent.parent / "workflow_scripts"
 
 # --- flop counts (docs/metrics.md, "Cost model") --------------------------------------------------
@@ -158,8 +158,7 @@ def machine_key(backend: str, device: str | None = None) -> dict:
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     return {"version": CALIBRATION_VERSION, "backend": backend, "device": device or "", "cpu": cpu_model(),
             "cores": os.cpu_count(), "numpy": np.__version__, "scipy": scipy.__version__,
-            "blas": f"{blas.get('name', '')} {blas.get('version', '')}",
-            "threads": os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS") or ""}
+            "blas": f"{blas.get('name', '')} {blas.get('version', '')}"}  # not the thread settings: one thread is measured
 
 
 def cache_path(backend: str, device: str | None = None) -> Path:
@@ -584,11 +583,16 @@ def hms(seconds: float) -> str:
 # --- SLURM requests ----------------------------------------------------------------------------
 
 
+# Floors of a SLURM request: a cluster job also pays what no calibration here sees (a cold shared
+# file system, environment activation on the node), and a tiny request buys nothing in the queue.
+MIN_RUNTIME_MIN, MIN_MEM_MB = 5, 256
+
+
 def slurm_request(job: Job, attempt: int = 1, safety: float = 2.0) -> dict:
-    """runtime (minutes, at least 1) and mem_mb (at least 256) for a job: the prediction x
-    safety x the attempt (a retry after a timeout or an out-of-memory kill asks for more)."""
-    return {"runtime": max(1, math.ceil(job.seconds * safety * attempt / 60)),
-            "mem_mb": max(256, math.ceil(job.mem_mb * safety * attempt))}
+    """runtime (minutes) and mem_mb for a job: the prediction x safety x the attempt (a retry
+    after a timeout or an out-of-memory kill asks for more), at least the floors above."""
+    return {"runtime": max(MIN_RUNTIME_MIN, math.ceil(job.seconds * safety * attempt / 60)),
+            "mem_mb": max(MIN_MEM_MB, math.ceil(job.mem_mb * safety * attempt))}
 
 
 # --- an inventory from a transformers config alone (no weights) --------------------------------

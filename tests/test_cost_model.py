@@ -123,10 +123,11 @@ def test_an_inventory_from_a_config_alone_matches_the_saved_checkpoints(tiny):
 
 
 def test_slurm_requests_are_the_prediction_times_the_safety_and_the_attempt():
-    job = cost.Job(seconds=250.0, mem_mb=1200.0)
-    assert cost.slurm_request(job, 1, 2.0) == {"runtime": math.ceil(500 / 60), "mem_mb": 2400}
-    assert cost.slurm_request(job, 2, 2.0) == {"runtime": math.ceil(1000 / 60), "mem_mb": 4800}
-    assert cost.slurm_request(cost.Job(0.5, 10.0)) == {"runtime": 1, "mem_mb": 256}  # floors
+    job = cost.Job(seconds=1000.0, mem_mb=1200.0)
+    assert cost.slurm_request(job, 1, 2.0) == {"runtime": math.ceil(2000 / 60), "mem_mb": 2400}
+    assert cost.slurm_request(job, 2, 2.0) == {"runtime": math.ceil(4000 / 60), "mem_mb": 4800}
+    assert cost.slurm_request(job, 1, 1.5) == {"runtime": math.ceil(1500 / 60), "mem_mb": 1800}
+    assert cost.slurm_request(cost.Job(0.5, 10.0)) == {"runtime": cost.MIN_RUNTIME_MIN, "mem_mb": cost.MIN_MEM_MB}
 
 
 def test_the_schema_offers_exactly_the_devices_with_published_throughput():

@@ -1,6 +1,7 @@
 """rule plan: predicted seconds and memory of every per-unit job, from the inventory."""
 
 import json
+import os
 import sys
 
 import pandas as pd
@@ -19,7 +20,7 @@ def main(snakemake):
     speed = throughput(options["backend"], options["device"])
     jobs = plan_model(pd.read_parquet(snakemake.input.inventory), dims, speed, options["method"],
                       options["compute_dtype"], options["precisions"], dict(snakemake.params.selected))
-    document = plan_document(model, jobs, speed, options["method"])
+    document = plan_document(model, jobs, speed, options["method"], cores=os.cpu_count())
     write_json(document, snakemake.output[0])
     print(jobs.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
     print(total_line(model, document))
