@@ -391,7 +391,11 @@ def tensor_matrices(info) -> list:
     from .spectra import not_a_matrix
 
     shape = list(info.shape)
-    if len(shape) < 2 or not_a_matrix(info.dtype, shape, info.block_type) is not None:
+    try:
+        refused = len(shape) < 2 or not_a_matrix(info.dtype, shape, info.block_type) is not None
+    except ValueError:  # a dtype blockscope cannot read: the job reports it, the plan prices nothing
+        refused = True
+    if refused:
         return []
     return [tuple(shape[-2:])] * (shape[0] if len(shape) == 3 else 1)
 

@@ -98,6 +98,7 @@ def test_the_sweep_skips_precisions_that_change_no_stored_value(speed):
     assert stored_bf16.flops == 0 < stored_f32.flops
 
 
+@pytest.mark.slow  # builds a real model
 def test_a_plan_from_a_real_inventory_prices_every_unit_and_rule(speed, tiny):
     inventory, dims, _ = tiny
     jobs = cost.plan_model(inventory, dims, speed[0], "gesdd", precisions=["fp32", "fp16", "bf16"])
@@ -114,6 +115,7 @@ def test_a_plan_from_a_real_inventory_prices_every_unit_and_rule(speed, tiny):
     assert set(only["unit"]) == {"layer_001"} and only["seconds"].sum() < jobs["seconds"].sum()
 
 
+@pytest.mark.slow  # builds a real model
 def test_an_inventory_from_a_config_alone_matches_the_saved_checkpoints(tiny):
     inventory, dims, folder = tiny
     planned, planned_dims = cost.inventory_from_config({**TINY_LLAMA, "torch_dtype": "float32"})
