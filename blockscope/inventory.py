@@ -93,21 +93,22 @@ def build_inventory(folder, model=None, source_dtypes: dict | None = None) -> pd
                               fix="check the model's source; blockscope reads safetensors only")
     model_type = read_config(folder, model).get("model_type", "")
     source_dtypes = source_dtypes or {}
-    rows = []
-    for path in files:
-        for info in read_header(path, model=model).values():
-            rows.append({
-                "param_name": info.name,
-                "unit": unit_of(info.name),
-                "layer_index": layer_index(info.name),
-                "block_type": block_type(info.name),
-                "shape": list(info.shape),
-                "dtype": info.dtype,
-                "source_dtype": source_dtypes.get(info.name, info.dtype),
-                "nbytes": info.nbytes,
-                "file": info.file,
-                "layout": "in_out" if is_conv1d(info.name, model_type) and len(info.shape) == 2 else "out_in",
-            })
+    rows = [inventory_row(info.name, list(info.shape), info.dtype, source_dtypes.get(info.name, info.dtype),
+                          info.nbytes, info.file, model_type)
+            for path in files for info in read_header(path, model=model).values()]
+    return inventory_frame(rows)
+
+
+def inventory_row(name, shape, dtype, source_dtype, nbytes, file, model_type) -> dict:
+    """One tensor's inventory row: its unit, layer and block type from its name."""
+    return {"param_name": name, "unit": unit_of(name), "layer_index": layer_index(name),
+            "block_type": block_type(name), "shape": list(shape), "dtype": dtype, "source_dtype": source_dtype,
+            "nbytes": nbytes, "file": file,
+            "layout": "in_out" if is_conv1d(name, model_type) and len(shape) == 2 else "out_in"}
+
+
+def inventory_frame(rows: list) -> pd.DataFrame:
+    """The inventory table of inventory_row dicts, in unit order."""
     frame = pd.DataFrame(rows, columns=INVENTORY_COLUMNS)
     frame["layer_index"] = frame["layer_index"].astype("Int64")
     return frame.sort_values(["unit", "param_name"], key=_unit_sort_key).reset_index(drop=True)

@@ -56,6 +56,7 @@ HEADMERGE = "results/{model}/headmerge"
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
+PLAN = "results/{model}/plan.json"  # predicted seconds and memory of every per-unit job (blockscope.cost_model)
 SELECTION = "results/{model}/selection.json"  # what `select` chose (model.json describes the whole checkpoint)
 PER_UNIT_KINDS = ("tensors", "spectra", "metrics", "precision", "heads")
 PER_UNIT = "results/{model}/{kind}/{unit}.parquet"
@@ -158,6 +159,8 @@ CONTRACT_METRICS_COLUMNS = [
 # Snakemake's benchmark files (seconds, MB, MB/s); blockscope adds rule and job from the path.
 # Head merging: every pairwise cosine of every layer and measure (wq, qk, ov).
 SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
+# plan.json's jobs: one per (unit, per-unit rule), priced by blockscope.cost_model.
+PLAN_JOB_COLUMNS = ["unit", "rule", "seconds", "mem_mb", "gflops"]
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
 
@@ -167,7 +170,7 @@ TABLES = {
     "precision": PRECISION_COLUMNS, "heads": HEAD_COLUMNS, "deep_dive": EIGENVALUE_COLUMNS,
     "precision_alpha_hill": [*PRECISION_WIDE_COLUMNS, *PRECISION_SENSITIVITY_COLUMNS], "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
     "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
-    "quantization_hints": QUANTIZATION_HINT_COLUMNS,
+    "quantization_hints": QUANTIZATION_HINT_COLUMNS, "plan_jobs": PLAN_JOB_COLUMNS,
 }
 
 

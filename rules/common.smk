@@ -8,11 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+from blockscope import cost_model as cost
 from blockscope import layout
 from blockscope import selection as select
 from blockscope.code_version import code_version
 from blockscope.config import validate_config
-from blockscope.device import backend_for
+from blockscope.device import backend_for, gpu_visible
 from blockscope.run_summary import summary_lines
 
 # The files config was read from and the --config values, so that an error names where the bad key is.
@@ -60,23 +61,40 @@ def fetch_inputs(wildcards):
     return {"like": layout.CHECKPOINT.format(model=like)} if like else {}
 
 
+# What each per-unit job will cost (blockscope.cost_model): priced from the inventory with this
+# machine's measured throughput (cached per machine), or for device cuda without a visible GPU
+# (a SLURM submit host) from the published throughput of plan.gpu.
+PLAN = config["plan"]
+SVD_METHOD = config.get("svd_method", "gesdd")
+PLAN_DEVICE = None if BACKEND == "cpu" or gpu_visible() else PLAN["gpu"]
+
+
+def plan_options():
+    """What a prediction depends on besides the inventory (the plan rule's params too)."""
+    return {"backend": BACKEND, "device": PLAN_DEVICE, "method": SVD_METHOD, "compute_dtype": config["compute_dtype"],
+            "precisions": config["precision"]["precisions"]}
+
+
 @functools.cache
-def _unit_megabytes(model, stamp):
-    import pyarrow.parquet as pq
+def _predicted_jobs(model, stamp):
+    with open(layout.MODEL_JSON.format(model=model)) as fh:
+        dims = json.load(fh)
+    return cost.predicted_jobs(layout.INVENTORY.format(model=model), dims, selected(model, dims), **plan_options())
 
-    table = pq.read_table(layout.INVENTORY.format(model=model), columns=["unit", "nbytes"]).to_pandas()
-    return (table.groupby("unit")["nbytes"].sum() / 2**20).to_dict()
 
-
-def unit_megabytes(model, unit):
-    """A unit's tensor bytes in MiB, from the inventory (re-read when it changes)."""
+def predicted_job(model, rule, unit):
+    """The cost model's Job (seconds, mem_mb) of one per-unit job (re-priced when the inventory changes)."""
     stamp = os.path.getmtime(layout.INVENTORY.format(model=model))
-    return _unit_megabytes(model, stamp).get(unit, 0.0)
+    return _predicted_jobs(model, stamp)[unit, rule]
 
 
-def scaled(base, per_mb):
-    """A resource that grows with the unit's size and with each retry (attempt 1, 2, ...)."""
-    return lambda wildcards, attempt: int((base + per_mb * unit_megabytes(wildcards.model, wildcards.unit)) * attempt)
+def predicted(rule, resource):
+    """A per-unit rule's SLURM request (runtime in minutes or mem_mb): the cost model's
+    prediction x plan.safety, growing with each retry (attempt 1, 2, ...)."""
+    def request(wildcards, attempt):
+        job = predicted_job(wildcards.model, rule, wildcards.unit)
+        return cost.slurm_request(job, attempt, PLAN["safety"])[resource]
+    return request
 
 
 def model_dims(model):
@@ -233,7 +251,7 @@ def headmerge_targets(model):
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
 PER_UNIT_RULES = ["extract", "spectra", "precision", "heads"]
-PER_MODEL_RULES = ["fetch", "inventory", "selection", "embedding", "embedding_plots", "aggregate", "metric_plots",
+PER_MODEL_RULES = ["fetch", "inventory", "selection", "plan", "embedding", "embedding_plots", "aggregate", "metric_plots",
                    "head_and_precision_plots"]
 
 
@@ -312,6 +330,7 @@ onerror:
 localrules:
     all,
     selection,
+    plan,
     fetch,
     fetch_corpus,
     aggregate,

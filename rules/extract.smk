@@ -53,8 +53,8 @@ rule extract:
     benchmark:
         benchmark("extract", "{unit}")
     resources:
-        mem_mb=scaled(500, 1.5),
-        runtime=scaled(5, 0.02),
+        mem_mb=predicted("extract", "mem_mb"),
+        runtime=predicted("extract", "runtime"),
     conda:
         "../envs/blockscope.yaml"
     script:

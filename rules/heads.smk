@@ -15,8 +15,8 @@ rule heads:
     benchmark:
         benchmark("heads", "{unit}")
     resources:
-        mem_mb=scaled(500, 2),
-        runtime=scaled(5, 0.02),
+        mem_mb=predicted("heads", "mem_mb"),
+        runtime=predicted("heads", "runtime"),
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -95,6 +95,7 @@ rule head_and_precision_plots:
 rule model_report:
     input:
         dims=layout.MODEL_JSON,
+        plan=layout.PLAN,
         metrics=layout.METRICS,
         heads=layout.HEADS,
         statistics="results/{model}/statistics_by_type.csv",

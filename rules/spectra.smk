@@ -21,8 +21,8 @@ rule spectra:
         benchmark("spectra", "{unit}")
     resources:
         gpu=GPU_CLAIM,
-        mem_mb=scaled(1000, 4),
-        runtime=scaled(10, 0.05),
+        mem_mb=predicted("spectra", "mem_mb"),
+        runtime=predicted("spectra", "runtime"),
     conda:
         "../envs/blockscope.yaml"
     script:
@@ -50,8 +50,8 @@ rule precision:
         benchmark("precision", "{unit}")
     resources:
         gpu=GPU_CLAIM,
-        mem_mb=scaled(1000, 4),
-        runtime=scaled(10, 0.1),
+        mem_mb=predicted("precision", "mem_mb"),
+        runtime=predicted("precision", "runtime"),
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
+from blockscope import cost_model as cost
 from blockscope import layout, read_unit
 from conftest import TINY_LLAMA, mtimes, run_workflow
 
@@ -327,3 +328,30 @@ def test_a_killed_run_loses_nothing_finished_and_resumes(finished, tmp_path):
     run_workflow(work, BASE)  # rerun-incomplete comes from profiles/default
     assert len(list((work / "results/tiny-llama/metrics").glob("*.parquet"))) == 5
     assert mtimes(work / "results/tiny-gpt2") == kept
+
+
+def test_the_plan_prices_every_per_unit_job_before_they_run(finished):
+    import json
+
+    plan = json.loads((finished / layout.PLAN.format(model="tiny-llama")).read_text())
+    units = json.loads((finished / layout.MODEL_JSON.format(model="tiny-llama")).read_text())["units"]
+    priced = {(job["unit"], job["rule"]) for job in plan["jobs"]}
+    assert priced == {(unit, rule) for unit in units for rule in cost.PER_UNIT_RULES}
+    assert plan["totals"]["seconds"] == pytest.approx(sum(job["seconds"] for job in plan["jobs"]), rel=1e-3)
+    assert plan["throughput"]["basis"] == "measured" and plan["backend"] == "cpu"
+
+
+def test_slurm_requests_are_the_cost_models_predictions_times_the_safety(finished):
+    import json
+
+    result = run_workflow(finished, BASE, "--dry-run", "--forcerun", "spectra", "heads",
+                          "results/tiny-llama/spectra/layer_000.parquet", "results/tiny-llama/heads/embed.parquet")
+    asked = dict(re.findall(r"^rule (spectra|heads):\n(?:.*\n)*?\s+resources: .*?(runtime=\d+, mem_mb=\d+)",
+                            result.stdout, re.M))
+    dims = json.loads((finished / layout.MODEL_JSON.format(model="tiny-llama")).read_text())
+    jobs = cost.predicted_jobs(finished / layout.INVENTORY.format(model="tiny-llama"), dims, None,
+                               precisions=["fp32", "fp16", "bf16"])
+    for rule, unit in (("spectra", "layer_000"), ("heads", "embed")):
+        request = cost.slurm_request(jobs[unit, rule], 1, 2.0)  # plan.safety's default
+        assert asked[rule] == f"runtime={request['runtime']}, mem_mb={request['mem_mb']}"
+

@@ -1,0 +1,22 @@
+# Per model: what the per-unit jobs will cost, priced from the inventory before they start.
+
+
+rule plan:
+    input:
+        inventory=layout.INVENTORY,
+        dims=layout.MODEL_JSON,
+    output:
+        layout.PLAN,
+    params:
+        options=plan_options(),
+        selected=lambda w: selected(w.model),
+        code=code("plan"),
+    log:
+        "logs/{model}/plan.log",
+    benchmark:
+        benchmark("plan")
+    priority: 50  # as soon as the inventory is there: its total is printed before the heavy jobs run
+    conda:
+        "../envs/blockscope.yaml"
+    script:
+        "../workflow_scripts/plan.py"
