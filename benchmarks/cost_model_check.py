@@ -94,11 +94,11 @@ def measured_vs_predicted(results: Path, speed, method="gesdd", precisions=PRECI
 def planned_costs(name: str, speeds: dict) -> dict:
     """(backend, method) -> (job-seconds, gpu job-seconds, peak MB) of a planned model set."""
     configs, _ = PLANNED[name]
+    inventories = [cost.inventory_from_config(config) for config in configs]  # shapes only, built once
     out = {}
     for (backend, method), speed in speeds.items():
         seconds = gpu = peak = 0.0
-        for config in configs:
-            inventory, dims = cost.inventory_from_config(config)
+        for inventory, dims in inventories:
             jobs = cost.plan_model(inventory, dims, speed, method, precisions=PRECISIONS)
             seconds += jobs["seconds"].sum()
             gpu += jobs[jobs["rule"].isin(["spectra", "precision"])]["seconds"].sum()

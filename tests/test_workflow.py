@@ -344,14 +344,13 @@ def test_the_plan_prices_every_per_unit_job_before_they_run(finished):
 def test_slurm_requests_are_the_cost_models_predictions_times_the_safety(finished):
     import json
 
-    result = run_workflow(finished, BASE, "--dry-run", "--forcerun", "spectra", "heads",
-                          "results/tiny-llama/spectra/layer_000.parquet", "results/tiny-llama/heads/embed.parquet")
-    asked = dict(re.findall(r"^rule (spectra|heads):\n(?:.*\n)*?\s+resources: .*?(runtime=\d+, mem_mb=\d+)",
-                            result.stdout, re.M))
+    targets = ["results/tiny-llama/spectra/layer_000.parquet", "results/tiny-llama/heads/layer_001.parquet"]
+    result = run_workflow(finished, BASE, "--dry-run", *targets, "--forcerun", "spectra", "heads")
+    asked = dict(re.findall(r"^rule (spectra|heads):\n(?:.*\n)*?\s+wildcards: model=tiny-llama, unit=(?:layer_000|layer_001)\n"
+                            r"\s+resources: .*?(runtime=\d+, mem_mb=\d+)", result.stdout, re.M))
     dims = json.loads((finished / layout.MODEL_JSON.format(model="tiny-llama")).read_text())
     jobs = cost.predicted_jobs(finished / layout.INVENTORY.format(model="tiny-llama"), dims, None,
                                precisions=["fp32", "fp16", "bf16"])
-    for rule, unit in (("spectra", "layer_000"), ("heads", "embed")):
+    for rule, unit in (("spectra", "layer_000"), ("heads", "layer_001")):
         request = cost.slurm_request(jobs[unit, rule], 1, 2.0)  # plan.safety's default
         assert asked[rule] == f"runtime={request['runtime']}, mem_mb={request['mem_mb']}"
-
