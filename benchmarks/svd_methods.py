@@ -1,0 +1,103 @@
+"""gesdd against the Gram path on this CPU, per matrix shape: the measurements behind
+`svd_method: auto` (blockscope.spectra.gram_pays_off) and the table in docs/metrics.md.
+
+Random float32 matrices (entries N(0, 0.02^2)) of the demo's shapes (SmolLM2-135M), a
+Qwen2.5-0.5B's and a Llama-3.1-8B's. Peer: LAPACK gesdd (scipy.linalg.svdvals, the `gesdd`
+method); ours: the float64 Gram (BLAS dsyrk) plus its eigenvalues (LAPACK syevr), the `gram`
+method. Each time is the minimum over --repeats runs (the machine may be shared); a gesdd
+slower than --long seconds runs once. Prints one row per shape: both times, their ratio, which
+is faster and what auto picks, and the largest relative difference of sigma >= 1e-3 sigma_max
+against a float64 gesdd (on shapes up to --check-max elements).
+
+    python benchmarks/svd_methods.py [--repeats 3] [--only demo,0.5b,8b] [--drivers]
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+import scipy.linalg
+
+from blockscope.spectra import (gram_eigenvalues, gram_matrix, singular_values, singular_values_gram,
+                                svd_method_for)
+
+SHAPES = {
+    "demo": [(576, 576), (576, 1536), (1536, 576), (192, 576), (49152, 576)],
+    "0.5b": [(896, 896), (896, 4864), (4864, 896), (128, 896), (151936, 896)],
+    "8b": [(1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)],
+}
+
+
+def best_of(repeats: int, run) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def accuracy(matrix) -> float:
+    """Largest relative difference of the Gram path's sigma >= 1e-3 sigma_max from float64 gesdd."""
+    reference = scipy.linalg.svdvals(matrix.astype(np.float64), check_finite=False)
+    sigma = singular_values_gram(matrix).astype(np.float64)
+    kept = reference >= 1e-3 * reference[0]
+    return float(np.max(np.abs(sigma[kept] - reference[kept]) / reference[kept]))
+
+
+def measure(shape, repeats, long, check_max, rng):
+    matrix = rng.standard_normal(shape, dtype=np.float32) * 0.02
+    first = best_of(1, lambda: singular_values(matrix.copy()))
+    gesdd = first if first > long else min(first, best_of(repeats - 1, lambda: singular_values(matrix.copy())))
+    gram_seconds = best_of(repeats, lambda: gram_matrix(matrix))
+    gram = gram_matrix(matrix)
+    eigh_seconds = best_of(repeats, lambda: gram_eigenvalues(gram.copy(order="F")))
+    error = accuracy(matrix) if matrix.size <= check_max else float("nan")
+    return gesdd, gram_seconds, eigh_seconds, error
+
+
+def drivers(shape, repeats, rng):
+    """syevr against the other eigenvalue-only drivers on one Gram matrix."""
+    matrix = rng.standard_normal(shape, dtype=np.float32) * 0.02
+    gram = gram_matrix(matrix)
+    return {driver: best_of(repeats, lambda: scipy.linalg.eigh(gram.copy(order="F"), lower=False, eigvals_only=True,
+                                                                driver=driver, check_finite=False, overwrite_a=True))
+            for driver in ("ev", "evd", "evr", "evx")}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--long", type=float, default=20.0, help="a gesdd slower than this runs once")
+    parser.add_argument("--check-max", type=int, default=10_000_000, help="accuracy check up to this many elements")
+    parser.add_argument("--only", default="demo,0.5b,8b")
+    parser.add_argument("--drivers", action="store_true", help="time syev/syevd/syevr/syevx on each Gram")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"gesdd vs gram on this CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}), float32 inputs, "
+          f"minimum of {args.repeats} runs (gesdd > {args.long:g} s: one run)\n")
+    print("| model | shape | gesdd s | gram: Gram s | + eigh s | gram total s | gesdd / gram | faster | auto "
+          "| max rel. err sigma >= 1e-3 sigma_max |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    totals = {"gesdd": 0.0, "gram": 0.0, "auto": 0.0}
+    for model in args.only.split(","):
+        for shape in SHAPES[model]:
+            gesdd, gram, eigh, error = measure(shape, args.repeats, args.long, args.check_max, rng)
+            faster = "gram" if gram + eigh < gesdd else "gesdd"
+            auto = svd_method_for("auto", shape, np.float32)
+            totals["gesdd"] += gesdd
+            totals["gram"] += gram + eigh
+            totals["auto"] += gram + eigh if auto == "gram" else gesdd
+            print(f"| {model} | {shape[0]}x{shape[1]} | {gesdd:.3f} | {gram:.3f} | {eigh:.3f} | {gram + eigh:.3f} "
+                  f"| {gesdd / (gram + eigh):.2f} | {faster} | {auto}{'' if auto == faster else ' (!)'} "
+                  f"| {error:.1e} |", flush=True)
+            if args.drivers:
+                print("    eigh drivers:", {k: round(v, 3) for k, v in drivers(shape, args.repeats, rng).items()},
+                      flush=True)
+    print(f"\nsum over the shapes above: gesdd {totals['gesdd']:.1f} s, gram {totals['gram']:.1f} s, "
+          f"auto {totals['auto']:.1f} s (auto / gesdd {totals['auto'] / totals['gesdd']:.2f})")
+
+
+if __name__ == "__main__":
+    main()
