@@ -7,7 +7,8 @@ method); ours: the float64 Gram (BLAS dsyrk) plus its eigenvalues (LAPACK syevr)
 method. Each time is the minimum over --repeats runs (the machine may be shared); a gesdd
 slower than --long seconds runs once. Prints one row per shape: both times, their ratio, which
 is faster and what auto picks, and the largest relative difference of sigma >= 1e-3 sigma_max
-against a float64 gesdd (on shapes up to --check-max elements).
+against a float64 gesdd (on shapes up to --check-max elements); then per model the in-process
+seconds of all its matrices (each shape's time x its count) with gesdd, gram and auto.
 
     python benchmarks/svd_methods.py [--repeats 3] [--only demo,0.5b,8b] [--drivers]
 """
@@ -22,10 +23,13 @@ import scipy.linalg
 from blockscope.spectra import (gram_eigenvalues, gram_matrix, singular_values, singular_values_gram,
                                 svd_method_for)
 
+# shape -> how many matrices of it the model has (per layer x layers, + embedding): the totals
+# below are the in-process SVD seconds of every matrix. 8b leaves out its 128256x4096 embedding
+# and lm_head (a gesdd of each takes many minutes here).
 SHAPES = {
-    "demo": [(576, 576), (576, 1536), (1536, 576), (192, 576), (49152, 576)],
-    "0.5b": [(896, 896), (896, 4864), (4864, 896), (128, 896), (151936, 896)],
-    "8b": [(1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)],
+    "demo": {(576, 576): 60, (576, 1536): 30, (1536, 576): 60, (192, 576): 60, (49152, 576): 1},
+    "0.5b": {(896, 896): 48, (896, 4864): 24, (4864, 896): 48, (128, 896): 48, (151936, 896): 1},
+    "8b": {(1024, 4096): 64, (4096, 4096): 64, (14336, 4096): 64, (4096, 14336): 32},
 }
 
 
@@ -80,24 +84,24 @@ def main():
     print("| model | shape | gesdd s | gram: Gram s | + eigh s | gram total s | gesdd / gram | faster | auto "
           "| max rel. err sigma >= 1e-3 sigma_max |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    totals = {"gesdd": 0.0, "gram": 0.0, "auto": 0.0}
     for model in args.only.split(","):
-        for shape in SHAPES[model]:
+        totals = {"gesdd": 0.0, "gram": 0.0, "auto": 0.0}
+        for shape, count in SHAPES[model].items():
             gesdd, gram, eigh, error = measure(shape, args.repeats, args.long, args.check_max, rng)
             faster = "gram" if gram + eigh < gesdd else "gesdd"
             auto = svd_method_for("auto", shape, np.float32)
-            totals["gesdd"] += gesdd
-            totals["gram"] += gram + eigh
-            totals["auto"] += gram + eigh if auto == "gram" else gesdd
+            totals["gesdd"] += count * gesdd
+            totals["gram"] += count * (gram + eigh)
+            totals["auto"] += count * (gram + eigh if auto == "gram" else gesdd)
             print(f"| {model} | {shape[0]}x{shape[1]} | {gesdd:.3f} | {gram:.3f} | {eigh:.3f} | {gram + eigh:.3f} "
                   f"| {gesdd / (gram + eigh):.2f} | {faster} | {auto}{'' if auto == faster else ' (!)'} "
                   f"| {error:.1e} |", flush=True)
             if args.drivers:
                 print("    eigh drivers:", {k: round(v, 3) for k, v in drivers(shape, args.repeats, rng).items()},
                       flush=True)
-    print(f"\nsum over the shapes above: gesdd {totals['gesdd']:.1f} s, gram {totals['gram']:.1f} s, "
-          f"auto {totals['auto']:.1f} s (auto / gesdd {totals['auto'] / totals['gesdd']:.2f})")
-
+        print(f"| {model} | all {sum(SHAPES[model].values())} matrices (x count) | {totals['gesdd']:.1f} | | "
+              f"| {totals['gram']:.1f} | {totals['gesdd'] / totals['gram']:.2f} | | auto {totals['auto']:.1f} "
+              f"(auto / gesdd {totals['auto'] / totals['gesdd']:.2f}) | |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -85,7 +85,6 @@ def singular_values(matrix: np.ndarray) -> np.ndarray:
 
 # --- the Gram path: eigenvalues of the n x n Gram matrix, n = min(rows, cols) ------------------
 
-SVD_METHODS = ("auto", "gesdd", "gram")
 # auto's shape rule (measured on a 2-core CPU, docs/metrics.md "SVD method"): gram when the matrix
 # is at least GRAM_ASPECT times longer than wide or its short side is at least GRAM_MIN_SIDE.
 GRAM_ASPECT, GRAM_MIN_SIDE = 1.5, 768
