@@ -45,6 +45,14 @@ LAYER_SHAPES = {  # out x in, as stored
 }
 EMBEDDING = (VOCAB, HIDDEN)
 QUOTED_PEER_HOURS = (2.0, 3.0)  # the original script, Llama-3.1-8B, CPU: quoted, not measured
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
+def seconds_of(run) -> float:
+    started = clock()
+    run()
+    return clock() - started
 
 
 def svd_cost(shape) -> float:
@@ -76,12 +84,12 @@ def eight_b_seconds(method, shapes, scale, precisions, rng) -> float:
     factor = scale ** 3
     with tempfile.TemporaryDirectory() as work:
         path, inventory, tensors = unit_files(work, shapes, rng)
-        started = time.perf_counter()
+        started = clock()
         _, spectra = analyse_unit("llama", "layer_000", path, inventory, svd_method=method)
-        spectra_seconds = time.perf_counter() - started
-        started = time.perf_counter()
+        spectra_seconds = clock() - started
+        started = clock()
         sweep = precision_sweep("llama", "layer_000", path, inventory, spectra, precisions, svd_method=method)
-        unit_seconds = time.perf_counter() - started
+        unit_seconds = clock() - started
     svds_per_matrix = sweep.groupby("matrix")["backend"].apply(lambda b: int((b == "cpu").sum())).iloc[0]
     print(f"\n[{method}] per unit (one layer, {len(shapes)} matrices): precision sweep {unit_seconds:.2f} s measured "
           f"({svds_per_matrix} SVDs per matrix; fp32 reuses the spectra job's), spectra job {spectra_seconds:.2f} s")
@@ -91,11 +99,11 @@ def eight_b_seconds(method, shapes, scale, precisions, rng) -> float:
     per_layer = 0.0
     for name, shape in shapes.items():
         rounded = cast_round_trip(tensors[f"model.layers.0.{name}.weight"], "fp16", np.float32)
-        _, seconds, _ = compute_spectra([rounded], "cpu", method)
+        seconds = seconds_of(lambda: compute_spectra([rounded], "cpu", method))
         real = LAYER_SHAPES[name]
-        extrapolated = seconds[0] * svd_cost(real) / svd_cost(shape) * svds_per_matrix
+        extrapolated = seconds * svd_cost(real) / svd_cost(shape) * svds_per_matrix
         per_layer += extrapolated
-        print(f"{name:20s} {'x'.join(map(str, shape)):>15s} {seconds[0]:9.3f} {'x'.join(map(str, real)):>12s} "
+        print(f"{name:20s} {'x'.join(map(str, shape)):>15s} {seconds:9.3f} {'x'.join(map(str, real)):>12s} "
               f"{extrapolated:15.1f}")
     measured_layer = unit_seconds * factor
     print(f"[{method}] one layer at the real shapes: {measured_layer:.0f} s from the measured unit x {factor}, "
@@ -103,9 +111,10 @@ def eight_b_seconds(method, shapes, scale, precisions, rng) -> float:
 
     small_embedding = scaled(EMBEDDING, scale)
     matrix = rng.standard_normal(small_embedding, dtype=np.float32) * 0.02
-    _, seconds, _ = compute_spectra([cast_round_trip(matrix, "fp16", np.float32)], "cpu", method)
-    embedding = seconds[0] * svd_cost(EMBEDDING) / svd_cost(small_embedding) * svds_per_matrix
-    print(f"[{method}] embedding {'x'.join(map(str, EMBEDDING))}: {seconds[0]:.2f} s / SVD at "
+    rounded = cast_round_trip(matrix, "fp16", np.float32)
+    seconds = seconds_of(lambda: compute_spectra([rounded], "cpu", method))
+    embedding = seconds * svd_cost(EMBEDDING) / svd_cost(small_embedding) * svds_per_matrix
+    print(f"[{method}] embedding {'x'.join(map(str, EMBEDDING))}: {seconds:.2f} s / SVD at "
           f"{'x'.join(map(str, small_embedding))} -> {embedding:.0f} s extrapolated")
     total = LAYERS * measured_layer + 2 * embedding  # embed_tokens and the untied lm_head
     print(f"[{method}] Llama-3.1-8B, {LAYERS} layers + embed_tokens + lm_head: {total:.0f} s = {total / 3600:.2f} h "
@@ -118,9 +127,14 @@ def main():
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--precisions", default="fp32,fp16,bf16")
     parser.add_argument("--methods", default="gesdd,gram", help="svd_method values to extrapolate, in turn")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="cpu: this process's CPU seconds (with OPENBLAS_NUM_THREADS=1 on a shared machine)")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     precisions, scale = args.precisions.split(","), args.scale
     shapes = {name: scaled(shape, scale) for name, shape in LAYER_SHAPES.items()}
+    print(f"{args.clock} seconds, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     print(f"precision sweep cost on this CPU ({os.cpu_count()} cores), precisions {precisions}, "
           f"shapes divided by {scale} (x{scale ** 3} by the m n^2 cost model)" if scale > 1 else
           f"precision sweep cost on this CPU ({os.cpu_count()} cores), precisions {precisions}, real shapes")

@@ -4,19 +4,23 @@ Models: the demo (SmolLM2-135M, GGUF) and a Qwen2.5-0.5B-shaped random checkpoin
 24 layers, hidden 896, intermediate 4864, 14 heads, 2 kv heads, vocab 151936, tied embeddings).
 Peer: `WeightWatcher(model).analyze()` on the same canonical checkpoint loaded with
 transformers, timed as a whole process (start to finish). Ours: the workflow from a finished
-extraction to every metrics file (`snakemake --cores 2`, rule spectra), once per `svd_method`
-(gesdd, then auto: the config change reruns every spectra job); with --precision, rule
-precision after each as well. Prints per model and method the DAG wall time and its ratio to
-WeightWatcher's, the seconds spent inside the SVDs in process (sum of the metrics' `seconds`),
-and the largest per-matrix alpha difference from WeightWatcher's.
+extraction to every metrics file (`snakemake --cores 2`, rule spectra, from no metrics), once
+per `svd_method` (gesdd, then auto); with --precision, rule precision after each as well.
+Prints per model and method the DAG's wall and CPU seconds (the CPU seconds of the snakemake
+process and every job it ran, from the children's rusage) and their ratios to WeightWatcher's
+(measured alike), the seconds spent inside the SVDs in process (sum of the metrics' `seconds`),
+and the largest per-matrix alpha difference from WeightWatcher's. On a machine shared with
+other work, wall ratios are noise: read the CPU ratios, with OPENBLAS_NUM_THREADS=1 so that no
+BLAS thread spins on a busy core.
 
     make env && .venv/bin/pip install -r benchmarks/requirements.txt
-    .venv/bin/python benchmarks/spectra_vs_weightwatcher.py [--models demo,qwen-0.5b] [--precision]
+    .venv/bin/python benchmarks/spectra_vs_weightwatcher.py [--models demo,qwen-0.5b] [--precision] [--workdir DIR]
 """
 
 import argparse
 import glob
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -55,18 +59,29 @@ json.dump(rows, open(sys.argv[2], "w"))
 """
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(command, **kwargs):
-    started = time.perf_counter()
+    """(wall seconds, CPU seconds of the command and all it ran)."""
+    started, cpu = time.perf_counter(), children_cpu()
     subprocess.run(command, check=True, **kwargs)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, children_cpu() - cpu
 
 
 class Workdir:
     """A results folder for one model with a finished extraction; `snakemake` under a given svd_method."""
 
-    def __init__(self, model, spec):
-        self.model, self.spec = model, spec
-        self.path = Path(tempfile.mkdtemp(prefix="bench-spectra-"))
+    def __init__(self, model, spec, parent=None):
+        self.model, self.spec, self.kept = model, spec, parent is not None
+        self.path = Path(parent) / model if parent else Path(tempfile.mkdtemp(prefix="bench-spectra-"))
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def clear(self, *kinds):
+        for kind in kinds:
+            shutil.rmtree(self.path / f"results/{self.model}/{kind}", ignore_errors=True)
 
     def snakemake(self, targets, svd_method="auto"):
         config = {"models": {self.model: self.spec}, "device": "cpu", "svd_method": svd_method}
@@ -94,6 +109,11 @@ def weightwatcher_run(work: Workdir):
     return seconds, pd.DataFrame(json.loads(ww_json.read_text()))
 
 
+def ratios(ours, peer) -> str:
+    return (f"wall {ours[0]:7.1f} s ({ours[0] / peer[0]:.2f}x WeightWatcher), "
+            f"CPU {ours[1]:7.1f} s ({ours[1] / peer[1]:.2f}x)")
+
+
 def alpha_gap(ours: pd.DataFrame, theirs: pd.DataFrame) -> str:
     ours = ours.assign(module=ours["param_name"].str.removesuffix(".weight"))
     joined = ours.merge(theirs, on="module", suffixes=("", "_ww"))
@@ -102,44 +122,47 @@ def alpha_gap(ours: pd.DataFrame, theirs: pd.DataFrame) -> str:
             f"({joined.loc[diff.idxmax(), 'module']}), median {diff.median():.2e}")
 
 
-def bench_model(name, model, spec, with_precision):
-    work = Workdir(model, spec)
+def bench_model(name, model, spec, with_precision, parent=None):
+    work = Workdir(model, spec, parent)
     units = work.extract()
     metrics = [f"results/{model}/metrics/{u}.parquet" for u in units]
     precision = [f"results/{model}/precision/{u}.parquet" for u in units]
     runs = {}
     for method in METHODS:
-        spectra_wall = work.snakemake(metrics, method)
+        work.clear("metrics", "spectra", "precision")
+        dag = work.snakemake(metrics, method)
         table = work.metrics()
         analysed = table[table["svd_method"].isin(["gesdd", "gram"])]
-        runs[method] = {"wall": spectra_wall, "svd_seconds": analysed["seconds"].sum(), "table": analysed,
+        runs[method] = {"dag": dag, "svd_seconds": analysed["seconds"].sum(), "table": analysed,
                         "methods": analysed["svd_method"].value_counts().to_dict(),
                         "precision": work.snakemake(precision, method) if with_precision else None}
     peer, theirs = weightwatcher_run(work)
     print(f"\n== {name} ({model}): {len(runs['gesdd']['table'])} matrices ours, {len(theirs)} layers WeightWatcher")
-    print(f"WeightWatcher 0.7.7 analyze(), whole process: {peer:7.1f} s")
+    print(f"WeightWatcher 0.7.7 analyze(), whole process: wall {peer[0]:7.1f} s, CPU {peer[1]:7.1f} s")
     for method, run in runs.items():
-        line = (f"svd_method {method:5s} spectra+metrics (snakemake --cores 2): {run['wall']:7.1f} s, "
-                f"ratio {run['wall'] / peer:.2f}x WeightWatcher; in-process SVD seconds {run['svd_seconds']:7.1f} "
-                f"({run['methods']})")
+        print(f"svd_method {method:5s} spectra+metrics (snakemake --cores 2): {ratios(run['dag'], peer)}; "
+              f"in-process SVD seconds {run['svd_seconds']:7.1f} ({run['methods']})")
         if run["precision"] is not None:
-            line += (f"; + precision sweep {run['precision']:.1f} s, both "
-                     f"{(run['wall'] + run['precision']) / peer:.2f}x")
-        print(line)
+            both = tuple(a + b for a, b in zip(run["dag"], run["precision"]))
+            print(f"    + precision sweep: {ratios(run['precision'], peer)}; both: {ratios(both, peer)}")
         print(f"    alpha vs WeightWatcher: {alpha_gap(run['table'], theirs)}")
-    print(f"in-process SVD seconds, auto / gesdd: {runs['auto']['svd_seconds'] / runs['gesdd']['svd_seconds']:.2f}; "
-          f"DAG wall, auto / gesdd: {runs['auto']['wall'] / runs['gesdd']['wall']:.2f}", flush=True)
-    shutil.rmtree(work.path)
+    gesdd, auto = runs["gesdd"], runs["auto"]
+    print(f"auto / gesdd: in-process SVD seconds {auto['svd_seconds'] / gesdd['svd_seconds']:.2f}, "
+          f"DAG wall {auto['dag'][0] / gesdd['dag'][0]:.2f}, DAG CPU {auto['dag'][1] / gesdd['dag'][1]:.2f}",
+          flush=True)
+    if not work.kept:
+        shutil.rmtree(work.path)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,qwen-0.5b")
     parser.add_argument("--precision", action="store_true", help="time rule precision after each method too")
+    parser.add_argument("--workdir", help="keep each model's folder here (DIR/<model>) and reuse its extraction")
     args = parser.parse_args()
     specs = model_specs()
     for name in args.models.split(","):
-        bench_model(name, *specs[name], args.precision)
+        bench_model(name, *specs[name], args.precision, args.workdir)
 
 
 if __name__ == "__main__":
