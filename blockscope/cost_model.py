@@ -41,6 +41,7 @@ import pandas as pd
 
 from .atomic import write_json
 from .dtypes import numpy_dtype
+from .spectra import svd_method_for
 from .layout import PLAN_JOB_COLUMNS, unit_order
 
 METHODS = ("gesdd", "gram")
@@ -413,11 +414,9 @@ def svd_seconds(rows: int, cols: int, bits: int, method: str, rates: dict) -> fl
     return qr / rates[f"qr{bits}"] + bidiag / rates[f"bidiag{bits}"]
 
 
-def chosen_method(rows: int, cols: int, bits: int, method: str, rates: dict) -> str:
-    """auto: the cheaper of the two by this model (the gram branch's measured chooser may replace it)."""
-    if method != "auto":
-        return method
-    return min(METHODS, key=lambda m: svd_seconds(rows, cols, bits, m, rates))
+def chosen_method(rows: int, cols: int, bits: int, method: str) -> str:
+    """The method the spectra job will run: auto decides as spectra.svd_method_for does."""
+    return svd_method_for(method, (rows, cols), np.float64 if bits == 64 else np.float32)
 
 
 def svd_workspace_bytes(rows: int, cols: int, bits: int, method: str) -> float:
@@ -442,7 +441,7 @@ def _svd_cost(shapes, bits, method, t: Throughput) -> tuple:
     """(seconds, flops, peak workspace bytes) of the SVDs of a list of shapes."""
     seconds = flops = workspace = 0.0
     for rows, cols in shapes:
-        chosen = chosen_method(rows, cols, bits, method, t.rates)
+        chosen = chosen_method(rows, cols, bits, method)
         seconds += svd_seconds(rows, cols, bits, chosen, t.rates)
         flops += gram_flops(rows, cols) + eigh_flops(min(rows, cols)) if chosen == "gram" else sum(gesdd_flops(rows, cols))
         workspace = max(workspace, svd_workspace_bytes(rows, cols, bits, chosen))

@@ -125,9 +125,9 @@ STATISTICS_ONLY = "1-D parameter: statistics only"
 MATRIX_COLUMNS = ["rows", "cols", "design_rank", *SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS, "status", "warning"]
 # device: the GPU the job held (blockscope.gpu_slots), `cuda:<id>`, or `cpu`.
 METRICS_COLUMNS = [*IDENTITY_COLUMNS, *MATRIX_COLUMNS, "dtype", "source_dtype", "compute_dtype", "backend",
-                   "device", "seconds"]
+                   "svd_method", "device", "seconds"]
 PRECISION_COLUMNS = [*IDENTITY_COLUMNS, "rows", "cols", "source_dtype", "precision", "svd_dtype", "backend",
-                     "device", "alpha_hill", "k", "status"]
+                     "svd_method", "device", "alpha_hill", "k", "status"]
 HEAD_METRIC_COLUMNS = [
     "qk_effective_rank", "qk_eig_effective_rank", "qk_asymmetry", "qk_complex_fraction", "qk_top_dhead_energy",
     "qk_frobenius_norm", *[energy_column(f, "qk_") for f in HEAD_ENERGY_FRACTIONS], "ov_effective_rank",

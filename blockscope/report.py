@@ -181,6 +181,12 @@ def sensitivity_section(wide: pd.DataFrame | None, threshold) -> list:
     return lines
 
 
+def svd_methods(metrics: pd.DataFrame) -> str:
+    """", SVD method gesdd, gram": the methods that computed the spectra ("" for a table without them)."""
+    used = [m for m in metrics.get("svd_method", pd.Series(dtype=str)).dropna().unique() if m != "none"]
+    return f", SVD method {', '.join(used)}" if used else ""
+
+
 def model_report(model, dims, metrics, heads, statistics, phases, hints, precision_summary, embedding,
                  deep_dives: dict, plots: list, target_dir, jobs: pd.DataFrame | None = None,
                  files=(), precision_wide: pd.DataFrame | None = None, sensitivity_threshold: float = 0.05) -> str:
@@ -194,7 +200,8 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
         vectors = int((metrics["status"] == STATISTICS_ONLY).sum())
         lines += [f"{len(metrics) - vectors} matrices analysed (and {vectors} 1-D parameters, statistics only); "
                   f"status: {status}; compute dtype "
-                  f"{', '.join(metrics['compute_dtype'].unique())} on {', '.join(metrics['backend'].unique())}.", ""]
+                  f"{', '.join(metrics['compute_dtype'].unique())} on {', '.join(metrics['backend'].unique())}"
+                  f"{svd_methods(metrics)}.", ""]
     else:
         lines += ["No matrix analysed.", ""]
     lines += missing_section(metrics, heads, dims, embedding, deep_dives)

@@ -1,8 +1,11 @@
 """Singular values of every weight matrix of a unit, on LAPACK (CPU) or torch (CUDA).
 
 Precision policy: weights are read as stored, upcast exactly to `compute_dtype` (float32 by
-default, float64 available), and every SVD runs in that dtype. Rows record source_dtype,
-compute_dtype and backend. The CPU path never imports torch, so a per-layer job starts fast.
+default, float64 available). Two methods (config `svd_method`, docs/metrics.md): `gesdd`, the
+SVD in that dtype, and `gram`, the eigenvalues of the smaller Gram matrix formed in float64;
+`auto` picks per matrix by shape and dtype (svd_method_for). Rows record source_dtype,
+compute_dtype, backend and svd_method. The CPU path never imports torch, so a per-layer job
+starts fast.
 """
 
 import logging
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 import scipy.linalg
+from scipy.linalg.blas import dsyrk
 
 from .device import torch_device
 from .dtypes import numpy_dtype, precision_dtype, safetensors_dtype
@@ -79,12 +83,83 @@ def singular_values(matrix: np.ndarray) -> np.ndarray:
     return scipy.linalg.svdvals(matrix, check_finite=False, overwrite_a=True)
 
 
+# --- the Gram path: eigenvalues of the n x n Gram matrix, n = min(rows, cols) ------------------
+
+# auto's shape rule (measured on a 2-core CPU, docs/metrics.md "SVD method"): gram when the matrix
+# is at least GRAM_ASPECT times longer than wide or its short side is at least GRAM_MIN_SIDE.
+GRAM_ASPECT, GRAM_MIN_SIDE = 1.5, 768
+GRAM_BLOCK_ROWS = 4096  # rows upcast to float64 at a time: the Gram's extra memory stays small
+EIGH_DRIVER = "evd"     # eigenvalues only, every driver is dsytrd + dsterf: syevd measured no slower
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def svd_method_for(method: str, shape, dtype) -> str:
+    """gesdd or gram for one matrix. auto: gram for a float32 matrix of a shape where it is the
+    faster (gram_pays_off), gesdd otherwise; float64 keeps gesdd, whose small singular values
+    are float64-accurate where the Gram's are not (below gram_floor)."""
+    if method != "auto":
+        return method
+    return "gram" if np.dtype(dtype) == np.float32 and gram_pays_off(shape) else "gesdd"
+
+
+def gram_pays_off(shape) -> bool:
+    """auto's shape rule: max/min >= GRAM_ASPECT or min >= GRAM_MIN_SIDE."""
+    long, short = max(shape), min(shape)
+    return short > 0 and (long / short >= GRAM_ASPECT or short >= GRAM_MIN_SIDE)
+
+
+def gram_matrix(matrix: np.ndarray) -> np.ndarray:
+    """W^T W of a tall matrix, W W^T of a wide one: n x n, n = min(rows, cols), in float64,
+    accumulated over blocks of GRAM_BLOCK_ROWS rows by BLAS dsyrk (upper triangle only)."""
+    tall = matrix if matrix.shape[0] >= matrix.shape[1] else matrix.T
+    n = tall.shape[1]
+    gram = np.zeros((n, n), order="F")
+    for start in range(0, tall.shape[0], GRAM_BLOCK_ROWS):
+        block = np.ascontiguousarray(tall[start:start + GRAM_BLOCK_ROWS], dtype=np.float64)
+        gram = dsyrk(1.0, block.T, beta=1.0, c=gram, trans=0, overwrite_c=1)  # += block^T block
+    return gram
+
+
+def gram_eigenvalues(gram: np.ndarray) -> np.ndarray:
+    """Eigenvalues only, ascending, of a symmetric matrix held in its upper triangle (LAPACK syevd)."""
+    return scipy.linalg.eigh(gram, lower=False, eigvals_only=True, driver=EIGH_DRIVER,
+                             check_finite=False, overwrite_a=True)
+
+
+def gram_floor(lambda_max: float, n: int) -> float:
+    """n eps64 lambda_max: eigenvalues of the float64 Gram at or below it are rounding noise
+    (numpy's matrix_rank rule applied to lambda = sigma^2), so sigma below sqrt(n eps64) sigma_max
+    is not resolved."""
+    return n * EPS64 * lambda_max
+
+
+def sigma_from_gram(eigs: np.ndarray, dtype) -> np.ndarray:
+    """sigma = sqrt(lambda), descending, in `dtype`; eigenvalues at or below gram_floor (negative
+    ones included, which rounding makes of a singular Gram's zeros) are reported as sigma 0."""
+    eigs = np.asarray(eigs, np.float64)[::-1]
+    if eigs.size == 0:
+        return np.zeros(0, dtype)
+    resolved = eigs > gram_floor(max(eigs[0], 0.0), eigs.size)
+    return np.sqrt(np.where(resolved, eigs, 0.0)).astype(dtype)
+
+
+def singular_values_gram(matrix: np.ndarray) -> np.ndarray:
+    """All min(rows, cols) singular values, descending, in matrix.dtype, from the float64 Gram."""
+    if matrix.size == 0:
+        return np.zeros(0, matrix.dtype)
+    return sigma_from_gram(gram_eigenvalues(gram_matrix(matrix)), matrix.dtype)
+
+
+SINGULAR_VALUES = {"gesdd": singular_values, "gram": singular_values_gram}
+
+
 class CudaOutOfMemory(RuntimeError):
     pass
 
 
-def singular_values_torch(matrices: list, device: str) -> list:
-    """Batched torch.linalg.svdvals over same-shape matrices on `device` (cuda, or cpu for tests)."""
+def singular_values_torch(matrices: list, device: str, method: str = "gesdd") -> list:
+    """Batched over same-shape matrices on `device` (cuda, or cpu for tests): torch.linalg.svdvals
+    (method gesdd) or the Gram path (gram_singular_values_torch); auto resolved per shape."""
     import torch
 
     by_shape = {}
@@ -94,7 +169,8 @@ def singular_values_torch(matrices: list, device: str) -> list:
     try:
         for shape, indices in by_shape.items():
             batch = torch.from_numpy(np.stack([matrices[i] for i in indices])).to(device)
-            sigma = torch.linalg.svdvals(batch).cpu().numpy()
+            gram = svd_method_for(method, shape, matrices[indices[0]].dtype) == "gram"
+            sigma = (gram_singular_values_torch(batch) if gram else torch.linalg.svdvals(batch)).cpu().numpy()
             for row, i in enumerate(indices):
                 result[i] = sigma[row]
             del batch
@@ -103,8 +179,23 @@ def singular_values_torch(matrices: list, device: str) -> list:
     return result
 
 
-def compute_spectra(matrices: list, backend: str):
-    """sigma for each matrix, the seconds each took and the backend that ran it.
+def gram_singular_values_torch(batch):
+    """The Gram path in torch: float64 Gram of the short side, torch.linalg.eigvalsh, sigma as in
+    sigma_from_gram (below gram_floor: 0), descending, in the batch's dtype."""
+    import torch
+
+    wide = batch.shape[-2] < batch.shape[-1]
+    values = batch.to(torch.float64)
+    gram = values @ values.mT if wide else values.mT @ values
+    del values
+    eigs = torch.linalg.eigvalsh(gram).flip(-1)
+    floor = gram_floor(1.0, eigs.shape[-1]) * eigs[..., :1].clamp_min(0)
+    return torch.where(eigs > floor, eigs, 0.0).sqrt().to(batch.dtype)
+
+
+def compute_spectra(matrices: list, backend: str, method: str = "gesdd"):
+    """sigma for each matrix, the seconds each took and the backend that ran it, each matrix by
+    svd_method_for(method, its shape, its dtype) (callers record that per row).
 
     backend "cuda" (or "torch-cpu", the same code on the CPU) falls back to LAPACK on a CUDA
     out-of-memory or where no GPU turned up, with a warning in the log.
@@ -115,7 +206,7 @@ def compute_spectra(matrices: list, backend: str):
         device = "cuda" if backend == "cuda" else "cpu"
         started = time.perf_counter()
         try:
-            sigmas = singular_values_torch(matrices, device)
+            sigmas = singular_values_torch(matrices, device, method)
             per = (time.perf_counter() - started) / len(matrices)
             return sigmas, [per] * len(matrices), backend
         except CudaOutOfMemory as exc:
@@ -123,7 +214,8 @@ def compute_spectra(matrices: list, backend: str):
     sigmas, seconds = [], []
     for matrix in matrices:
         started = time.perf_counter()
-        sigmas.append(singular_values(matrix.copy()))
+        chosen = svd_method_for(method, matrix.shape, matrix.dtype)
+        sigmas.append(SINGULAR_VALUES[chosen](matrix.copy() if chosen == "gesdd" else matrix))  # gesdd overwrites
         seconds.append(time.perf_counter() - started)
     return sigmas, seconds, "cpu"
 

@@ -12,7 +12,8 @@ from .layout import (ELEMENT_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTR
                      SPECTRAL_METRIC_COLUMNS, STATISTICS_ONLY)
 from .metrics import SPARSITY_THRESHOLD, element_stats, sparsity
 from .matrix_metrics import check_matrix, matrix_metrics
-from .spectra import Matrix, cast_round_trip, compute_spectra, matrices_of, not_a_matrix, svd_dtype, upcast
+from .spectra import (Matrix, cast_round_trip, compute_spectra, matrices_of, not_a_matrix, svd_dtype, svd_method_for,
+                      upcast)
 from .tensors import iter_unit
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _refused_row(model, unit, info, why) -> dict:
     rows, cols = (shape[::-1] if info["layout"] == "in_out" else shape) if len(shape) == 2 else (pd.NA, pd.NA)
     whole = Matrix(info["param_name"], None, np.zeros((0, 0)))  # the tensor as a whole: no expert
     return {**_identity(model, unit, whole, info), "rows": rows, "cols": cols, "design_rank": pd.NA,
-            **NO_METRICS, "status": why, "warning": "", "source_dtype": info["source_dtype"]}
+            **NO_METRICS, "status": why, "warning": "", "source_dtype": info["source_dtype"], "svd_method": "none"}
 
 
 def vector_rows(model, unit, tensor_path, inventory_rows, sparsity_threshold=SPARSITY_THRESHOLD) -> list:
@@ -72,7 +73,8 @@ def vector_rows(model, unit, tensor_path, inventory_rows, sparsity_threshold=SPA
         whole = Matrix(name, None, np.zeros((0, 0)))
         rows.append({**_identity(model, unit, whole, info), "rows": int(values.size), "cols": pd.NA,
                      "design_rank": pd.NA, **NO_METRICS, **stats, "status": STATISTICS_ONLY, "warning": warning,
-                     "dtype": info["dtype"], "source_dtype": info["source_dtype"], "backend": "none", "seconds": 0.0})
+                     "dtype": info["dtype"], "source_dtype": info["source_dtype"], "backend": "none", "svd_method": "none",
+                     "seconds": 0.0})
     return rows
 
 
@@ -84,14 +86,15 @@ def _identity(model, unit, matrix, info) -> dict:
 
 
 def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", compute_dtype="float32",
-                 hill_fraction=0.1, sparsity_threshold=SPARSITY_THRESHOLD, device=NO_GPU):
+                 hill_fraction=0.1, sparsity_threshold=SPARSITY_THRESHOLD, svd_method="auto", device=NO_GPU):
     """(metrics, spectra) DataFrames for one unit: a row per matrix (with its spectrum), per
-    refused tensor and per 1-D parameter (statistics only, see vector_rows). device: the GPU the
-    job held (blockscope.gpu_slots), recorded in every row."""
+    refused tensor and per 1-D parameter (statistics only, see vector_rows). svd_method: auto,
+    gesdd or gram (spectra.svd_method_for); each row records the method that ran. device: the GPU
+    the job held (blockscope.gpu_slots), recorded in every row."""
     dtype = numpy_dtype(compute_dtype).type
     items = list(unit_matrices(tensor_path, inventory_rows, dtype))
     finite = [i for i, (m, _) in enumerate(items) if check_matrix(m.values) is None]
-    sigmas, seconds, used = compute_spectra([items[i][0].values for i in finite], backend)
+    sigmas, seconds, used = compute_spectra([items[i][0].values for i in finite], backend, svd_method)
     by_item = {i: (s, t) for i, s, t in zip(finite, sigmas, seconds)}
     metric_rows, spectra_rows = [], []
     for i, (matrix, info) in enumerate(items):
@@ -99,7 +102,9 @@ def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", comput
         row = {**_identity(model, unit, matrix, info),
                **matrix_metrics(matrix.values, sigma, info["source_dtype"], hill_fraction, sparsity_threshold),
                "dtype": info["dtype"], "source_dtype": info["source_dtype"], "compute_dtype": compute_dtype,
-               "backend": used if i in by_item else "none", "seconds": secs}
+               "backend": used if i in by_item else "none",
+               "svd_method": svd_method_for(svd_method, matrix.values.shape, dtype) if i in by_item else "none",
+               "seconds": secs}
         metric_rows.append(row)
         spectra_rows.append(pd.DataFrame({**{k: row[k] for k in SPECTRA_COLUMNS[:5]},
                                           "index": np.arange(len(sigma)), "sigma": np.asarray(sigma, np.float64)}))
@@ -137,7 +142,7 @@ def _hill(sigma, hill_fraction):
 
 def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFrame, precisions,
                     compute_dtype="float32", hill_fraction=0.1, backend="cpu", spectra_backend=None,
-                    device=NO_GPU) -> pd.DataFrame:
+                    svd_method="auto", spectra_method=None, device=NO_GPU) -> pd.DataFrame:
     """alpha_hill of every matrix after a round trip through each precision.
 
     Each precision's SVD runs in svd_dtype (fp64: float64, the others: compute_dtype), all the
@@ -145,42 +150,46 @@ def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFr
     `backend` cuda or torch-cpu, LAPACK on cpu or after a CUDA out-of-memory). Matrices are read
     in the widest of those dtypes, so the fp64 row is the stored weights' own spectrum. Where the
     round trip changes no bit and the SVD dtype is compute_dtype, the singular values of the
-    spectra job are reused (backend: spectra_backend[matrix], the spectra job's, else "spectra").
-    device: the GPU this job held (blockscope.gpu_slots), recorded in every row.
+    spectra job are reused (backend: spectra_backend[matrix], the spectra job's, else "spectra";
+    svd_method likewise from spectra_method). Each SVD uses svd_method_for(svd_method, shape,
+    svd_dtype): under auto, a float64 (fp64) row keeps gesdd. device: the GPU this job held
+    (blockscope.gpu_slots), recorded in every row.
     """
     compute = np.dtype(compute_dtype)
     dtypes = {precision: svd_dtype(precision, compute) for precision in precisions}
     read = max([compute, *dtypes.values()], key=lambda d: d.itemsize)
     items = list(unit_matrices(tensor_path, inventory_rows, read.type))
     known = {name: group["sigma"].to_numpy() for name, group in spectra.groupby("matrix")} if len(spectra) else {}
-    spectra_backend = spectra_backend or {}
-    found = {}  # (item, precision) -> (alpha_hill, k, status, backend)
+    spectra_backend, spectra_method = spectra_backend or {}, spectra_method or {}
+    found = {}  # (item, precision) -> (alpha_hill, k, status, backend, svd_method)
     for precision in precisions:
         dtype, todo = dtypes[precision], []
         for i, (matrix, _) in enumerate(items):
             rounded = cast_round_trip(matrix.values, precision, dtype)
             problem = check_matrix(rounded)
             if problem is not None:
-                found[i, precision] = (float("nan"), 0, f"{precision}: {problem}", "none")
+                found[i, precision] = (float("nan"), 0, f"{precision}: {problem}", "none", "none")
             elif dtype == compute and matrix.name in known and np.array_equal(rounded, matrix.values):
                 found[i, precision] = (*_hill(known[matrix.name], hill_fraction),
-                                       spectra_backend.get(matrix.name, "spectra"))
+                                       spectra_backend.get(matrix.name, "spectra"),
+                                       spectra_method.get(matrix.name, "spectra"))
             else:
                 todo.append((i, rounded))
-        sigmas, _, used = compute_spectra([rounded for _, rounded in todo], backend)
-        for (i, _), sigma in zip(todo, sigmas):
-            found[i, precision] = (*_hill(sigma, hill_fraction), used)
+        sigmas, _, used = compute_spectra([rounded for _, rounded in todo], backend, svd_method)
+        for (i, rounded), sigma in zip(todo, sigmas):
+            found[i, precision] = (*_hill(sigma, hill_fraction), used,
+                                   svd_method_for(svd_method, rounded.shape, rounded.dtype))
         del todo, sigmas
     rows = []
     for i, (matrix, info) in enumerate(items):
         base = {**_identity(model, unit, matrix, info), "rows": matrix.values.shape[0],
                 "cols": matrix.values.shape[1], "source_dtype": info["source_dtype"]}
         for precision in precisions:
-            value, k, status, used = found[i, precision]
+            value, k, status, used, method = found[i, precision]
             rows.append({**base, "precision": precision, "svd_dtype": dtypes[precision].name, "backend": used,
-                         "alpha_hill": value, "k": k, "status": status})
+                         "svd_method": method, "alpha_hill": value, "k": k, "status": status})
     for info, why in refused_tensors(inventory_rows):  # one row per precision, as for a matrix
         base = {k: v for k, v in _refused_row(model, unit, info, why).items() if k in PRECISION_COLUMNS}
         rows += [{**base, "precision": precision, "svd_dtype": "", "backend": "none", "alpha_hill": float("nan"),
-                  "k": 0} for precision in precisions]
+                  "k": 0} for precision in precisions]  # svd_method "none" from _refused_row
     return _typed(pd.DataFrame(rows, columns=PRECISION_COLUMNS).assign(device=device))

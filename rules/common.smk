@@ -65,7 +65,7 @@ def fetch_inputs(wildcards):
 # machine's measured throughput (cached per machine), or for device cuda without a visible GPU
 # (a SLURM submit host) from the published throughput of plan.gpu.
 PLAN = config["plan"]
-SVD_METHOD = config.get("svd_method", "gesdd")
+SVD_METHOD = config["svd_method"]
 PLAN_DEVICE = None if BACKEND == "cpu" or gpu_visible() else PLAN["gpu"]
 
 

@@ -11,6 +11,7 @@ rule spectra:
     params:
         backend=BACKEND,
         compute_dtype=config["compute_dtype"],
+        svd_method=config["svd_method"],
         hill_fraction=config["precision"]["k_fraction"],
         selected=selected_names,
         sparsity_threshold=config["sparsity_threshold"],
@@ -41,6 +42,7 @@ rule precision:
         backend=BACKEND,
         precisions=config["precision"]["precisions"],
         compute_dtype=config["compute_dtype"],
+        svd_method=config["svd_method"],
         hill_fraction=config["precision"]["k_fraction"],
         selected=selected_names,
         code=code("precision"),

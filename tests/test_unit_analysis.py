@@ -131,6 +131,7 @@ def test_sweep_falls_back_to_lapack_on_cuda_out_of_memory(tmp_path, monkeypatch,
     path, inventory = _bf16_unit(tmp_path)
     expected = precision_sweep("m", "layer_000", path, inventory, pd.DataFrame(), ["fp16", "bf16"])
     monkeypatch.setattr(torch.linalg, "svdvals", out_of_memory)
+    monkeypatch.setattr(torch.linalg, "eigvalsh", out_of_memory)  # the gram method's eigensolver
     got = precision_sweep("m", "layer_000", path, inventory, pd.DataFrame(), ["fp16", "bf16"], backend="torch-cpu")
     assert set(got["backend"]) == {"cpu"} and "falling back to CPU" in caplog.text
     assert np.array_equal(got["alpha_hill"], expected["alpha_hill"])

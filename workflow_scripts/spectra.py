@@ -16,6 +16,7 @@ def main(snakemake):
     metrics, spectra = analyse_unit(snakemake.wildcards.model, unit, snakemake.input.tensors, inventory,
                                     backend=snakemake.params.backend,
                                     compute_dtype=snakemake.params.compute_dtype,
+                                    svd_method=snakemake.params.svd_method,
                                     hill_fraction=snakemake.params.hill_fraction,
                                     sparsity_threshold=snakemake.params.sparsity_threshold, device=gpu.device)
     write_parquet(spectra, snakemake.output.spectra)
