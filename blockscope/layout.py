@@ -53,6 +53,12 @@ ATTENTION_BLOCK_TYPES = tuple(ATTENTION_PARTS)
 CHECKPOINT = "resources/models/{model}"
 CORPUS = "resources/corpus/wikitext-2-raw-test.txt"
 HEADMERGE = "results/{model}/headmerge"
+# The base model's evaluation on the corpus windows (rule evaluate_base), read by head merging
+# and the compression experiments: the tensors variants are scored against, a table, a summary.
+EVAL = "results/{model}/eval"
+EVAL_BASE = "results/{model}/eval/base.safetensors"
+EVAL_BASE_WINDOWS = "results/{model}/eval/base_windows.parquet"
+EVAL_BASE_SUMMARY = "results/{model}/eval/base.json"
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
@@ -157,6 +163,8 @@ CONTRACT_METRICS_COLUMNS = [
 # Snakemake's benchmark files (seconds, MB, MB/s); blockscope adds rule and job from the path.
 # Head merging: every pairwise cosine of every layer and measure (wq, qk, ov).
 SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
+# The base evaluation, one row per corpus window (blockscope.evaluate.base_windows_table).
+EVAL_WINDOW_COLUMNS = ["window", "first_token", "nll", "correct", "tokens", "loss", "accuracy"]
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
 
@@ -166,5 +174,5 @@ TABLES = {
     "precision": PRECISION_COLUMNS, "heads": HEAD_COLUMNS, "deep_dive": EIGENVALUE_COLUMNS,
     "precision_alpha_hill": [*PRECISION_WIDE_COLUMNS, *PRECISION_SENSITIVITY_COLUMNS], "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
     "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
-    "quantization_hints": QUANTIZATION_HINT_COLUMNS,
+    "quantization_hints": QUANTIZATION_HINT_COLUMNS, "eval_base_windows": EVAL_WINDOW_COLUMNS,
 }
