@@ -219,15 +219,16 @@ def kl_to_base(base_top, variant_top, base_tail, variant_tail):
     return kl
 
 
-def tail_samples(logits, top_ids, count: int, generator):
-    """(..., count) token ids drawn from the distribution of `logits` outside `top_ids`, by
-    systematic sampling (one uniform offset per prediction, `count` evenly spaced points of the
-    tail's CDF): each draw follows the tail distribution, with less spread than independent ones."""
+def tail_samples(logits, lse, top_ids, count: int, generator):
+    """(..., count) token ids drawn from the distribution of `logits` (logsumexp `lse`) outside
+    `top_ids`, by systematic sampling (one uniform offset per prediction, `count` evenly spaced
+    points of the tail's CDF): each draw follows the tail distribution, with less spread than
+    independent ones. One vocabulary-wide temporary, worked in place."""
     import torch
 
     if count == 0 or top_ids.shape[-1] >= logits.shape[-1]:
         return top_ids.new_empty((*top_ids.shape[:-1], 0))
-    cdf = torch.softmax(logits.scatter(-1, top_ids, float("-inf")), dim=-1).cumsum_(-1)
+    cdf = (logits - lse[..., None]).exp_().scatter_(-1, top_ids, 0.0).cumsum_(-1)
     offset = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device)
     points = (torch.arange(count, device=cdf.device) + offset).clamp_min_(1e-6) / count * cdf[..., -1:]
     return torch.searchsorted(cdf, points).clamp_max_(cdf.shape[-1] - 1)
@@ -258,6 +259,29 @@ def _batches(windows, batch_size: int, device: str):
         yield start, windows[start:start + batch_size].to(device)
 
 
+# On the CPU the vocabulary-wide work runs on chunks of positions this small: the allocator
+# reuses their temporaries, where a fresh 50 MB tensor costs more in page faults than its
+# arithmetic. A GPU takes each window whole (its allocator caches; fewer kernel launches).
+CPU_CHUNK_BYTES = 8 * 2**20
+
+
+def _pieces(logits, device):
+    """(window in the batch, positions, their (rows, vocab) logits), in order."""
+    windows, positions, vocab = logits.shape
+    rows = positions if str(device).startswith("cuda") else max(1, CPU_CHUNK_BYTES // (4 * vocab))
+    for window in range(windows):
+        for start in range(0, positions, rows):
+            where = slice(start, start + rows)
+            yield window, where, logits[window, where]
+
+
+def _per_prediction(parts: list, shape) -> dict:
+    """The pieces' per-prediction tensors (name -> list, in order) as (windows, positions, ...)."""
+    import torch
+
+    return {name: torch.cat(values).reshape(*shape, *values[0].shape[1:]) for name, values in parts.items()}
+
+
 def _per_window(values: list) -> list:
     """Per-window sums gathered on the device, moved to the CPU once (no sync per window)."""
     import torch
@@ -278,17 +302,21 @@ def evaluate_base(model, windows, device: str = "cpu", batch_size: int = 1, top_
     generator = torch.Generator(device=device).manual_seed(SAMPLING_SEED)
     with torch.inference_mode():
         for _, ids in _batches(windows, batch_size, device):
-            logits = next_token_logits(model, ids)
-            lse, nll, predicted = next_token_scores(logits, ids[:, 1:])
-            top_logits, top_ids = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-            sums["nll"].append(nll.double().sum(-1))
-            sums["correct"].append((predicted == ids[:, 1:]).sum(-1))
-            kept["predicted"].append(predicted.int())
-            kept["top_ids"].append(top_ids.int())
-            kept["top_logprobs"].append(top_logits - lse[..., None])
-            tail_ids = tail_samples(logits, top_ids, tail_samples_per_token, generator)
-            kept["tail_ids"].append(tail_ids.int())
-            kept["tail_logprobs"].append(logits.gather(-1, tail_ids) - lse[..., None])
+            logits, targets = next_token_logits(model, ids), ids[:, 1:]
+            parts = {name: [] for name in ("nll", *kept)}
+            for window, where, z in _pieces(logits, device):
+                lse, nll, predicted = next_token_scores(z, targets[window, where])
+                top_logits, top_ids = z.topk(min(top_k, z.shape[-1]), dim=-1)
+                tail_ids = tail_samples(z, lse, top_ids, tail_samples_per_token, generator)
+                for name, value in (("nll", nll), ("predicted", predicted.int()), ("top_ids", top_ids.int()),
+                                    ("top_logprobs", top_logits - lse[..., None]), ("tail_ids", tail_ids.int()),
+                                    ("tail_logprobs", z.gather(-1, tail_ids) - lse[..., None])):
+                    parts[name].append(value)
+            batch = _per_prediction(parts, targets.shape)
+            sums["nll"].append(batch.pop("nll").double().sum(-1))
+            sums["correct"].append((batch["predicted"] == targets).sum(-1))
+            for name, value in batch.items():
+                kept[name].append(value)
         kept = {name: torch.cat(parts).cpu() for name, parts in kept.items()}
         windows = torch.as_tensor(np.asarray(windows), dtype=torch.long)
         return BaseEvaluation(nll=_per_window(sums["nll"]), correct=_per_window(sums["correct"]),
@@ -300,24 +328,29 @@ def evaluate_base(model, windows, device: str = "cpu", batch_size: int = 1, top_
 def evaluate_variant(model, base: BaseEvaluation, device: str = "cpu", batch_size: int = 1) -> WindowScores:
     """Score a variant of the base model (merged, quantised, pruned: same tokenizer) on the base's
     windows: per-window NLL, correct predictions, KL(base || variant) (kl_to_base: the base's top-k
-    tokens exactly, the rest from its samples) and agreement with the base's argmax. One forward pass per batch of windows;
-    the base is never run again."""
+    tokens exactly, the rest from its draws) and agreement with the base's argmax. One forward
+    pass per batch of windows; the base is never run again."""
     import torch
 
     sums = {"nll": [], "correct": [], "kl": [], "agree": []}
     with torch.inference_mode():
         for start, ids in _batches(base.windows, batch_size, device):
+            logits, targets = next_token_logits(model, ids), ids[:, 1:]
+            parts = {"nll": [], "predicted": [], "kl": []}
+            for window, where, z in _pieces(logits, device):
+                row = start + window
+                lse, nll, predicted = next_token_scores(z, targets[window, where])
+                top_ids, tail_ids = (ids_[row, where].to(device).long() for ids_ in (base.top_ids, base.tail_ids))
+                kl = kl_to_base(base.top_logprobs[row, where].to(device), z.gather(-1, top_ids) - lse[..., None],
+                                base.tail_logprobs[row, where].to(device), z.gather(-1, tail_ids) - lse[..., None])
+                for name, value in (("nll", nll), ("predicted", predicted), ("kl", kl)):
+                    parts[name].append(value)
+            batch = _per_prediction(parts, targets.shape)
             stop = start + len(ids)
-            logits = next_token_logits(model, ids)
-            lse, nll, predicted = next_token_scores(logits, ids[:, 1:])
-            variant_top, variant_tail = (logits.gather(-1, ids_.to(device).long()) - lse[..., None]
-                                         for ids_ in (base.top_ids[start:stop], base.tail_ids[start:stop]))
-            sums["nll"].append(nll.double().sum(-1))
-            sums["correct"].append((predicted == ids[:, 1:]).sum(-1))
-            kl = kl_to_base(base.top_logprobs[start:stop].to(device), variant_top,
-                            base.tail_logprobs[start:stop].to(device), variant_tail)
-            sums["kl"].append(kl.sum(-1))
-            sums["agree"].append((predicted == base.predicted[start:stop].to(device)).sum(-1))
+            sums["nll"].append(batch["nll"].double().sum(-1))
+            sums["correct"].append((batch["predicted"] == targets).sum(-1))
+            sums["kl"].append(batch["kl"].sum(-1))
+            sums["agree"].append((batch["predicted"] == base.predicted[start:stop].to(device)).sum(-1))
     return WindowScores(**{name: _per_window(values) for name, values in sums.items()}, tokens=list(base.tokens))
 
 

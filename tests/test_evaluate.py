@@ -127,7 +127,20 @@ def test_tail_samples_follow_the_distribution_outside_the_top_k():
 
     logits = torch.tensor([[0.5, 0.3, 0.12, 0.06, 0.02]]).log()
     top_ids = torch.tensor([[0]])
-    draws = ev.tail_samples(logits, top_ids, 50, torch.Generator().manual_seed(0))[0]
+    generator = torch.Generator().manual_seed(0)
+    draws = ev.tail_samples(logits, torch.logsumexp(logits, -1), top_ids, 50, generator)[0]
     counts = torch.bincount(draws, minlength=5).tolist()
     # systematic sampling: each count within one of 50 x (0.6, 0.24, 0.12, 0.04), none of the top k
     assert counts[0] == 0 and all(abs(c - 50 * q) <= 1 for c, q in zip(counts[1:], (0.6, 0.24, 0.12, 0.04)))
+
+
+def test_chunks_of_positions_give_the_same_evaluation(tiny, monkeypatch):
+    import torch
+
+    model, batches, base = tiny
+    monkeypatch.setattr(ev, "CPU_CHUNK_BYTES", 4 * TINY_LLAMA["vocab_size"] * 5)  # 5 positions a piece
+    chunked = ev.evaluate_base(model, batches, batch_size=2, top_k=16)
+    assert chunked.nll == pytest.approx(base.nll, rel=1e-6) and chunked.correct == base.correct
+    assert torch.equal(chunked.top_ids, base.top_ids) and torch.equal(chunked.predicted, base.predicted)
+    again = ev.evaluate_variant(model, chunked, batch_size=2).summary()
+    assert again["kl_divergence"] == 0.0 and again["top1_agreement"] == 1.0
