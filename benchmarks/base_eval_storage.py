@@ -56,7 +56,6 @@ def main():
     ids = np.asarray(tokenizer(corpus_text(raw_file_rows(corpus)))["input_ids"])
     batch = torch.as_tensor(windows(ids, seq_len, seq_len * count))
     vocab = model.config.vocab_size
-    predictions = count * (seq_len - 1)
 
     with torch.inference_mode():
         started = time.perf_counter()
@@ -85,7 +84,6 @@ def main():
         fp16_kl = (half.float().exp() * (half.float() - logp)).sum(-1).double()
         print(f"  {name}: exact KL {exact[name].mean():.5f}, from fp16 base {fp16_kl.mean():.5f} "
               f"(relative error {abs(fp16_kl.mean() / exact[name].mean() - 1):.1e})")
-    zero = torch.zeros(base_logp.shape[:-1])  # the logsumexp of log-probabilities
     for k in TOP_KS:
         top_logprobs, top_ids = base_logp.topk(k, dim=-1)  # what evaluate_base keeps (top logits - logsumexp)
         rest = rest_mass(top_logprobs).numpy()
@@ -99,7 +97,7 @@ def main():
                 estimates, seconds = [], 0.0
                 for seed in range(SEEDS):
                     started = time.perf_counter()
-                    tail = tail_samples(base_logp, zero, top_ids, samples, torch.Generator().manual_seed(seed))
+                    tail = tail_samples(base_logp.exp(), top_ids, samples, torch.Generator().manual_seed(seed))
                     seconds += time.perf_counter() - started
                     estimates.append(float(kl_to_base(top_logprobs, logp.gather(-1, top_ids),
                                                       base_logp.gather(-1, tail), logp.gather(-1, tail)).mean()))

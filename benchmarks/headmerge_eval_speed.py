@@ -44,15 +44,16 @@ def profile(logits, ids, base, device, sync):
     generator = torch.Generator(device=device).manual_seed(0)
     pieces = list(ev._pieces(logits, device))
     top = [z.topk(base.top_k, -1) for _, _, z in pieces]
-    lses = [torch.logsumexp(z, -1) for _, _, z in pieces]
+    targets = [ids[window, 1:][where] for window, where, _ in pieces]
     steps = {
-        "logsumexp (vocab)": lambda: [torch.logsumexp(z, -1) for _, _, z in pieces],
-        "argmax (vocab)": lambda: [z.argmax(-1) for _, _, z in pieces],
+        "max + exp, sum (vocab)": lambda: [ev.next_token_scores(z, t) for (_, _, z), t in zip(pieces, targets)],
         "topk (vocab, base only)": lambda: [z.topk(base.top_k, -1) for _, _, z in pieces],
-        "tail_samples (vocab, base)": lambda: [ev.tail_samples(z, lse, ids_, base.settings["tail_samples"], generator)
-                                               for (_, _, z), lse, (_, ids_) in zip(pieces, lses, top)],
+        "exp + tail_samples (base)": lambda: [ev.tail_samples((z - z.amax(-1, keepdim=True)).exp_(), i,
+                                                              base.settings["tail_samples"], generator)
+                                              for (_, _, z), (_, i) in zip(pieces, top)],
         "gathers + kl_to_base": lambda: [ev.kl_to_base(v, z.gather(-1, i), v[..., :32], z.gather(-1, i[..., :32]))
                                          for (_, _, z), (v, i) in zip(pieces, top)],
+        "old: logsumexp, one piece": lambda: torch.logsumexp(logits, -1),
         "old: softmax, one piece": lambda: torch.softmax(logits, -1),
     }
     with torch.inference_mode():

@@ -219,16 +219,16 @@ def kl_to_base(base_top, variant_top, base_tail, variant_tail):
     return kl
 
 
-def tail_samples(logits, lse, top_ids, count: int, generator):
-    """(..., count) token ids drawn from the distribution of `logits` (logsumexp `lse`) outside
-    `top_ids`, by systematic sampling (one uniform offset per prediction, `count` evenly spaced
-    points of the tail's CDF): each draw follows the tail distribution, with less spread than
-    independent ones. One vocabulary-wide temporary, worked in place."""
+def tail_samples(exp, top_ids, count: int, generator):
+    """(..., count) token ids drawn from the distribution proportional to `exp` (exp(z - max),
+    consumed: worked in place) outside `top_ids`, by systematic sampling (one uniform offset per
+    prediction, `count` evenly spaced points of the tail's CDF): each draw follows the tail
+    distribution, with less spread than independent ones."""
     import torch
 
-    if count == 0 or top_ids.shape[-1] >= logits.shape[-1]:
+    if count == 0 or top_ids.shape[-1] >= exp.shape[-1]:
         return top_ids.new_empty((*top_ids.shape[:-1], 0))
-    cdf = (logits - lse[..., None]).exp_().scatter_(-1, top_ids, 0.0).cumsum_(-1)
+    cdf = exp.scatter_(-1, top_ids, 0.0).cumsum_(-1)
     offset = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device)
     points = (torch.arange(count, device=cdf.device) + offset).clamp_min_(1e-6) / count * cdf[..., -1:]
     return torch.searchsorted(cdf, points).clamp_max_(cdf.shape[-1] - 1)
@@ -241,11 +241,13 @@ def next_token_logits(model, ids):
 
 
 def next_token_scores(logits, targets):
-    """(logsumexp, NLL, argmax) per prediction; NLL = logsumexp(z) - z_target."""
-    import torch
-
-    lse = torch.logsumexp(logits, dim=-1)
-    return lse, lse - logits.gather(-1, targets[..., None])[..., 0], logits.argmax(-1)
+    """(logsumexp, NLL, argmax, exp(z - max)) per prediction, in two passes over the vocabulary:
+    max with its index, then exp and sum; NLL = logsumexp(z) - z_target. The last, a temporary
+    the base reuses for its tail draws."""
+    top, predicted = logits.max(dim=-1)
+    exp = (logits - top[..., None]).exp_()
+    lse = top + exp.sum(-1).log_()
+    return lse, lse - logits.gather(-1, targets[..., None])[..., 0], predicted, exp
 
 
 # --- evaluation ------------------------------------------------------------------------------------
@@ -305,9 +307,9 @@ def evaluate_base(model, windows, device: str = "cpu", batch_size: int = 1, top_
             logits, targets = next_token_logits(model, ids), ids[:, 1:]
             parts = {name: [] for name in ("nll", *kept)}
             for window, where, z in _pieces(logits, device):
-                lse, nll, predicted = next_token_scores(z, targets[window, where])
+                lse, nll, predicted, exp = next_token_scores(z, targets[window, where])
                 top_logits, top_ids = z.topk(min(top_k, z.shape[-1]), dim=-1)
-                tail_ids = tail_samples(z, lse, top_ids, tail_samples_per_token, generator)
+                tail_ids = tail_samples(exp, top_ids, tail_samples_per_token, generator)
                 for name, value in (("nll", nll), ("predicted", predicted.int()), ("top_ids", top_ids.int()),
                                     ("top_logprobs", top_logits - lse[..., None]), ("tail_ids", tail_ids.int()),
                                     ("tail_logprobs", z.gather(-1, tail_ids) - lse[..., None])):
@@ -339,7 +341,7 @@ def evaluate_variant(model, base: BaseEvaluation, device: str = "cpu", batch_siz
             parts = {"nll": [], "predicted": [], "kl": []}
             for window, where, z in _pieces(logits, device):
                 row = start + window
-                lse, nll, predicted = next_token_scores(z, targets[window, where])
+                lse, nll, predicted, _ = next_token_scores(z, targets[window, where])
                 top_ids, tail_ids = (ids_[row, where].to(device).long() for ids_ in (base.top_ids, base.tail_ids))
                 kl = kl_to_base(base.top_logprobs[row, where].to(device), z.gather(-1, top_ids) - lse[..., None],
                                 base.tail_logprobs[row, where].to(device), z.gather(-1, tail_ids) - lse[..., None])
