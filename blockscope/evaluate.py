@@ -7,13 +7,13 @@ exp(sum NLL / number of predictions), exact at token level (GPTQ multiplies each
 loss by seq_len, a 1/seq_len difference).
 
 The base model is evaluated once (rule evaluate_base) into a BaseEvaluation: its windows, its
-per-window scores and, per predicted token, what KL and agreement need: the base's argmax and
-its top-k log-probabilities with their token ids (the probability outside them follows). Every
+per-window scores and, per predicted token, what KL and agreement need: the base's argmax, its
+top-k log-probabilities with their token ids, and draws from the rest of its distribution. Every
 variant (merged heads, a quantised or pruned model) is then scored against it with one forward
 pass per window; the base is never run again. Public API, names stable (the head-merge sweep
 and the compression experiments call it):
 
-    evaluate_base(model, windows, device, batch_size, top_k) -> BaseEvaluation
+    evaluate_base(model, windows, device, batch_size, top_k, settings, tail_samples_per_token) -> BaseEvaluation
     save_base(base, path) / load_base(path) -> BaseEvaluation     (results/{model}/eval/base.safetensors)
     evaluate_variant(model, base, device, batch_size) -> WindowScores   (loss, accuracy, KL, agreement)
     perplexity_change_ci(base, variant) -> (low, high)             (paired bootstrap over windows)
