@@ -18,6 +18,7 @@ include: "rules/heads.smk"
 include: "rules/embedding.smk"
 include: "rules/aggregate.smk"
 include: "rules/report.smk"
+include: "rules/evaluate.smk"
 include: "rules/headmerge.smk"
 
 

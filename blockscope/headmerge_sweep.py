@@ -5,71 +5,18 @@ plan (connected components), scored against the base model; the control merges a
 pairs per layer, once per seed; a paired bootstrap gives the perplexity change's CI.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from . import headmerge as hm
 from .attention_layout import has_attention, projection_names, read_projections, write_projections
 from .errors import BlockscopeError
-from .evaluate import Evaluator, WindowScores, perplexity_change_ci
+# The evaluation's own helpers, used here by their old names (rule headmerge, tests).
+from .evaluate import (Evaluator, WindowScores, has_tokenizer, is_causal, load_causal_lm,  # noqa: F401
+                       perplexity_change_ci, skip_reason, window_settings)
 from .heads import AttentionWeights
 
 REPORTED = ("perplexity", "accuracy")
-
-
-def is_causal(dims: dict) -> bool:
-    """Whether the checkpoint's architecture predicts the next token (what the evaluation scores)."""
-    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in dims.get("architectures", []))
-
-
-# Files from which transformers builds a tokenizer (special tokens, added tokens and chat
-# templates alone build none).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
-
-
-def has_tokenizer(checkpoint) -> bool:
-    """Whether the checkpoint folder holds tokenizer files (a synthetic model built from a bare
-    config holds none)."""
-    return any((Path(checkpoint) / name).is_file() for name in TOKENIZER_FILES)
-
-
-def skip_reason(dims: dict, checkpoint) -> str | None:
-    """Why head merging cannot evaluate this model, or None: the evaluation scores next-token
-    predictions of the corpus, so it needs a causal LM and a tokenizer."""
-    if not is_causal(dims):
-        return f"not a causal LM ({', '.join(dims.get('architectures') or ['unknown'])}): no next-token evaluation"
-    if not has_tokenizer(checkpoint):
-        return (f"no tokenizer in the checkpoint (none of {', '.join(TOKENIZER_FILES)}): the corpus cannot be "
-                "tokenised; a synthetic model gets one with `like:` a model that has one")
-    return None
-
-
-def window_settings(settings: dict, device: str) -> tuple:
-    """(seq_len, max_tokens) for this device: a GPU may take longer windows and more tokens."""
-    seq_len, max_tokens = settings["seq_len"], settings["max_tokens"]
-    if device == "cuda":
-        return settings.get("gpu_seq_len", seq_len), settings.get("gpu_max_tokens", max_tokens)
-    return seq_len, max_tokens
-
-
-def load_causal_lm(model_name: str, checkpoint, device: str, dtype: str):
-    """(model in eval mode on device, tokenizer); BlockscopeError when transformers cannot load them."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).to(device).eval()
-    except Exception as exc:
-        raise BlockscopeError(f"transformers cannot load the model ({type(exc).__name__}: {exc})".replace("\n", " "),
-                              model=model_name, path=checkpoint, fix="check config.json and the weights") from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    except Exception as exc:
-        raise BlockscopeError(f"no usable tokenizer ({type(exc).__name__})", model=model_name, path=checkpoint,
-                              fix="add tokenizer.json / tokenizer_config.json to the checkpoint") from None
-    return model, tokenizer
 
 
 class LayerSlots:

@@ -53,6 +53,12 @@ ATTENTION_BLOCK_TYPES = tuple(ATTENTION_PARTS)
 CHECKPOINT = "resources/models/{model}"
 CORPUS = "resources/corpus/wikitext-2-raw-test.txt"
 HEADMERGE = "results/{model}/headmerge"
+# The base model's evaluation on the corpus windows (rule evaluate_base), read by head merging
+# and the compression experiments: the tensors variants are scored against, a table, a summary.
+EVAL = "results/{model}/eval"
+EVAL_BASE = "results/{model}/eval/base.safetensors"
+EVAL_BASE_WINDOWS = "results/{model}/eval/base_windows.parquet"
+EVAL_BASE_SUMMARY = "results/{model}/eval/base.json"
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
@@ -161,6 +167,8 @@ CONTRACT_METRICS_COLUMNS = [
 SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
 # plan.json's jobs: one per (unit, per-unit rule), priced by blockscope.cost_model.
 PLAN_JOB_COLUMNS = ["unit", "rule", "seconds", "mem_mb", "gflops"]
+# The base evaluation, one row per corpus window (blockscope.evaluate.base_windows_table).
+EVAL_WINDOW_COLUMNS = ["window", "first_token", "nll", "correct", "tokens", "loss", "accuracy"]
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
 
@@ -171,6 +179,7 @@ TABLES = {
     "precision_alpha_hill": [*PRECISION_WIDE_COLUMNS, *PRECISION_SENSITIVITY_COLUMNS], "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
     "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
     "quantization_hints": QUANTIZATION_HINT_COLUMNS, "plan_jobs": PLAN_JOB_COLUMNS,
+    "eval_base_windows": EVAL_WINDOW_COLUMNS,
 }
 
 

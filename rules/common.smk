@@ -263,7 +263,7 @@ def benchmark_files(model):
     files += [benchmark(rule, f"layer_{layer}_head_{head}").replace("{model}", model)
               for rule in ("head_deep_dive", "head_deep_dive_plot") for layer, head in deep_dive_heads(model)]
     if HEADMERGE["enabled"]:
-        files += [benchmark(rule).replace("{model}", model) for rule in ("headmerge", "headmerge_plots")]
+        files += [benchmark(rule).replace("{model}", model) for rule in ("evaluate_base", "headmerge", "headmerge_plots")]
     return files
 
 

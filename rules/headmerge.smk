@@ -22,14 +22,16 @@ rule headmerge:
         checkpoint=layout.CHECKPOINT,
         inventory=layout.INVENTORY,
         dims=headmerge_dims,
-        corpus=layout.CORPUS,
+        base=layout.EVAL_BASE,
     output:
         thresholds=expand("results/{{model}}/headmerge/threshold_{t}.json", t=config["headmerge"]["thresholds"]),
         summary="results/{model}/headmerge/summary.parquet",
         similarities="results/{model}/headmerge/similarities.parquet",
     params:
-        # headmerge.layers only when set: runs from before the key existed stay up to date
-        settings={k: v for k, v in config["headmerge"].items() if k != "layers" or v is not None},
+        # headmerge.layers only when set: runs from before the key existed stay up to date;
+        # kl_cache_mb no more (the base evaluation's file replaced that cache)
+        settings={k: v for k, v in config["headmerge"].items()
+                  if (k != "layers" or v is not None) and k != "kl_cache_mb"},
         device=BACKEND,
         code=code("headmerge"),
     log:

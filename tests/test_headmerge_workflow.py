@@ -76,6 +76,34 @@ def test_threshold_json_format_and_controls(merged):
     assert set(sims["measure"]) == {"wq", "qk", "ov"} and set(sims["layer"]) == {0, 1} and len(sims) == 2 * 3 * 16
 
 
+def test_the_base_is_evaluated_once_into_its_own_files(merged):
+    from blockscope import layout
+
+    base = json.loads((merged / "results/tiny-lm/eval/base.json").read_text())
+    low = json.loads((merged / "results/tiny-lm/headmerge/threshold_0.001.json").read_text())
+    assert base["tokens_evaluated"] == low["tokens_evaluated"] == 16 * 31 and base["top_k"] == 64
+    # head merging read the base's scores from the file: the same numbers, no second evaluation
+    assert base["perplexity"] == low["original_metrics"]["perplexity"]
+    assert base["corpus_sha256"] == low["corpus_sha256"] and base["seq_len"] == low["seq_len"] == 32
+    assert "base (results/tiny-lm/eval/base.safetensors)" in (merged / "logs/tiny-lm/headmerge.log").read_text()
+    table = pd.read_parquet(merged / "results/tiny-lm/eval/base_windows.parquet")
+    assert list(table.columns) == layout.EVAL_WINDOW_COLUMNS and len(table) == 16
+    skipped = json.loads((merged / "results/tiny-bert/eval/base.json").read_text())
+    assert skipped["skipped"].startswith("not a causal LM (BertForMaskedLM)")
+
+
+def test_new_thresholds_rerun_head_merging_but_not_the_base_evaluation(merged, tmp_path):
+    import yaml
+
+    work = tmp_path / "work"
+    copy_tree(merged, work)
+    config = yaml.safe_load((merged / "config.yaml").read_text())
+    config["headmerge"]["thresholds"] = [0.001, 0.5]
+    result = run_workflow(work, config, "--dry-run", "all")
+    rerun = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
+    assert "headmerge" in rerun and "evaluate_base" not in rerun
+
+
 def test_encoders_are_skipped_with_a_reason(merged):
     skipped = json.loads((merged / "results/tiny-bert/headmerge/threshold_0.001.json").read_text())
     assert "not a causal LM (BertForMaskedLM)" in skipped["skipped"]

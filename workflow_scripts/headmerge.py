@@ -4,17 +4,15 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from blockscope import headmerge_sweep as sweep
 from blockscope.atomic import write_json, write_parquet
 from blockscope.device import torch_device
-from blockscope.evaluate import Evaluator, corpus_text, raw_file_rows, windows
+from blockscope.evaluate import Evaluator, load_base
 from blockscope.gpu_slots import claim_gpu
 from blockscope.headmerge import similarity_table
 from blockscope.selection import parse_layers
-from blockscope.sources import sha256
 from blockscope.workflow import run_step
 
 
@@ -28,26 +26,23 @@ def skip(model_name, reason, settings, output):
 
 def main(snakemake):
     model_name, settings, output = snakemake.wildcards.model, snakemake.params.settings, snakemake.output
-    dims = json.loads(Path(snakemake.input.dims).read_text())
-    reason = sweep.skip_reason(dims, snakemake.input.checkpoint)
-    if reason:
-        return skip(model_name, reason, settings, output)
+    base = load_base(snakemake.input.base)  # rule evaluate_base: the base model is not run again here
+    if base.skipped:
+        return skip(model_name, base.skipped, settings, output)
     gpu = claim_gpu(snakemake.params.device)  # this job's own GPU, before torch loads
     device = torch_device(snakemake.params.device)
-    seq_len, max_tokens = sweep.window_settings(settings, device)
-    model, tokenizer = sweep.load_causal_lm(model_name, snakemake.input.checkpoint, device, settings["dtype"])
-    ids = np.asarray(tokenizer(corpus_text(raw_file_rows(snakemake.input.corpus)))["input_ids"])
-    evaluator = Evaluator(windows(ids, seq_len, max_tokens, model=model_name), device=device,
-                          batch_size=settings["batch_size"], cache_mb=settings["kl_cache_mb"])
-    base = evaluator.score(model, base=True)
-    logging.info("[%s] base: %s on %s", model_name, base.summary(), device)
+    model, _ = sweep.load_causal_lm(model_name, snakemake.input.checkpoint, device, settings["dtype"])
+    evaluator = Evaluator.of(base, device=device, batch_size=settings["batch_size"])
+    logging.info("[%s] base (%s): %s; variants scored on %s", model_name, snakemake.input.base, base.summary(),
+                 device)
 
+    dims = json.loads(Path(snakemake.input.dims).read_text())
     slots = sweep.layer_slots(model, pd.read_parquet(snakemake.input.inventory), dims, model_name,
                               path=snakemake.input.inventory, layers=parse_layers(settings.get("layers")))
     sims = sweep.layer_similarities(slots)
     write_parquet(similarity_table(sims), output.similarities)
-    run_info = {"seq_len": seq_len, "dtype": settings["dtype"], "device": gpu.device if device == "cuda" else device,
-                "corpus_sha256": sha256(snakemake.input.corpus)}
+    run_info = {"seq_len": base.settings["seq_len"], "dtype": settings["dtype"],
+                "device": gpu.device if device == "cuda" else device, "corpus_sha256": base.settings["corpus_sha256"]}
     rows = []
     results = sweep.sweep(evaluator, model, slots, base, settings["thresholds"], settings["similarity"],
                           settings["random_seeds"], settings["bootstrap"], sims=sims)
