@@ -76,7 +76,13 @@ rule headmerge_plots:
             subcategory="head merging",
             caption="../report/headmerge_histograms.rst",
         ),
+        # Per threshold: original vs merged vs the random control, and the merged pairs by layer.
+        thresholds_figures=[path for t in config["headmerge"]["thresholds"] for stem in headmerge_threshold_stems(t)
+                            for path in figure(stem, category="{model}", subcategory="head merging per threshold",
+                                               caption="../report/headmerge_threshold.rst")],
     params:
+        plot_layers=HEADMERGE["plot_layers"],
+        formats=FORMATS,
         code=code("headmerge_plots"),
     log:
         "logs/{model}/headmerge_plots.log",
