@@ -131,9 +131,10 @@ def test_report_sections_name_their_tables():
     assert "| LOW " in text and "| HIGH " in text
 
 
-def test_the_figures_are_written_in_every_format(tmp_path):
-    precision = pd.DataFrame({"matrix": ["m0", "m0", "m1", "m1"], "layer_index": [0, 0, 1, 1],
-                              "precision": ["fp32", "bf16"] * 2, "alpha_hill": [2.0, 2.1, 3.0, 3.3]})
+def test_the_figures_are_drawn(tmp_path):
+    precision = pd.DataFrame({"matrix": ["m0", "m0", "m1", "m1", "embed", "embed"],  # embed: outside the blocks
+                              "layer_index": pd.array([0, 0, 1, 1, None, None], dtype="Int64"),
+                              "precision": ["fp32", "bf16"] * 3, "alpha_hill": [2.0, 2.1, 3.0, 3.3, 4.0, np.nan]})
     row = {"threshold": 0.5, "perplexity": 30.0, "accuracy": 0.2, "base_perplexity": 20.0, "base_accuracy": 0.25,
            "random_perplexity_mean": 40.0, "random_perplexity_std": 3.0, "random_accuracy_mean": 0.18,
            "merged_pairs": 3, "pairs_layer_0": 1, "pairs_layer_1": 2}
@@ -147,9 +148,9 @@ def test_the_figures_are_written_in_every_format(tmp_path):
            for kind in ("box", "violin", "histogram")},
     }
     for name, draw in drawn.items():
-        files = layout.figure_files(str(tmp_path / name), ["png", "svg"])
-        draw(files)
-        assert all((tmp_path / f"{name}.{ext}").stat().st_size > 5_000 for ext in ("png", "svg")), name
+        formats = ["png", "svg"] if name == "down" else ["png"]  # one figure in two formats is enough here
+        draw(layout.figure_files(str(tmp_path / name), formats))
+        assert all((tmp_path / f"{name}.{ext}").stat().st_size > 5_000 for ext in formats), name
 
 
 @pytest.mark.parametrize("section, fragment", [
