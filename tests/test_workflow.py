@@ -260,12 +260,13 @@ def check_notebook_views(model, metrics, report):
         assert list(frame.columns) == layout.TABLES[name], name
     assert len(views["heads_by_head"]) == 4 and set(views["heads_by_head"]["rank_class"]) <= {"LOW", "MID", "HIGH"}
     assert views["heads_by_layer"]["heads"].tolist() == [4, 4]
-    assert views["deep_dive_summary"][["layer", "head", "eigenvalues"]].values.tolist() == [[1, 0, 64]]
+    head_dim = pd.read_json(model / "model.json", typ="series")["head_dim"]  # d_head eigenvalues
+    assert views["deep_dive_summary"][["layer", "head", "eigenvalues"]].values.tolist() == [[1, 0, head_dim]]
     down = views["down_projections"].set_index("matrix")
     stored = metrics[metrics["block_type"] == "down_proj"].set_index("matrix")
     assert sorted(down.index) == sorted(stored.index) and down["layer_index"].tolist() == [0, 1]
     for column in ("sigma_max", "condition_number", *layout.ENERGY_COLUMNS):  # the spectra agree with metrics
-        assert np.allclose(down[column], stored.loc[down.index, column], rtol=1e-9), column
+        assert np.allclose(down[column], stored.loc[down.index, column], rtol=1e-6), column
     phases = views["phase_statistics"]
     assert set(phases["phase"]) == {"early", "middle", "late"} and layout.ALL_TYPES in set(phases["block_type"])
     for png in ["plots/down_proj_variance.png", "plots/precision_categories/category_q_proj.png",
