@@ -7,13 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from blockscope import views
-from blockscope.atomic import atomic_path
+from blockscope.atomic import write_csv
 from blockscope.workflow import run_step
-
-
-def write_csv(frame, target):
-    with atomic_path(target) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def read_down_spectra(paths, matrices) -> pd.DataFrame:
