@@ -72,7 +72,7 @@ HEADS = "results/{model}/heads.parquet"
 PRECISION = "results/{model}/precision.parquet"
 PLOTS = "results/{model}/plots"
 REPORT = "results/{model}/report.md"
-# The original notebook's and scripts' views (rules view_tables, down_proj_plot, precision_views).
+# The original notebook's and scripts' views (rules view_tables, down_proj_plot, precision_category_plots).
 HEADS_BY_HEAD = "results/{model}/heads_by_head.csv"
 HEADS_BY_LAYER = "results/{model}/heads_by_layer.csv"
 HEADS_HEATMAP_STATISTICS = "results/{model}/heads_heatmap_statistics.csv"

@@ -114,8 +114,10 @@ def down_projections(spectra: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFra
 
 def layer_pivot(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Layers x weight types: the metric's mean per cell (experts averaged), layer_index first."""
-    inside = spectral_rows(metrics).dropna(subset=["layer_index"]) if len(metrics) else metrics
-    if not len(inside) or metric not in inside:
+    if not len(metrics) or not {"layer_index", "block_type", metric} <= set(metrics.columns):
+        return pd.DataFrame()
+    inside = spectral_rows(metrics).dropna(subset=["layer_index"])
+    if not len(inside):
         return pd.DataFrame()
     grid = inside.pivot_table(index="layer_index", columns="block_type", values=metric, aggfunc="mean")
     grid.columns.name = None
@@ -125,7 +127,9 @@ def layer_pivot(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
 def phase_statistics(metrics: pd.DataFrame, layers: int, columns=MAIN_METRICS) -> pd.DataFrame:
     """Per weight type (and over all types, block_type `all`), metric and phase (early / middle /
     late thirds of depth): count, mean, std, min, max, median, range, cv of the matrices' values."""
-    inside = spectral_rows(metrics).dropna(subset=["layer_index"]) if len(metrics) else metrics
+    if not len(metrics) or not {"layer_index", "block_type"} <= set(metrics.columns):
+        return pd.DataFrame(columns=PHASE_STATISTICS_COLUMNS)
+    inside = spectral_rows(metrics).dropna(subset=["layer_index"])
     if not len(inside):
         return pd.DataFrame(columns=PHASE_STATISTICS_COLUMNS)
     inside = inside.assign(phase=phase_of(inside["layer_index"].astype(float), layers))

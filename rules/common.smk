@@ -190,7 +190,7 @@ def down_proj_layers(model):
 
 
 def view_plot_files(model):
-    """The figures of the original notebook's and scripts' views (rules down_proj_plot, precision_views)."""
+    """The figures of the original notebook's and scripts' views (rules down_proj_plot, precision_category_plots)."""
     return [*figure_files(layout.DOWN_PROJ_FIGURE.format(model=model)), layout.PRECISION_CATEGORIES.format(model=model),
             *([layout.PRECISION_MATRICES.format(model=model)] if config["report"]["per_matrix_charts"] else [])]
 
@@ -253,7 +253,7 @@ def headmerge_threshold_stems(t):
 # "where the time went" reads them all).
 PER_UNIT_RULES = ["extract", "spectra", "precision", "heads"]
 PER_MODEL_RULES = ["fetch", "inventory", "selection", "embedding", "embedding_plots", "aggregate", "metric_plots",
-                   "head_and_precision_plots", "view_tables", "down_proj_plot", "precision_views"]
+                   "head_and_precision_plots", "view_tables", "down_proj_plot", "precision_category_plots"]
 
 
 def benchmark_files(model):

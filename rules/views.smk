@@ -50,7 +50,7 @@ rule down_proj_plot:
         "../workflow_scripts/down_proj_plot.py"
 
 
-rule precision_views:
+rule precision_category_plots:
     input:
         precision=layout.PRECISION,
     output:
@@ -71,12 +71,12 @@ rule precision_views:
         )} if config["report"]["per_matrix_charts"] else {}),
     params:
         formats=FORMATS,
-        code=code("precision_views"),
+        code=code("precision_category_plots"),
     log:
-        "logs/{model}/plots/precision_views.log",
+        "logs/{model}/plots/precision_categories.log",
     benchmark:
-        benchmark("precision_views")
+        benchmark("precision_category_plots")
     conda:
         "../envs/blockscope.yaml"
     script:
-        "../workflow_scripts/precision_views.py"
+        "../workflow_scripts/precision_category_plots.py"

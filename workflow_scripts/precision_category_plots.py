@@ -1,4 +1,4 @@
-"""rule precision_views: the precision script's per-category charts (category_<type>) and, with
+"""rule precision_category_plots: the precision script's per-category charts (category_<type>) and, with
 report.per_matrix_charts, one chart per matrix (individual_layers/), from precision.parquet."""
 
 import os
