@@ -20,6 +20,7 @@ include: "rules/aggregate.smk"
 include: "rules/report.smk"
 include: "rules/evaluate.smk"
 include: "rules/headmerge.smk"
+include: "rules/views.smk"
 
 
 rule all:

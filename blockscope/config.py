@@ -398,6 +398,7 @@ def check_cross_keys(config: dict, origins: Origins):
                   f"{count} layers (0-{count - 1})", f"keep the layers of {slug} within 0-{count - 1}",
                   also=[("select", "layers")])
     _check_layers(origins, ("headmerge", "layers"), config["headmerge"].get("layers"))
+    _check_layers(origins, ("headmerge", "plot_layers"), config["headmerge"].get("plot_layers"))
 
     emb = config["embedding"]
     if emb["k_min"] > emb["k_max"]:

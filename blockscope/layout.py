@@ -59,6 +59,8 @@ EVAL = "results/{model}/eval"
 EVAL_BASE = "results/{model}/eval/base.safetensors"
 EVAL_BASE_WINDOWS = "results/{model}/eval/base_windows.parquet"
 EVAL_BASE_SUMMARY = "results/{model}/eval/base.json"
+# Per threshold (figure stems, rule headmerge_plots): original vs merged vs random, and pairs by layer.
+HEADMERGE_THRESHOLD_FIGURES = (HEADMERGE + "/comparison_{threshold}", HEADMERGE + "/pairs_by_layer_{threshold}")
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
@@ -77,6 +79,19 @@ HEADS = "results/{model}/heads.parquet"
 PRECISION = "results/{model}/precision.parquet"
 PLOTS = "results/{model}/plots"
 REPORT = "results/{model}/report.md"
+# The original notebook's and scripts' views (rules view_tables, down_proj_plot, precision_category_plots).
+HEADS_BY_HEAD = "results/{model}/heads_by_head.csv"
+HEADS_BY_LAYER = "results/{model}/heads_by_layer.csv"
+HEADS_HEATMAP_STATISTICS = "results/{model}/heads_heatmap_statistics.csv"
+DEEP_DIVE_SUMMARY = "results/{model}/heads/deep_dive_summary.csv"
+DOWN_PROJECTIONS = "results/{model}/down_projections.csv"
+PHASE_STATISTICS = "results/{model}/phase_statistics.csv"
+DOWN_PROJ_FIGURE = "results/{model}/plots/down_proj_variance"  # a figure stem: one file per report.formats
+PRECISION_CATEGORIES = "results/{model}/plots/precision_categories"  # category_<block_type>.<format>
+PRECISION_MATRICES = "results/{model}/plots/individual_layers"  # <matrix>.<format>, report.per_matrix_charts
+VIEW_TABLES = {"heads_by_head": HEADS_BY_HEAD, "heads_by_layer": HEADS_BY_LAYER,
+               "heads_heatmap_statistics": HEADS_HEATMAP_STATISTICS, "deep_dive_summary": DEEP_DIVE_SUMMARY,
+               "down_projections": DOWN_PROJECTIONS, "phase_statistics": PHASE_STATISTICS}
 SUMMARY = "results/summary"
 # Snakemake benchmark files: one per job, {job} names its wildcards (a unit, a layer, ...).
 BENCHMARK = "results/{model}/benchmarks/{rule}/{job}.tsv"
@@ -169,6 +184,30 @@ SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
 PLAN_JOB_COLUMNS = ["unit", "rule", "seconds", "mem_mb", "gflops"]
 # The base evaluation, one row per corpus window (blockscope.evaluate.base_windows_table).
 EVAL_WINDOW_COLUMNS = ["window", "first_token", "nll", "correct", "tokens", "loss", "accuracy"]
+# Views of the per-head QK notebook: statistics of a head metric over a group of heads.
+SPREAD = ("mean", "std", "min", "max")
+
+
+def spread_columns(metric: str) -> list:
+    return [f"{metric}_{stat}" for stat in SPREAD]
+
+
+HEAD_RANK_CLASSES = ("LOW", "MID", "HIGH")  # by the 25 % / 75 % quantiles of the per-head-index means
+HEADS_BY_HEAD_COLUMNS = ["head", "layers", *spread_columns("qk_effective_rank"), "rank_class"]
+HEADS_BY_LAYER_COLUMNS = ["layer_index", "heads", *spread_columns("qk_effective_rank"),
+                          *spread_columns("ov_effective_rank")]
+HEATMAP_STATISTICS_COLUMNS = ["metric", "count", "min", "max", "mean", "std"]
+MAGNITUDE_PERCENTILES = (10, 25, 50, 75, 90)
+DEEP_DIVE_SUMMARY_COLUMNS = [
+    "layer", "head", "eigenvalues", *[f"magnitude_percentile_{p}" for p in MAGNITUDE_PERCENTILES], "real_min", "real_max",
+    "imag_min", "imag_max", "positive_real", "negative_real", *ENERGY_COLUMNS,  # n50 ... n99
+]
+DOWN_PROJECTION_COLUMNS = ["matrix", "layer_index", "rows", "cols", "components", "sigma_max", "sigma_min",
+                           "condition_number", *ENERGY_COLUMNS]
+# Per phase (early / middle / late, and all): the statistics of series_stats a phase reads with.
+PHASE_STATISTICS_COLUMNS = ["block_type", "metric", "phase", "count", "mean", "std", "min", "max", "median",
+                            "range", "cv"]
+ALL_TYPES = "all"  # block_type of the phase-statistics rows over every weight type
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
 
@@ -180,6 +219,9 @@ TABLES = {
     "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
     "quantization_hints": QUANTIZATION_HINT_COLUMNS, "plan_jobs": PLAN_JOB_COLUMNS,
     "eval_base_windows": EVAL_WINDOW_COLUMNS,
+    "heads_by_head": HEADS_BY_HEAD_COLUMNS, "heads_by_layer": HEADS_BY_LAYER_COLUMNS,
+    "heads_heatmap_statistics": HEATMAP_STATISTICS_COLUMNS, "deep_dive_summary": DEEP_DIVE_SUMMARY_COLUMNS,
+    "down_projections": DOWN_PROJECTION_COLUMNS, "phase_statistics": PHASE_STATISTICS_COLUMNS,
 }
 
 

@@ -15,8 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
-from .layout import EIGENVALUE_COLUMNS  # noqa: E402
+from .layout import EIGENVALUE_COLUMNS, ENERGY_FRACTIONS  # noqa: E402
 from .sensitivity import most_sensitive  # noqa: E402
+from .views import energy_milestones  # noqa: E402
 from .sensitivity import precision_sensitivity as sensitivity_table  # noqa: E402
 
 
@@ -60,10 +61,13 @@ def head_eigenvalues(table, title, target, reason=None):
     ax.set(xlabel="rank (by |λ|)", ylabel="|λ| (log scale)", title="sorted eigenvalue magnitudes")
     ax = axes[2]
     ax.plot(table["rank"], table["cumulative_energy"], marker=".")
-    for level in (0.5, 0.9, 0.99):
+    for level in ENERGY_FRACTIONS:
         ax.axhline(level, color="grey", lw=0.5, ls="--")
+    n99 = energy_milestones(table["magnitude"])["energy_rank_99"]
+    ax.axvline(n99, color="C3", ls=":", label=f"n99 = {n99} eigenvalues hold 99 %")
+    ax.legend(fontsize=8, loc="lower right")
     ax.set(xlabel="number of eigenvalues", ylabel="share of Σ|λ|²", ylim=(0, 1.02),
-           title="cumulative eigenvalue energy")
+           title="cumulative eigenvalue energy (dashed: 50/75/90/95/99 %)")
     fig.suptitle(title)
     save(fig, target)
 
@@ -209,8 +213,12 @@ def precision_page(precision, title, target, reason="no matrix in these layers")
     save(fig, target)
 
 
-def precision_distributions(precision, title, target, reason="the precision sweep has no rows"):
-    """The distribution of alpha-Hill over matrices, per precision."""
+DISTRIBUTION_KINDS = ("box", "violin", "histogram")
+
+
+def precision_distributions(precision, title, target, reason="the precision sweep has no rows", kind="box"):
+    """The distribution of alpha-Hill over matrices, per precision: box, violin or histogram
+    (report.distribution_kind)."""
     if lacks(precision, "precision", "alpha_hill"):
         return nothing_to_plot(reason, title, target)
     if precision["alpha_hill"].notna().sum() == 0:
@@ -218,8 +226,21 @@ def precision_distributions(precision, title, target, reason="the precision swee
     names = list(dict.fromkeys(precision["precision"]))
     data = [precision.loc[precision["precision"] == p, "alpha_hill"].dropna() for p in names]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.boxplot(data, tick_labels=names, showmeans=True)
-    ax.set(xlabel="precision the matrix was cast to", ylabel="α-Hill", title=title)
+    if kind == "histogram":
+        bins = np.histogram_bin_edges(np.concatenate([d.to_numpy() for d in data]), bins=30)
+        for i, (name, values) in enumerate(zip(names, data)):  # thinner and dashed in turn: equal ones stay visible
+            ax.hist(values, bins=bins, histtype="step", lw=max(3.0 - i, 1.0), ls=("-", "--", ":", "-.")[i % 4],
+                    label=f"{name} ({len(values)} matrices)")
+        ax.set(xlabel="α-Hill", ylabel="matrices", title=title)
+        ax.legend(title="precision")
+    else:
+        if kind == "violin":
+            kept = [(name, values) for name, values in zip(names, data) if len(values)]  # a violin needs values
+            ax.violinplot([values for _, values in kept], showmedians=True)
+            ax.set_xticks(range(1, len(kept) + 1), [name for name, _ in kept])
+        else:
+            ax.boxplot(data, tick_labels=names, showmeans=True)
+        ax.set(xlabel="precision the matrix was cast to", ylabel="α-Hill", title=title)
     save(fig, target)
 
 

@@ -134,3 +134,15 @@ def selected_units(inventory, selection: dict, layers: int, model: str = None, p
 def describe(selection: dict) -> str:
     parts = [f"{key}={selection[key]}" for key in KEYS if selection[key]]
     return ", ".join(parts) or "everything"
+
+
+def first_middle_last(layers) -> list:
+    """The default layers to draw: first, middle and last of `layers` (sorted, each once)."""
+    layers = sorted(layers)
+    return sorted({layers[0], layers[len(layers) // 2], layers[-1]}) if layers else []
+
+
+def chosen_layers(requested, available) -> list:
+    """The requested layers that exist (sorted); with none requested, first / middle / last."""
+    available = sorted(set(available))
+    return sorted(set(requested) & set(available)) if requested else first_middle_last(available)

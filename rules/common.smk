@@ -202,6 +202,17 @@ def esd_layers(model):
     return sorted({layer for layer in chosen if layer in layers})
 
 
+def down_proj_layers(model):
+    """Layers whose down projections are drawn (report.down_proj_layers, else first, middle, last)."""
+    return select.chosen_layers(config["report"]["down_proj_layers"], selected_layers(model))
+
+
+def view_plot_files(model):
+    """The figures of the original notebook's and scripts' views (rules down_proj_plot, precision_category_plots)."""
+    return [*figure_files(layout.DOWN_PROJ_FIGURE.format(model=model)), layout.PRECISION_CATEGORIES.format(model=model),
+            *([layout.PRECISION_MATRICES.format(model=model)] if config["report"]["per_matrix_charts"] else [])]
+
+
 def plots_dir(model):
     return layout.PLOTS.format(model=model)
 
@@ -218,6 +229,7 @@ def model_plot_files(model):
         f"results/{model}/embedding/elbow.png",
         f"results/{model}/embedding/pca.png",
         *deep_dive_files(model, "png"),
+        *view_plot_files(model),
     ]
 
 
@@ -245,14 +257,21 @@ def headmerge_targets(model):
         f"results/{model}/headmerge/summary.parquet",
         *[f"results/{model}/headmerge/{name}.png"
           for name in ("sweep", "pairs_per_layer", "similarity_matrices", "similarity_histograms")],
+        *[path for t in HEADMERGE["thresholds"] for stem in headmerge_threshold_stems(t)
+          for path in figure_files(stem.format(model=model))],
     ]
+
+
+def headmerge_threshold_stems(t):
+    """The per-threshold figures of headmerge_plots (stems): the comparison, the merged pairs by layer."""
+    return [stem.format(model="{model}", threshold=t) for stem in layout.HEADMERGE_THRESHOLD_FIGURES]
 
 
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
 PER_UNIT_RULES = ["extract", "spectra", "precision", "heads"]
 PER_MODEL_RULES = ["fetch", "inventory", "selection", "plan", "embedding", "embedding_plots", "aggregate", "metric_plots",
-                   "head_and_precision_plots"]
+                   "head_and_precision_plots", "view_tables", "down_proj_plot", "precision_category_plots"]
 
 
 def benchmark_files(model):

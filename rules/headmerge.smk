@@ -29,9 +29,10 @@ rule headmerge:
         similarities="results/{model}/headmerge/similarities.parquet",
     params:
         # headmerge.layers only when set: runs from before the key existed stay up to date;
-        # kl_cache_mb no more (the base evaluation's file replaced that cache)
+        # kl_cache_mb no more (the base evaluation's file replaced that cache); plot_layers
+        # only chooses what headmerge_plots draws
         settings={k: v for k, v in config["headmerge"].items()
-                  if (k != "layers" or v is not None) and k != "kl_cache_mb"},
+                  if (k != "layers" or v is not None) and k not in ("kl_cache_mb", "plot_layers")},
         device=BACKEND,
         code=code("headmerge"),
     log:
@@ -78,7 +79,13 @@ rule headmerge_plots:
             subcategory="head merging",
             caption="../report/headmerge_histograms.rst",
         ),
+        # Per threshold: original vs merged vs the random control, and the merged pairs by layer.
+        thresholds_figures=[path for t in config["headmerge"]["thresholds"] for stem in headmerge_threshold_stems(t)
+                            for path in figure(stem, category="{model}", subcategory="head merging per threshold",
+                                               caption="../report/headmerge_threshold.rst")],
     params:
+        plot_layers=HEADMERGE["plot_layers"],
+        formats=FORMATS,
         code=code("headmerge_plots"),
     log:
         "logs/{model}/headmerge_plots.log",

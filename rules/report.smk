@@ -79,6 +79,7 @@ rule head_and_precision_plots:
             caption="../report/precision_pages.rst",
         ),
     params:
+        distribution_kind=config["report"]["distribution_kind"],
         layers_per_page=config["report"]["layers_per_page"],
         sensitivity_threshold=config["precision"]["sensitivity_threshold"],
         code=code("head_precision_plots"),
@@ -105,6 +106,7 @@ rule model_report:
         precision_csv="results/{model}/precision_alpha_hill.csv",
         embedding="results/{model}/embedding/summary.json",
         deep_dive=lambda w: deep_dive_files(w.model, "parquet"),
+        views=list(layout.VIEW_TABLES.values()),
         plots=lambda w: model_plot_files(w.model),
         benchmarks=lambda w: benchmark_files(w.model),
         files=lambda w: model_files(w.model),

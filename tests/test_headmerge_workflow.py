@@ -72,6 +72,10 @@ def test_threshold_json_format_and_controls(merged):
     summary = pd.read_parquet(merged / "results/tiny-lm/headmerge/summary.parquet")
     assert list(summary["threshold"]) == [0.001, 0.99]
     assert (merged / "results/tiny-lm/headmerge/sweep.png").stat().st_size > 10_000
+    for t in (0.001, 0.99):  # per threshold: original vs merged vs random, and the pairs by layer
+        for name in (f"comparison_{t}", f"pairs_by_layer_{t}"):
+            assert (merged / f"results/tiny-lm/headmerge/{name}.png").stat().st_size > 10_000, name
+            assert (merged / f"results/tiny-bert/headmerge/{name}.png").exists(), name  # skipped: says why
     sims = pd.read_parquet(merged / "results/tiny-lm/headmerge/similarities.parquet")
     assert set(sims["measure"]) == {"wq", "qk", "ov"} and set(sims["layer"]) == {0, 1} and len(sims) == 2 * 3 * 16
 

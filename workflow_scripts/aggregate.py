@@ -6,14 +6,9 @@ from pathlib import Path
 import pandas as pd
 
 from blockscope import aggregate as agg
-from blockscope.atomic import atomic_path, write_json, write_parquet
+from blockscope.atomic import atomic_path, write_csv, write_json, write_parquet
 from blockscope.layout import HEAD_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS
 from blockscope.workflow import run_step
-
-
-def write_csv(frame, target):
-    with atomic_path(target) as tmp:
-        frame.to_csv(tmp, index=False)
 
 
 def main(snakemake):

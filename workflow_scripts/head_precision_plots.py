@@ -12,7 +12,8 @@ def main(snakemake):
     model, out = snakemake.wildcards.model, snakemake.output
     heads_heatmap(pd.read_parquet(snakemake.input.heads), f"{model}: effective rank per attention head", out.heatmap)
     precision = pd.read_parquet(snakemake.input.precision)
-    precision_distributions(precision, f"{model}: α-Hill by precision, all matrices", out.distributions)
+    precision_distributions(precision, f"{model}: α-Hill by precision, all matrices", out.distributions,
+                            kind=snakemake.params.distribution_kind)
     precision_sensitivity(precision, snakemake.params.sensitivity_threshold,
                           f"{model}: the most precision-sensitive matrices", out.sensitivity)
     os.makedirs(out.pages, exist_ok=True)

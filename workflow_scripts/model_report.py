@@ -7,6 +7,7 @@ import pandas as pd
 
 from blockscope.atomic import atomic_path
 from blockscope.job_costs import read_benchmarks
+from blockscope.layout import VIEW_TABLES
 from blockscope.report import model_report
 from blockscope.workflow import run_step
 
@@ -27,7 +28,8 @@ def main(snakemake):
         read_csv(inp.precision_summary), json.load(open(inp.embedding)),
         {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
         list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks), list(inp.files),
-        precision_wide=read_csv(inp.precision_csv), sensitivity_threshold=snakemake.params.sensitivity_threshold)
+        precision_wide=read_csv(inp.precision_csv), sensitivity_threshold=snakemake.params.sensitivity_threshold,
+        views=dict(zip(VIEW_TABLES, map(read_csv, inp.views))))
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(text)
 
