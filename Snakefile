@@ -18,6 +18,7 @@ include: "rules/embedding.smk"
 include: "rules/aggregate.smk"
 include: "rules/report.smk"
 include: "rules/headmerge.smk"
+include: "rules/compress.smk"
 
 
 rule all:

@@ -102,3 +102,9 @@ def write_parquet(table, target, **options):
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, **options)
+
+
+def write_csv(table, target):
+    """Write a pandas DataFrame as CSV atomically (no index)."""
+    with atomic_path(target) as tmp:
+        table.to_csv(tmp, index=False)

@@ -53,6 +53,9 @@ ATTENTION_BLOCK_TYPES = tuple(ATTENTION_PARTS)
 CHECKPOINT = "resources/models/{model}"
 CORPUS = "resources/corpus/wikitext-2-raw-test.txt"
 HEADMERGE = "results/{model}/headmerge"
+# Quantisation and pruning plans applied and evaluated (rules compress_quant, compress_prune).
+COMPRESS_QUANT = "results/{model}/compress/quant"
+COMPRESS_PRUNE = "results/{model}/compress/prune"
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
@@ -157,6 +160,16 @@ CONTRACT_METRICS_COLUMNS = [
 # Snakemake's benchmark files (seconds, MB, MB/s); blockscope adds rule and job from the path.
 # Head merging: every pairwise cosine of every layer and measure (wq, qk, ov).
 SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
+# Compression experiments: one row per evaluated plan (and the base), metrics against the base.
+COMPRESS_SCORE_COLUMNS = ["perplexity", "accuracy", "kl_divergence", "top1_agreement", "perplexity_change", "ci_low",
+                          "ci_high", "tokens_evaluated"]
+COMPRESS_QUANT_COLUMNS = ["model", "plan", "kind", "of", "seed", "direction", "bits_per_weight", "format_counts",
+                          *COMPRESS_SCORE_COLUMNS]
+COMPRESS_PRUNE_COLUMNS = ["model", "plan", "kind", "of", "seed", "direction", "target", "sparsity",
+                          *COMPRESS_SCORE_COLUMNS]
+# One row per (plan, matrix): the sparsity allocated to it and the one pruning achieved.
+PRUNE_ALLOCATION_COLUMNS = ["model", "target", "plan", "param_name", "layer_index", "layer_alpha", "allocated",
+                            "achieved"]
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
 
@@ -167,4 +180,6 @@ TABLES = {
     "precision_alpha_hill": [*PRECISION_WIDE_COLUMNS, *PRECISION_SENSITIVITY_COLUMNS], "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
     "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
     "quantization_hints": QUANTIZATION_HINT_COLUMNS,
+    "compress_quant": COMPRESS_QUANT_COLUMNS, "compress_prune": COMPRESS_PRUNE_COLUMNS,
+    "prune_allocations": PRUNE_ALLOCATION_COLUMNS,
 }

@@ -183,7 +183,9 @@ def sensitivity_section(wide: pd.DataFrame | None, threshold) -> list:
 
 def model_report(model, dims, metrics, heads, statistics, phases, hints, precision_summary, embedding,
                  deep_dives: dict, plots: list, target_dir, jobs: pd.DataFrame | None = None,
-                 files=(), precision_wide: pd.DataFrame | None = None, sensitivity_threshold: float = 0.05) -> str:
+                 files=(), precision_wide: pd.DataFrame | None = None, sensitivity_threshold: float = 0.05,
+                 compress: list = ()) -> str:
+    """compress: the lines of the compression experiments' section (blockscope.compress.compress_section)."""
     link = lambda path: os.path.relpath(path, target_dir)  # noqa: E731
     lines = [f"# {model}: spectral anatomy", ""]
     keys = ["source", "model_type", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
@@ -221,6 +223,7 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
                   f"k = {info['k']} by {info['knee_method']} ({info['algorithm']}, seed {info['seed']}); "
                   f"silhouette at k: {info['silhouette_at_k']:.3f}; row norms: mean {info['norm_mean']:.3f}, "
                   f"median {info['norm_median']:.3f}, max {info['norm_max']:.3f}.", ""]
+    lines += list(compress)
     lines += ["## Plots", ""] + [f"- [{os.path.basename(p)}]({link(p)})" for p in plots] + [""]
     lines += files_section(list(files), target_dir)
     lines += cost_section(jobs if jobs is not None else pd.DataFrame())

@@ -13,6 +13,7 @@ from blockscope import selection as select
 from blockscope.code_version import code_version
 from blockscope.config import validate_config
 from blockscope.device import backend_for
+from blockscope.quantization import PRESETS as QUANTIZATION_PRESETS
 from blockscope.run_summary import summary_lines
 
 # The files config was read from and the --config values, so that an error names where the bad key is.
@@ -214,6 +215,36 @@ def headmerge_targets(model):
     ]
 
 
+COMPRESS = config["compress"]
+COMPRESS_PRESETS = list(QUANTIZATION_PRESETS)
+
+
+def compress_evaluation():
+    """The evaluation settings the experiments share with head merging (windows, dtype, bootstrap)."""
+    keys = ("seq_len", "max_tokens", "gpu_seq_len", "gpu_max_tokens", "batch_size", "dtype", "kl_cache_mb",
+            "bootstrap")
+    return {key: config["headmerge"][key] for key in keys}
+
+
+def compress_variant(folder):
+    """The optional output of an experiment: its chosen variant as a checkpoint (compress.save_variants)."""
+    return {"variant": directory(f"{folder}/variant")} if COMPRESS["save_variants"] else {}
+
+
+def compress_targets(model):
+    """An experiment's tables, plans and figure (what the report reads), when compress is enabled."""
+    if not COMPRESS["enabled"]:
+        return []
+    return [
+        *[f"{layout.COMPRESS_QUANT}/{name}".format(model=model) for name in ("summary.parquet", "plans.json",
+                                                                               "pareto.png")],
+        *[f"{layout.COMPRESS_PRUNE}/{name}".format(model=model)
+          for name in ("summary.parquet", "allocations.parquet", "pareto.png")],
+        *([f"{folder}/variant".format(model=model) for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
+          if COMPRESS["save_variants"] else []),
+    ]
+
+
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
 PER_UNIT_RULES = ["extract", "spectra", "precision", "heads"]
@@ -230,6 +261,8 @@ def benchmark_files(model):
               for rule in ("head_deep_dive", "head_deep_dive_plot") for layer, head in deep_dive_heads(model)]
     if HEADMERGE["enabled"]:
         files += [benchmark(rule).replace("{model}", model) for rule in ("headmerge", "headmerge_plots")]
+    if COMPRESS["enabled"]:
+        files += [benchmark(rule).replace("{model}", model) for rule in ("compress_quant", "compress_prune")]
     return files
 
 
@@ -264,7 +297,8 @@ def inventoried_model_files(model):
 
 
 def per_model_targets(model):
-    return [layout.REPORT.format(model=model), *headmerge_targets(model), *inventoried_model_files(model)]
+    return [layout.REPORT.format(model=model), *headmerge_targets(model), *compress_targets(model),
+            *inventoried_model_files(model)]
 
 
 def all_targets(wildcards):
