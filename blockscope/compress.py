@@ -7,6 +7,8 @@ its scores.
 """
 
 import contextlib
+import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,8 +114,11 @@ class Scorer:
     def __call__(self, key, new_weight) -> dict:
         """The result row of the weights new_weight gives; key identifies them (same key, same weights)."""
         if key not in self.seen:
+            started = time.perf_counter()
             with self.swap.applied(new_weight):
                 self.seen[key] = result_row(self.base, score_plan(self.model, self.base, self.device), self.bootstrap)
+            logging.info("plan %d scored in %.1f s: perplexity %.3f", len(self.seen), time.perf_counter() - started,
+                         self.seen[key]["perplexity"])
         return self.seen[key]
 
 
@@ -236,12 +241,21 @@ def direction_sentence(rows: pd.DataFrame, plan: str, what: str) -> str | None:
                 f"{'format' if 'hint' in plan else 'sparsity'}), so no direction can win; perplexity {a:.3f}.")
     won, lost = (lead, mirror) if a < b else (mirror, lead)
     gap = abs(a - b)
-    sd = float(controls.std(ddof=0)) if len(controls) else float("nan")
-    verdict = ("no random control to compare with" if not len(controls) else
-               f"{'larger' if gap > SPREAD_SDS * sd else 'not larger'} than {SPREAD_SDS} sd of the "
-               f"{len(controls)} random assignments of the same budget (mean {controls.mean():.3f}, sd {sd:.3f})")
     return (f"{what}: {won['direction']} won, perplexity {won['perplexity']:.3f} against {lost['perplexity']:.3f} "
-            f"({lost['direction']}), {gap:.3f} lower ({100 * gap / max(a, b):.1f} %); the gap is {verdict}.")
+            f"({lost['direction']}), {gap:.3f} lower ({100 * gap / max(a, b):.1f} %); "
+            f"{against_controls(gap, won['perplexity'], controls)}.")
+
+
+def against_controls(gap: float, winner: float, controls: pd.Series) -> str:
+    """The gap and the winner against the random controls' mean and spread (population sd)."""
+    if not len(controls):
+        return "no random control to compare with"
+    mean, sd = float(controls.mean()), float(controls.std(ddof=0))
+    beyond = "larger" if gap > SPREAD_SDS * sd else "not larger"
+    winner_words = (f"the winner is more than {SPREAD_SDS} sd below their mean" if mean - winner > SPREAD_SDS * sd
+                    else f"the winner is within {SPREAD_SDS} sd of their mean or above it")
+    return (f"the gap is {beyond} than {SPREAD_SDS} sd of the {len(controls)} random assignments of the same budget "
+            f"(mean {mean:.3f}, sd {sd:.3f}), and {winner_words}")
 
 
 def quant_sentences(table: pd.DataFrame) -> list:

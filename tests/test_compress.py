@@ -159,9 +159,12 @@ def test_sentences_name_the_winner_and_the_controls():
         *[{"plan": f"random_p_{s}", "kind": "random", "of": "p", "perplexity": 11.0 + s / 10, "kl_divergence": 0.1}
           for s in range(3)]])
     (sentence,) = compress.quant_sentences(rows)
-    assert "lower alpha keeps more bits won" in sentence and "2.000 lower" in sentence and "larger than 2 sd" in sentence
+    assert "lower alpha keeps more bits won" in sentence and "2.000 lower" in sentence
+    assert "gap is larger than 2 sd" in sentence and "winner is more than 2 sd below their mean" in sentence
     rows.loc[1, "perplexity"] = 10.05
-    assert "not larger than 2 sd" in compress.quant_sentences(rows)[0]
+    assert "gap is not larger than 2 sd" in compress.quant_sentences(rows)[0]
+    rows.loc[2:, "perplexity"] = [9.0, 10.0, 11.0]  # controls as good as the winner
+    assert "winner is within 2 sd of their mean" in compress.quant_sentences(rows)[0]
 
 
 @pytest.mark.parametrize("key, value, named", [
