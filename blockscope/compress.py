@@ -7,6 +7,7 @@ its scores.
 """
 
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -321,7 +322,7 @@ def save_variant(session: Session, new_weight, target, info: dict):
     with atomic_dir(target) as tmp, session.swap.applied(new_weight):
         session.model.save_pretrained(tmp, safe_serialization=True)
         session.tokenizer.save_pretrained(tmp)
-        (tmp / "variant.json").write_text(pd.Series(info).to_json(indent=2) + "\n")
+        (tmp / "variant.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
 # --- the report's section -----------------------------------------------------------------------------------
