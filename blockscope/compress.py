@@ -355,7 +355,8 @@ def source_note(source_dtypes) -> str:
 
 def _plan_table(table: pd.DataFrame, kind: str) -> pd.DataFrame:
     """The report's view: every plan but the random controls, which appear as their mean per plan."""
-    return table[table["kind"] != "random"][[c for c in REPORT_COLUMNS[kind] if c in table]]
+    shown = table[table["kind"] != "random"][[c for c in REPORT_COLUMNS[kind] if c in table]]
+    return shown.assign(direction=shown["direction"].fillna("")) if "direction" in shown else shown
 
 
 def compress_section(quant: pd.DataFrame | None, prune: pd.DataFrame | None, source_dtypes=(), skipped=None,

@@ -262,7 +262,8 @@ def benchmark_files(model):
     if HEADMERGE["enabled"]:
         files += [benchmark(rule).replace("{model}", model) for rule in ("headmerge", "headmerge_plots")]
     if COMPRESS["enabled"]:
-        files += [benchmark(rule).replace("{model}", model) for rule in ("compress_quant", "compress_prune")]
+        files += [benchmark(rule).replace("{model}", model)
+                  for rule in ("compress_quant", "compress_prune", "compress_plots")]
     return files
 
 
@@ -337,4 +338,5 @@ localrules:
     summary_plots,
     model_report,
     headmerge_plots,
+    compress_plots,
     head_deep_dive_plot,

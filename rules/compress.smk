@@ -13,12 +13,6 @@ rule compress_quant:
         summary_csv=f"{layout.COMPRESS_QUANT}/summary.csv",
         plans=f"{layout.COMPRESS_QUANT}/plans.json",
         hints=[f"{layout.COMPRESS_QUANT}/hint_{preset}.json" for preset in COMPRESS_PRESETS],
-        figure=report(
-            f"{layout.COMPRESS_QUANT}/pareto.png",
-            category="{model}",
-            subcategory="compression",
-            caption="../report/compress_quant.rst",
-        ),
         **compress_variant(layout.COMPRESS_QUANT),
     params:
         settings={"quant": COMPRESS["quant"], "random_seeds": COMPRESS["random_seeds"]},
@@ -51,12 +45,6 @@ rule compress_prune:
         allocations=f"{layout.COMPRESS_PRUNE}/allocations.parquet",
         allocations_csv=f"{layout.COMPRESS_PRUNE}/allocations.csv",
         plans=f"{layout.COMPRESS_PRUNE}/plans.json",
-        figure=report(
-            f"{layout.COMPRESS_PRUNE}/pareto.png",
-            category="{model}",
-            subcategory="compression",
-            caption="../report/compress_prune.rst",
-        ),
         **compress_variant(layout.COMPRESS_PRUNE),
     params:
         settings={"prune": {k: v for k, v in COMPRESS["prune"].items() if k not in ("targets", "gpu_targets")},
@@ -76,3 +64,35 @@ rule compress_prune:
         "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/compress_prune.py"
+
+
+# Drawing only: an edit to the plots reruns this rule, never the evaluations.
+rule compress_plots:
+    input:
+        quant=f"{layout.COMPRESS_QUANT}/summary.parquet",
+        quant_plans=f"{layout.COMPRESS_QUANT}/plans.json",
+        prune=f"{layout.COMPRESS_PRUNE}/summary.parquet",
+        prune_plans=f"{layout.COMPRESS_PRUNE}/plans.json",
+    output:
+        quant=report(
+            f"{layout.COMPRESS_QUANT}/pareto.png",
+            category="{model}",
+            subcategory="compression",
+            caption="../report/compress_quant.rst",
+        ),
+        prune=report(
+            f"{layout.COMPRESS_PRUNE}/pareto.png",
+            category="{model}",
+            subcategory="compression",
+            caption="../report/compress_prune.rst",
+        ),
+    params:
+        code=code("compress_plots"),
+    log:
+        "logs/{model}/compress_plots.log",
+    benchmark:
+        benchmark("compress_plots")
+    conda:
+        "../envs/blockscope.yaml"
+    script:
+        "../workflow_scripts/compress_plots.py"

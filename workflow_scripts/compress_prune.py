@@ -12,7 +12,6 @@ from blockscope.atomic import write_json
 from blockscope.device import torch_device
 from blockscope.headmerge_sweep import skip_reason
 from blockscope.layout import COMPRESS_PRUNE_COLUMNS, PRUNE_ALLOCATION_COLUMNS
-from blockscope.plots import compress_pareto
 from blockscope.pruning import magnitude_prune
 from blockscope.workflow import run_step
 
@@ -26,7 +25,6 @@ def skip(model_name, reason, output):
     logging.info("[%s] skipped: %s", model_name, reason)
     write_tables(pd.DataFrame(columns=COMPRESS_PRUNE_COLUMNS), pd.DataFrame(columns=PRUNE_ALLOCATION_COLUMNS), output)
     write_json({"model": model_name, "skipped": reason}, output.plans)
-    compress_pareto(None, "sparsity", "", f"{model_name}: pruning plans", output.figure, reason=reason)
     if "variant" in output.keys():
         compress.skipped_variant(output.variant, reason)
 
@@ -50,8 +48,6 @@ def main(snakemake):
     write_json({"model": model_name, "alpha_metric": prune["alpha_metric"], "eps": prune["eps"],
                 "targets": snakemake.params.targets, "device": device,
                 "layer_sparsity": allocation_json}, output.plans)
-    compress_pareto(table, "sparsity", "achieved sparsity of the planned matrices (parameter-weighted)",
-                    f"{model_name}: pruning plans", output.figure)
     if "variant" in output.keys():
         chosen = compress.chosen_plan(table)
         sparsity = allocations[allocations["plan"] == chosen].set_index("param_name")["allocated"]

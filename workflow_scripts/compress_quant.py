@@ -12,7 +12,6 @@ from blockscope.atomic import write_json
 from blockscope.device import torch_device
 from blockscope.headmerge_sweep import skip_reason
 from blockscope.layout import COMPRESS_QUANT_COLUMNS
-from blockscope.plots import compress_pareto
 from blockscope.quant_formats import quantize
 from blockscope.workflow import run_step
 
@@ -22,7 +21,6 @@ def skip(model_name, reason, output):
     compress.write_table(pd.DataFrame(columns=COMPRESS_QUANT_COLUMNS), output.summary, output.summary_csv)
     for path in [output.plans, *output.hints]:
         write_json({"model": model_name, "skipped": reason}, path)
-    compress_pareto(None, "bits_per_weight", "", f"{model_name}: quantisation plans", output.figure, reason=reason)
     if "variant" in output.keys():
         compress.skipped_variant(output.variant, reason)
 
@@ -46,8 +44,6 @@ def main(snakemake):
     write_json({"model": model_name, "group_size": group_size, "device": device, "plans": plan_formats}, output.plans)
     for path, (preset, (preset_settings, hint_table)) in zip(output.hints, hints.items()):
         write_json(plans.hint_export(model_name, hint_table, preset_settings), path)
-    compress_pareto(table, "bits_per_weight", "average bits per weight (scales and zero points included)",
-                    f"{model_name}: quantisation plans", output.figure)
     if "variant" in output.keys():
         chosen = compress.chosen_plan(table)
         formats = plan_formats[chosen]
