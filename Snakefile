@@ -21,6 +21,7 @@ include: "rules/report.smk"
 include: "rules/evaluate.smk"
 include: "rules/headmerge.smk"
 include: "rules/views.smk"
+include: "rules/compress.smk"
 
 
 rule all:

@@ -61,6 +61,9 @@ EVAL_BASE_WINDOWS = "results/{model}/eval/base_windows.parquet"
 EVAL_BASE_SUMMARY = "results/{model}/eval/base.json"
 # Per threshold (figure stems, rule headmerge_plots): original vs merged vs random, and pairs by layer.
 HEADMERGE_THRESHOLD_FIGURES = (HEADMERGE + "/comparison_{threshold}", HEADMERGE + "/pairs_by_layer_{threshold}")
+# Quantisation and pruning plans applied and evaluated (rules compress_quant, compress_prune).
+COMPRESS_QUANT = "results/{model}/compress/quant"
+COMPRESS_PRUNE = "results/{model}/compress/prune"
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
@@ -208,6 +211,16 @@ DOWN_PROJECTION_COLUMNS = ["matrix", "layer_index", "rows", "cols", "components"
 PHASE_STATISTICS_COLUMNS = ["block_type", "metric", "phase", "count", "mean", "std", "min", "max", "median",
                             "range", "cv"]
 ALL_TYPES = "all"  # block_type of the phase-statistics rows over every weight type
+# Compression experiments: one row per evaluated plan (and the base), metrics against the base.
+COMPRESS_SCORE_COLUMNS = ["perplexity", "accuracy", "kl_divergence", "top1_agreement", "perplexity_change", "ci_low",
+                          "ci_high", "tokens_evaluated"]
+COMPRESS_QUANT_COLUMNS = ["model", "plan", "kind", "of", "seed", "direction", "bits_per_weight", "format_counts",
+                          *COMPRESS_SCORE_COLUMNS]
+COMPRESS_PRUNE_COLUMNS = ["model", "plan", "kind", "of", "seed", "direction", "target", "sparsity",
+                          *COMPRESS_SCORE_COLUMNS]
+# One row per (plan, matrix): the sparsity allocated to it and the one pruning achieved.
+PRUNE_ALLOCATION_COLUMNS = ["model", "target", "plan", "param_name", "layer_index", "layer_alpha", "allocated",
+                            "achieved"]
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
 
@@ -222,6 +235,8 @@ TABLES = {
     "heads_by_head": HEADS_BY_HEAD_COLUMNS, "heads_by_layer": HEADS_BY_LAYER_COLUMNS,
     "heads_heatmap_statistics": HEATMAP_STATISTICS_COLUMNS, "deep_dive_summary": DEEP_DIVE_SUMMARY_COLUMNS,
     "down_projections": DOWN_PROJECTION_COLUMNS, "phase_statistics": PHASE_STATISTICS_COLUMNS,
+    "compress_quant": COMPRESS_QUANT_COLUMNS, "compress_prune": COMPRESS_PRUNE_COLUMNS,
+    "prune_allocations": PRUNE_ALLOCATION_COLUMNS,
 }
 
 

@@ -190,7 +190,8 @@ def svd_methods(metrics: pd.DataFrame) -> str:
 def model_report(model, dims, metrics, heads, statistics, phases, hints, precision_summary, embedding,
                  deep_dives: dict, plots: list, target_dir, jobs: pd.DataFrame | None = None,
                  files=(), precision_wide: pd.DataFrame | None = None, sensitivity_threshold: float = 0.05,
-                 views: dict | None = None) -> str:
+                 views: dict | None = None, compress: list = ()) -> str:
+    """compress: the lines of the compression experiments' section (blockscope.compress.compress_section)."""
     from .report_views import view_sections  # imported here: it reuses this module's helpers
 
     link = lambda path: os.path.relpath(path, target_dir)  # noqa: E731
@@ -232,6 +233,7 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
                   f"silhouette at k: {info['silhouette_at_k']:.3f}; row norms: mean {info['norm_mean']:.3f}, "
                   f"median {info['norm_median']:.3f}, max {info['norm_max']:.3f}.", ""]
     lines += view_sections(views or {}, metrics, plots, link)
+    lines += list(compress)
     lines += ["## Plots", ""] + [f"- [{os.path.basename(p)}]({link(p)})" for p in plots] + [""]
     lines += files_section(list(files), target_dir)
     lines += cost_section(jobs if jobs is not None else pd.DataFrame())

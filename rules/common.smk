@@ -14,6 +14,7 @@ from blockscope import selection as select
 from blockscope.code_version import code_version
 from blockscope.config import validate_config
 from blockscope.device import backend_for, gpu_visible
+from blockscope.quantization import PRESETS as QUANTIZATION_PRESETS
 from blockscope.run_summary import summary_lines
 
 # The files config was read from and the --config values, so that an error names where the bad key is.
@@ -267,6 +268,36 @@ def headmerge_threshold_stems(t):
     return [stem.format(model="{model}", threshold=t) for stem in layout.HEADMERGE_THRESHOLD_FIGURES]
 
 
+COMPRESS = config["compress"]
+COMPRESS_PRESETS = list(QUANTIZATION_PRESETS)
+
+
+def compress_evaluation():
+    """The evaluation settings the experiments share with head merging (the windows come with the
+    base evaluation, an input)."""
+    keys = ("batch_size", "dtype", "bootstrap")
+    return {key: config["headmerge"][key] for key in keys}
+
+
+def compress_variant(folder):
+    """The optional output of an experiment: its chosen variant as a checkpoint (compress.save_variants)."""
+    return {"variant": directory(f"{folder}/variant")} if COMPRESS["save_variants"] else {}
+
+
+def compress_targets(model):
+    """An experiment's tables, plans and figure (what the report reads), when compress is enabled."""
+    if not COMPRESS["enabled"]:
+        return []
+    return [
+        *[f"{layout.COMPRESS_QUANT}/{name}".format(model=model) for name in ("summary.parquet", "plans.json",
+                                                                               "pareto.png")],
+        *[f"{layout.COMPRESS_PRUNE}/{name}".format(model=model)
+          for name in ("summary.parquet", "allocations.parquet", "pareto.png")],
+        *([f"{folder}/variant".format(model=model) for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
+          if COMPRESS["save_variants"] else []),
+    ]
+
+
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
 PER_UNIT_RULES = ["extract", "spectra", "precision", "heads"]
@@ -281,8 +312,13 @@ def benchmark_files(model):
     files += [benchmark("esd_plot", f"layer_{layer}").replace("{model}", model) for layer in esd_layers(model)]
     files += [benchmark(rule, f"layer_{layer}_head_{head}").replace("{model}", model)
               for rule in ("head_deep_dive", "head_deep_dive_plot") for layer, head in deep_dive_heads(model)]
+    if HEADMERGE["enabled"] or COMPRESS["enabled"]:
+        files += [benchmark("evaluate_base").replace("{model}", model)]
     if HEADMERGE["enabled"]:
-        files += [benchmark(rule).replace("{model}", model) for rule in ("evaluate_base", "headmerge", "headmerge_plots")]
+        files += [benchmark(rule).replace("{model}", model) for rule in ("headmerge", "headmerge_plots")]
+    if COMPRESS["enabled"]:
+        files += [benchmark(rule).replace("{model}", model)
+                  for rule in ("compress_quant", "compress_prune", "compress_plots")]
     return files
 
 
@@ -317,7 +353,8 @@ def inventoried_model_files(model):
 
 
 def per_model_targets(model):
-    return [layout.REPORT.format(model=model), *headmerge_targets(model), *inventoried_model_files(model)]
+    return [layout.REPORT.format(model=model), *headmerge_targets(model), *compress_targets(model),
+            *inventoried_model_files(model)]
 
 
 def all_targets(wildcards):
@@ -357,4 +394,5 @@ localrules:
     summary_plots,
     model_report,
     headmerge_plots,
+    compress_plots,
     head_deep_dive_plot,

@@ -110,6 +110,7 @@ rule model_report:
         plots=lambda w: model_plot_files(w.model),
         benchmarks=lambda w: benchmark_files(w.model),
         files=lambda w: model_files(w.model),
+        compress=lambda w: compress_targets(w.model),
     output:
         layout.REPORT,
     params:

@@ -320,7 +320,7 @@ def test_a_changed_local_checkpoint_reruns_that_model_alone(tmp_path):
     save_tiny("LlamaForCausalLM", TINY_LLAMA, user)
     config = {"models": {"mine": {"source": "local", "path": str(user)},
                          "tiny": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0}},
-              "device": "cpu", "headmerge": {"enabled": False}}
+              "device": "cpu", "headmerge": {"enabled": False}, "compress": {"enabled": False}}
     targets = [f"results/{m}/tensors/layer_000.parquet" for m in config["models"]]
     work = tmp_path / "work"
     run_workflow(work, config, *targets)

@@ -46,7 +46,7 @@ VALID = {
         "twin-of-twin": {"source": "synthetic", "like": "twin"},
     }},
     "workflow tests": {"models": {"tiny-llama": LLAMA}, "device": "cpu", "embedding": {"k_max": 6},
-                       "headmerge": {"enabled": False}},
+                       "headmerge": {"enabled": False}, "compress": {"enabled": False}},
     "transformers token settings": {"models": {"t": {"source": "synthetic", "config": {
         **TINY_LLAMA, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 0,
         "max_position_embeddings": 64, "cls_token": "[CLS]", "use_mask_token": True, "n_token": 3,

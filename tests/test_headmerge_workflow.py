@@ -47,7 +47,8 @@ def merged(tmp_path_factory):
                          "tiny-bert": {"source": "local", "path": str(root / "enc")}},
               "device": "cpu", "embedding": {"k_max": 4},
               "headmerge": {"thresholds": [0.001, 0.99], "seq_len": 32, "max_tokens": 512, "random_seeds": 2,
-                            "bootstrap": 200, "corpus": {"path": str(WIKITEXT)}}}
+                            "bootstrap": 200, "corpus": {"path": str(WIKITEXT)}},
+              "compress": {"random_seeds": 2, "save_variants": True, "quant": {"formats": ["bf16", "int4"]}}}
     run_workflow(root / "work", config, "all", *plot_targets("tiny-lm", "tiny-bert"))
     return root / "work"
 
@@ -153,3 +154,67 @@ def test_a_model_without_a_tokenizer_skips_head_merging_and_the_run_completes(tm
     assert "skipped: no tokenizer" in (work / "logs/bare/headmerge.log").read_text()
     assert all((work / f"results/bare/headmerge/{name}.png").exists() for name in PLOTS)
     assert (work / "results/bare/report.md").exists() and len(pd.read_parquet(work / "results/bare/heads.parquet")) == 4
+    for experiment in ("quant", "prune"):
+        plans = json.loads((work / f"results/bare/compress/{experiment}/plans.json").read_text())
+        assert plans["skipped"].startswith("no tokenizer in the checkpoint")
+
+
+# --- the compression experiments on the same run ---------------------------------------------------------
+
+def test_quantisation_plans_are_evaluated_against_the_base(merged):
+    quant = pd.read_parquet(merged / "results/tiny-lm/compress/quant/summary.parquet")
+    # base, 2 uniform, and per preset its hint plan, the mirror and 2 random assignments
+    assert list(quant["kind"].value_counts().sort_index().items()) == [
+        ("base", 1), ("hint", 2), ("mirror", 2), ("random", 4), ("uniform", 2)]
+    by_plan = quant.set_index("plan")
+    # hidden 32 and ffn 64: one int4 group per 32 inputs, scale and zero point 20 bits -> 4.625
+    assert by_plan.loc["uniform_int4", "bits_per_weight"] == 4.625 and by_plan.loc["uniform_bf16", "bits_per_weight"] == 16
+    assert 0 < by_plan.loc["uniform_bf16", "kl_divergence"] < by_plan.loc["uniform_int4", "kl_divergence"]
+    assert by_plan.loc["base", "kl_divergence"] == 0 and (quant["ci_low"] <= quant["ci_high"]).all()
+    for preset in ("alpha_pruning", "original_script"):  # mirror and random controls keep the hint plan's budget
+        budget = quant.loc[quant["of"] == preset, "bits_per_weight"]
+        assert budget.max() - budget.min() < 1e-9
+        hint = json.loads((merged / f"results/tiny-lm/compress/quant/hint_{preset}.json").read_text())
+        assert hint["preset"] == preset and len(hint["parameters"]) == 2 * 7
+    report = (merged / "results/tiny-lm/report.md").read_text()
+    assert "## Compression experiments" in report and "Quantisation, preset alpha_pruning" in report
+    assert "compress/quant/pareto.png" in report
+
+
+def test_pruning_achieves_each_allocation(merged):
+    prune = pd.read_parquet(merged / "results/tiny-lm/compress/prune/summary.parquet")
+    allocations = pd.read_parquet(merged / "results/tiny-lm/compress/prune/allocations.parquet")
+    assert set(prune["kind"]) == {"base", "uniform", "alpha", "mirror", "random"}
+    sizes = {32 * 32: 2, 16 * 32: 2, 32 * 64: 3}  # q, o | k, v | gate, up, down of the tiny llama
+    assert len(allocations) == 5 * 2 * sum(sizes.values())  # 5 allocations x 2 layers x 7 matrices
+    assert ((allocations["achieved"] - allocations["allocated"]).abs() <= 1 / 512).all()
+    assert prune.loc[prune["kind"] != "base", "sparsity"].sub(0.5).abs().max() < 1e-3
+
+
+def test_the_saved_variant_reloads_and_runs(merged):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = merged / "results/tiny-lm/compress/prune/variant"
+    info = json.loads((folder / "variant.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    ids = AutoTokenizer.from_pretrained(folder)("the cat sat on the mat", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+    name, sparsity = next(iter(info["sparsity"].items()))
+    weight = dict(model.named_parameters())[name]
+    assert (weight == 0).float().mean().item() == pytest.approx(sparsity, abs=1 / weight.numel())
+    assert (merged / "results/tiny-lm/compress/quant/variant/model.safetensors").exists()
+    assert (merged / "results/tiny-bert/compress/quant/variant/skipped.txt").exists()
+
+
+def test_editing_compress_settings_reruns_only_the_experiment(merged, tmp_path):
+    import yaml
+
+    work = tmp_path / "work"
+    copy_tree(merged, work)
+    config = yaml.safe_load((merged / "config.yaml").read_text())
+    config["compress"]["prune"] = {"eps": 0.2}
+    result = run_workflow(work, config, "--dry-run", "all")
+    rerun = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
+    assert rerun == {"compress_prune", "compress_plots", "model_report", "all"}

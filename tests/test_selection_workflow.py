@@ -19,7 +19,7 @@ QKV = "q_proj|k_proj|v_proj"
 BASE = {"models": {"tiny-llama": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0,
                                   "select": {"include": [QKV], "layers": "1"}},
                    "tiny-gpt2": {"source": "synthetic", "config": TINY_GPT2, "seed": 0}},
-        "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False}}
+        "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False}, "compress": {"enabled": False}}
 PER_UNIT = ("extract", "spectra", "precision", "heads")
 
 

@@ -21,7 +21,7 @@ from conftest import ROOT, TINY_LLAMA, run_workflow
 
 pytestmark = pytest.mark.slow
 CONFIG = {"models": {"tiny": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0}},
-          "device": "cpu", "embedding": {"k_max": 4}, "headmerge": {"enabled": False}}
+          "device": "cpu", "embedding": {"k_max": 4}, "headmerge": {"enabled": False}, "compress": {"enabled": False}}
 DETERMINISTIC = ["matrix", "rows", "cols", "actual_rank", "effective_rank", "stable_rank", "alpha", "alpha_hill",
                  "xmin", "spectral_norm", "sparsity", "status"]
 

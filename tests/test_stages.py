@@ -197,7 +197,7 @@ def flagged_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     config = {"models": {"llama-nan": {"source": "local", "path": str(llama_with_nan(root / "llama-nan"))},
                          "mystery": {"source": "local", "path": str(unknown_architecture(root / "mystery"))}},
-              "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False}}
+              "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False}, "compress": {"enabled": False}}
     result = run_workflow(root / "work", config)  # raises unless snakemake exits 0
     return root / "work", config, result
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 TINY_GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 128}
 BASE = {"models": {"tiny-llama": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0},
                    "tiny-gpt2": {"source": "synthetic", "config": TINY_GPT2, "seed": 0}},
-        "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False}}
+        "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False}, "compress": {"enabled": False}}
 
 
 def jobs_run(result):

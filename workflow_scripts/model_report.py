@@ -5,7 +5,9 @@ import os
 
 import pandas as pd
 
+from blockscope import layout
 from blockscope.atomic import atomic_path
+from blockscope.compress import compress_section, planned_source_dtypes
 from blockscope.job_costs import read_benchmarks
 from blockscope.layout import VIEW_TABLES
 from blockscope.report import model_report
@@ -20,16 +22,32 @@ def read_csv(path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def compress_lines(model, metrics, paths, target_dir) -> list:
+    """The compression section, when the experiments ran (compress.enabled)."""
+    paths = set(map(str, paths))
+    quant, prune = (f"{folder.format(model=model)}/summary.parquet" for folder in (layout.COMPRESS_QUANT,
+                                                                                   layout.COMPRESS_PRUNE))
+    if quant not in paths:
+        return []
+    skipped = json.loads(open(f"{layout.COMPRESS_QUANT.format(model=model)}/plans.json").read()).get("skipped")
+    figures = [(os.path.relpath(p, layout.MODEL_RESULTS.format(model=model)), p)
+               for p in sorted(paths) if p.endswith("pareto.png")]
+    return compress_section(pd.read_parquet(quant), pd.read_parquet(prune), planned_source_dtypes(metrics),
+                            skipped, figures, link=lambda p: os.path.relpath(p, target_dir))
+
+
 def main(snakemake):
     inp = snakemake.input
+    metrics = pd.read_parquet(inp.metrics)
     text = model_report(
-        snakemake.wildcards.model, json.load(open(inp.dims)), pd.read_parquet(inp.metrics),
+        snakemake.wildcards.model, json.load(open(inp.dims)), metrics,
         pd.read_parquet(inp.heads), read_csv(inp.statistics), read_csv(inp.phases), read_csv(inp.hints),
         read_csv(inp.precision_summary), json.load(open(inp.embedding)),
         {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
         list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks), list(inp.files),
         precision_wide=read_csv(inp.precision_csv), sensitivity_threshold=snakemake.params.sensitivity_threshold,
-        views=dict(zip(VIEW_TABLES, map(read_csv, inp.views))))
+        views=dict(zip(VIEW_TABLES, map(read_csv, inp.views))),
+        compress=compress_lines(snakemake.wildcards.model, metrics, inp.compress, os.path.dirname(snakemake.output[0])))
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(text)
 

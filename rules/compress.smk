@@ -1,0 +1,98 @@
+# Per causal LM: the quantisation and pruning plans the spectra suggest, applied and evaluated on
+# the head-merge corpus windows against uniform, mirrored and random controls of the same budget.
+
+
+rule compress_quant:
+    input:
+        checkpoint=layout.CHECKPOINT,
+        dims=layout.MODEL_JSON,
+        metrics=layout.METRICS,
+        base=layout.EVAL_BASE,
+    output:
+        summary=f"{layout.COMPRESS_QUANT}/summary.parquet",
+        summary_csv=f"{layout.COMPRESS_QUANT}/summary.csv",
+        plans=f"{layout.COMPRESS_QUANT}/plans.json",
+        hints=[f"{layout.COMPRESS_QUANT}/hint_{preset}.json" for preset in COMPRESS_PRESETS],
+        **compress_variant(layout.COMPRESS_QUANT),
+    params:
+        settings={"quant": COMPRESS["quant"], "random_seeds": COMPRESS["random_seeds"]},
+        group_size=config["quantization"]["group_size"],
+        evaluation=compress_evaluation(),
+        device=BACKEND,
+        code=code("compress_quant"),
+    log:
+        "logs/{model}/compress_quant.log",
+    benchmark:
+        benchmark("compress_quant")
+    resources:
+        gpu=GPU_CLAIM,
+        mem_mb=12000,
+    conda:
+        "../envs/blockscope.yaml"
+    script:
+        "../workflow_scripts/compress_quant.py"
+
+
+rule compress_prune:
+    input:
+        checkpoint=layout.CHECKPOINT,
+        dims=layout.MODEL_JSON,
+        metrics=layout.METRICS,
+        base=layout.EVAL_BASE,
+    output:
+        summary=f"{layout.COMPRESS_PRUNE}/summary.parquet",
+        summary_csv=f"{layout.COMPRESS_PRUNE}/summary.csv",
+        allocations=f"{layout.COMPRESS_PRUNE}/allocations.parquet",
+        allocations_csv=f"{layout.COMPRESS_PRUNE}/allocations.csv",
+        plans=f"{layout.COMPRESS_PRUNE}/plans.json",
+        **compress_variant(layout.COMPRESS_PRUNE),
+    params:
+        settings={"prune": {k: v for k, v in COMPRESS["prune"].items() if k not in ("targets", "gpu_targets")},
+                  "random_seeds": COMPRESS["random_seeds"]},
+        targets=COMPRESS["prune"]["gpu_targets" if BACKEND == "cuda" else "targets"],
+        evaluation=compress_evaluation(),
+        device=BACKEND,
+        code=code("compress_prune"),
+    log:
+        "logs/{model}/compress_prune.log",
+    benchmark:
+        benchmark("compress_prune")
+    resources:
+        gpu=GPU_CLAIM,
+        mem_mb=12000,
+    conda:
+        "../envs/blockscope.yaml"
+    script:
+        "../workflow_scripts/compress_prune.py"
+
+
+# Drawing only: an edit to the plots reruns this rule, never the evaluations.
+rule compress_plots:
+    input:
+        quant=f"{layout.COMPRESS_QUANT}/summary.parquet",
+        quant_plans=f"{layout.COMPRESS_QUANT}/plans.json",
+        prune=f"{layout.COMPRESS_PRUNE}/summary.parquet",
+        prune_plans=f"{layout.COMPRESS_PRUNE}/plans.json",
+    output:
+        quant=report(
+            f"{layout.COMPRESS_QUANT}/pareto.png",
+            category="{model}",
+            subcategory="compression",
+            caption="../report/compress_quant.rst",
+        ),
+        prune=report(
+            f"{layout.COMPRESS_PRUNE}/pareto.png",
+            category="{model}",
+            subcategory="compression",
+            caption="../report/compress_prune.rst",
+        ),
+    params:
+        code=code("compress_plots"),
+    log:
+        "logs/{model}/compress_plots.log",
+    benchmark:
+        benchmark("compress_plots")
+    conda:
+        "../envs/blockscope.yaml"
+    script:
+        "../workflow_scripts/compress_plots.py"
