@@ -71,6 +71,7 @@ PRECISION = "results/{model}/precision.parquet"
 PLOTS = "results/{model}/plots"
 REPORT = "results/{model}/report.md"
 SUMMARY = "results/summary"
+SUMMARY_REPORT = "results/summary/report.md"  # the cross-model report: findings first, then the figures
 # Snakemake benchmark files: one per job, {job} names its wildcards (a unit, a layer, ...).
 BENCHMARK = "results/{model}/benchmarks/{rule}/{job}.tsv"
 SUMMARY_BENCHMARK = "results/summary/benchmarks/{rule}.tsv"
@@ -100,6 +101,8 @@ ENERGY_COLUMNS = [energy_column(f) for f in ENERGY_FRACTIONS]
 MAIN_METRICS = ["alpha", "alpha_hill", "alpha_peak", "alpha_mid", "effective_rank", "stable_rank",
                 "svd_90_percent_ratio", "rank_ratio", "spectral_norm", "log_norm", "mp_softrank"]
 # One figure each, per model against layer and across models against relative depth.
+# The head-merge figures (rule headmerge_plots), under HEADMERGE.
+HEADMERGE_FIGURES = ("sweep", "pairs_per_layer", "similarity_matrices", "similarity_histograms")
 PLOT_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "svd_90_percent_rank"]
 REPORT_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "svd_90_percent_ratio"]
 

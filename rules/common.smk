@@ -32,7 +32,7 @@ GPU_CLAIM = 1 if BACKEND == "cuda" else 0
 
 
 wildcard_constraints:
-    model="[a-z0-9][a-z0-9._-]*",
+    model="(?!summary/)[a-z0-9][a-z0-9._-]*",  # results/summary/ is the cross-model folder, no model's
     unit=layout.UNIT_WILDCARD,
     layer="[0-9]+",
     head="[0-9]+",
@@ -160,6 +160,8 @@ def control_metrics(wildcards):
 
 
 FORMATS = config["report"]["formats"]
+EMBEDDED = layout.embedded_format(FORMATS)  # what report.md links and the HTML report shows
+OTHER_FORMATS = [ext for ext in FORMATS if ext != EMBEDDED]
 
 
 def figure(stem, **report_kwargs):
@@ -170,9 +172,15 @@ def figure(stem, **report_kwargs):
     return [report(embedded, **report_kwargs), *others]
 
 
-def figure_files(stem):
-    """Input: every file of one figure (see figure)."""
-    return layout.figure_files(stem, FORMATS)
+def figure_folder(path, **report_kwargs):
+    """Output: a folder of figures (one file per page and format); the HTML report shows the
+    pages in the embedded format."""
+    return report(directory(path), patterns=[f"{{name}}.{EMBEDDED}"], **report_kwargs)
+
+
+def figure_files(stem, formats=None):
+    """Input: the files of one figure, in every report.formats (or in `formats`; see figure)."""
+    return [f"{stem}.{ext}" for ext in formats] if formats is not None else layout.figure_files(stem, FORMATS)
 
 
 def esd_layers(model):
@@ -188,19 +196,29 @@ def plots_dir(model):
     return layout.PLOTS.format(model=model)
 
 
-def model_plot_files(model):
+def model_plot_files(model, formats=None):
+    """A model's figures up to its report, in `formats` (default: every report.formats); the
+    precision pages' folder (every format inside) goes with the embedded format."""
+    formats = FORMATS if formats is None else formats
     plots = plots_dir(model)
-    return [
-        *[f"{plots}/{metric}_by_layer.png" for metric in layout.PLOT_METRICS],
-        *[path for layer in esd_layers(model) for path in figure_files(f"{plots}/esd_layer_{layer}")],
-        f"{plots}/heads_heatmap.png",
-        f"{plots}/precision_distributions.png",
-        f"{plots}/precision_sensitivity.png",
-        f"{plots}/precision",
-        f"results/{model}/embedding/elbow.png",
-        f"results/{model}/embedding/pca.png",
-        *deep_dive_files(model, "png"),
+    stems = [
+        *[f"{plots}/{metric}_by_layer" for metric in layout.PLOT_METRICS],
+        *[f"{plots}/esd_layer_{layer}" for layer in esd_layers(model)],
+        f"{plots}/heads_heatmap",
+        f"{plots}/precision_distributions",
+        f"{plots}/precision_sensitivity",
+        f"results/{model}/embedding/elbow",
+        f"results/{model}/embedding/pca",
+        *[layout.deep_dive(model, layer, head, "").removesuffix(".") for layer, head in deep_dive_heads(model)],
     ]
+    folders = [f"{plots}/precision"] if EMBEDDED in formats else []
+    return [path for stem in stems for path in figure_files(stem, formats)] + folders
+
+
+def summary_plot_files(formats=None):
+    """The cross-model figures, in `formats` (default: every report.formats)."""
+    return [path for metric in layout.PLOT_METRICS
+            for path in figure_files(f"{layout.SUMMARY}/plots/{metric}_by_depth", formats)]
 
 
 HEADMERGE = config["headmerge"]
@@ -219,14 +237,19 @@ def headmerge_dims(wildcards):
     return layout.MODEL_JSON.format(model=wildcards.model)
 
 
+def headmerge_summaries(models):
+    """Input: the head-merge summary tables of `models` (none when head merging is off)."""
+    return [f"{layout.HEADMERGE.format(model=model)}/summary.parquet" for model in models if HEADMERGE["enabled"]]
+
+
 def headmerge_targets(model):
     if not HEADMERGE["enabled"]:
         return []
     return [
         *[f"results/{model}/headmerge/threshold_{t}.json" for t in HEADMERGE["thresholds"]],
         f"results/{model}/headmerge/summary.parquet",
-        *[f"results/{model}/headmerge/{name}.png"
-          for name in ("sweep", "pairs_per_layer", "similarity_matrices", "similarity_histograms")],
+        *[path for name in layout.HEADMERGE_FIGURES
+          for path in figure_files(f"{layout.HEADMERGE.format(model=model)}/{name}")],
     ]
 
 
@@ -287,7 +310,8 @@ def all_targets(wildcards):
     return [target for model in MODELS for target in per_model_targets(model)] + [
         f"{layout.SUMMARY}/metrics.parquet",
         f"{layout.SUMMARY}/depth_comparison.csv",
-        *[f"{layout.SUMMARY}/plots/{metric}_by_depth.png" for metric in layout.PLOT_METRICS],
+        *summary_plot_files(),
+        layout.SUMMARY_REPORT,
     ]
 
 
@@ -317,6 +341,7 @@ localrules:
     aggregate,
     summary,
     summary_plots,
+    summary_report,
     model_report,
     headmerge_plots,
     head_deep_dive_plot,
