@@ -115,6 +115,11 @@ def _grid(count, width=4.2, height=3.2, columns=4):
     return fig, list(axes.flat)
 
 
+def measured_kinds(metrics, metric) -> list:
+    """The weight types with a finite value of `metric`: a panel each (1-D norms, all NaN, get none)."""
+    return sorted(metrics.loc[np.isfinite(metrics[metric].astype(float)), "block_type"].unique())
+
+
 def metric_by_layer(metrics, metric, title, target, control=None, reason=None):
     """One panel per weight type: the metric against layer (the random twin dashed, if given)."""
     if lacks(metrics, "layer_index", "block_type", metric):
@@ -124,7 +129,7 @@ def metric_by_layer(metrics, metric, title, target, control=None, reason=None):
         return nothing_to_plot(reason or f"no finite {metric} value in any transformer block", title, target)
     if lacks(control, "layer_index", "block_type", metric):
         control = None
-    kinds = sorted(inside["block_type"].unique())
+    kinds = measured_kinds(inside, metric)
     fig, axes = _grid(len(kinds))
     for ax, kind in zip(axes, kinds):
         for frame, style, label in ((inside, "-o", "trained"), (control, "--", "random init")):
@@ -260,7 +265,7 @@ def depth_overlay(metrics, metric, title, target, reason=None):
     inside = metrics.dropna(subset=["relative_depth"])
     if inside[metric].notna().sum() == 0:
         return nothing_to_plot(reason or f"no finite {metric} value in any transformer block", title, target)
-    kinds = sorted(inside["block_type"].unique())
+    kinds = measured_kinds(inside, metric)
     fig, axes = _grid(len(kinds))
     for ax, kind in zip(axes, kinds):
         for i, (model, part) in enumerate(inside[inside["block_type"] == kind].groupby("model")):
