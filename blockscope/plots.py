@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 from .layout import EIGENVALUE_COLUMNS  # noqa: E402
@@ -82,6 +83,7 @@ def embedding_elbow(elbows: dict, chosen: dict, title, target, reason="no embedd
         twin.set_ylabel("silhouette (sample)", color="C2")
         ax.legend(loc="upper right")
     fig.suptitle(title)
+    fig.tight_layout()  # the silhouette axis of one panel would overlap the inertia label of the next
     save(fig, target)
 
 
@@ -171,6 +173,7 @@ def esd(panels, title, target, reason="no matrix in this layer"):
             ax.plot(x, share * (alpha - 1) / xmin * (x / xmin) ** (-alpha), "C3", label=f"power law α = {alpha:.2f}")
             ax.axvline(xmin, color="C3", ls="--", lw=0.8, label=f"xmin = {xmin:.3g}")
         ax.set(xscale="log", yscale="log", xlabel="eigenvalue λ = σ²", ylabel="density")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a spectrum within one decade labels every minor tick
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(title)
