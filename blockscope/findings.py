@@ -203,10 +203,15 @@ def headmerge_finding(summary, tolerance: float, link: dict) -> str | None:
     best = headmerge_headline(summary, tolerance)
     sources = f"({link['headmerge_figure']}, {link['headmerge']})"
     if best is None or best["merged_pairs"] == 0:
-        mildest = summary.sort_values("threshold").iloc[-1]
-        return (f"No {measure} threshold merges a head pair while keeping perplexity within {100 * tolerance:g} % "
-                f"of the base ({base:.2f}): the highest, {mildest['threshold']:g}, merges "
-                f"{int(mildest['merged_pairs'])} pairs for {mildest['perplexity']:.2f} ({change(mildest['perplexity'], base)}) {sources}.")
+        merging = summary[summary["merged_pairs"] > 0]
+        if merging.empty:
+            return f"No {measure} threshold merges a single head pair {sources}."
+        mildest = merging.sort_values(["merged_pairs", "threshold"], ascending=[True, False], kind="stable").iloc[0]
+        return (f"No {measure} threshold that merges heads keeps perplexity within {100 * tolerance:g} % of the base "
+                f"({base:.2f}): the mildest merge, threshold {mildest['threshold']:g}, merges "
+                f"{int(mildest['merged_pairs'])} pairs for {mildest['perplexity']:.2f} "
+                f"({change(mildest['perplexity'], base)}), against {mildest['random_perplexity_mean']:.2f} "
+                f"({change(mildest['random_perplexity_mean'], base)}) for random merges of as many pairs {sources}.")
     random = best["random_perplexity_mean"]
     return (f"Merging heads by {measure} similarity keeps perplexity within {100 * tolerance:g} % of the base "
             f"({base:.2f}) down to threshold {best['threshold']:g}: {int(best['merged_pairs'])} head pairs merged, "

@@ -87,7 +87,10 @@ def test_headmerge_headline_is_the_largest_merge_within_tolerance():
     assert "perplexity 10.40 (+4.0 %)" in sentence and "20.80 (+108.0 %) for random merges" in sentence
     assert "(headmerge/sweep.png)" in sentence
     none = fd.headmerge_finding(headmerge_table([20.0, 15.0, 11.0], [30, 12, 2]), 0.05, LINK)
-    assert none.startswith("No qk threshold") and "the highest, 0.99, merges 2 pairs for 11.00 (+10.0 %)" in none
+    assert none.startswith("No qk threshold that merges heads keeps perplexity within 5 %")
+    assert "the mildest merge, threshold 0.99, merges 2 pairs for 11.00 (+10.0 %), against 22.00" in none
+    unmerged = fd.headmerge_finding(headmerge_table([10.0, 10.0, 12.0], [0, 0, 3]), 0.05, LINK)
+    assert "threshold 0.99, merges 3 pairs for 12.00 (+20.0 %)" in unmerged  # 0 pairs within 5 % is no answer
 
 
 def test_model_findings_skip_what_has_no_table_and_append_extras():
