@@ -323,6 +323,9 @@ def _check_model_type(slug, config, origins):
 
 
 def _check_model(slug, spec, models, origins):
+    if slug == "summary":
+        _fail(origins, ("models", slug), "config key models.summary: the name summary is taken, results/summary/ "
+              "holds the cross-model tables and report", "rename the model, e.g. summary-model")
     if spec["source"] == "gguf" and "path" in spec and {"package", "file"} & set(spec):
         _fail(origins, ("models", slug), f"config key models.{slug}: a gguf model takes either path, or "
               "package + file, not both", "keep path, or package and file")
@@ -425,6 +428,11 @@ def check_cross_keys(config: dict, origins: Origins):
             _fail(origins, ("quantization", "alpha_thresholds", i), f"config key quantization.alpha_thresholds "
                   f"must ascend strictly, but {thresholds[i]} follows {thresholds[i - 1]}",
                   f"sort them: {sorted(set(thresholds))}", also=[("quantization", "alpha_thresholds")])
+
+    low, high = config["report"]["findings"]["alpha_range"]
+    if not low < high:
+        _fail(origins, ("report", "findings", "alpha_range"), f"config key report.findings.alpha_range is "
+              f"[{low}, {high}]: its low end must be below its high end", "give [low, high], e.g. [2, 6]")
 
     merge = config["headmerge"]
     for length, budget in (("seq_len", "max_tokens"), ("gpu_seq_len", "gpu_max_tokens")):

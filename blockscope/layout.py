@@ -96,6 +96,7 @@ VIEW_TABLES = {"heads_by_head": HEADS_BY_HEAD, "heads_by_layer": HEADS_BY_LAYER,
                "heads_heatmap_statistics": HEADS_HEATMAP_STATISTICS, "deep_dive_summary": DEEP_DIVE_SUMMARY,
                "down_projections": DOWN_PROJECTIONS, "phase_statistics": PHASE_STATISTICS}
 SUMMARY = "results/summary"
+SUMMARY_REPORT = "results/summary/report.md"  # the cross-model report: findings first, then the figures
 # Snakemake benchmark files: one per job, {job} names its wildcards (a unit, a layer, ...).
 BENCHMARK = "results/{model}/benchmarks/{rule}/{job}.tsv"
 SUMMARY_BENCHMARK = "results/summary/benchmarks/{rule}.tsv"
@@ -125,6 +126,8 @@ ENERGY_COLUMNS = [energy_column(f) for f in ENERGY_FRACTIONS]
 MAIN_METRICS = ["alpha", "alpha_hill", "alpha_peak", "alpha_mid", "effective_rank", "stable_rank",
                 "svd_90_percent_ratio", "rank_ratio", "spectral_norm", "log_norm", "mp_softrank"]
 # One figure each, per model against layer and across models against relative depth.
+# The head-merge figures (rule headmerge_plots), under HEADMERGE.
+HEADMERGE_FIGURES = ("sweep", "pairs_per_layer", "similarity_matrices", "similarity_histograms")
 PLOT_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "svd_90_percent_rank"]
 REPORT_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "svd_90_percent_ratio"]
 

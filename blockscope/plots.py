@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 from .layout import EIGENVALUE_COLUMNS, ENERGY_FRACTIONS  # noqa: E402
@@ -86,6 +87,7 @@ def embedding_elbow(elbows: dict, chosen: dict, title, target, reason="no embedd
         twin.set_ylabel("silhouette (sample)", color="C2")
         ax.legend(loc="upper right")
     fig.suptitle(title)
+    fig.tight_layout()  # the silhouette axis of one panel would overlap the inertia label of the next
     save(fig, target)
 
 
@@ -119,6 +121,11 @@ def _grid(count, width=4.2, height=3.2, columns=4):
     return fig, list(axes.flat)
 
 
+def measured_kinds(metrics, metric) -> list:
+    """The weight types with a finite value of `metric`: a panel each (1-D norms, all NaN, get none)."""
+    return sorted(metrics.loc[np.isfinite(metrics[metric].astype(float)), "block_type"].unique())
+
+
 def metric_by_layer(metrics, metric, title, target, control=None, reason=None):
     """One panel per weight type: the metric against layer (the random twin dashed, if given)."""
     if lacks(metrics, "layer_index", "block_type", metric):
@@ -128,7 +135,7 @@ def metric_by_layer(metrics, metric, title, target, control=None, reason=None):
         return nothing_to_plot(reason or f"no finite {metric} value in any transformer block", title, target)
     if lacks(control, "layer_index", "block_type", metric):
         control = None
-    kinds = sorted(inside["block_type"].unique())
+    kinds = measured_kinds(inside, metric)
     fig, axes = _grid(len(kinds))
     for ax, kind in zip(axes, kinds):
         for frame, style, label in ((inside, "-o", "trained"), (control, "--", "random init")):
@@ -170,6 +177,7 @@ def esd(panels, title, target, reason="no matrix in this layer"):
             ax.plot(x, share * (alpha - 1) / xmin * (x / xmin) ** (-alpha), "C3", label=f"power law α = {alpha:.2f}")
             ax.axvline(xmin, color="C3", ls="--", lw=0.8, label=f"xmin = {xmin:.3g}")
         ax.set(xscale="log", yscale="log", xlabel="eigenvalue λ = σ²", ylabel="density")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a spectrum within one decade labels every minor tick
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(title)
@@ -281,7 +289,7 @@ def depth_overlay(metrics, metric, title, target, reason=None):
     inside = metrics.dropna(subset=["relative_depth"])
     if inside[metric].notna().sum() == 0:
         return nothing_to_plot(reason or f"no finite {metric} value in any transformer block", title, target)
-    kinds = sorted(inside["block_type"].unique())
+    kinds = measured_kinds(inside, metric)
     fig, axes = _grid(len(kinds))
     for ax, kind in zip(axes, kinds):
         for i, (model, part) in enumerate(inside[inside["block_type"] == kind].groupby("model")):

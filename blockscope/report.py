@@ -11,6 +11,7 @@ import re
 
 import pandas as pd
 
+from .findings import findings_section
 from .heads import NONFINITE_TAG
 from .job_costs import cost_by_rule, costliest_jobs
 from .layout import ENERGY_COLUMNS, REPORT_METRICS, STATISTICS_ONLY, layer_unit
@@ -190,12 +191,13 @@ def svd_methods(metrics: pd.DataFrame) -> str:
 def model_report(model, dims, metrics, heads, statistics, phases, hints, precision_summary, embedding,
                  deep_dives: dict, plots: list, target_dir, jobs: pd.DataFrame | None = None,
                  files=(), precision_wide: pd.DataFrame | None = None, sensitivity_threshold: float = 0.05,
-                 views: dict | None = None, compress: list = ()) -> str:
-    """compress: the lines of the compression experiments' section (blockscope.compress.compress_section)."""
+                 views: dict | None = None, compress: list = (), findings=()) -> str:
+    """findings: the sentences of blockscope.findings that open the report; compress: the lines of
+    the compression experiments' section (blockscope.compress.compress_section)."""
     from .report_views import view_sections  # imported here: it reuses this module's helpers
 
     link = lambda path: os.path.relpath(path, target_dir)  # noqa: E731
-    lines = [f"# {model}: spectral anatomy", ""]
+    lines = [f"# {model}: spectral anatomy", "", *findings_section(findings)]
     keys = ["source", "model_type", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
             "tied_embeddings", "num_experts"]
     lines += ["## Model", "", table(pd.DataFrame([{k: dims.get(k) for k in keys}])), ""]

@@ -34,7 +34,7 @@ GPU_CLAIM = 1 if BACKEND == "cuda" else 0
 
 
 wildcard_constraints:
-    model="[a-z0-9][a-z0-9._-]*",
+    model="(?!summary/)[a-z0-9][a-z0-9._-]*",  # results/summary/ is the cross-model folder, no model's
     unit=layout.UNIT_WILDCARD,
     layer="[0-9]+",
     head="[0-9]+",
@@ -179,6 +179,8 @@ def control_metrics(wildcards):
 
 
 FORMATS = config["report"]["formats"]
+EMBEDDED = layout.embedded_format(FORMATS)  # what report.md links and the HTML report shows
+OTHER_FORMATS = [ext for ext in FORMATS if ext != EMBEDDED]
 
 
 def figure(stem, **report_kwargs):
@@ -189,9 +191,15 @@ def figure(stem, **report_kwargs):
     return [report(embedded, **report_kwargs), *others]
 
 
-def figure_files(stem):
-    """Input: every file of one figure (see figure)."""
-    return layout.figure_files(stem, FORMATS)
+def figure_folder(path, **report_kwargs):
+    """Output: a folder of figures (one file per page and format); the HTML report shows the
+    pages in the embedded format."""
+    return report(directory(path), patterns=[f"{{name}}.{EMBEDDED}"], **report_kwargs)
+
+
+def figure_files(stem, formats=None):
+    """Input: the files of one figure, in every report.formats (or in `formats`; see figure)."""
+    return [f"{stem}.{ext}" for ext in formats] if formats is not None else layout.figure_files(stem, FORMATS)
 
 
 def esd_layers(model):
@@ -208,30 +216,36 @@ def down_proj_layers(model):
     return select.chosen_layers(config["report"]["down_proj_layers"], selected_layers(model))
 
 
-def view_plot_files(model):
-    """The figures of the original notebook's and scripts' views (rules down_proj_plot, precision_category_plots)."""
-    return [*figure_files(layout.DOWN_PROJ_FIGURE.format(model=model)), layout.PRECISION_CATEGORIES.format(model=model),
-            *([layout.PRECISION_MATRICES.format(model=model)] if config["report"]["per_matrix_charts"] else [])]
-
-
 def plots_dir(model):
     return layout.PLOTS.format(model=model)
 
 
-def model_plot_files(model):
+def model_plot_files(model, formats=None):
+    """A model's figures up to its report, in `formats` (default: every report.formats); the
+    precision pages' folder (every format inside) goes with the embedded format."""
+    formats = FORMATS if formats is None else formats
     plots = plots_dir(model)
-    return [
-        *[f"{plots}/{metric}_by_layer.png" for metric in layout.PLOT_METRICS],
-        *[path for layer in esd_layers(model) for path in figure_files(f"{plots}/esd_layer_{layer}")],
-        f"{plots}/heads_heatmap.png",
-        f"{plots}/precision_distributions.png",
-        f"{plots}/precision_sensitivity.png",
-        f"{plots}/precision",
-        f"results/{model}/embedding/elbow.png",
-        f"results/{model}/embedding/pca.png",
-        *deep_dive_files(model, "png"),
-        *view_plot_files(model),
+    stems = [
+        *[f"{plots}/{metric}_by_layer" for metric in layout.PLOT_METRICS],
+        *[f"{plots}/esd_layer_{layer}" for layer in esd_layers(model)],
+        f"{plots}/heads_heatmap",
+        f"{plots}/precision_distributions",
+        f"{plots}/precision_sensitivity",
+        f"results/{model}/embedding/elbow",
+        f"results/{model}/embedding/pca",
+        *[layout.deep_dive(model, layer, head, "").removesuffix(".") for layer, head in deep_dive_heads(model)],
+        layout.DOWN_PROJ_FIGURE.format(model=model),
     ]
+    folders = [f"{plots}/precision", layout.PRECISION_CATEGORIES.format(model=model),
+               *([layout.PRECISION_MATRICES.format(model=model)] if config["report"]["per_matrix_charts"] else [])] \
+        if EMBEDDED in formats else []  # folders of figures, every format inside
+    return [path for stem in stems for path in figure_files(stem, formats)] + folders
+
+
+def summary_plot_files(formats=None):
+    """The cross-model figures, in `formats` (default: every report.formats)."""
+    return [path for metric in layout.PLOT_METRICS
+            for path in figure_files(f"{layout.SUMMARY}/plots/{metric}_by_depth", formats)]
 
 
 HEADMERGE = config["headmerge"]
@@ -250,14 +264,19 @@ def headmerge_dims(wildcards):
     return layout.MODEL_JSON.format(model=wildcards.model)
 
 
+def headmerge_summaries(models):
+    """Input: the head-merge summary tables of `models` (none when head merging is off)."""
+    return [f"{layout.HEADMERGE.format(model=model)}/summary.parquet" for model in models if HEADMERGE["enabled"]]
+
+
 def headmerge_targets(model):
     if not HEADMERGE["enabled"]:
         return []
     return [
         *[f"results/{model}/headmerge/threshold_{t}.json" for t in HEADMERGE["thresholds"]],
         f"results/{model}/headmerge/summary.parquet",
-        *[f"results/{model}/headmerge/{name}.png"
-          for name in ("sweep", "pairs_per_layer", "similarity_matrices", "similarity_histograms")],
+        *[path for name in layout.HEADMERGE_FIGURES
+          for path in figure_files(f"{layout.HEADMERGE.format(model=model)}/{name}")],
         *[path for t in HEADMERGE["thresholds"] for stem in headmerge_threshold_stems(t)
           for path in figure_files(stem.format(model=model))],
     ]
@@ -285,14 +304,14 @@ def compress_variant(folder):
 
 
 def compress_targets(model):
-    """An experiment's tables, plans and figure (what the report reads), when compress is enabled."""
+    """An experiment's tables, plans and figures (what the report reads), when compress is enabled."""
     if not COMPRESS["enabled"]:
         return []
     return [
-        *[f"{layout.COMPRESS_QUANT}/{name}".format(model=model) for name in ("summary.parquet", "plans.json",
-                                                                               "pareto.png")],
-        *[f"{layout.COMPRESS_PRUNE}/{name}".format(model=model)
-          for name in ("summary.parquet", "allocations.parquet", "pareto.png")],
+        *[f"{layout.COMPRESS_QUANT}/{name}".format(model=model) for name in ("summary.parquet", "plans.json")],
+        *[f"{layout.COMPRESS_PRUNE}/{name}".format(model=model) for name in ("summary.parquet", "allocations.parquet")],
+        *[path for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
+          for path in figure_files(f"{folder}/pareto".format(model=model))],
         *([f"{folder}/variant".format(model=model) for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
           if COMPRESS["save_variants"] else []),
     ]
@@ -361,7 +380,8 @@ def all_targets(wildcards):
     return [target for model in MODELS for target in per_model_targets(model)] + [
         f"{layout.SUMMARY}/metrics.parquet",
         f"{layout.SUMMARY}/depth_comparison.csv",
-        *[f"{layout.SUMMARY}/plots/{metric}_by_depth.png" for metric in layout.PLOT_METRICS],
+        *summary_plot_files(),
+        layout.SUMMARY_REPORT,
     ]
 
 
@@ -392,6 +412,7 @@ localrules:
     aggregate,
     summary,
     summary_plots,
+    summary_report,
     model_report,
     headmerge_plots,
     compress_plots,

@@ -74,14 +74,14 @@ rule compress_plots:
         prune=f"{layout.COMPRESS_PRUNE}/summary.parquet",
         prune_plans=f"{layout.COMPRESS_PRUNE}/plans.json",
     output:
-        quant=report(
-            f"{layout.COMPRESS_QUANT}/pareto.png",
+        quant=figure(
+            f"{layout.COMPRESS_QUANT}/pareto",
             category="{model}",
             subcategory="compression",
             caption="../report/compress_quant.rst",
         ),
-        prune=report(
-            f"{layout.COMPRESS_PRUNE}/pareto.png",
+        prune=figure(
+            f"{layout.COMPRESS_PRUNE}/pareto",
             category="{model}",
             subcategory="compression",
             caption="../report/compress_prune.rst",

@@ -35,14 +35,14 @@ rule embedding_plots:
         elbow="results/{model}/embedding/elbow.parquet",
         points="results/{model}/embedding/pca_points.parquet",
     output:
-        elbow=report(
-            "results/{model}/embedding/elbow.png",
+        elbow=figure(
+            "results/{model}/embedding/elbow",
             category="{model}",
             subcategory="embedding",
             caption="../report/embedding_elbow.rst",
         ),
-        pca=report(
-            "results/{model}/embedding/pca.png",
+        pca=figure(
+            "results/{model}/embedding/pca",
             category="{model}",
             subcategory="embedding",
             caption="../report/embedding_pca.rst",

@@ -55,26 +55,26 @@ rule headmerge_plots:
         summary="results/{model}/headmerge/summary.parquet",
         similarities="results/{model}/headmerge/similarities.parquet",
     output:
-        sweep=report(
-            "results/{model}/headmerge/sweep.png",
+        sweep=figure(
+            "results/{model}/headmerge/sweep",
             category="{model}",
             subcategory="head merging",
             caption="../report/headmerge_sweep.rst",
         ),
-        pairs=report(
-            "results/{model}/headmerge/pairs_per_layer.png",
+        pairs=figure(
+            "results/{model}/headmerge/pairs_per_layer",
             category="{model}",
             subcategory="head merging",
             caption="../report/headmerge_pairs.rst",
         ),
-        matrices=report(
-            "results/{model}/headmerge/similarity_matrices.png",
+        matrices=figure(
+            "results/{model}/headmerge/similarity_matrices",
             category="{model}",
             subcategory="head merging",
             caption="../report/headmerge_similarity.rst",
         ),
-        histograms=report(
-            "results/{model}/headmerge/similarity_histograms.png",
+        histograms=figure(
+            "results/{model}/headmerge/similarity_histograms",
             category="{model}",
             subcategory="head merging",
             caption="../report/headmerge_histograms.rst",

@@ -54,8 +54,8 @@ rule head_deep_dive_plot:
         table=layout.DEEP_DIVE.replace("{ext}", "parquet"),
         dims=layout.MODEL_JSON,
     output:
-        report(
-            "results/{model}/heads/deep_dive/layer_{layer}_head_{head}.png",
+        figure(
+            "results/{model}/heads/deep_dive/layer_{layer}_head_{head}",
             category="{model}",
             subcategory="attention heads",
             caption="../report/head_deep_dive.rst",

@@ -6,12 +6,15 @@ rule metric_plots:
         metrics=layout.METRICS,
         control=control_metrics,
     output:
-        report(
-            expand("results/{{model}}/plots/{metric}_by_layer.png", metric=layout.PLOT_METRICS),
-            category="{model}",
-            subcategory="metrics by layer",
-            caption="../report/metric_by_layer.rst",
-        ),
+        **{
+            metric: figure(
+                f"results/{{model}}/plots/{metric}_by_layer",
+                category="{model}",
+                subcategory="metrics by layer",
+                caption="../report/metric_by_layer.rst",
+            )
+            for metric in layout.PLOT_METRICS
+        },
     params:
         metrics=layout.PLOT_METRICS,
         code=code("metric_plots"),
@@ -53,27 +56,26 @@ rule head_and_precision_plots:
         heads=layout.HEADS,
         precision=layout.PRECISION,
     output:
-        heatmap=report(
-            "results/{model}/plots/heads_heatmap.png",
+        heatmap=figure(
+            "results/{model}/plots/heads_heatmap",
             category="{model}",
             subcategory="attention heads",
             caption="../report/heads_heatmap.rst",
         ),
-        distributions=report(
-            "results/{model}/plots/precision_distributions.png",
+        distributions=figure(
+            "results/{model}/plots/precision_distributions",
             category="{model}",
             subcategory="precision",
             caption="../report/precision_distributions.rst",
         ),
-        sensitivity=report(
-            "results/{model}/plots/precision_sensitivity.png",
+        sensitivity=figure(
+            "results/{model}/plots/precision_sensitivity",
             category="{model}",
             subcategory="precision",
             caption="../report/precision_sensitivity.rst",
         ),
-        pages=report(
-            directory("results/{model}/plots/precision"),
-            patterns=["{name}.png"],
+        pages=figure_folder(
+            "results/{model}/plots/precision",
             category="{model}",
             subcategory="precision",
             caption="../report/precision_pages.rst",
@@ -81,6 +83,7 @@ rule head_and_precision_plots:
     params:
         distribution_kind=config["report"]["distribution_kind"],
         layers_per_page=config["report"]["layers_per_page"],
+        formats=FORMATS,
         sensitivity_threshold=config["precision"]["sensitivity_threshold"],
         code=code("head_precision_plots"),
     log:
@@ -107,7 +110,10 @@ rule model_report:
         embedding="results/{model}/embedding/summary.json",
         deep_dive=lambda w: deep_dive_files(w.model, "parquet"),
         views=list(layout.VIEW_TABLES.values()),
-        plots=lambda w: model_plot_files(w.model),
+        control=control_metrics,
+        headmerge=lambda w: headmerge_summaries([w.model]),
+        plots=lambda w: model_plot_files(w.model, [EMBEDDED]),  # linked from report.md
+        other_formats=lambda w: model_plot_files(w.model, OTHER_FORMATS),
         benchmarks=lambda w: benchmark_files(w.model),
         files=lambda w: model_files(w.model),
         compress=lambda w: compress_targets(w.model),
@@ -115,6 +121,8 @@ rule model_report:
         layout.REPORT,
     params:
         sensitivity_threshold=config["precision"]["sensitivity_threshold"],
+        findings=config["report"]["findings"],
+        embedded=EMBEDDED,
         code=code("model_report"),
     log:
         "logs/{model}/report.log",
@@ -130,11 +138,14 @@ rule summary_plots:
     input:
         f"{layout.SUMMARY}/metrics.parquet",
     output:
-        report(
-            expand(f"{layout.SUMMARY}/plots/{{metric}}_by_depth.png", metric=layout.PLOT_METRICS),
-            category="across models",
-            caption="../report/depth_overlay.rst",
-        ),
+        **{
+            metric: figure(
+                f"{layout.SUMMARY}/plots/{metric}_by_depth",
+                category="across models",
+                caption="../report/depth_overlay.rst",
+            )
+            for metric in layout.PLOT_METRICS
+        },
     params:
         metrics=layout.PLOT_METRICS,
         code=code("summary_plots"),
@@ -146,3 +157,29 @@ rule summary_plots:
         "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/summary_plots.py"
+
+
+rule summary_report:
+    input:
+        metrics=f"{layout.SUMMARY}/metrics.parquet",
+        precision=f"{layout.SUMMARY}/precision.parquet",
+        headmerge=headmerge_summaries(MODELS),
+        reports=expand(layout.REPORT, model=MODELS),
+        plots=summary_plot_files([EMBEDDED]),  # linked from the report
+        other_formats=summary_plot_files(OTHER_FORMATS),
+    output:
+        layout.SUMMARY_REPORT,
+    params:
+        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
+        findings=config["report"]["findings"],
+        embedded=EMBEDDED,
+        controls=CONTROLS,
+        code=code("summary_report"),
+    log:
+        "logs/summary/report.log",
+    benchmark:
+        layout.SUMMARY_BENCHMARK.format(rule="summary_report")
+    conda:
+        "../envs/blockscope.yaml"
+    script:
+        "../workflow_scripts/summary_report.py"

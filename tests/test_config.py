@@ -217,6 +217,11 @@ def test_no_transformers_config_attribute_looks_like_a_credential():
     ({"precision": {"precisions": ["fp16", "fp16"]}},
      "config key precision.precisions: 'fp16' is listed more than once"),
     ({"report": {"layers_per_page": 0}}, "config key report.layers_per_page: 0 is less than the minimum of 1"),
+    ({"report": {"findings": {"alpha_range": [6, 2]}}},
+     "config.yaml: config key report.findings.alpha_range is [6, 2]: its low end must be below its high end. "
+     "Fix: give [low, high], e.g. [2, 6]."),
+    ({"report": {"findings": {"zscore": 0}}}, "config key report.findings.zscore: 0 is less than or equal to the minimum"),
+    ({"report": {"formats": ["png", "jpg"]}}, "config key report.formats.1: 'jpg' is not allowed; allowed: png, pdf, svg"),
     ({"headmerge": {"seq_len": 512, "max_tokens": 256}},
      "config.yaml: config key headmerge.max_tokens (256) is below headmerge.seq_len (512): not one window fits. "
      "Fix: make max_tokens at least seq_len, or null for the whole split."),
@@ -229,6 +234,12 @@ def test_no_transformers_config_attribute_looks_like_a_credential():
 def test_rules_across_keys(sections, message):
     got = refusal(with_llama(**sections))
     assert got == message if message.startswith("config.yaml: ") else message in got
+
+
+def test_summary_is_no_model_name():
+    assert refusal({"models": {"summary": LLAMA}}) == (
+        "[summary] config.yaml: config key models.summary: the name summary is taken, results/summary/ holds the "
+        "cross-model tables and report. Fix: rename the model, e.g. summary-model.")
 
 
 def test_like_names_a_model_in_this_config():

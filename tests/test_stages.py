@@ -83,6 +83,18 @@ def test_plots_of_all_nan_values_say_why_or_draw_the_rest(tmp_path, reasons):
     assert len(reasons) == 2 and (tmp_path / "h.png").exists() and (tmp_path / "esd.png").exists()
 
 
+
+def test_a_weight_type_without_values_gets_no_panel(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda fig, target: drawn.append(fig))
+    metrics = pd.DataFrame({"layer_index": [0, 1, 0, 1], "relative_depth": [0, 0.5, 0, 0.5], "model": "m",
+                            "control_of": None, "block_type": ["q_proj", "q_proj", "norm", "norm"],
+                            "alpha": [3.0, 4.0, np.nan, np.nan]})  # norms: 1-D, statistics only
+    plots.depth_overlay(metrics, "alpha", "t", tmp_path / "d.png")
+    plots.metric_by_layer(metrics, "alpha", "t", tmp_path / "m.png")
+    for fig in drawn:
+        assert [ax.get_title() for ax in fig.axes if ax.axison] == ["q_proj"]
+
 DIMS = {"model": "m", "layers": 2, "hidden": 32, "heads": 4, "kv_heads": 4, "head_dim": 8, "model_type": "mystery"}
 
 

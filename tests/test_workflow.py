@@ -280,6 +280,48 @@ def check_notebook_views(model, metrics, report):
         assert heading in report, heading
 
 
+def test_reports_open_with_findings_from_their_tables(finished):
+    from blockscope.findings import outside_range
+
+    model = finished / "results/tiny-llama"
+    report = (model / "report.md").read_text()
+    assert report.index("## Findings") < report.index("## Model")
+    findings = report[report.index("## Findings"):report.index("## Model")]
+    metrics = pd.read_csv(model / "metrics.csv")
+    measured = metrics[metrics["alpha"].notna() & (metrics["status"] != layout.STATISTICS_ONLY)]
+    outside = (measured["alpha"] < 2) | (measured["alpha"] > 6)
+    assert f"- {outside.sum()} of {len(measured)} matrices have α outside WeightWatcher's" in findings
+    assert outside.sum() == len(outside_range(metrics, [2, 6]))
+    wide = pd.read_csv(model / "precision_alpha_hill.csv")
+    ranked = wide.dropna(subset=["alpha_hill_relative_range"])
+    assert f"- {int(ranked['precision_sensitive'].sum())} of {len(ranked)} matrices are precision-sensitive" in findings
+    for link in re.findall(r"\]\(([^)]+)\)", findings):
+        assert (model / link).exists(), link
+    summary = (finished / layout.SUMMARY_REPORT).read_text()
+    for name in BASE["models"]:
+        assert f"### {name} ([report](../{name}/report.md))" in summary
+    assert findings.split("\n")[2] in summary.replace("../tiny-llama/", "")  # the same sentences, other links
+    for link in re.findall(r"\]\(([^)]+)\)", summary):
+        assert (finished / "results/summary" / link).exists(), link
+
+
+def test_every_figure_in_every_format_and_in_the_html_report(finished, tmp_path):
+    work = clone(finished, tmp_path)
+    pngs = sorted((work / "results").rglob("*.png"))
+    assert len(pngs) > 30  # every figure kind of both models and the summary
+    config = {**BASE, "report": {"formats": ["png", "pdf", "svg"]}}
+    result = run_workflow(work, config)
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", result.stdout + result.stderr, re.M))
+    assert ran <= PLOT_RULES | {"model_report", "summary_report", "all"}  # nothing is measured again
+    for png in pngs:
+        assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-", png
+        assert b"<svg" in png.with_suffix(".svg").read_bytes()[:2000], png
+    run_workflow(work, config, "--report", str(tmp_path / "report.html"))
+    html = (tmp_path / "report.html").read_text()
+    missing = [str(png.relative_to(work)) for png in pngs if png.name not in html]
+    assert not missing
+
+
 def _dry_run_rules(work, snakefile):
     result = run_workflow(work, BASE, "--dry-run", snakefile=snakefile)
     return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
@@ -301,7 +343,7 @@ def append_a_line(path):
 
 
 PLOT_RULES = {"metric_plots", "esd_plot", "head_and_precision_plots", "embedding_plots", "summary_plots",
-              "head_deep_dive_plot", "headmerge_plots"}
+              "head_deep_dive_plot", "headmerge_plots", "down_proj_plot", "precision_category_plots", "compress_plots"}
 
 
 def test_editing_one_stage_reruns_that_stage_and_what_follows(finished, tmp_path):
@@ -324,7 +366,7 @@ def test_editing_a_library_module_reruns_exactly_what_uses_it(finished, tmp_path
     append_a_line(workflow / "blockscope/plots.py")
     rerun = _dry_run_rules(work, workflow / "Snakefile")
     assert {"metric_plots", "esd_plot", "summary_plots"} <= rerun
-    assert rerun <= PLOT_RULES | {"model_report", "all"}  # the report links the redrawn figures
+    assert rerun <= PLOT_RULES | {"model_report", "summary_report", "all"}  # the reports link the redrawn figures
 
 
 def test_a_killed_run_loses_nothing_finished_and_resumes(finished, tmp_path):

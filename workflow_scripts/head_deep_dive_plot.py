@@ -16,8 +16,8 @@ def main(snakemake):
     table = pd.read_parquet(snakemake.input.table)
     group = kv_head(head, dims["heads"], dims["kv_heads"])
     reason = table.attrs.get("reason") or f"no eigenvalues for layer {layer}, head {head} (see the head_deep_dive log)"
-    head_eigenvalues(table, f"{model}: layer {layer}, head {head} (kv head {group}), "
-                            f"QK kernel eigenvalues (d_head = {dims['head_dim']})", snakemake.output[0], reason=reason)
+    title = f"{model}: layer {layer}, head {head} (kv head {group}), QK kernel eigenvalues (d_head = {dims['head_dim']})"
+    head_eigenvalues(table, title, list(snakemake.output), reason=reason)
 
 
 run_step(snakemake, main)

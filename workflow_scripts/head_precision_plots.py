@@ -4,6 +4,7 @@ import os
 
 import pandas as pd
 
+from blockscope.layout import figure_files
 from blockscope.plots import heads_heatmap, precision_distributions, precision_page, precision_sensitivity
 from blockscope.workflow import run_step
 
@@ -24,8 +25,9 @@ def main(snakemake):
     for start in range(0, len(layers), per_page):
         first, last = int(layers[start]), int(layers[min(start + per_page, len(layers)) - 1])
         page = precision[precision["layer_index"].between(first, last)]
+        stem = os.path.join(out.pages, f"layers_{first:03d}-{last:03d}")
         precision_page(page, f"{model}: α-Hill per precision, layers {first}-{last}",
-                       os.path.join(out.pages, f"layers_{first:03d}-{last:03d}.png"))
+                       figure_files(stem, snakemake.params.formats))  # the page in every report.formats
 
 
 run_step(snakemake, main)

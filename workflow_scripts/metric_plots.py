@@ -12,8 +12,8 @@ def main(snakemake):
     metrics = spectral_rows(pd.read_parquet(snakemake.input.metrics))  # no 1-D statistics-only rows
     control = pd.read_parquet(snakemake.input.control[0]) if snakemake.input.control else None
     twin = f" vs random-init twin {control['model'].iloc[0]}" if control is not None else ""
-    for metric, path in zip(snakemake.params.metrics, snakemake.output):
-        metric_by_layer(metrics, metric, f"{model}: {metric} by layer{twin}", path, control)
+    for metric in snakemake.params.metrics:  # one figure each, in every report.formats
+        metric_by_layer(metrics, metric, f"{model}: {metric} by layer{twin}", snakemake.output[metric], control)
 
 
 run_step(snakemake, main)

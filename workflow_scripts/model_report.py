@@ -5,9 +5,10 @@ import os
 
 import pandas as pd
 
+from blockscope import findings as fd
 from blockscope import layout
 from blockscope.atomic import atomic_path
-from blockscope.compress import compress_section, planned_source_dtypes
+from blockscope.compress import compress_section, planned_source_dtypes, prune_sentences, quant_sentences
 from blockscope.job_costs import read_benchmarks
 from blockscope.layout import VIEW_TABLES
 from blockscope.report import model_report
@@ -22,7 +23,7 @@ def read_csv(path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def compress_lines(model, metrics, paths, target_dir) -> list:
+def compress_lines(model, metrics, paths, target_dir, embedded) -> list:
     """The compression section, when the experiments ran (compress.enabled)."""
     paths = set(map(str, paths))
     quant, prune = (f"{folder.format(model=model)}/summary.parquet" for folder in (layout.COMPRESS_QUANT,
@@ -31,23 +32,51 @@ def compress_lines(model, metrics, paths, target_dir) -> list:
         return []
     skipped = json.loads(open(f"{layout.COMPRESS_QUANT.format(model=model)}/plans.json").read()).get("skipped")
     figures = [(os.path.relpath(p, layout.MODEL_RESULTS.format(model=model)), p)
-               for p in sorted(paths) if p.endswith("pareto.png")]
+               for p in sorted(paths) if p.endswith(f"pareto.{embedded}")]
     return compress_section(pd.read_parquet(quant), pd.read_parquet(prune), planned_source_dtypes(metrics),
                             skipped, figures, link=lambda p: os.path.relpath(p, target_dir))
 
 
+def read_parquet(paths) -> pd.DataFrame | None:
+    """The table of an optional input (a list of none or one path)."""
+    return pd.read_parquet(paths[0]) if paths else None
+
+
+def compress_findings(model, paths) -> list:
+    """The compression experiments' one-sentence answers, each linked to its table."""
+    paths, found = set(map(str, paths)), []
+    for folder, sentences in ((layout.COMPRESS_QUANT, quant_sentences), (layout.COMPRESS_PRUNE, prune_sentences)):
+        summary = f"{folder.format(model=model)}/summary.parquet"
+        if summary in paths:
+            link = os.path.relpath(summary.replace(".parquet", ".csv"), layout.MODEL_RESULTS.format(model=model))
+            found += [f"{sentence} ([table]({link}))" for sentence in sentences(pd.read_parquet(summary))]
+    return found
+
+
+def findings(snakemake, metrics, precision_wide) -> list:
+    """The findings opening report.md, from the tables this report summarises."""
+    inp, params = snakemake.input, snakemake.params
+    sensitivity = precision_wide.rename(columns={"layer_name": "matrix"}) if len(precision_wide) else None
+    return fd.model_findings(metrics, params.findings, fd.links("", params.embedded), control=read_parquet(inp.control),
+                             sensitivity=sensitivity, sensitivity_threshold=params.sensitivity_threshold,
+                             headmerge=read_parquet(inp.headmerge),
+                             extra=compress_findings(snakemake.wildcards.model, inp.compress))
+
+
 def main(snakemake):
     inp = snakemake.input
-    metrics = pd.read_parquet(inp.metrics)
+    metrics, precision_wide = pd.read_parquet(inp.metrics), read_csv(inp.precision_csv)
     text = model_report(
         snakemake.wildcards.model, json.load(open(inp.dims)), metrics,
         pd.read_parquet(inp.heads), read_csv(inp.statistics), read_csv(inp.phases), read_csv(inp.hints),
         read_csv(inp.precision_summary), json.load(open(inp.embedding)),
         {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
         list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks), list(inp.files),
-        precision_wide=read_csv(inp.precision_csv), sensitivity_threshold=snakemake.params.sensitivity_threshold,
+        precision_wide=precision_wide, sensitivity_threshold=snakemake.params.sensitivity_threshold,
         views=dict(zip(VIEW_TABLES, map(read_csv, inp.views))),
-        compress=compress_lines(snakemake.wildcards.model, metrics, inp.compress, os.path.dirname(snakemake.output[0])))
+        compress=compress_lines(snakemake.wildcards.model, metrics, inp.compress, os.path.dirname(snakemake.output[0]),
+                                snakemake.params.embedded),
+        findings=findings(snakemake, metrics, precision_wide))
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(text)
 

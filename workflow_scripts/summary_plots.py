@@ -8,8 +8,9 @@ from blockscope.workflow import run_step
 
 def main(snakemake):
     metrics = pd.read_parquet(snakemake.input[0])
-    for metric, path in zip(snakemake.params.metrics, snakemake.output):
-        depth_overlay(metrics, metric, f"all models: {metric} by relative depth (dashed: random-init controls)", path)
+    for metric in snakemake.params.metrics:  # one figure each, in every report.formats
+        depth_overlay(metrics, metric, f"all models: {metric} by relative depth (dashed: random-init controls)",
+                      snakemake.output[metric])
 
 
 run_step(snakemake, main)

@@ -1,0 +1,24 @@
+"""rule summary_report: results/summary/report.md, every model's findings first."""
+
+import os
+
+import pandas as pd
+
+from blockscope.atomic import atomic_path
+from blockscope.summary_report import summary_report
+from blockscope.workflow import run_step
+
+
+def main(snakemake):
+    inp, params = snakemake.input, snakemake.params
+    metrics = pd.read_parquet(inp.metrics)
+    models = [os.path.basename(os.path.dirname(path)) for path in inp.reports]
+    headmerge = {os.path.basename(os.path.dirname(os.path.dirname(p))): pd.read_parquet(p) for p in inp.headmerge}
+    text = summary_report(models, metrics, pd.read_parquet(inp.precision), headmerge, params.controls,
+                          params.findings, params.sensitivity_threshold, params.embedded, list(inp.plots),
+                          os.path.dirname(snakemake.output[0]))
+    with atomic_path(snakemake.output[0]) as tmp:
+        tmp.write_text(text)
+
+
+run_step(snakemake, main)
