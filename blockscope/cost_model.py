@@ -544,7 +544,7 @@ def plan_model(inventory: pd.DataFrame, dims: dict, t: Throughput, method: str =
     return pd.DataFrame(rows, columns=PLAN_JOB_COLUMNS)
 
 
-def predicted_jobs(inventory_path, dims: dict, selected: dict | None, backend="cpu", device=None, method="gesdd",
+def predicted_jobs(inventory_path, dims: dict, selected: dict | None, backend="cpu", device=None, method="auto",
                    compute_dtype="float32", precisions=("fp32",)) -> dict:
     """(unit, rule) -> Job for every per-unit job of a model (the workflow's resource requests)."""
     jobs = plan_model(pd.read_parquet(inventory_path), dims, throughput(backend, device), method, compute_dtype,

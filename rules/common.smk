@@ -372,7 +372,8 @@ def inventoried_model_files(model):
 
 
 def per_model_targets(model):
-    return [layout.REPORT.format(model=model), *headmerge_targets(model), *compress_targets(model),
+    return [layout.REPORT.format(model=model), layout.PLAN.format(model=model), *headmerge_targets(model),
+            *compress_targets(model),
             *inventoried_model_files(model)]
 
 

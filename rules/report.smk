@@ -99,7 +99,6 @@ rule head_and_precision_plots:
 rule model_report:
     input:
         dims=layout.MODEL_JSON,
-        plan=layout.PLAN,
         metrics=layout.METRICS,
         heads=layout.HEADS,
         statistics="results/{model}/statistics_by_type.csv",

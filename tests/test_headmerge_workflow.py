@@ -217,4 +217,4 @@ def test_editing_compress_settings_reruns_only_the_experiment(merged, tmp_path):
     config["compress"]["prune"] = {"eps": 0.2}
     result = run_workflow(work, config, "--dry-run", "all")
     rerun = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
-    assert rerun == {"compress_prune", "compress_plots", "model_report", "all"}
+    assert rerun == {"compress_prune", "compress_plots", "model_report", "summary_report", "all"}

@@ -420,7 +420,7 @@ def test_slurm_requests_are_the_cost_models_predictions_times_the_safety(finishe
                             r"\s+resources: .*?(runtime=\d+, mem_mb=\d+)", result.stdout, re.M))
     dims = json.loads((finished / layout.MODEL_JSON.format(model="tiny-llama")).read_text())
     jobs = cost.predicted_jobs(finished / layout.INVENTORY.format(model="tiny-llama"), dims, None,
-                               precisions=["fp32", "fp16", "bf16"])
+                               method="auto", precisions=["fp32", "fp16", "bf16"])  # the defaults of config.yaml
     for rule, unit in (("spectra", "layer_000"), ("heads", "layer_001")):
         request = cost.slurm_request(jobs[unit, rule], 1, 2.0)  # plan.safety's default
         assert asked[rule] == f"runtime={request['runtime']}, mem_mb={request['mem_mb']}"
