@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -293,6 +294,22 @@ def open_session(model_name: str, checkpoint, metrics: pd.DataFrame, base_path, 
                    device, eval_settings["batch_size"])
 
 
+def experiment_session(model_name: str, inputs, evaluation: dict, backend: str):
+    """(session, None) for one experiment's job, or (None, reason) for a model it skips (an encoder,
+    no tokenizer). inputs: the rule's dims, checkpoint, metrics and base. The job's own GPU is
+    claimed before torch loads."""
+    from .device import torch_device
+    from .evaluate import skip_reason
+    from .gpu_slots import claim_gpu
+
+    reason = skip_reason(json.loads(Path(inputs.dims).read_text()), inputs.checkpoint)
+    if reason:
+        return None, reason
+    claim_gpu(backend)
+    return open_session(model_name, inputs.checkpoint, pd.read_parquet(inputs.metrics), inputs.base, evaluation,
+                        torch_device(backend), inputs.metrics), None
+
+
 def save_variant(session: Session, new_weight, target, info: dict):
     """The model with a plan applied, as a safetensors checkpoint with its config and tokenizer
     (transformers' save_pretrained), plus variant.json saying which plan it is."""
@@ -365,6 +382,20 @@ def write_table(frame: pd.DataFrame, parquet, csv):
 
     write_parquet(frame, parquet)
     write_csv(frame, csv)
+
+
+def skip_experiment(model_name: str, reason: str, output, tables: dict, notes: list):
+    """A skipped model's outputs: each table empty (tables: (parquet, csv) -> columns), each JSON
+    in `notes` {model, skipped: reason}, and the variant folder (when asked for) with the reason."""
+    from .atomic import write_json
+
+    logging.info("[%s] skipped: %s", model_name, reason)
+    for (parquet, csv), columns in tables.items():
+        write_table(pd.DataFrame(columns=columns), parquet, csv)
+    for path in notes:
+        write_json({"model": model_name, "skipped": reason}, path)
+    if "variant" in output.keys():
+        skipped_variant(output.variant, reason)
 
 
 def skipped_variant(folder, reason: str):

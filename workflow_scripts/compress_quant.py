@@ -1,39 +1,27 @@
 """rule compress_quant: quantisation plans (uniform, the presets' hints, mirrors, random controls) evaluated."""
 
-import json
 import logging
-from pathlib import Path
-
-import pandas as pd
 
 from blockscope import compress
 from blockscope import compress_plans as plans
 from blockscope.atomic import write_json
-from blockscope.device import torch_device
-from blockscope.headmerge_sweep import skip_reason
 from blockscope.layout import COMPRESS_QUANT_COLUMNS
 from blockscope.quant_formats import quantize
 from blockscope.workflow import run_step
 
 
 def skip(model_name, reason, output):
-    logging.info("[%s] skipped: %s", model_name, reason)
-    compress.write_table(pd.DataFrame(columns=COMPRESS_QUANT_COLUMNS), output.summary, output.summary_csv)
-    for path in [output.plans, *output.hints]:
-        write_json({"model": model_name, "skipped": reason}, path)
-    if "variant" in output.keys():
-        compress.skipped_variant(output.variant, reason)
+    compress.skip_experiment(model_name, reason, output, {(output.summary, output.summary_csv): COMPRESS_QUANT_COLUMNS},
+                             [output.plans, *output.hints])
 
 
 def main(snakemake):
     model_name, settings, output = snakemake.wildcards.model, snakemake.params.settings, snakemake.output
-    reason = skip_reason(json.loads(Path(snakemake.input.dims).read_text()), snakemake.input.checkpoint)
+    session, reason = compress.experiment_session(model_name, snakemake.input, snakemake.params.evaluation,
+                                                  snakemake.params.device)
     if reason:
         return skip(model_name, reason, output)
-    device = torch_device(snakemake.params.device)
-    session = compress.open_session(model_name, snakemake.input.checkpoint, pd.read_parquet(snakemake.input.metrics),
-                                    snakemake.input.base, snakemake.params.evaluation, device,
-                                    snakemake.input.metrics)
+    device = session.device
     group_size = snakemake.params.group_size
     table, plan_formats, hints = compress.quant_experiment(
         session.scorer(snakemake.params.evaluation["bootstrap"]), session.matrices, settings["quant"]["formats"],
