@@ -77,16 +77,20 @@ def plan_options():
 
 
 @functools.cache
-def _predicted_jobs(model, stamp):
+def _predicted_jobs(model, stamp, whole=False):
     with open(layout.MODEL_JSON.format(model=model)) as fh:
         dims = json.load(fh)
-    return cost.predicted_jobs(layout.INVENTORY.format(model=model), dims, selected(model, dims), **plan_options())
+    return cost.predicted_jobs(layout.INVENTORY.format(model=model), dims, None if whole else selected(model, dims),
+                               **plan_options())
 
 
 def predicted_job(model, rule, unit):
-    """The cost model's Job (seconds, mem_mb) of one per-unit job (re-priced when the inventory changes)."""
+    """The cost model's Job (seconds, mem_mb) of one per-unit job (re-priced when the inventory
+    changes). A job outside `select` (the embedding analysis extracts `embed` whatever the
+    selection) is priced on the whole unit."""
     stamp = os.path.getmtime(layout.INVENTORY.format(model=model))
-    return _predicted_jobs(model, stamp)[unit, rule]
+    jobs = _predicted_jobs(model, stamp)
+    return jobs[unit, rule] if (unit, rule) in jobs else _predicted_jobs(model, stamp, whole=True)[unit, rule]
 
 
 def predicted(rule, resource):
