@@ -282,7 +282,7 @@ def open_session(model_name: str, checkpoint, metrics: pd.DataFrame, base_path, 
                  device: str, metrics_path=None) -> Session:
     """Load the model once and its base evaluation (rule evaluate_base), pick the planned matrices;
     BlockscopeError when there are none."""
-    from .headmerge_sweep import load_causal_lm
+    from .evaluate import load_causal_lm
 
     matrices = plans.plan_matrices(metrics)
     if matrices.empty:

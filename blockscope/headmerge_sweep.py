@@ -11,9 +11,7 @@ import pandas as pd
 from . import headmerge as hm
 from .attention_layout import has_attention, projection_names, read_projections, write_projections
 from .errors import BlockscopeError
-# The evaluation's own helpers, used here by their old names (rule headmerge, tests).
-from .evaluate import (Evaluator, WindowScores, has_tokenizer, is_causal, load_causal_lm,  # noqa: F401
-                       perplexity_change_ci, skip_reason, window_settings)
+from .evaluate import Evaluator, WindowScores, perplexity_change_ci
 from .heads import AttentionWeights
 
 REPORTED = ("perplexity", "accuracy")

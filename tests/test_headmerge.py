@@ -309,15 +309,15 @@ def test_similarity_table_round_trips():
 
 
 def test_head_merging_is_skipped_without_a_tokenizer_or_causal_head(tmp_path):
-    from blockscope import headmerge_sweep as sweep
+    from blockscope.evaluate import skip_reason
     from blockscope.sources import fetch
     from conftest import TINY_LLAMA
 
     bare = tmp_path / "bare"
     fetch("bare", {"source": "synthetic", "config": TINY_LLAMA, "seed": 0}, bare)  # a bare config: no tokenizer
     causal = {"architectures": ["LlamaForCausalLM"]}
-    reason = sweep.skip_reason(causal, bare)
+    reason = skip_reason(causal, bare)
     assert reason.startswith("no tokenizer in the checkpoint") and "like:" in reason
     (bare / "tokenizer.json").write_text("{}")
-    assert sweep.skip_reason(causal, bare) is None
-    assert sweep.skip_reason({"architectures": ["BertForMaskedLM"]}, bare).startswith("not a causal LM (BertForMaskedLM)")
+    assert skip_reason(causal, bare) is None
+    assert skip_reason({"architectures": ["BertForMaskedLM"]}, bare).startswith("not a causal LM (BertForMaskedLM)")

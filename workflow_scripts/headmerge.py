@@ -9,7 +9,7 @@ import pandas as pd
 from blockscope import headmerge_sweep as sweep
 from blockscope.atomic import write_json, write_parquet
 from blockscope.device import torch_device
-from blockscope.evaluate import Evaluator, load_base
+from blockscope.evaluate import Evaluator, load_base, load_causal_lm
 from blockscope.gpu_slots import claim_gpu
 from blockscope.headmerge import similarity_table
 from blockscope.selection import parse_layers
@@ -31,7 +31,7 @@ def main(snakemake):
         return skip(model_name, base.skipped, settings, output)
     gpu = claim_gpu(snakemake.params.device)  # this job's own GPU, before torch loads
     device = torch_device(snakemake.params.device)
-    model, _ = sweep.load_causal_lm(model_name, snakemake.input.checkpoint, device, settings["dtype"])
+    model, _ = load_causal_lm(model_name, snakemake.input.checkpoint, device, settings["dtype"])
     evaluator = Evaluator.of(base, device=device, batch_size=settings["batch_size"])
     logging.info("[%s] base (%s): %s; variants scored on %s", model_name, snakemake.input.base, base.summary(),
                  device)
