@@ -278,10 +278,10 @@ class Session:
         return Scorer(self.model, self.base, self.device, self.swap, bootstrap, self.batch_size)
 
 
-def open_session(model_name: str, checkpoint, metrics: pd.DataFrame, base_path, eval_settings: dict,
+def open_session(model_name: str, checkpoint, metrics: pd.DataFrame, base: BaseEvaluation, eval_settings: dict,
                  device: str, metrics_path=None) -> Session:
-    """Load the model once and its base evaluation (rule evaluate_base), pick the planned matrices;
-    BlockscopeError when there are none."""
+    """Load the model once beside its base evaluation (rule evaluate_base), pick the planned
+    matrices; BlockscopeError when there are none."""
     from .evaluate import load_causal_lm
 
     matrices = plans.plan_matrices(metrics)
@@ -290,23 +290,29 @@ def open_session(model_name: str, checkpoint, metrics: pd.DataFrame, base_path, 
                               "alpha_mid: nothing to quantise or prune", model=model_name, path=metrics_path,
                               fix="check the metrics table's status column; set compress.enabled: false to skip")
     model, tokenizer = load_causal_lm(model_name, checkpoint, device, eval_settings["dtype"])
-    return Session(model, tokenizer, load_base(base_path), matrices, WeightSwap(model, list(matrices.index), model_name),
+    return Session(model, tokenizer, base, matrices, WeightSwap(model, list(matrices.index), model_name),
                    device, eval_settings["batch_size"])
 
 
 def experiment_session(model_name: str, inputs, evaluation: dict, backend: str):
-    """(session, None) for one experiment's job, or (None, reason) for a model it skips (an encoder,
-    no tokenizer). inputs: the rule's dims, checkpoint, metrics and base. The job's own GPU is
-    claimed before torch loads."""
+    """(session, None) for one experiment's job, or (None, reason) for a model it skips: an encoder,
+    no tokenizer, or a base that predicts at chance (evaluation["min_bits_over_chance"]). inputs:
+    the rule's dims, checkpoint, metrics and base. The job's own GPU is claimed before torch loads."""
     from .device import torch_device
-    from .evaluate import skip_reason
+    from .evaluate import chance_reason, skip_reason
     from .gpu_slots import claim_gpu
 
-    reason = skip_reason(json.loads(Path(inputs.dims).read_text()), inputs.checkpoint)
+    dims = json.loads(Path(inputs.dims).read_text())
+    reason = skip_reason(dims, inputs.checkpoint)
+    if reason:
+        return None, reason
+    base = load_base(inputs.base)
+    reason = base.skipped or chance_reason(model_name, base.summary()["perplexity"], dims.get("vocab"),
+                                           evaluation.get("min_bits_over_chance", 0))
     if reason:
         return None, reason
     claim_gpu(backend)
-    return open_session(model_name, inputs.checkpoint, pd.read_parquet(inputs.metrics), inputs.base, evaluation,
+    return open_session(model_name, inputs.checkpoint, pd.read_parquet(inputs.metrics), base, evaluation,
                         torch_device(backend), inputs.metrics), None
 
 

@@ -82,6 +82,24 @@ def skip_reason(dims: dict, checkpoint) -> str | None:
     return None
 
 
+def bits_over_chance(perplexity: float, vocab: int) -> float:
+    """Bits per token a model gains over guessing uniformly among its vocabulary (whose
+    perplexity is the vocabulary size): log2(vocab / perplexity). A random init scores about 0."""
+    return float(np.log2(vocab / perplexity))
+
+
+def chance_reason(model_name: str, perplexity: float, vocab: int | None, min_bits: float) -> str | None:
+    """Why a model that predicts within min_bits of chance is not worth perturbing, or None."""
+    if not vocab or not min_bits:
+        return None
+    gain = bits_over_chance(perplexity, vocab)
+    if gain >= min_bits:
+        return None
+    return (f"{model_name} predicts at chance: base perplexity {perplexity:.0f} against a vocabulary of {vocab}, "
+            f"{gain:+.2f} bits per token over uniform guessing (compress.min_bits_over_chance: {min_bits:g}); "
+            "no plan can change what it has not learnt")
+
+
 def window_settings(settings: dict, device: str) -> tuple:
     """(seq_len, max_tokens) for this device: a GPU may take longer windows and more tokens."""
     seq_len, max_tokens = settings["seq_len"], settings["max_tokens"]

@@ -179,3 +179,15 @@ def test_bad_compress_settings_name_the_key(key, value, named):
     config = {"models": {"m": {"source": "local", "path": "/x"}}, "compress": {section: {name: value}}}
     with pytest.raises(BlockscopeError, match=f"config key {named}"):
         validate_config(config)
+
+
+def test_bits_over_chance_and_the_skip_it_drives():
+    from blockscope.evaluate import bits_over_chance, chance_reason
+
+    assert bits_over_chance(64, 64) == 0 and bits_over_chance(8, 64) == 3
+    assert bits_over_chance(38.28, 49152) == pytest.approx(10.326, abs=1e-3)  # the demo's base
+    assert chance_reason("m", 40.0, 64, 0.5) is None and chance_reason("m", 40.0, 64, 1.0)  # 0.68 bits over
+    assert chance_reason("m", 32.0, 64, 1.0) is None  # exactly one bit over chance: evaluated
+    reason = chance_reason("m", 33.0, 64, 1.0)
+    assert reason.startswith("m predicts at chance: base perplexity 33 against a vocabulary of 64, +0.96 bits")
+    assert chance_reason("m", 53909.0, 49152, 0) is None and chance_reason("m", 5.0, None, 1.0) is None

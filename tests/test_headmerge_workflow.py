@@ -48,7 +48,9 @@ def merged(tmp_path_factory):
               "device": "cpu", "embedding": {"k_max": 4},
               "headmerge": {"thresholds": [0.001, 0.99], "seq_len": 32, "max_tokens": 512, "random_seeds": 2,
                             "bootstrap": 200, "corpus": {"path": str(WIKITEXT)}},
-              "compress": {"random_seeds": 2, "save_variants": True, "quant": {"formats": ["bf16", "int4"]}}}
+              # the tiny LM is a random init, at chance: 0 runs the experiments on it all the same
+              "compress": {"random_seeds": 2, "save_variants": True, "quant": {"formats": ["bf16", "int4"]},
+                           "min_bits_over_chance": 0}}
     run_workflow(root / "work", config, "all", *plot_targets("tiny-lm", "tiny-bert"))
     return root / "work"
 
@@ -218,3 +220,20 @@ def test_editing_compress_settings_reruns_only_the_experiment(merged, tmp_path):
     result = run_workflow(work, config, "--dry-run", "all")
     rerun = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
     assert rerun == {"compress_prune", "compress_plots", "model_report", "summary_report", "all"}
+
+
+def test_a_model_at_chance_is_not_compressed(merged, tmp_path):
+    """With the default compress.min_bits_over_chance the tiny random LM (perplexity above its
+    vocabulary) is skipped, the reason written, and only the experiments rerun."""
+    import yaml
+
+    work = tmp_path / "work"
+    copy_tree(merged, work)
+    config = yaml.safe_load((merged / "config.yaml").read_text())
+    del config["compress"]["min_bits_over_chance"]
+    run_workflow(work, config, "results/tiny-lm/compress/quant/summary.parquet")
+    base = json.loads((work / "results/tiny-lm/eval/base.json").read_text())
+    plans = json.loads((work / "results/tiny-lm/compress/quant/plans.json").read_text())
+    assert plans["skipped"].startswith(f"tiny-lm predicts at chance: base perplexity {base['perplexity']:.0f}")
+    assert pd.read_parquet(work / "results/tiny-lm/compress/quant/summary.parquet").empty
+    assert (work / "results/tiny-lm/compress/quant/variant/skipped.txt").exists()
