@@ -132,16 +132,49 @@ def quant_plans(matrices: pd.DataFrame, formats, group_size: int, seeds: int) ->
     return out, hints
 
 
+class RoundTrips:
+    """Each planned matrix's round trip through each format, computed once for every plan that uses
+    it (the uniform plans alone hold every pair; a hint plan, its mirror and its random controls
+    reuse them) and kept while they fit in `budget` bytes. bf16 / fp16 round trips are kept in
+    their own dtype: exact, half the bytes."""
+
+    HALF = {"bf16": "bfloat16", "fp16": "float16"}
+
+    def __init__(self, group_size: int, budget: int):
+        self.group_size, self.budget, self.used, self.kept = group_size, budget, 0, {}
+
+    def __call__(self, name: str, w, fmt: str):
+        import torch
+
+        if (name, fmt) in self.kept:
+            return self.kept[(name, fmt)].to(w.device, w.dtype)
+        out = quantize(w, fmt, self.group_size)
+        stored = out.to(getattr(torch, self.HALF[fmt])) if fmt in self.HALF else out
+        size = stored.numel() * stored.element_size()
+        if self.used + size <= self.budget:
+            self.kept[(name, fmt)], self.used = stored.cpu(), self.used + size
+        return out
+
+
+def round_trip_budget(device: str) -> int:
+    """Bytes RoundTrips may keep: a quarter of the free memory on the CPU; none on a GPU, which
+    quantises faster than it would copy a kept matrix back."""
+    import psutil
+
+    return 0 if str(device).startswith("cuda") else psutil.virtual_memory().available // 4
+
+
 def quant_experiment(scorer: Scorer, matrices: pd.DataFrame, formats, group_size: int, seeds: int,
                      model_name: str) -> tuple:
     """(summary table, every plan {name: {param: format}}, {preset: (settings, hint table)})."""
     specs, hints = quant_plans(matrices, formats, group_size, seeds)
+    round_trip = RoundTrips(group_size, round_trip_budget(scorer.device))
     rows = [{"model": model_name, "plan": "base", "kind": "base", "bits_per_weight": np.nan,
              **base_row(scorer.base)}]
     for spec in specs:
         plan = spec.pop("formats")
         key = ("quant", tuple(plan.items()))
-        result = scorer(key, lambda name, w, plan=plan: quantize(w, plan[name], group_size))
+        result = scorer(key, lambda name, w, plan=plan: round_trip(name, w, plan[name]))
         rows.append({"model": model_name, **spec, "bits_per_weight": plans.average_bits(plan, matrices, group_size),
                      "format_counts": plans.format_counts(plan), **result})
         spec["formats"] = plan
@@ -296,8 +329,9 @@ def open_session(model_name: str, checkpoint, metrics: pd.DataFrame, base: BaseE
 
 def experiment_session(model_name: str, inputs, evaluation: dict, backend: str):
     """(session, None) for one experiment's job, or (None, reason) for a model it skips: an encoder,
-    no tokenizer, or a base that predicts at chance (evaluation["min_bits_over_chance"]). inputs:
-    the rule's dims, checkpoint, metrics and base. The job's own GPU is claimed before torch loads."""
+    no tokenizer, or a base that predicts at chance (evaluation["min_bits_over_chance"]). Plans are
+    scored on the base's first windows, evaluation["max_tokens"] tokens. inputs: the rule's dims,
+    checkpoint, metrics and base. The job's own GPU is claimed before torch loads."""
     from .device import torch_device
     from .evaluate import chance_reason, skip_reason
     from .gpu_slots import claim_gpu
@@ -312,8 +346,9 @@ def experiment_session(model_name: str, inputs, evaluation: dict, backend: str):
     if reason:
         return None, reason
     claim_gpu(backend)
-    return open_session(model_name, inputs.checkpoint, pd.read_parquet(inputs.metrics), base, evaluation,
-                        torch_device(backend), inputs.metrics), None
+    return open_session(model_name, inputs.checkpoint, pd.read_parquet(inputs.metrics),
+                        base.first_windows(evaluation.get("max_tokens")), evaluation, torch_device(backend),
+                        inputs.metrics), None
 
 
 def save_variant(session: Session, new_weight, target, info: dict):
@@ -370,6 +405,10 @@ def compress_section(quant: pd.DataFrame | None, prune: pd.DataFrame | None, sou
     lines = ["## Compression experiments (quantisation and pruning plans, evaluated)", "", source_note(source_dtypes), ""]
     if skipped:
         return lines + [f"Skipped: {skipped}.", ""]
+    tokens = next((int(f["tokens_evaluated"].iloc[0]) for f in (quant, prune) if has(f, "tokens_evaluated")), None)
+    if tokens:
+        lines += [f"Every plan, and the base row, is scored on the same {tokens} next-token predictions: the base "
+                  "evaluation's first windows, `compress.max_tokens` of them on the CPU.", ""]
     for kind, frame, sentences, title in (("quant", quant, quant_sentences, "Quantisation (simulated RTN)"),
                                           ("prune", prune, prune_sentences, "Unstructured magnitude pruning")):
         lines += [f"### {title}", ""]

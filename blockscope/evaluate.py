@@ -195,6 +195,17 @@ class BaseEvaluation(WindowScores):
         """Per prediction, the base probability outside its top k (the KL truncation's weight)."""
         return rest_mass(self.top_logprobs).numpy()
 
+    def first_windows(self, max_tokens: int | None) -> "BaseEvaluation":
+        """The evaluation restricted to its first windows, at most max_tokens tokens (at least one
+        window; None: all): variants scored against it see only those windows."""
+        if self.skipped or not max_tokens:
+            return self
+        count = max(1, max_tokens // self.windows.shape[1])
+        if count >= len(self.nll):
+            return self
+        return BaseEvaluation(**{name: getattr(self, name)[:count] for name in (*WINDOW_FIELDS, *PREDICTION_FIELDS)},
+                              settings={**self.settings, "windows_scored": count})
+
 
 def perplexity_change_ci(base: WindowScores, variant: WindowScores, samples=1000, seed=0, level=0.95):
     """Paired bootstrap over windows of perplexity(variant) - perplexity(base): (low, high).

@@ -297,9 +297,11 @@ COMPRESS_PRESETS = list(QUANTIZATION_PRESETS)
 
 def compress_evaluation():
     """The evaluation settings the experiments share with head merging (the windows come with the
-    base evaluation, an input), and when a base is too near chance to be worth perturbing."""
+    base evaluation, an input; plans are scored on its first max_tokens), and when a base is too
+    near chance to be worth perturbing."""
     keys = ("batch_size", "dtype", "bootstrap")
-    return {**{key: config["headmerge"][key] for key in keys}, "min_bits_over_chance": COMPRESS["min_bits_over_chance"]}
+    return {**{key: config["headmerge"][key] for key in keys}, "min_bits_over_chance": COMPRESS["min_bits_over_chance"],
+            "max_tokens": COMPRESS["gpu_max_tokens" if BACKEND == "cuda" else "max_tokens"]}
 
 
 def compress_variant(folder):

@@ -191,3 +191,35 @@ def test_bits_over_chance_and_the_skip_it_drives():
     reason = chance_reason("m", 33.0, 64, 1.0)
     assert reason.startswith("m predicts at chance: base perplexity 33 against a vocabulary of 64, +0.96 bits")
     assert chance_reason("m", 53909.0, 49152, 0) is None and chance_reason("m", 5.0, None, 1.0) is None
+
+
+def test_round_trips_are_computed_once_and_equal_quantize():
+    from blockscope.quant_formats import quantize
+
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    budget = 8 * 64 * 4 + 8 * 64 * 2  # room for the int4 round trip and one bf16 one
+    trips = compress.RoundTrips(group_size=32, budget=budget)
+    for fmt in ("int4", "bf16", "int8"):
+        assert torch.equal(trips("w", w, fmt), quantize(w, fmt, 32))
+    assert set(trips.kept) == {("w", "int4"), ("w", "bf16")} and trips.used == budget  # int8 did not fit
+    assert trips.kept[("w", "bf16")].dtype == torch.bfloat16
+    for fmt in ("int4", "bf16", "int8"):  # kept ones come back exactly, as float32
+        again = trips("w", w, fmt)
+        assert again.dtype == torch.float32 and torch.equal(again, quantize(w, fmt, 32))
+    assert compress.RoundTrips(32, 0)("w", w, "fp16").equal(quantize(w, "fp16", 32))
+
+
+def test_plans_are_scored_on_the_first_windows_of_the_base():
+    from blockscope.evaluate import BaseEvaluation
+
+    n, seq, k = 4, 9, 3
+    base = BaseEvaluation(nll=[1.0, 2.0, 3.0, 4.0], correct=[1, 2, 3, 4], tokens=[8] * n,
+                          windows=torch.arange(n * seq).reshape(n, seq), predicted=torch.zeros(n, seq - 1),
+                          top_ids=torch.zeros(n, seq - 1, k), top_logprobs=torch.zeros(n, seq - 1, k),
+                          tail_ids=torch.zeros(n, seq - 1, 2), tail_logprobs=torch.zeros(n, seq - 1, 2))
+    first = base.first_windows(20)  # 20 tokens: two windows of 9
+    assert first.nll == [1.0, 2.0] and first.tokens == [8, 8] and first.windows.shape == (2, seq)
+    assert first.top_ids.shape == (2, seq - 1, k) and first.settings["windows_scored"] == 2
+    assert first.summary()["perplexity"] == pytest.approx(np.exp(3 / 16))
+    assert base.first_windows(None) is base and base.first_windows(10_000) is base
+    assert base.first_windows(8).nll == [1.0]  # fewer than one window's tokens: one window

@@ -50,7 +50,7 @@ def merged(tmp_path_factory):
                             "bootstrap": 200, "corpus": {"path": str(WIKITEXT)}},
               # the tiny LM is a random init, at chance: 0 runs the experiments on it all the same
               "compress": {"random_seeds": 2, "save_variants": True, "quant": {"formats": ["bf16", "int4"]},
-                           "min_bits_over_chance": 0}}
+                           "min_bits_over_chance": 0, "max_tokens": 256}}
     run_workflow(root / "work", config, "all", *plot_targets("tiny-lm", "tiny-bert"))
     return root / "work"
 
@@ -173,6 +173,10 @@ def test_quantisation_plans_are_evaluated_against_the_base(merged):
     assert by_plan.loc["uniform_int4", "bits_per_weight"] == 4.625 and by_plan.loc["uniform_bf16", "bits_per_weight"] == 16
     assert 0 < by_plan.loc["uniform_bf16", "kl_divergence"] < by_plan.loc["uniform_int4", "kl_divergence"]
     assert by_plan.loc["base", "kl_divergence"] == 0 and (quant["ci_low"] <= quant["ci_high"]).all()
+    # compress.max_tokens 256: the first 8 of the base evaluation's 16 windows of 32, base row included
+    assert (quant["tokens_evaluated"] == 8 * 31).all()
+    base = json.loads((merged / "results/tiny-lm/eval/base.json").read_text())
+    assert base["tokens_evaluated"] == 16 * 31 and by_plan.loc["base", "perplexity"] != base["perplexity"]
     for preset in ("alpha_pruning", "original_script"):  # mirror and random controls keep the hint plan's budget
         budget = quant.loc[quant["of"] == preset, "bits_per_weight"]
         assert budget.max() - budget.min() < 1e-9
