@@ -6,6 +6,8 @@ Peer: `model(ids).logits` under torch.inference_mode over the windows, one windo
 and top-1 agreement against that base) on the same windows. The three run interleaved for
 `rounds` rounds and each keeps its fastest round; on a shared machine the ratios of CPU
 seconds (process time, all threads) are the steadier ones. Prints tokens/s, both ratios
+(best round against best round, and the median of each round's ratio to the peer's run just
+before it, which cancels slow drifts of a shared machine)
 (goal: >= 0.9x of the peer) and where the time after the forward pass goes.
 
     .venv/bin/python benchmarks/headmerge_eval_speed.py [checkpoint] [seq_len] [windows] [rounds] [corpus]
@@ -105,7 +107,9 @@ def main():
         best = {name: min(run[column] for run in runs[name]) for name in steps}
         print(f"{clock} clock: peer plain forward (model(ids).logits) {tokens / best['peer']:8.0f} tokens/s")
         for name, label in labels.items():
-            print(f"  ours, {label:38s} {tokens / best[name]:8.0f} tokens/s  ratio {best['peer'] / best[name]:.3f}x")
+            paired = np.median([p[column] / o[column] for p, o in zip(runs["peer"], runs[name])])
+            print(f"  ours, {label:38s} {tokens / best[name]:8.0f} tokens/s  ratio {best['peer'] / best[name]:.3f}x "
+                  f"(best of each), {paired:.3f}x (median of the rounds' own ratios)")
     print("every round (wall s, CPU s): " + "; ".join(
         f"{name} {[(round(w, 2), round(c, 2)) for w, c in runs[name]]}" for name in steps))
     forward = min(run[0] for run in runs["peer"]) / count
