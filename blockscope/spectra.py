@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
-import scipy.linalg
-from scipy.linalg.blas import dsyrk
 
 from .device import torch_device
 from .dtypes import numpy_dtype, precision_dtype, safetensors_dtype
@@ -76,10 +74,27 @@ def upcast(matrix: np.ndarray, compute_dtype) -> np.ndarray:
     return np.ascontiguousarray(matrix, dtype=compute_dtype)
 
 
+# scipy.linalg costs a job ~0.3 CPU s to import, more than every SVD of a small model's unit
+# (benchmarks/job_start.py), while its LAPACK build runs gesdd up to 2x faster than numpy's on
+# large matrices. So matrices up to SCIPY_MIN_FLOPS (rows x cols x min side) go through numpy's
+# gesdd and Gram product, larger ones import scipy: a job of small matrices never loads it.
+SCIPY_MIN_FLOPS = 1e9
+
+
+def needs_scipy(shape) -> bool:
+    """Whether a matrix is large enough for scipy's LAPACK to repay its import."""
+    rows, cols = shape
+    return rows * cols * min(rows, cols) > SCIPY_MIN_FLOPS
+
+
 def singular_values(matrix: np.ndarray) -> np.ndarray:
     """All singular values, descending, by LAPACK's divide-and-conquer (gesdd) in matrix.dtype."""
     if matrix.size == 0:
         return np.zeros(0, matrix.dtype)
+    if not needs_scipy(matrix.shape):
+        return np.linalg.svd(matrix, compute_uv=False)
+    import scipy.linalg
+
     return scipy.linalg.svdvals(matrix, check_finite=False, overwrite_a=True)
 
 
@@ -89,7 +104,6 @@ def singular_values(matrix: np.ndarray) -> np.ndarray:
 # is at least GRAM_ASPECT times longer than wide or its short side is at least GRAM_MIN_SIDE.
 GRAM_ASPECT, GRAM_MIN_SIDE = 1.5, 768
 GRAM_BLOCK_ROWS = 4096  # rows upcast to float64 at a time: the Gram's extra memory stays small
-EIGH_DRIVER = "evd"     # eigenvalues only, every driver is dsytrd + dsterf: syevd measured no slower
 EPS64 = float(np.finfo(np.float64).eps)
 
 
@@ -110,20 +124,26 @@ def gram_pays_off(shape) -> bool:
 
 def gram_matrix(matrix: np.ndarray) -> np.ndarray:
     """W^T W of a tall matrix, W W^T of a wide one: n x n, n = min(rows, cols), in float64,
-    accumulated over blocks of GRAM_BLOCK_ROWS rows by BLAS dsyrk (upper triangle only)."""
+    accumulated over blocks of GRAM_BLOCK_ROWS rows, by BLAS dsyrk (upper triangle only) for a
+    large matrix, by numpy's product (both triangles) for a small one (needs_scipy)."""
     tall = matrix if matrix.shape[0] >= matrix.shape[1] else matrix.T
     n = tall.shape[1]
+    blocks = (np.ascontiguousarray(tall[start:start + GRAM_BLOCK_ROWS], dtype=np.float64)
+              for start in range(0, tall.shape[0], GRAM_BLOCK_ROWS))
+    if not needs_scipy(matrix.shape):
+        return sum(block.T @ block for block in blocks)
+    from scipy.linalg.blas import dsyrk
+
     gram = np.zeros((n, n), order="F")
-    for start in range(0, tall.shape[0], GRAM_BLOCK_ROWS):
-        block = np.ascontiguousarray(tall[start:start + GRAM_BLOCK_ROWS], dtype=np.float64)
+    for block in blocks:
         gram = dsyrk(1.0, block.T, beta=1.0, c=gram, trans=0, overwrite_c=1)  # += block^T block
     return gram
 
 
 def gram_eigenvalues(gram: np.ndarray) -> np.ndarray:
-    """Eigenvalues only, ascending, of a symmetric matrix held in its upper triangle (LAPACK syevd)."""
-    return scipy.linalg.eigh(gram, lower=False, eigvals_only=True, driver=EIGH_DRIVER,
-                             check_finite=False, overwrite_a=True)
+    """Eigenvalues only, ascending, of a symmetric matrix held in (at least) its upper triangle
+    (LAPACK syevd, through numpy: as fast as scipy's, without its import)."""
+    return np.linalg.eigvalsh(gram, UPLO="U")
 
 
 def gram_floor(lambda_max: float, n: int) -> float:

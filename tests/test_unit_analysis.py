@@ -82,12 +82,15 @@ def test_fp64_row_is_computed_in_float64_and_differs_from_fp32(tmp_path):
     sweep = precision_sweep("m", "layer_000", path, inventory, pd.DataFrame(), ["fp64", "fp32"],
                             compute_dtype="float32").set_index("precision")
     assert sweep.loc["fp64", "svd_dtype"] == "float64" and sweep.loc["fp32", "svd_dtype"] == "float32"
-    assert set(sweep["backend"]) == {"cpu"} and set(sweep["status"]) == {"ok"}
+    assert set(sweep["backend"]) == {"cpu"} and sweep.loc["fp64", "status"] == "ok"
     assert set(sweep["device"]) == {"cpu"}  # held no GPU
     reference = scipy.linalg.svdvals(w) ** 2  # float64 LAPACK of the stored weights
     expected = alpha_hill(reference, hill_k(reference.size, 0.1))
     assert sweep.loc["fp64", "alpha_hill"] == pytest.approx(expected, rel=1e-6)
-    assert abs(sweep.loc["fp32", "alpha_hill"] - expected) > 0.1 * expected  # float32 loses the tail's order
+    # float32 loses the tail's order: it scrambles the top 10, or (numpy's LAPACK build) rounds
+    # them to one value, which leaves alpha-Hill no spread to fit
+    fp32 = sweep.loc["fp32"]
+    assert fp32["status"] == "too few eigenvalues" or abs(fp32["alpha_hill"] - expected) > 0.1 * expected
 
 
 def test_fp64_sigma_equals_float64_lapack():
