@@ -74,24 +74,26 @@ def upcast(matrix: np.ndarray, compute_dtype) -> np.ndarray:
     return np.ascontiguousarray(matrix, dtype=compute_dtype)
 
 
-# scipy.linalg costs a job ~0.3 CPU s to import, more than every SVD of a small model's unit
-# (benchmarks/job_start.py), while its LAPACK build runs gesdd up to 2x faster than numpy's on
-# large matrices. So matrices up to SCIPY_MIN_FLOPS (rows x cols x min side) go through numpy's
-# gesdd and Gram product, larger ones import scipy: a job of small matrices never loads it.
-SCIPY_MIN_FLOPS = 1e9
+# Importing scipy.linalg costs a per-unit job ~0.3 CPU s, more than every SVD of a small model's
+# unit (benchmarks/job_start.py), so small matrices go through numpy's LAPACK and scipy is
+# imported only for large ones, where it pays: its gesdd measured 2x faster than numpy's from
+# 576 x 576 up, and BLAS dsyrk forms a large Gram matrix with half gemm's flops. Sizes are
+# rows x cols x min(rows, cols) (the work of either method).
+NUMPY_GESDD_MAX = 2e8   # numpy's gesdd up to 576 x 576 (+0.04 s there against scipy's)
+NUMPY_GRAM_MAX = 3e10   # numpy's Gram product within 12 % of dsyrk up to 6144 x 2048
 
 
-def needs_scipy(shape) -> bool:
-    """Whether a matrix is large enough for scipy's LAPACK to repay its import."""
+def work(shape) -> float:
+    """rows x cols x min(rows, cols): what an SVD or a Gram product of the matrix scales with."""
     rows, cols = shape
-    return rows * cols * min(rows, cols) > SCIPY_MIN_FLOPS
+    return float(rows) * cols * min(rows, cols)
 
 
 def singular_values(matrix: np.ndarray) -> np.ndarray:
     """All singular values, descending, by LAPACK's divide-and-conquer (gesdd) in matrix.dtype."""
     if matrix.size == 0:
         return np.zeros(0, matrix.dtype)
-    if not needs_scipy(matrix.shape):
+    if work(matrix.shape) <= NUMPY_GESDD_MAX:
         return np.linalg.svd(matrix, compute_uv=False)
     import scipy.linalg
 
@@ -124,13 +126,13 @@ def gram_pays_off(shape) -> bool:
 
 def gram_matrix(matrix: np.ndarray) -> np.ndarray:
     """W^T W of a tall matrix, W W^T of a wide one: n x n, n = min(rows, cols), in float64,
-    accumulated over blocks of GRAM_BLOCK_ROWS rows, by BLAS dsyrk (upper triangle only) for a
-    large matrix, by numpy's product (both triangles) for a small one (needs_scipy)."""
+    accumulated over blocks of GRAM_BLOCK_ROWS rows, by numpy's product (both triangles) up to
+    NUMPY_GRAM_MAX, by BLAS dsyrk (upper triangle only) above."""
     tall = matrix if matrix.shape[0] >= matrix.shape[1] else matrix.T
     n = tall.shape[1]
     blocks = (np.ascontiguousarray(tall[start:start + GRAM_BLOCK_ROWS], dtype=np.float64)
               for start in range(0, tall.shape[0], GRAM_BLOCK_ROWS))
-    if not needs_scipy(matrix.shape):
+    if work(matrix.shape) <= NUMPY_GRAM_MAX:
         return sum(block.T @ block for block in blocks)
     from scipy.linalg.blas import dsyrk
 
