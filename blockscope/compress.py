@@ -9,6 +9,7 @@ its scores.
 import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,6 +389,20 @@ def source_note(source_dtypes) -> str:
                  "formats here (integer zero point, symmetric or floating point) round them again, so every loss "
                  "below is measured against an already 4-bit model.")
     return note
+
+
+def compress_findings(model: str, paths, report_dir) -> list:
+    """The experiments' one-sentence answers (findings), each linked to its table relative to
+    report_dir; paths: the summary tables at hand (none when compress is off)."""
+    from . import layout
+
+    paths, found = set(map(str, paths)), []
+    for folder, sentences in ((layout.COMPRESS_QUANT, quant_sentences), (layout.COMPRESS_PRUNE, prune_sentences)):
+        summary = f"{folder.format(model=model)}/summary.parquet"
+        if summary in paths:
+            link = os.path.relpath(summary.replace(".parquet", ".csv"), report_dir)
+            found += [f"{sentence} ([table]({link}))" for sentence in sentences(pd.read_parquet(summary))]
+    return found
 
 
 def _plan_table(table: pd.DataFrame, kind: str) -> pd.DataFrame:

@@ -309,6 +309,14 @@ def compress_variant(folder):
     return {"variant": directory(f"{folder}/variant")} if COMPRESS["save_variants"] else {}
 
 
+def compress_summaries(models):
+    """Input: the experiments' summary tables of `models` (none when compress is off)."""
+    if not COMPRESS["enabled"]:
+        return []
+    return [f"{folder}/summary.parquet".format(model=m) for m in models
+            for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
+
+
 def compress_targets(model):
     """An experiment's tables, plans and figures (what the report reads), when compress is enabled."""
     if not COMPRESS["enabled"]:

@@ -163,6 +163,7 @@ rule summary_report:
         metrics=f"{layout.SUMMARY}/metrics.parquet",
         precision=f"{layout.SUMMARY}/precision.parquet",
         headmerge=headmerge_summaries(MODELS),
+        compress=compress_summaries(MODELS),
         reports=expand(layout.REPORT, model=MODELS),
         plots=summary_plot_files([EMBEDDED]),  # linked from the report
         other_formats=summary_plot_files(OTHER_FORMATS),

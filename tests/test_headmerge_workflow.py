@@ -185,6 +185,10 @@ def test_quantisation_plans_are_evaluated_against_the_base(merged):
     report = (merged / "results/tiny-lm/report.md").read_text()
     assert "## Compression experiments" in report and "Quantisation, preset alpha_pruning" in report
     assert "compress/quant/pareto.png" in report
+    # the cross-model report carries the same answers, linked from results/summary/
+    summary = (merged / "results/summary/report.md").read_text()
+    assert "Quantisation, preset alpha_pruning" in summary and "(../tiny-lm/compress/quant/summary.csv)" in summary
+    assert "Pruning at 0.5 sparsity" in summary.split("### tiny-lm")[1]
 
 
 def test_pruning_achieves_each_allocation(merged):

@@ -8,7 +8,7 @@ import pandas as pd
 from blockscope import findings as fd
 from blockscope import layout
 from blockscope.atomic import atomic_path
-from blockscope.compress import compress_section, planned_source_dtypes, prune_sentences, quant_sentences
+from blockscope.compress import compress_findings, compress_section, planned_source_dtypes
 from blockscope.job_costs import read_benchmarks
 from blockscope.layout import VIEW_TABLES
 from blockscope.report import model_report
@@ -42,17 +42,6 @@ def read_parquet(paths) -> pd.DataFrame | None:
     return pd.read_parquet(paths[0]) if paths else None
 
 
-def compress_findings(model, paths) -> list:
-    """The compression experiments' one-sentence answers, each linked to its table."""
-    paths, found = set(map(str, paths)), []
-    for folder, sentences in ((layout.COMPRESS_QUANT, quant_sentences), (layout.COMPRESS_PRUNE, prune_sentences)):
-        summary = f"{folder.format(model=model)}/summary.parquet"
-        if summary in paths:
-            link = os.path.relpath(summary.replace(".parquet", ".csv"), layout.MODEL_RESULTS.format(model=model))
-            found += [f"{sentence} ([table]({link}))" for sentence in sentences(pd.read_parquet(summary))]
-    return found
-
-
 def findings(snakemake, metrics, precision_wide) -> list:
     """The findings opening report.md, from the tables this report summarises."""
     inp, params = snakemake.input, snakemake.params
@@ -60,7 +49,8 @@ def findings(snakemake, metrics, precision_wide) -> list:
     return fd.model_findings(metrics, params.findings, fd.links("", params.embedded), control=read_parquet(inp.control),
                              sensitivity=sensitivity, sensitivity_threshold=params.sensitivity_threshold,
                              headmerge=read_parquet(inp.headmerge),
-                             extra=compress_findings(snakemake.wildcards.model, inp.compress))
+                             extra=compress_findings(snakemake.wildcards.model, inp.compress,
+                                                     os.path.dirname(snakemake.output[0])))
 
 
 def main(snakemake):

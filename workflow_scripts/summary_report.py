@@ -5,6 +5,7 @@ import os
 import pandas as pd
 
 from blockscope.atomic import atomic_path
+from blockscope.compress import compress_findings
 from blockscope.summary_report import summary_report
 from blockscope.workflow import run_step
 
@@ -14,9 +15,11 @@ def main(snakemake):
     metrics = pd.read_parquet(inp.metrics)
     models = [os.path.basename(os.path.dirname(path)) for path in inp.reports]
     headmerge = {os.path.basename(os.path.dirname(os.path.dirname(p))): pd.read_parquet(p) for p in inp.headmerge}
+    target_dir = os.path.dirname(snakemake.output[0])
+    compressed = {model: compress_findings(model, inp.compress, target_dir) for model in models}
     text = summary_report(models, metrics, pd.read_parquet(inp.precision), headmerge, params.controls,
                           params.findings, params.sensitivity_threshold, params.embedded, list(inp.plots),
-                          os.path.dirname(snakemake.output[0]))
+                          target_dir, compressed)
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(text)
 
