@@ -7,15 +7,19 @@ def pruned_count(size: int, sparsity: float) -> int:
 
 
 def magnitude_prune(w, sparsity: float):
-    """W with its round(sparsity * size) smallest-magnitude entries set to zero (exactly that many:
-    ties are broken by position, so the achieved sparsity is the allocated one to 1 / size)."""
-    import torch
-
+    """W with its round(sparsity * size) smallest-magnitude entries set to zero, exactly that many:
+    every entry below the count-th smallest magnitude, then the entries equal to it in position
+    order. Deterministic, and dequantised weights (a few levels per block) tie a lot: topk would
+    pick among ties differently from run to run."""
     count = pruned_count(w.numel(), sparsity)
     out = w.clone()
     if count:
-        smallest = torch.topk(w.abs().flatten(), count, largest=False, sorted=False).indices
-        out.view(-1)[smallest] = 0
+        magnitude, flat = w.abs().flatten(), out.view(-1)
+        threshold = magnitude.kthvalue(count).values
+        below = magnitude < threshold
+        tied = (magnitude == threshold).nonzero().flatten()  # ascending positions
+        flat[below] = 0
+        flat[tied[: count - int(below.sum())]] = 0
     return out
 
 

@@ -150,6 +150,16 @@ def test_magnitude_pruning_achieves_the_allocation():
     assert torch.equal(magnitude_prune(w, 0.0), w)
 
 
+def test_magnitude_pruning_breaks_ties_by_position():
+    # a dequantised matrix: few levels, so most magnitudes tie; the first tied entries go
+    w = torch.tensor([[0.5, -0.25, 0.25, 1.0], [0.25, -0.5, 0.25, 0.75]])
+    pruned = magnitude_prune(w, 3 / 8)  # the three smallest of four 0.25s: positions 1, 2, 4
+    assert pruned.flatten().tolist() == [0.5, 0.0, 0.0, 1.0, 0.0, -0.5, 0.25, 0.75]
+    levels = torch.randint(-8, 8, (96, 64), generator=torch.Generator().manual_seed(1)).float() / 8
+    first = magnitude_prune(levels, 0.5)
+    assert torch.equal(first, magnitude_prune(levels.clone(), 0.5)) and achieved_sparsity(first) == 0.5
+
+
 def test_sentences_name_the_winner_and_the_controls():
     rows = pd.DataFrame([
         {"plan": "hint_p", "kind": "hint", "of": "p", "direction": "lower alpha keeps more bits", "perplexity": 10.0,
