@@ -21,7 +21,7 @@ from . import compress_plans as plans
 from .aggregate import DIRECTION_WORDS
 from .errors import BlockscopeError
 from .evaluate import BaseEvaluation, WindowScores, evaluate_variant, load_base, perplexity_change_ci
-from .layout import COMPRESS_PRUNE_COLUMNS, COMPRESS_QUANT_COLUMNS
+from .layout import COMPRESS_PRUNE, COMPRESS_PRUNE_COLUMNS, COMPRESS_QUANT, COMPRESS_QUANT_COLUMNS
 from .pruning import achieved_sparsity, magnitude_prune
 from .quant_formats import quantize
 from .quantization import PRESETS
@@ -394,10 +394,8 @@ def source_note(source_dtypes) -> str:
 def compress_findings(model: str, paths, report_dir) -> list:
     """The experiments' one-sentence answers (findings), each linked to its table relative to
     report_dir; paths: the summary tables at hand (none when compress is off)."""
-    from . import layout
-
     paths, found = set(map(str, paths)), []
-    for folder, sentences in ((layout.COMPRESS_QUANT, quant_sentences), (layout.COMPRESS_PRUNE, prune_sentences)):
+    for folder, sentences in ((COMPRESS_QUANT, quant_sentences), (COMPRESS_PRUNE, prune_sentences)):
         summary = f"{folder.format(model=model)}/summary.parquet"
         if summary in paths:
             link = os.path.relpath(summary.replace(".parquet", ".csv"), report_dir)
