@@ -55,8 +55,7 @@ def spectral_metrics(sigma: np.ndarray, rows: int, cols: int, source_dtype: str,
 
 def check_matrix(matrix: np.ndarray) -> str | None:
     """Why a matrix cannot be analysed (None when it can)."""
-    bad = ~np.isfinite(matrix)
-    if bad.any():
+    if not all(np.isfinite(block).all() for block in mx.element_blocks(matrix)):
         return f"non-finite weights ({int(np.isnan(matrix).sum())} NaN, {int(np.isinf(matrix).sum())} Inf)"
     if matrix.size == 0:
         return "empty matrix"

@@ -91,9 +91,16 @@ def extract_unit(checkpoint, inventory_rows, target, model=None):
     return write_unit(tensors(), target)
 
 
-def _assemble(dtype_name, shape, pieces) -> np.ndarray:
-    buffer = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-    return np.frombuffer(buffer, dtype=numpy_dtype(dtype_name)).reshape(shape)
+class _Assembly:
+    """One tensor's chunks as zero-copy views of Arrow's memory, joined by one copy at the end
+    (a single-chunk tensor stays a read-only view)."""
+
+    def __init__(self, name, dtype_name, shape):
+        self.name, self.dtype, self.shape, self.pieces = name, numpy_dtype(dtype_name), tuple(shape), []
+
+    def array(self) -> np.ndarray:
+        data = self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces)
+        return data.view(self.dtype).reshape(self.shape)
 
 
 def _row_group_name(parquet, index):
@@ -107,21 +114,23 @@ def iter_unit(path, names=None):
     """Yield (param_name, array) one tensor at a time; memory holds one tensor."""
     parquet = pq.ParquetFile(path)
     wanted = None if names is None else set(names)
-    current, meta, pieces = None, None, []
+    current = None
     for index in range(parquet.num_row_groups):
         group_name = _row_group_name(parquet, index)
         if wanted is not None and group_name is not None and group_name not in wanted:
             continue  # each row group holds one chunk of one tensor: skip without reading it
-        for row in parquet.read_row_group(index).to_pylist():
-            if wanted is not None and row["param_name"] not in wanted:
+        group = parquet.read_row_group(index)
+        data = group.column("data")
+        for row, name in enumerate(group.column("param_name").to_pylist()):
+            if wanted is not None and name not in wanted:
                 continue
-            if row["param_name"] != current:
+            if current is None or name != current.name:
                 if current is not None:
-                    yield current, _assemble(*meta, pieces)
-                current, meta, pieces = row["param_name"], (row["dtype"], row["shape"]), []
-            pieces.append(row["data"])
+                    yield current.name, current.array()
+                current = _Assembly(name, group.column("dtype")[row].as_py(), group.column("shape")[row].as_py())
+            current.pieces.append(np.frombuffer(data[row].as_buffer(), np.uint8))
     if current is not None:
-        yield current, _assemble(*meta, pieces)
+        yield current.name, current.array()
 
 
 def read_unit(path, names=None) -> dict:
