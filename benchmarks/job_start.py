@@ -4,7 +4,8 @@ preamble (it unpickles the job's `snakemake` object) and the script's own import
 For each per-unit rule script (extract, spectra, precision, heads) it runs, in a fresh
 interpreter, exactly the preamble's imports and the script's top-level imports, `repeats` times,
 and prints the CPU seconds (user + sys, what a busy machine cannot inflate) and wall seconds per
-start. Peer, in the same run: a bare `python -c pass`. Compare a rule's start with the mean
+start. Peer, in the same run: a bare `python -c pass`. Every start runs in a one-thread job's
+environment (OPENBLAS_NUM_THREADS=1 and the like, as Snakemake sets them). Compare a rule's start with the mean
 `done in` of its logs (the step's own seconds) to see the share a merged or batched job would save.
 
     .venv/bin/python benchmarks/job_start.py [repeats]
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from blockscope.cost_model import job_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ["extract", "spectra", "precision", "heads"]
@@ -35,7 +38,7 @@ def start_cost(code: str, repeats: int) -> tuple:
     for _ in range(repeats):
         before = os.times()
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True)
+        subprocess.run([sys.executable, "-c", code], check=True, env=job_environment())
         wall += time.perf_counter() - started
         after = os.times()
         cpu += (after.children_user - before.children_user) + (after.children_system - before.children_system)

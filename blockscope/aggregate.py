@@ -249,7 +249,8 @@ def tag_heads_across_layers(heads: pd.DataFrame) -> pd.DataFrame:
     """Model-level tag: quartiles of mean effective rank over every (layer, head) of the model."""
     if heads.empty:
         return heads
-    tags = quartile_tags(heads["mean_effective_rank"]).where(heads["tag"] != NONFINITE_TAG, NONFINITE_TAG)
+    tags = pd.Series(quartile_tags(heads["mean_effective_rank"]), index=heads.index)
+    tags = tags.where(heads["tag"] != NONFINITE_TAG, NONFINITE_TAG)
     return heads.assign(layer_tag=heads["tag"], tag=tags)
 
 

@@ -9,10 +9,10 @@ BlockscopeError that names the model; "no attention here" is None, never an erro
 """
 
 import numpy as np
-import pandas as pd
 
 from .errors import BlockscopeError
 from .layout import ATTENTION_PARTS
+from .tables import records
 
 _FIX = "check num_attention_heads, num_key_value_heads and head_dim in config.json"
 
@@ -46,14 +46,16 @@ def join_qkv(q, k, v, dims: dict) -> np.ndarray:
     return np.concatenate([q, k, v])
 
 
-def projection_names(inventory: pd.DataFrame) -> dict:
-    """(q|k|v|o|qkv, weight|bias) -> (parameter name, layout) for one layer's attention."""
+def projection_names(inventory) -> dict:
+    """(q|k|v|o|qkv, weight|bias) -> (parameter name, layout) for one layer's attention (inventory:
+    a DataFrame or row dicts)."""
     names = {}
-    for row in inventory.itertuples():
-        if row.block_type in ATTENTION_PARTS:
-            part = "weight" if len(row.shape) == 2 else "bias" if row.param_name.endswith("bias") else None
+    for row in records(inventory):
+        if row["block_type"] in ATTENTION_PARTS:
+            name = row["param_name"]
+            part = "weight" if len(row["shape"]) == 2 else "bias" if name.endswith("bias") else None
             if part:
-                names.setdefault((ATTENTION_PARTS[row.block_type], part), (row.param_name, row.layout))
+                names.setdefault((ATTENTION_PARTS[row["block_type"]], part), (name, row["layout"]))
     return names
 
 

@@ -19,7 +19,7 @@ def imported_modules(source: str, module: str | None = None) -> set:
     """Dotted names of the blockscope modules a piece of source imports (module: its own name)."""
     found = set()
     package = module.rsplit(".", 1)[0] if module and "." in module else PACKAGE
-    for node in ast.walk(ast.parse(source)):
+    for node in statements(ast.parse(source).body):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.split(".")[0] == PACKAGE}
         elif isinstance(node, ast.ImportFrom):
@@ -31,6 +31,18 @@ def imported_modules(source: str, module: str | None = None) -> set:
             else:
                 found.add(base)
     return found
+
+
+def statements(nodes):
+    """Every statement, nested ones included (function and class bodies, if/try/with/match
+    blocks): where an import can stand. Expressions are never entered, which makes this ~10x
+    cheaper than ast.walk at every DAG build."""
+    for node in nodes:
+        yield node
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, block, None)
+            if isinstance(children, list):
+                yield from statements(children)
 
 
 def module_file(name: str, package_dir: Path) -> Path:

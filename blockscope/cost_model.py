@@ -49,7 +49,7 @@ BACKENDS = ("cpu", "cuda")
 PER_UNIT_RULES = ("extract", "spectra", "precision", "heads")
 GPU_RULES = ("spectra", "precision")  # the per-unit rules that compute with torch on CUDA
 MB = 1e6  # Snakemake's mem_mb and the benchmark files' max_rss are in MB
-CALIBRATION_VERSION = 5  # bump when what is measured changes: older caches are measured again
+CALIBRATION_VERSION = 6  # bump when what is measured changes: older caches are measured again
 SCRIPTS = Path(__file__).resolve().parent.parent / "workflow_scripts"
 
 # --- flop counts (docs/metrics.md, "Cost model") --------------------------------------------------
@@ -180,6 +180,17 @@ def _script_imports(rule: str) -> list:
     return modules
 
 
+# What Snakemake sets for a one-thread job (snakemake/shell.py): OpenBLAS then starts no thread
+# pool at import, which halves numpy's import (0.19 -> 0.08 CPU s here).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def job_environment(threads: int = 1) -> dict:
+    """The environment a Snakemake job of `threads` threads runs in."""
+    return {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(threads))}
+
+
 def job_start(modules: list, repeats: int = 2) -> tuple:
     """(CPU seconds, peak MB) of a fresh interpreter that imports what a Snakemake script job
     imports (Snakemake's script preamble, then the modules)."""
@@ -188,7 +199,8 @@ def job_start(modules: list, repeats: int = 2) -> tuple:
     best, peak = math.inf, 0.0
     for _ in range(repeats):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env=job_environment())
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         best = min(best, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         # VmHWM: the peak resident set of this process image (ru_maxrss would carry the parent's over exec)

@@ -5,16 +5,17 @@ the bilinear parts W_Q^T W_K and W_O W_V of the circuits (a bias adds a rank-one
 """
 
 import logging
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-import pandas as pd
 
 from .attention_layout import projection_names, read_projections
 from .factored import FactoredMatrix
 from .layout import EIGENVALUE_COLUMNS, HEAD_COLUMNS, HEAD_ENERGY_FRACTIONS, HEAD_METRIC_COLUMNS, energy_column
 from .metrics import effective_rank, energy_rank
+from .tables import table_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class AttentionWeights:
         return FactoredMatrix.grouped(outputs, self._stack(self.v, self.kv_heads), self.kv_of_heads)
 
 
-def attention_weights(tensors: dict, inventory: pd.DataFrame, dims: dict, model: str = None):
+def attention_weights(tensors: dict, inventory, dims: dict, model: str = None):
     """AttentionWeights of one layer, None when it has no attention; BlockscopeError on bad shapes."""
     arrays = read_projections(tensors, projection_names(inventory), dims, model)
     return None if arrays is None else AttentionWeights.from_projections(arrays, dims)
@@ -148,28 +149,48 @@ def mean_effective_rank(qk_rank, ov_rank):
     return (qk_rank + ov_rank) / 2
 
 
-def quartile_tags(values: pd.Series) -> pd.Series:
-    """low-rank / high-rank for the lowest / highest quartile of values, else empty."""
-    low, high = values.quantile(0.25), values.quantile(0.75)
-    return pd.Series(np.where(values <= low, "low-rank", np.where(values >= high, "high-rank", "")),
-                     index=values.index)
+def quartile_tags(values) -> np.ndarray:
+    """low-rank / high-rank for the lowest / highest quartile of values (NaN left out, as pandas'
+    quantile does), else empty."""
+    values = np.asarray(values, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all NaN: no quartiles, no tags
+        low, high = np.nanquantile(values, [0.25, 0.75]) if values.size else (np.nan, np.nan)
+    return np.where(values <= low, "low-rank", np.where(values >= high, "high-rank", ""))
 
 
-def heads_table(model: str, unit: str, layer_index, weights: AttentionWeights | None) -> pd.DataFrame:
-    """One row per query head; `tag` by quartiles of mean effective rank within this table, or
-    NONFINITE_TAG for a head whose kernels have non-finite factors (its metrics NaN, logged)."""
-    if weights is None:
-        return pd.DataFrame(columns=HEAD_COLUMNS)
-    rows = [{"model": model, "unit": unit, "layer_index": layer_index, **row} for row in head_rows(weights)]
-    table = pd.DataFrame(rows)
-    table["mean_effective_rank"] = mean_effective_rank(table["qk_effective_rank"], table["ov_effective_rank"])
-    table["tag"] = quartile_tags(table["mean_effective_rank"])
-    qk_ok, ov_ok = finite_kernels(weights)
-    if not (qk_ok.all() and ov_ok.all()):
-        table.loc[~(qk_ok & ov_ok), "tag"] = NONFINITE_TAG
-        log.warning("[%s] %s: non-finite weights: QK metrics NaN for heads %s, OV metrics NaN for heads %s",
-                    model, unit, np.flatnonzero(~qk_ok).tolist(), np.flatnonzero(~ov_ok).tolist())
-    return table[HEAD_COLUMNS]
+HEAD_INTEGER_COLUMNS = ["layer_index", "head", "kv_head",
+                        *[energy_column(f, prefix) for prefix in ("qk_", "ov_") for f in HEAD_ENERGY_FRACTIONS]]
+
+
+def heads_table(*args, **kwargs):
+    """head_table_of as a DataFrame."""
+    return head_table_of(*args, **kwargs).to_pandas()
+
+
+def head_table_of(model: str, unit: str, layer_index, weights: AttentionWeights | None):
+    """An Arrow table, one row per query head; `tag` by quartiles of mean effective rank within this
+    table, or NONFINITE_TAG for a head whose kernels have non-finite factors (its metrics NaN,
+    logged). model, unit and tag are text; the head indices and energy ranks int64 (as pandas
+    would type them: float64 where a NaN is among them), the rest float64."""
+    rows = [] if weights is None else [{"model": model, "unit": unit, "layer_index": layer_index, **row}
+                                       for row in head_rows(weights)]
+    for row in rows:
+        row["mean_effective_rank"] = mean_effective_rank(row["qk_effective_rank"], row["ov_effective_rank"])
+    for row, tag in zip(rows, quartile_tags([row["mean_effective_rank"] for row in rows])):
+        row["tag"] = tag
+    if weights is not None:
+        qk_ok, ov_ok = finite_kernels(weights)
+        if not (qk_ok.all() and ov_ok.all()):
+            for h in np.flatnonzero(~(qk_ok & ov_ok)):
+                rows[h]["tag"] = NONFINITE_TAG
+            log.warning("[%s] %s: non-finite weights: QK metrics NaN for heads %s, OV metrics NaN for heads %s",
+                        model, unit, np.flatnonzero(~qk_ok).tolist(), np.flatnonzero(~ov_ok).tolist())
+    types = {"model": "str", "unit": "str", "tag": "str"}
+    for column in HEAD_INTEGER_COLUMNS:
+        whole = all(isinstance(row[column], (int, np.integer)) for row in rows)
+        types[column] = "int64" if whole else "float64"
+    return table_from_rows(HEAD_COLUMNS, rows, types)
 
 
 def deep_dive_problem(weights: AttentionWeights | None, h: int) -> str | None:
@@ -183,15 +204,19 @@ def deep_dive_problem(weights: AttentionWeights | None, h: int) -> str | None:
     return None
 
 
-def empty_eigenvalue_table(reason: str) -> pd.DataFrame:
+def empty_eigenvalue_table(reason: str):
     """The deep-dive table of a head that has none: no rows, the reason in attrs["reason"]."""
+    import pandas as pd
+
     table = pd.DataFrame({column: pd.Series(dtype=float) for column in EIGENVALUE_COLUMNS})
     table.attrs["reason"] = reason
     return table
 
 
-def eigenvalue_table(weights: AttentionWeights, h: int) -> pd.DataFrame:
-    """Every eigenvalue of one head's QK kernel: real, imaginary, magnitude, cumulative energy."""
+def eigenvalue_table(weights: AttentionWeights, h: int):
+    """Every eigenvalue of one head's QK kernel: real, imaginary, magnitude, cumulative energy (a DataFrame)."""
+    import pandas as pd
+
     eigs = weights.qk[h].eigenvalues
     columns = (np.arange(1, eigs.size + 1), eigs.real, eigs.imag, np.abs(eigs), cumulative_energy(eigs))
     return pd.DataFrame(dict(zip(EIGENVALUE_COLUMNS, columns)))

@@ -155,6 +155,24 @@ METRICS_COLUMNS = [*IDENTITY_COLUMNS, *MATRIX_COLUMNS, "dtype", "source_dtype", 
                    "svd_method", "device", "seconds"]
 PRECISION_COLUMNS = [*IDENTITY_COLUMNS, "rows", "cols", "source_dtype", "precision", "svd_dtype", "backend",
                      "svd_method", "device", "alpha_hill", "k", "status"]
+# Types of the per-unit tables' columns (blockscope.tables writes them as pandas would): the
+# identities and labels are text, the nullable integers pandas' Int64, `index` and `k` int64, the
+# rest float64.
+TEXT_COLUMNS = {"model", "unit", "param_name", "matrix", "block_type", "status", "warning", "dtype",
+                "source_dtype", "compute_dtype", "backend", "svd_method", "device", "precision", "svd_dtype"}
+NULLABLE_INTEGER_COLUMNS = {"expert", "layer_index", "rows", "cols", "design_rank"}
+INTEGER_COLUMNS = {"index", "k"}
+
+
+def column_type(column: str) -> str:
+    """str, Int64, int64 or float64: the pandas dtype of a per-unit spectra, metrics or precision column."""
+    if column in TEXT_COLUMNS:
+        return "str"
+    if column in NULLABLE_INTEGER_COLUMNS:
+        return "Int64"
+    return "int64" if column in INTEGER_COLUMNS else "float64"
+
+
 HEAD_METRIC_COLUMNS = [
     "qk_effective_rank", "qk_eig_effective_rank", "qk_asymmetry", "qk_complex_fraction", "qk_top_dhead_energy",
     "qk_frobenius_norm", *[energy_column(f, "qk_") for f in HEAD_ENERGY_FRACTIONS], "ov_effective_rank",

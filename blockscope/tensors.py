@@ -17,6 +17,7 @@ from .atomic import atomic_path
 from .dtypes import numpy_dtype
 from .errors import BlockscopeError
 from .safetensors_file import origin, read_header, tensor_view
+from .tables import arrow_array, records
 
 SCHEMA = pa.schema([
     ("param_name", pa.string()),
@@ -60,33 +61,35 @@ def write_unit(tensors, target, chunk_bytes: int = CHUNK_BYTES):
         with pq.ParquetWriter(tmp, SCHEMA, **WRITER_OPTIONS) as writer:
             for name, dtype_name, array in tensors:
                 for chunk, (row_start, data) in enumerate(_chunks(array, chunk_bytes)):
-                    writer.write_table(pa.table({
-                        "param_name": [name], "dtype": [dtype_name], "shape": [list(array.shape)],
-                        "chunk": pa.array([chunk], pa.int32()), "row_start": [row_start], "data": [data],
-                    }, schema=SCHEMA))
+                    row = {"param_name": name, "dtype": dtype_name, "shape": list(array.shape), "chunk": chunk,
+                           "row_start": row_start, "data": data}
+                    writer.write_table(pa.Table.from_arrays(
+                        [arrow_array(field.type, [row[field.name]]) for field in SCHEMA], schema=SCHEMA))
                 total += array.nbytes
     return total
 
 
 def extract_unit(checkpoint, inventory_rows, target, model=None):
-    """Write one unit's tensors from a canonical checkpoint folder, reading only that unit.
+    """Write one unit's tensors from a canonical checkpoint folder, reading only that unit
+    (inventory_rows: a DataFrame or row dicts).
 
     Each file's header is checked again (read_header) before its bytes are read."""
     headers = {}
 
     def tensors():
-        for row in inventory_rows.itertuples():
-            path = Path(checkpoint) / row.file
+        for row in records(inventory_rows):
+            name, dtype, shape = row["param_name"], row["dtype"], list(row["shape"])
+            path = Path(checkpoint) / row["file"]
             if path not in headers:
                 headers[path] = read_header(path, model=model)
-            info = headers[path].get(row.param_name)
-            if info is None or info.dtype != row.dtype or list(info.shape) != list(row.shape):
+            info = headers[path].get(name)
+            if info is None or info.dtype != dtype or list(info.shape) != shape:
                 shown, _ = origin(path)
-                raise BlockscopeError(f"tensor {row.param_name!r} is not what the inventory recorded "
-                                      f"({row.dtype} {list(row.shape)}): the file changed after the inventory",
+                raise BlockscopeError(f"tensor {name!r} is not what the inventory recorded "
+                                      f"({dtype} {shape}): the file changed after the inventory",
                                       model=model, path=shown, fix="rerun the workflow so that the inventory "
                                       "is rebuilt from the current file")
-            yield row.param_name, row.dtype, tensor_view(path, info)
+            yield name, dtype, tensor_view(path, info)
 
     return write_unit(tensors(), target)
 

@@ -1,9 +1,13 @@
-"""A unit's matrices -> its spectra, metrics and precision-sweep tables."""
+"""A unit's matrices -> its spectra, metrics and precision-sweep tables.
+
+The per-unit jobs import this module, so it never imports pandas (see blockscope.tables): the
+inventory comes in as row dicts (or a DataFrame, turned into them), the tables go out as Arrow
+tables; analyse_unit and precision_sweep give the same tables as DataFrames.
+"""
 
 import logging
 
 import numpy as np
-import pandas as pd
 
 from .dtypes import numpy_dtype
 from .gpu_slots import NO_GPU
@@ -12,6 +16,7 @@ from .layout import (ELEMENT_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTR
                      SPECTRAL_METRIC_COLUMNS, STATISTICS_ONLY)
 from .metrics import SPARSITY_THRESHOLD, element_stats, sparsity
 from .matrix_metrics import check_matrix, matrix_metrics
+from .tables import is_missing, records, table_from_rows, table_of
 from .spectra import (Matrix, cast_round_trip, compute_spectra, matrices_of, not_a_matrix, svd_dtype, svd_method_for,
                       upcast)
 from .tensors import iter_unit
@@ -20,11 +25,11 @@ log = logging.getLogger(__name__)
 NO_METRICS = dict.fromkeys([*SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS], float("nan"))
 
 
-def refused_tensors(inventory_rows: pd.DataFrame) -> list:
+def refused_tensors(inventory_rows) -> list:
     """(inventory row, why) for every tensor of rank 2 or more that holds no weight matrix:
     integer and bool tensors, 3-D tensors that are not expert stacks, rank 4 and more."""
     refused = []
-    for _, info in inventory_rows.iterrows():
+    for info in records(inventory_rows):
         if len(info["shape"]) >= 2:
             why = not_a_matrix(info["dtype"], info["shape"], info["block_type"])
             if why is not None:
@@ -32,25 +37,25 @@ def refused_tensors(inventory_rows: pd.DataFrame) -> list:
     return refused
 
 
-def unit_matrices(tensor_path, inventory_rows: pd.DataFrame, compute_dtype):
+def unit_matrices(tensor_path, inventory_rows, compute_dtype):
     """(Matrix upcast to compute_dtype, its inventory row) for every weight matrix of the unit;
     the refused tensors (refused_tensors) are not read."""
-    meta = inventory_rows.set_index("param_name")
+    meta = {info["param_name"]: info for info in records(inventory_rows)}
     refused = {info["param_name"] for info, _ in refused_tensors(inventory_rows)}
-    names = [n for n in meta.index if len(meta.loc[n, "shape"]) >= 2 and n not in refused]
+    names = [n for n, info in meta.items() if len(info["shape"]) >= 2 and n not in refused]
     for name, array in iter_unit(tensor_path, names=names):
-        for matrix in matrices_of(name, array, meta.loc[name, "layout"], meta.loc[name, "block_type"]):
+        for matrix in matrices_of(name, array, meta[name]["layout"], meta[name]["block_type"]):
             matrix.values = upcast(matrix.values, compute_dtype)
-            yield matrix, meta.loc[name]
+            yield matrix, meta[name]
 
 
 def _refused_row(model, unit, info, why) -> dict:
     """The identity of a refused tensor with its reason as status; rows and cols are its
     out x in for a 2-D tensor and NA for rank 3 and more (no matrix is defined), every metric NaN."""
     shape = list(info["shape"])
-    rows, cols = (shape[::-1] if info["layout"] == "in_out" else shape) if len(shape) == 2 else (pd.NA, pd.NA)
+    rows, cols = (shape[::-1] if info["layout"] == "in_out" else shape) if len(shape) == 2 else (None, None)
     whole = Matrix(info["param_name"], None, np.zeros((0, 0)))  # the tensor as a whole: no expert
-    return {**_identity(model, unit, whole, info), "rows": rows, "cols": cols, "design_rank": pd.NA,
+    return {**_identity(model, unit, whole, info), "rows": rows, "cols": cols, "design_rank": None,
             **NO_METRICS, "status": why, "warning": "", "source_dtype": info["source_dtype"], "svd_method": "none"}
 
 
@@ -59,20 +64,19 @@ def vector_rows(model, unit, tensor_path, inventory_rows, sparsity_threshold=SPA
     mean, std, var, sparsity; rows = its length, cols and design_rank NA, every spectral metric
     NaN, status STATISTICS_ONLY. Non-finite entries leave the statistics NaN, with their count
     in `warning`. Never a spectrum or precision row."""
-    meta = inventory_rows.set_index("param_name")
-    names = [n for n in meta.index if len(meta.loc[n, "shape"]) == 1
-             and numpy_dtype(meta.loc[n, "dtype"]).kind not in "iub"]
+    meta = {info["param_name"]: info for info in records(inventory_rows)}
+    names = [n for n, info in meta.items() if len(info["shape"]) == 1 and numpy_dtype(info["dtype"]).kind not in "iub"]
     rows = []
     for name, array in iter_unit(tensor_path, names=names):
-        info = meta.loc[name]
+        info = meta[name]
         values = np.asarray(array, dtype=np.float64)
         finite = np.isfinite(values)
         stats = ({**element_stats(values), "sparsity": sparsity(values, sparsity_threshold)} if finite.all()
                  else dict.fromkeys(ELEMENT_COLUMNS, float("nan")))
         warning = "" if finite.all() else f"non-finite entries ({int((~finite).sum())}): statistics NaN"
         whole = Matrix(name, None, np.zeros((0, 0)))
-        rows.append({**_identity(model, unit, whole, info), "rows": int(values.size), "cols": pd.NA,
-                     "design_rank": pd.NA, **NO_METRICS, **stats, "status": STATISTICS_ONLY, "warning": warning,
+        rows.append({**_identity(model, unit, whole, info), "rows": int(values.size), "cols": None,
+                     "design_rank": None, **NO_METRICS, **stats, "status": STATISTICS_ONLY, "warning": warning,
                      "dtype": info["dtype"], "source_dtype": info["source_dtype"], "backend": "none", "svd_method": "none",
                      "seconds": 0.0})
     return rows
@@ -82,12 +86,17 @@ def _identity(model, unit, matrix, info) -> dict:
     layer = info["layer_index"]
     return {"model": model, "unit": unit, "param_name": matrix.param_name,
             "expert": matrix.expert, "matrix": matrix.name,
-            "layer_index": None if pd.isna(layer) else int(layer), "block_type": info["block_type"]}
+            "layer_index": None if is_missing(layer) else int(layer), "block_type": info["block_type"]}
 
 
-def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", compute_dtype="float32",
-                 hill_fraction=0.1, sparsity_threshold=SPARSITY_THRESHOLD, svd_method="auto", device=NO_GPU):
-    """(metrics, spectra) DataFrames for one unit: a row per matrix (with its spectrum), per
+def analyse_unit(*args, **kwargs):
+    """unit_tables as (metrics, spectra) DataFrames."""
+    return tuple(table.to_pandas() for table in unit_tables(*args, **kwargs))
+
+
+def unit_tables(model, unit, tensor_path, inventory_rows, backend="cpu", compute_dtype="float32",
+                hill_fraction=0.1, sparsity_threshold=SPARSITY_THRESHOLD, svd_method="auto", device=NO_GPU):
+    """(metrics, spectra) Arrow tables for one unit: a row per matrix (with its spectrum), per
     refused tensor and per 1-D parameter (statistics only, see vector_rows). svd_method: auto,
     gesdd or gram (spectra.svd_method_for); each row records the method that ran. device: the GPU
     the job held (blockscope.gpu_slots), recorded in every row."""
@@ -96,7 +105,7 @@ def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", comput
     finite = [i for i, (m, _) in enumerate(items) if check_matrix(m.values) is None]
     sigmas, seconds, used = compute_spectra([items[i][0].values for i in finite], backend, svd_method)
     by_item = {i: (s, t) for i, s, t in zip(finite, sigmas, seconds)}
-    metric_rows, spectra_rows = [], []
+    metric_rows, spectra = [], {column: [] for column in SPECTRA_COLUMNS}
     for i, (matrix, info) in enumerate(items):
         sigma, secs = by_item.get(i, (np.zeros(0), 0.0))
         row = {**_identity(model, unit, matrix, info),
@@ -106,8 +115,10 @@ def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", comput
                "svd_method": svd_method_for(svd_method, matrix.values.shape, dtype) if i in by_item else "none",
                "seconds": secs}
         metric_rows.append(row)
-        spectra_rows.append(pd.DataFrame({**{k: row[k] for k in SPECTRA_COLUMNS[:5]},
-                                          "index": np.arange(len(sigma)), "sigma": np.asarray(sigma, np.float64)}))
+        for column in SPECTRA_COLUMNS[:5]:
+            spectra[column] += [row[column]] * len(sigma)
+        spectra["index"].append(np.arange(len(sigma)))
+        spectra["sigma"].append(np.asarray(sigma, np.float64))
         log.info("%-55s %6dx%-6d rank %5s/%-5d 90%% %5s eff %8.1f alpha %6.2f sparsity %.3f %7.3fs %s",
                  matrix.name, row["rows"], row["cols"], row["actual_rank"], row["design_rank"],
                  row["svd_90_percent_rank"], row["effective_rank"], row["alpha"], row["sparsity"], secs,
@@ -120,16 +131,24 @@ def analyse_unit(model, unit, tensor_path, inventory_rows, backend="cpu", comput
     for row in vectors:
         row["compute_dtype"] = compute_dtype
     metric_rows += vectors
-    metrics = pd.DataFrame(metric_rows, columns=METRICS_COLUMNS).assign(device=device)
-    spectra = pd.concat(spectra_rows, ignore_index=True) if spectra_rows else pd.DataFrame(columns=SPECTRA_COLUMNS)
-    return _typed(metrics), _typed(spectra)
+    for row in metric_rows:
+        row["device"] = device
+    for column in ("index", "sigma"):
+        spectra[column] = np.concatenate(spectra[column]) if spectra[column] else np.zeros(0)
+    return table_from_rows(METRICS_COLUMNS, metric_rows), table_of(SPECTRA_COLUMNS, spectra)
 
 
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    for column in ("expert", "layer_index", "rows", "cols", "design_rank"):
-        if column in frame:
-            frame[column] = frame[column].astype("Int64")
-    return frame
+def sigmas_by_matrix(spectra) -> dict:
+    """matrix -> its singular values, from a spectra table (Arrow or pandas) in its stored order."""
+    if not len(spectra):
+        return {}
+    def values(name):  # to_pylist for Arrow: its numpy conversion imports pandas
+        column = spectra[name]
+        return column.to_pylist() if hasattr(column, "to_pylist") else column.tolist()
+
+    names = np.array(values("matrix"), dtype=object)
+    sigma = np.array(values("sigma"), dtype=np.float64)
+    return {name: sigma[names == name] for name in dict.fromkeys(names)}
 
 
 def _hill(sigma, hill_fraction):
@@ -140,10 +159,15 @@ def _hill(sigma, hill_fraction):
     return value, k, "ok" if np.isfinite(value) else "too few eigenvalues"
 
 
-def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFrame, precisions,
+def precision_sweep(*args, **kwargs):
+    """precision_table as a DataFrame."""
+    return precision_table(*args, **kwargs).to_pandas()
+
+
+def precision_table(model, unit, tensor_path, inventory_rows, spectra, precisions,
                     compute_dtype="float32", hill_fraction=0.1, backend="cpu", spectra_backend=None,
-                    svd_method="auto", spectra_method=None, device=NO_GPU) -> pd.DataFrame:
-    """alpha_hill of every matrix after a round trip through each precision.
+                    svd_method="auto", spectra_method=None, device=NO_GPU):
+    """An Arrow table: alpha_hill of every matrix after a round trip through each precision.
 
     Each precision's SVD runs in svd_dtype (fp64: float64, the others: compute_dtype), all the
     unit's rounded matrices of one precision in one compute_spectra call (batched torch on
@@ -159,7 +183,7 @@ def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFr
     dtypes = {precision: svd_dtype(precision, compute) for precision in precisions}
     read = max([compute, *dtypes.values()], key=lambda d: d.itemsize)
     items = list(unit_matrices(tensor_path, inventory_rows, read.type))
-    known = {name: group["sigma"].to_numpy() for name, group in spectra.groupby("matrix")} if len(spectra) else {}
+    known = sigmas_by_matrix(spectra)
     spectra_backend, spectra_method = spectra_backend or {}, spectra_method or {}
     found = {}  # (item, precision) -> (alpha_hill, k, status, backend, svd_method)
     for precision in precisions:
@@ -192,4 +216,19 @@ def precision_sweep(model, unit, tensor_path, inventory_rows, spectra: pd.DataFr
         base = {k: v for k, v in _refused_row(model, unit, info, why).items() if k in PRECISION_COLUMNS}
         rows += [{**base, "precision": precision, "svd_dtype": "", "backend": "none", "alpha_hill": float("nan"),
                   "k": 0} for precision in precisions]  # svd_method "none" from _refused_row
-    return _typed(pd.DataFrame(rows, columns=PRECISION_COLUMNS).assign(device=device))
+    for row in rows:
+        row["device"] = device
+    return table_from_rows(PRECISION_COLUMNS, rows)
+
+
+def alpha_hill_grid(rows, precisions) -> str:
+    """alpha-Hill per matrix (lines) and precision (columns) of precision_table's rows, for the log."""
+    by_matrix = {}
+    for row in rows:
+        value = row["alpha_hill"]  # NaN is stored as null
+        by_matrix.setdefault(row["matrix"], {})[row["precision"]] = float("nan") if value is None else value
+    width = max(map(len, by_matrix), default=6)
+    lines = [f"{'matrix':<{width}} " + " ".join(f"{p:>8}" for p in precisions)]
+    lines += [f"{matrix:<{width}} " + " ".join(f"{values.get(p, float('nan')):8.3f}" for p in precisions)
+              for matrix, values in by_matrix.items()]
+    return "\n".join(lines)

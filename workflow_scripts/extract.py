@@ -3,15 +3,14 @@
 import os
 import time
 
-import pandas as pd
-
+from blockscope.tables import unit_inventory
 from blockscope.tensors import extract_unit
 from blockscope.workflow import run_step
 
 
 def main(snakemake):
     unit = snakemake.wildcards.unit
-    inventory = pd.read_parquet(snakemake.input.inventory, filters=[("unit", "==", unit)])
+    inventory = unit_inventory(snakemake.input.inventory, unit)
     started = time.perf_counter()
     nbytes = extract_unit(snakemake.input.checkpoint, inventory, snakemake.output[0],
                           model=snakemake.wildcards.model)
