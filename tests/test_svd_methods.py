@@ -118,7 +118,8 @@ def test_auto_picks_gram_for_float32_long_or_large_matrices_only():
     assert svd_method_for("auto", (1536, 576), np.float32) == "gram"        # long
     assert svd_method_for("auto", (576, 49152), np.float32) == "gram"       # wide
     assert svd_method_for("auto", (4096, 4096), np.float32) == "gram"       # large square
-    assert svd_method_for("auto", (576, 576), np.float32) == "gesdd"        # small square
+    assert svd_method_for("auto", (576, 576), np.float32) == "gram"         # small square: numpy's gesdd is slower
+    assert svd_method_for("auto", (640, 640), np.float32) == "gesdd"        # mid square: scipy's gesdd
     assert svd_method_for("auto", (1536, 576), np.float64) == "gesdd"       # float64 keeps gesdd
     assert svd_method_for("gram", (8, 8), np.float64) == "gram" and svd_method_for("gesdd", (9000, 8), np.float32) == "gesdd"
 
@@ -140,7 +141,7 @@ def test_torch_gram_equals_the_lapack_gram():
 def test_rows_record_the_method_and_fp64_stays_float64_accurate(tmp_path):
     rng = np.random.default_rng(6)
     tensors = {"attn.long.weight": rng.standard_normal((120, 40)).astype(np.float32),
-               "attn.square.weight": rng.standard_normal((40, 40)).astype(np.float32),
+               "attn.square.weight": rng.standard_normal((640, 640)).astype(np.float32),  # auto: scipy's gesdd
                "norm.weight": np.ones(40, np.float32)}
     path, inventory = _unit(tmp_path, tensors)
     metrics, spectra = analyse_unit("m", "layer_000", path, inventory)  # svd_method auto
