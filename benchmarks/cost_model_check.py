@@ -71,7 +71,7 @@ def run_workflow(name: str, workdir: Path, cores: int) -> list:
     return [workdir / "results" / m for m in models]
 
 
-def measured_vs_predicted(results: Path, speed, method="gesdd", precisions=PRECISIONS) -> pd.DataFrame:
+def measured_vs_predicted(results: Path, speed, method="auto", precisions=PRECISIONS) -> pd.DataFrame:
     """Per per-unit rule: jobs, measured and predicted job-seconds, and their ratio."""
     dims = json.loads((results / "model.json").read_text())
     inventory = pd.read_parquet(results / "inventory.parquet")
