@@ -132,12 +132,16 @@ def unit_inventory(path, unit, selected=None) -> list:
     """The inventory rows of one unit, only those whose parameter `select` chose when `selected`
     (rule params `selected`) is given."""
     rows = read_rows(path, where=("unit", unit))
-    return rows if selected is None else [row for row in rows if row["param_name"] in set(selected)]
+    if selected is None:
+        return rows
+    chosen = set(selected)
+    return [row for row in rows if row["param_name"] in chosen]
 
 
 def text_table(table: pa.Table, leave_out=()) -> str:
     """A table as aligned text for a job's log, floats to 3 decimals."""
     columns = [name for name in table.column_names if name not in leave_out]
+
     def cell(value, numeric):
         return f"{value:.3f}" if isinstance(value, float) else "nan" if value is None and numeric else str(value)
 
