@@ -118,10 +118,15 @@ def write_table(table: pa.Table, target):
         pq.write_table(table, tmp)
 
 
+def read_table(path, columns=None) -> pa.Table:
+    """A Parquet file as an Arrow table. ParquetFile, not pq.read_table: read_table goes through
+    pyarrow.dataset, which imports pandas."""
+    return pq.ParquetFile(path).read(columns=columns)
+
+
 def read_rows(path, columns=None, where=None) -> list:
     """Rows of a Parquet file as dicts, `columns` only; where=(column, value) keeps the matching rows."""
-    # ParquetFile, not read_table: read_table goes through pyarrow.dataset, which imports pandas
-    rows = pq.ParquetFile(path).read(columns=columns).to_pylist()
+    rows = read_table(path, columns).to_pylist()
     if where is not None:
         column, value = where
         rows = [row for row in rows if row[column] == value]

@@ -90,10 +90,9 @@ def test_heads_tables_read_back_as_pandas_would_have_written_them(tmp_path):
 
 JOB_WORK = """
 import json, sys
-import pyarrow.parquet as pq
 from blockscope import read_unit
 from blockscope.heads import attention_weights, head_table_of
-from blockscope.tables import text_table, unit_inventory, write_table
+from blockscope.tables import read_table, text_table, unit_inventory, write_table
 from blockscope.tensors import read_unit, write_unit
 from blockscope.unit_analysis import alpha_hill_grid, precision_table, unit_tables
 tensors, inventory_path, out = sys.argv[1:]
@@ -102,7 +101,7 @@ inventory = unit_inventory(inventory_path, "layer_000", ["attn.q_proj.weight", "
                                                         "attn.broken.weight", "norm.weight", "attn.index"])
 metrics, spectra = unit_tables("m", "layer_000", tensors, inventory)
 write_table(spectra, out + "/spectra.parquet"); write_table(metrics, out + "/metrics.parquet")
-sweep = precision_table("m", "layer_000", tensors, inventory, pq.ParquetFile(out + "/spectra.parquet").read(),
+sweep = precision_table("m", "layer_000", tensors, inventory, read_table(out + "/spectra.parquet", ["matrix", "sigma"]),
                         ["fp32", "bf16"])
 write_table(sweep, out + "/precision.parquet"); alpha_hill_grid(sweep.to_pylist(), ["fp32", "bf16"])
 heads = head_table_of("m", "layer_000", 0, None)

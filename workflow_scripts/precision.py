@@ -1,9 +1,7 @@
 """rule precision: alpha-Hill of each matrix after casting it to each precision and back."""
 
-import pyarrow.parquet as pq
-
 from blockscope.gpu_slots import claim_gpu
-from blockscope.tables import read_rows, unit_inventory, write_table
+from blockscope.tables import read_rows, read_table, unit_inventory, write_table
 from blockscope.unit_analysis import alpha_hill_grid, precision_table
 from blockscope.workflow import run_step
 
@@ -13,7 +11,7 @@ def main(snakemake):
     inventory = unit_inventory(snakemake.input.inventory, snakemake.wildcards.unit, snakemake.params.selected)
     spectra_rows = read_rows(snakemake.input.metrics, columns=["matrix", "backend", "svd_method"])
     table = precision_table(snakemake.wildcards.model, snakemake.wildcards.unit, snakemake.input.tensors, inventory,
-                            pq.read_table(snakemake.input.spectra, columns=["matrix", "sigma"]),
+                            read_table(snakemake.input.spectra, columns=["matrix", "sigma"]),
                             snakemake.params.precisions, compute_dtype=snakemake.params.compute_dtype,
                             hill_fraction=snakemake.params.hill_fraction, backend=snakemake.params.backend,
                             spectra_backend={row["matrix"]: row["backend"] for row in spectra_rows},
