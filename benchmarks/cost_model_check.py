@@ -6,9 +6,10 @@
    summed per rule and overall, against blockscope.cost_model's prediction from the same
    inventory on this machine's cached throughput. Ratio = predicted / measured; the target is
    within 30 % in total (0.7 - 1.3). The model predicts CPU seconds (a job's wall time on an
-   idle core), so both ratios are printed: against the jobs' wall seconds (s: what an idle
-   machine shows) and against their CPU seconds (cpu_time: what a machine shared with other
-   work still shows; the wall time there also holds the waiting for a core).
+   idle core), so --run runs one job at a time (--cores 1) and both ratios are printed: against
+   the jobs' wall seconds (s: what an idle core shows) and against their CPU seconds (cpu_time:
+   what a machine shared with other work still shows; Snakemake samples it, so jobs shorter than
+   about a second read low or 0).
 2. Predictions (no weights needed, inventory_from_config): the demo config (SmolLM2-135M and its
    random twin), a Qwen2.5-0.5B shape and a Llama-3.1-8B shape, on this CPU (gesdd and gram)
    and on one H100 SXM (its published throughput x stated efficiencies). --readme prints them as
@@ -140,7 +141,10 @@ def main():
     parser.add_argument("--results", action="append", default=[], help="a results/{model} folder of a finished run")
     parser.add_argument("--run", action="append", default=[], choices=sorted(RUNS), help="run the workflow first")
     parser.add_argument("--workdir", default="benchmarks-out/cost_model")
-    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    # One job at a time by default: each job then has an idle core, which is what the model prices.
+    # With every core busy, a job's wall time here grew 1.3-1.6x (Snakemake's own per-job work
+    # shares the cores; see the README), which --cores N shows.
+    parser.add_argument("--cores", type=int, default=1, help="snakemake --cores for --run (default 1)")
     parser.add_argument("--readme", action="store_true", help="print the README table only")
     args = parser.parse_args()
     folders = [Path(p) for p in args.results]

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_json
-from .dtypes import numpy_dtype
+from .dtypes import PRECISION_TO_SAFETENSORS, numpy_dtype
 from .spectra import svd_method_for
 from .layout import PLAN_JOB_COLUMNS, unit_order
 
@@ -49,7 +49,7 @@ BACKENDS = ("cpu", "cuda")
 PER_UNIT_RULES = ("extract", "spectra", "precision", "heads")
 GPU_RULES = ("spectra", "precision")  # the per-unit rules that compute with torch on CUDA
 MB = 1e6  # Snakemake's mem_mb and the benchmark files' max_rss are in MB
-CALIBRATION_VERSION = 6  # bump when what is measured changes: older caches are measured again
+CALIBRATION_VERSION = 7  # bump when what is measured changes: older caches are measured again
 SCRIPTS = Path(__file__).resolve().parent.parent / "workflow_scripts"
 
 # --- flop counts (docs/metrics.md, "Cost model") --------------------------------------------------
@@ -111,15 +111,16 @@ CUDA_START_EXTRA_S = 1.0  # CUDA context creation on top of the measured torch i
 @dataclass
 class Throughput:
     """The rates a prediction divides by. rates: op -> FLOP/s (gemm32, gemm64, qr32, qr64,
-    bidiag32, bidiag64, eigh64, heads); seconds per element (elements_s, cast_s) and per squared
-    eigenvalue count (eig2_s); io: bytes/s read and written through the tensor Parquet; start_s
+    bidiag32, bidiag64, eigh64, heads); seconds per element of the element statistics (elements_s)
+    and of each precision's rounding cast (cast_s: precision -> seconds; numpy's float16
+    conversion is ~5x slower than the bit-level bf16 one), per squared eigenvalue count (eig2_s); io: bytes/s read and written through the tensor Parquet; start_s
     and base_mb: a rule's process start and its resident memory after imports."""
     backend: str
     device: str
     basis: str  # measured | published:<device key>
     rates: dict
     elements_s: float
-    cast_s: float
+    cast_s: dict
     eig2_s: float
     read_bps: float
     write_bps: float
@@ -233,7 +234,7 @@ def _measure_linear_algebra() -> dict:
 
 
 def _measure_elementwise() -> dict:
-    """Seconds per element of the metrics' element statistics and of a rounding cast, and per
+    """Seconds per element of the metrics' element statistics and of each precision's rounding cast, and per
     squared eigenvalue count of the spectral metrics (the KS scan of the power-law fit)."""
     from .matrix_metrics import spectral_metrics
     from .metrics import element_stats, sparsity
@@ -242,7 +243,8 @@ def _measure_elementwise() -> dict:
     rng = np.random.default_rng(1)
     matrix = rng.standard_normal((1024, 1024)).astype(np.float32)
     elements = _best(lambda: (element_stats(matrix), sparsity(matrix, 1e-6))) / matrix.size
-    cast = _best(lambda: cast_round_trip(matrix, "bf16", np.float32)) / matrix.size
+    cast = {precision: _best(lambda: cast_round_trip(matrix, precision, np.float32)) / matrix.size
+            for precision in PRECISION_TO_SAFETENSORS}
     sigma = np.sort(np.abs(rng.standard_normal(768)))[::-1] ** 1.5
     eig2 = _best(lambda: spectral_metrics(sigma, 768, 3072, "F32", 0.1)) / 768**2
     return {"elements_s": elements, "cast_s": cast, "eig2_s": eig2}
@@ -505,7 +507,7 @@ def predict_precision(rows, t: Throughput, method="gesdd", compute_dtype="float3
                 for shape in tensor_matrices(info)]
         svd, f, w = _svd_cost(todo, bits, method, t)
         every = matrix_shapes(rows)  # every matrix is rounded and compared, computed or not
-        seconds += svd + _elements(every) * t.cast_s
+        seconds += svd + _elements(every) * t.cast_s[precision]
         flops, workspace, held = flops + f, max(workspace, w), max(held, _elements(todo) * bits / 8)
     matrices = _bytes(rows) + _elements(matrix_shapes(rows)) * read_bits / 8  # as read, and upcast
     return Job(seconds, t.base_mb["precision"] + (matrices + held + workspace) / MB, flops)

@@ -87,6 +87,19 @@ def test_predictions_are_positive_and_grow_with_the_matrices(speed, rule, method
     assert all(b.seconds > a.seconds and b.mem_mb > a.mem_mb and b.flops > a.flops for a, b in zip(jobs, jobs[1:]))
 
 
+def test_each_precision_s_rounding_cast_is_priced_at_its_own_measured_rate(speed):
+    """numpy's float16 conversion is a scalar loop, bf16 a bit operation: one rate for both
+    under-priced the fp16 sweep of the demo's embedding 8x. The sweep is priced per precision."""
+    t = speed[0]
+    assert set(t.cast_s) == {"fp64", "fp32", "fp16", "bf16", "fp8-e4m3"} and all(s > 0 for s in t.cast_s.values())
+    rows = unit_rows([(2048, 512)], "BF16")  # bf16 and fp32 round trips are exact: only casts differ
+    slow = cost.replace(t, cast_s={**t.cast_s, "bf16": 1e-6})
+    base = cost.predict_unit(rows, "precision", t, precisions=["bf16"]).seconds
+    priced = cost.predict_unit(rows, "precision", slow, precisions=["bf16"]).seconds
+    assert priced - base == pytest.approx(2048 * 512 * (1e-6 - t.cast_s["bf16"]))
+    assert cost.predict_unit(rows, "precision", slow, precisions=["fp32"]).seconds < priced
+
+
 def test_the_sweep_skips_precisions_that_change_no_stored_value(speed):
     t = speed[0]
     assert cost.computed_precisions("BF16", ["fp32", "fp16", "bf16", "fp64"]) == ["fp16", "fp64"]
