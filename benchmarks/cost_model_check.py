@@ -102,14 +102,14 @@ def planned_costs(name: str, speeds: dict) -> dict:
         for inventory, dims in inventories:
             jobs = cost.plan_model(inventory, dims, speed, method, precisions=PRECISIONS)
             seconds += jobs["seconds"].sum()
-            gpu += jobs[jobs["rule"].isin(["spectra", "precision"])]["seconds"].sum()
+            gpu += jobs[jobs["rule"].isin(cost.GPU_RULES)]["seconds"].sum()
             peak = max(peak, jobs["mem_mb"].max())
         out[backend, method] = (seconds, gpu, peak)
     return out
 
 
 def wall(backend, seconds, gpu, cores) -> float:
-    """Wall time: CPU jobs share the cores; on one GPU the spectra and precision jobs queue for it
+    """Wall time: CPU jobs share the cores; on one GPU the anatomy jobs queue for it
     while the other rules share the box's cores (16 assumed)."""
     if backend == "cpu":
         return seconds / cores

@@ -1,7 +1,7 @@
 """What a per-unit job pays before its first line of work: interpreter start, Snakemake's script
 preamble (it unpickles the job's `snakemake` object) and the script's own imports.
 
-For each per-unit rule script (extract, spectra, precision, heads) it runs, in a fresh
+For each per-unit rule script (extract, anatomy) it runs, in a fresh
 interpreter, exactly the preamble's imports and the script's top-level imports, `repeats` times,
 and prints the CPU seconds (user + sys, what a busy machine cannot inflate) and wall seconds per
 start. Peer, in the same run: a bare `python -c pass`. Every start runs in a one-thread job's
@@ -21,7 +21,7 @@ from pathlib import Path
 from blockscope.cost_model import job_environment
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ["extract", "spectra", "precision", "heads"]
+RULES = ["extract", "anatomy"]
 # What Snakemake's python script preamble imports (snakemake/script/__init__.py).
 PREAMBLE = "import pickle\nfrom snakemake.logging import logger\nfrom snakemake.iocontainers import Snakemake"
 

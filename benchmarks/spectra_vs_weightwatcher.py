@@ -4,10 +4,13 @@ Models: the demo (SmolLM2-135M, GGUF) and a Qwen2.5-0.5B-shaped random checkpoin
 24 layers, hidden 896, intermediate 4864, 14 heads, 2 kv heads, vocab 151936, tied embeddings).
 Peer: `WeightWatcher(model).analyze()` on the same canonical checkpoint loaded with
 transformers, timed as a whole process (start to finish). Ours: the workflow from a finished
-extraction to every metrics file (`snakemake --cores 2`, rule spectra, from no metrics), once
+extraction to every unit's metrics (`snakemake --cores 2`, rule anatomy from no results, with
+the precision list [fp32], whose sweep reuses the spectra's singular values: spectra and metrics,
+plus the heads tables and the fp32 alpha-Hill rows, which WeightWatcher does not compute), once
 per `svd_method` (gesdd, then auto); with --anatomy, the full per-unit anatomy as well: every
-unit's metrics, precision sweep and heads table in one snakemake call from no results (what a
-user's run does), and, from the spectra already there, the rest alone (rules precision and heads).
+unit's metrics, precision sweep (fp32, fp16, bf16) and heads in one snakemake call from no
+results (what a user's run does), and, from the [fp32] run's results, the sweep alone (the
+anatomy jobs rerun for the new precision list and keep their spectra and heads).
 Each side runs --repeats times, interleaved, and the best (least) wall and CPU seconds count, as
 timeit does: a busy moment on the machine only ever slows a run down.
 Prints per model and method the DAG's wall and CPU seconds (the CPU seconds of the snakemake
@@ -87,8 +90,10 @@ class Workdir:
         for kind in kinds:
             shutil.rmtree(self.path / f"results/{self.model}/{kind}", ignore_errors=True)
 
-    def snakemake(self, targets, svd_method="auto"):
+    def snakemake(self, targets, svd_method="auto", precisions=None):
         config = {"models": {self.model: self.spec}, "device": "cpu", "svd_method": svd_method}
+        if precisions:
+            config["precision"] = {"precisions": precisions}
         (self.path / "config.yaml").write_text(yaml.safe_dump(config))
         command = [SNAKEMAKE, *targets, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(self.path),
                    "--cores", "2", "--quiet", "all"]  # --quiet takes values: keep it last
@@ -134,21 +139,20 @@ def alpha_gap(ours: pd.DataFrame, theirs: pd.DataFrame) -> str:
 def bench_model(name, model, spec, anatomy, repeats=1, parent=None):
     work = Workdir(model, spec, parent)
     units = work.extract()
-    metrics = [f"results/{model}/metrics/{u}.parquet" for u in units]
-    rest = [f"results/{model}/{kind}/{u}.parquet" for kind in ("precision", "heads") for u in units]
+    outputs = [f"results/{model}/{kind}/{u}.parquet" for kind in ("metrics", "precision", "heads") for u in units]
     runs = {method: {"dag": [], "rest": [], "full": [], "svd_seconds": []} for method in METHODS}
     peer_runs = []
     for _ in range(repeats):
         for method, run in runs.items():
             work.clear("metrics", "spectra", "precision", "heads")
-            run["dag"].append(work.snakemake(metrics, method))
+            run["dag"].append(work.snakemake(outputs, method, precisions=["fp32"]))
             table = work.metrics()
             run["table"] = table[table["svd_method"].isin(["gesdd", "gram"])]
             run["svd_seconds"].append(run["table"]["seconds"].sum())
             if anatomy:
-                run["rest"].append(work.snakemake(rest, method))
+                run["rest"].append(work.snakemake(outputs, method))  # the default precisions: the sweep alone
                 work.clear("metrics", "spectra", "precision", "heads")
-                run["full"].append(work.snakemake(metrics + rest, method))
+                run["full"].append(work.snakemake(outputs, method))
         seconds, theirs = weightwatcher_run(work)
         peer_runs.append(seconds)
     peer = best(peer_runs)
@@ -158,11 +162,12 @@ def bench_model(name, model, spec, anatomy, repeats=1, parent=None):
           f"(each run's wall: {', '.join(f'{wall:.1f}' for wall, _ in peer_runs)} s)")
     for method, run in runs.items():
         methods = run["table"]["svd_method"].value_counts().to_dict()
-        print(f"svd_method {method:5s} spectra+metrics (snakemake --cores 2): {ratios(best(run['dag']), peer)}; "
+        print(f"svd_method {method:5s} spectra+metrics (+ heads, precisions [fp32]; snakemake --cores 2): "
+              f"{ratios(best(run['dag']), peer)}; "
               f"in-process SVD seconds {min(run['svd_seconds']):7.1f} ({methods})")
         if anatomy:
-            print(f"    full anatomy (metrics, precision sweep, heads; one call): {ratios(best(run['full']), peer)}; "
-                  f"of which precision sweep and heads after the spectra: {ratios(best(run['rest']), peer)}")
+            print(f"    full anatomy (metrics, precision sweep fp32/fp16/bf16, heads; one call): "
+                  f"{ratios(best(run['full']), peer)}; of which the sweep after the spectra: {ratios(best(run['rest']), peer)}")
         print(f"    alpha vs WeightWatcher: {alpha_gap(run['table'], theirs)}")
     gesdd, auto = runs["gesdd"], runs["auto"]
     print(f"auto / gesdd: in-process SVD seconds {min(auto['svd_seconds']) / min(gesdd['svd_seconds']):.2f}, "
@@ -176,7 +181,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,qwen-0.5b")
     parser.add_argument("--anatomy", action="store_true",
-                        help="time the rest of the per-unit anatomy (rules precision and heads) after each method too")
+                        help="time the full per-unit anatomy (the precision sweep at fp32, fp16, bf16) after each method too")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side; the best counts")
     parser.add_argument("--workdir", help="keep each model's folder here (DIR/<model>) and reuse its extraction")
     args = parser.parse_args()

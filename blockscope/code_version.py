@@ -66,10 +66,11 @@ def _file_imports(path: Path, own_name: str | None = None) -> frozenset:
     return _imports_of(str(path), own_name, (stat.st_mtime_ns, stat.st_size))
 
 
-def module_closure(script, package_dir) -> list:
-    """The library files a script reaches through imports, sorted."""
+def module_closure(script, package_dir, modules=()) -> list:
+    """The library files a script reaches through imports (script None: the named modules
+    themselves and what they reach), sorted."""
     package_dir = Path(package_dir)
-    seen, pending = {}, list(_file_imports(Path(script)))
+    seen, pending = {}, [*(_file_imports(Path(script)) if script else ()), *modules]
     while pending:
         name = pending.pop()
         path = module_file(name, package_dir)
@@ -81,10 +82,11 @@ def module_closure(script, package_dir) -> list:
     return sorted(seen.values())
 
 
-def code_version(script, package_dir) -> str:
-    """A short hash of the content of every library file the script reaches."""
+def code_version(script, package_dir, modules=()) -> str:
+    """A short hash of the content of every library file the script (or, script None, the
+    named modules, e.g. "blockscope.heads") reaches."""
     package_dir = Path(package_dir)
     digest = hashlib.sha256()
-    for path in module_closure(script, package_dir):
+    for path in module_closure(script, package_dir, modules):
         digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -46,10 +46,11 @@ from .layout import PLAN_JOB_COLUMNS, unit_order
 
 METHODS = ("gesdd", "gram")
 BACKENDS = ("cpu", "cuda")
-PER_UNIT_RULES = ("extract", "spectra", "precision", "heads")
-GPU_RULES = ("spectra", "precision")  # the per-unit rules that compute with torch on CUDA
+PER_UNIT_RULES = ("extract", "anatomy")
+GPU_RULES = ("anatomy",)  # the per-unit rules that compute with torch on CUDA
+PARTS = ("spectra", "precision", "heads")  # rule anatomy's parts, priced one by one
 MB = 1e6  # Snakemake's mem_mb and the benchmark files' max_rss are in MB
-CALIBRATION_VERSION = 7  # bump when what is measured changes: older caches are measured again
+CALIBRATION_VERSION = 8  # bump when what is measured changes: older caches are measured again
 SCRIPTS = Path(__file__).resolve().parent.parent / "workflow_scripts"
 
 # --- flop counts (docs/metrics.md, "Cost model") --------------------------------------------------
@@ -384,7 +385,7 @@ def throughput(backend: str = "cpu", device: str | None = None, refresh: bool = 
 # --- one job's cost --------------------------------------------------------------------------
 
 # A round trip through a precision changes no value of a tensor stored in these dtypes (the
-# precision sweep then reuses the spectra job's singular values, see unit_analysis.precision_sweep).
+# precision sweep then reuses the spectra part's singular values, see unit_analysis.precision_sweep).
 EXACT_IN = {
     "fp64": {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"},
     "fp32": {"F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"},
@@ -416,7 +417,7 @@ def tensor_matrices(info) -> list:
 
 
 def matrix_shapes(rows: pd.DataFrame) -> list:
-    """(rows, cols) of every matrix the spectra job analyses."""
+    """(rows, cols) of every matrix the spectra part analyses."""
     return [shape for info in rows.itertuples() for shape in tensor_matrices(info)]
 
 
@@ -429,7 +430,7 @@ def svd_seconds(rows: int, cols: int, bits: int, method: str, rates: dict) -> fl
 
 
 def chosen_method(rows: int, cols: int, bits: int, method: str) -> str:
-    """The method the spectra job will run: auto decides as spectra.svd_method_for does."""
+    """The method the spectra part will run: auto decides as spectra.svd_method_for does."""
     return svd_method_for(method, (rows, cols), np.float64 if bits == 64 else np.float32)
 
 
@@ -479,17 +480,21 @@ def predict_extract(rows, t: Throughput, **_) -> Job:
     return Job(t.start_s["extract"] + _bytes(rows) / t.write_bps, t.base_mb["extract"] + (_bytes(rows) + chunks) / MB)
 
 
+# A part's Job: the seconds of its work and the MB of the arrays it holds, without the process
+# start and base memory, which rule anatomy pays once for its three parts.
+
+
 def predict_spectra(rows, t: Throughput, method="gesdd", compute_dtype="float32", **_) -> Job:
     shapes, bits = matrix_shapes(rows), _bits(compute_dtype)
     svd, flops, workspace = _svd_cost(shapes, bits, method, t)
-    seconds = t.start_s["spectra"] + _bytes(rows) / t.read_bps + svd + _metrics_seconds(shapes, t)
+    seconds = _bytes(rows) / t.read_bps + svd + _metrics_seconds(shapes, t)
     held = _bytes(rows) + _elements(shapes) * bits / 8  # the stored unit as read, and its matrices upcast
-    return Job(seconds, t.base_mb["spectra"] + (held + workspace) / MB, flops)
+    return Job(seconds, (held + workspace) / MB, flops)
 
 
 def computed_precisions(dtype: str, precisions, compute_dtype="float32") -> list:
     """The precisions whose SVD a tensor stored in `dtype` needs: not those whose round trip
-    leaves it unchanged in the compute dtype (the spectra job's values are reused)."""
+    leaves it unchanged in the compute dtype (the spectra part's values are reused)."""
     from .spectra import svd_dtype
 
     compute = np.dtype(compute_dtype)
@@ -499,7 +504,7 @@ def computed_precisions(dtype: str, precisions, compute_dtype="float32") -> list
 def predict_precision(rows, t: Throughput, method="gesdd", compute_dtype="float32", precisions=("fp32",), **_) -> Job:
     from .spectra import svd_dtype
 
-    seconds, flops, workspace, held = t.start_s["precision"] + _bytes(rows) / t.read_bps, 0.0, 0.0, 0.0
+    seconds, flops, workspace, held = _bytes(rows) / t.read_bps, 0.0, 0.0, 0.0
     read_bits = max(_bits(svd_dtype(p, compute_dtype)) for p in precisions) if precisions else 32
     for precision in precisions:
         bits = _bits(svd_dtype(precision, compute_dtype))
@@ -510,14 +515,14 @@ def predict_precision(rows, t: Throughput, method="gesdd", compute_dtype="float3
         seconds += svd + _elements(every) * t.cast_s[precision]
         flops, workspace, held = flops + f, max(workspace, w), max(held, _elements(todo) * bits / 8)
     matrices = _bytes(rows) + _elements(matrix_shapes(rows)) * read_bits / 8  # as read, and upcast
-    return Job(seconds, t.base_mb["precision"] + (matrices + held + workspace) / MB, flops)
+    return Job(seconds, (matrices + held + workspace) / MB, flops)
 
 
 def predict_heads(rows, t: Throughput, dims=None, **_) -> Job:
     from .layout import ATTENTION_BLOCK_TYPES
 
     attention = rows[rows["block_type"].isin(ATTENTION_BLOCK_TYPES)]
-    seconds, mem = t.start_s["heads"], t.base_mb["heads"]
+    seconds, mem = 0.0, 0.0
     if dims and len(attention) and rows["layer_index"].notna().any():
         flops = heads_flops(dims["heads"], dims["kv_heads"], dims["head_dim"], dims["hidden"])
         # float64 copies of q, k, v, o and of k, v repeated for every query head
@@ -526,13 +531,22 @@ def predict_heads(rows, t: Throughput, dims=None, **_) -> Job:
     return Job(seconds, mem)
 
 
-PREDICT = {"extract": predict_extract, "spectra": predict_spectra, "precision": predict_precision,
-           "heads": predict_heads}
+def predict_anatomy(rows, t: Throughput, **options) -> Job:
+    """Rule anatomy: one process start, then its parts one after another (the memory of the
+    largest part's arrays at a time)."""
+    parts = [PREDICT[part](rows, t, **options) for part in PARTS]
+    return Job(t.start_s["anatomy"] + sum(p.seconds for p in parts), t.base_mb["anatomy"] + max(p.mem_mb for p in parts),
+               sum(p.flops for p in parts))
+
+
+PREDICT = {"extract": predict_extract, "anatomy": predict_anatomy, "spectra": predict_spectra,
+           "precision": predict_precision, "heads": predict_heads}
 
 
 def predict_unit(rows: pd.DataFrame, rule: str, t: Throughput, method: str = "gesdd", **options) -> Job:
-    """Predicted seconds, peak MB and flops of one per-unit job (rows: the unit's inventory rows,
-    already restricted to what `select` chose). options: compute_dtype, precisions, dims."""
+    """Predicted seconds, peak MB and flops of one per-unit job, extract or anatomy (rows: the
+    unit's inventory rows, already restricted to what `select` chose), or of one of anatomy's
+    PARTS alone (its work and arrays, no process start). options: compute_dtype, precisions, dims."""
     return PREDICT[rule](rows, t, method=method, **options)
 
 

@@ -193,6 +193,28 @@ def head_table_of(model: str, unit: str, layer_index, weights: AttentionWeights 
     return table_from_rows(HEAD_COLUMNS, rows, types)
 
 
+def unit_heads_table(model: str, unit: str, tensor_path, inventory_rows: list, dims: dict, selected=None):
+    """The heads table of one unit (rule anatomy): its attention projections read from the tensor
+    Parquet and head_table_of; empty, with the reason logged, for a unit that is no transformer
+    block, has no q, k, v and o, or whose `select` leaves one of them out."""
+    from .layout import ATTENTION_BLOCK_TYPES, unit_layer
+    from .selection import unselected_attention
+    from .tensors import read_unit
+
+    weights, layer_index = None, unit_layer(unit)
+    attention = [row for row in inventory_rows if row["block_type"] in ATTENTION_BLOCK_TYPES]
+    left_out = unselected_attention([row["param_name"] for row in attention], selected) if selected is not None else []
+    if layer_index is not None and attention and left_out:
+        log.info("[%s] %s: empty heads table: the selection leaves out %s (heads need q, k, v and o)",
+                 model, unit, ", ".join(left_out))
+    elif layer_index is not None:
+        tensors = read_unit(tensor_path, names=[row["param_name"] for row in attention])
+        weights = attention_weights(tensors, attention, dims, model=model)
+    if weights is None and not left_out:
+        log.info("[%s] %s: empty heads table: no attention projections (q, k, v, o) in this unit", model, unit)
+    return head_table_of(model, unit, layer_index, weights)
+
+
 def deep_dive_problem(weights: AttentionWeights | None, h: int) -> str | None:
     """Why head h of a layer has no eigenvalue table (None when it has one)."""
     if weights is None:

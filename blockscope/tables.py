@@ -112,10 +112,25 @@ def records(inventory) -> list:
     return inventory.to_dict("records") if hasattr(inventory, "to_dict") else list(inventory)
 
 
-def write_table(table: pa.Table, target):
-    """Write an Arrow table atomically (temporary file, then rename)."""
+STAMP_KEY = b"blockscope.stamp"
+
+
+def write_table(table: pa.Table, target, stamp: str | None = None):
+    """Write an Arrow table atomically (temporary file, then rename); stamp: what it was computed
+    from (blockscope.anatomy), kept in the schema metadata."""
+    if stamp is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), STAMP_KEY: stamp.encode()})
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp)
+
+
+def read_stamp(path) -> str | None:
+    """The stamp write_table put in a Parquet file; None for a missing, unreadable or unstamped file."""
+    try:
+        stamp = (pq.ParquetFile(path).schema_arrow.metadata or {}).get(STAMP_KEY)
+    except (OSError, pa.ArrowException):
+        return None
+    return stamp.decode() if stamp else None
 
 
 def read_table(path, columns=None) -> pa.Table:

@@ -174,7 +174,7 @@ def precision_table(model, unit, tensor_path, inventory_rows, spectra, precision
     `backend` cuda or torch-cpu, LAPACK on cpu or after a CUDA out-of-memory). Matrices are read
     in the widest of those dtypes, so the fp64 row is the stored weights' own spectrum. Where the
     round trip changes no bit and the SVD dtype is compute_dtype, the singular values of the
-    spectra job are reused (backend: spectra_backend[matrix], the spectra job's, else "spectra";
+    spectra part are reused (backend: spectra_backend[matrix], the spectra part's, else "spectra";
     svd_method likewise from spectra_method). Each SVD uses svd_method_for(svd_method, shape,
     svd_dtype): under auto, a float64 (fp64) row keeps gesdd. device: the GPU this job held
     (blockscope.gpu_slots), recorded in every row.

@@ -2,6 +2,7 @@
 # blockscope is installed into the environment (make env; the conda env installs it too): the
 # contracts (paths, units, columns) come from blockscope.layout, never spelled here again.
 import functools
+import hashlib
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from blockscope import cost_model as cost
 from blockscope import layout
 from blockscope import selection as select
+from blockscope.anatomy import PART_MODULES
 from blockscope.code_version import code_version
 from blockscope.config import validate_config
 from blockscope.device import backend_for, gpu_visible
@@ -44,6 +46,13 @@ def code(script):
     """Param: hash of the library modules workflow_scripts/<script>.py reaches, so a library
     edit reruns exactly the jobs it can change."""
     return code_version(SCRIPTS / f"{script}.py", LIBRARY)
+
+
+def part_code(part):
+    """Param: hash of the library modules one part of rule anatomy depends on (anatomy.PART_MODULES)
+    and of the script that calls them, which every part's results go through."""
+    script = hashlib.sha256((SCRIPTS / "anatomy.py").read_bytes()).hexdigest()[:16]
+    return f"{code_version(None, LIBRARY, PART_MODULES[part])}-{script}"
 
 
 def benchmark(rule, job="model"):
@@ -333,7 +342,7 @@ def compress_targets(model):
 
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
-PER_UNIT_RULES = ["extract", "spectra", "precision", "heads"]
+PER_UNIT_RULES = ["extract", "anatomy"]
 PER_MODEL_RULES = ["fetch", "inventory", "selection", "plan", "embedding", "embedding_plots", "aggregate", "metric_plots",
                    "head_and_precision_plots", "view_tables", "down_proj_plot", "precision_category_plots"]
 

@@ -1,27 +1,4 @@
-# Per unit: QK / OV kernels of every query head. Per model: the deep-dive heads (table, then plot).
-
-rule heads:
-    input:
-        tensors=layout.TENSORS,
-        inventory=layout.INVENTORY,
-        dims=layout.MODEL_JSON,
-    output:
-        layout.UNIT_HEADS,
-    params:
-        selected=selected_names,
-        code=code("heads"),
-    log:
-        "logs/{model}/heads/{unit}.log",
-    benchmark:
-        benchmark("heads", "{unit}")
-    resources:
-        mem_mb=predicted("heads", "mem_mb"),
-        runtime=predicted("heads", "runtime"),
-    conda:
-        "../envs/blockscope.yaml"
-    script:
-        "../workflow_scripts/heads.py"
-
+# Per model: the deep-dive heads (table, then plot). The per-unit heads table is rule anatomy's.
 
 rule head_deep_dive:
     input:

@@ -1,60 +1,43 @@
-# Per unit: all singular values and every per-matrix metric; the precision sweep of alpha-Hill.
+# Per unit, one job: all singular values and every per-matrix metric, the precision sweep of
+# alpha-Hill, the per-head QK / OV kernels. Each part is recomputed only when its own settings,
+# code or inputs changed (blockscope/anatomy.py): its outputs are update() so the job sees them.
 
 
-rule spectra:
+rule anatomy:
     input:
         tensors=layout.TENSORS,
         inventory=layout.INVENTORY,
+        dims=layout.MODEL_JSON,
     output:
-        spectra=layout.SPECTRA,
-        metrics=layout.UNIT_METRICS,
+        spectra=update(layout.SPECTRA),
+        metrics=update(layout.UNIT_METRICS),
+        precision=update(layout.UNIT_PRECISION),
+        heads=update(layout.UNIT_HEADS),
     params:
         backend=BACKEND,
-        compute_dtype=config["compute_dtype"],
-        svd_method=config["svd_method"],
-        hill_fraction=config["precision"]["k_fraction"],
         selected=selected_names,
-        sparsity_threshold=config["sparsity_threshold"],
-        code=code("spectra"),
+        spectra={
+            "compute_dtype": config["compute_dtype"],
+            "svd_method": config["svd_method"],
+            "hill_fraction": config["precision"]["k_fraction"],
+            "sparsity_threshold": config["sparsity_threshold"],
+            "code": part_code("spectra"),
+        },
+        precision={
+            "precisions": config["precision"]["precisions"],
+            "hill_fraction": config["precision"]["k_fraction"],
+            "code": part_code("precision"),
+        },
+        heads={"code": part_code("heads")},
     log:
-        "logs/{model}/spectra/{unit}.log",
+        "logs/{model}/anatomy/{unit}.log",
     benchmark:
-        benchmark("spectra", "{unit}")
+        benchmark("anatomy", "{unit}")
     resources:
         gpu=GPU_CLAIM,
-        mem_mb=predicted("spectra", "mem_mb"),
-        runtime=predicted("spectra", "runtime"),
+        mem_mb=predicted("anatomy", "mem_mb"),
+        runtime=predicted("anatomy", "runtime"),
     conda:
         "../envs/blockscope.yaml"
     script:
-        "../workflow_scripts/spectra.py"
-
-
-rule precision:
-    input:
-        tensors=layout.TENSORS,
-        inventory=layout.INVENTORY,
-        spectra=layout.SPECTRA,
-        metrics=layout.UNIT_METRICS,
-    output:
-        layout.UNIT_PRECISION,
-    params:
-        backend=BACKEND,
-        precisions=config["precision"]["precisions"],
-        compute_dtype=config["compute_dtype"],
-        svd_method=config["svd_method"],
-        hill_fraction=config["precision"]["k_fraction"],
-        selected=selected_names,
-        code=code("precision"),
-    log:
-        "logs/{model}/precision/{unit}.log",
-    benchmark:
-        benchmark("precision", "{unit}")
-    resources:
-        gpu=GPU_CLAIM,
-        mem_mb=predicted("precision", "mem_mb"),
-        runtime=predicted("precision", "runtime"),
-    conda:
-        "../envs/blockscope.yaml"
-    script:
-        "../workflow_scripts/precision.py"
+        "../workflow_scripts/anatomy.py"

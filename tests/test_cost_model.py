@@ -118,8 +118,14 @@ def test_a_plan_from_a_real_inventory_prices_every_unit_and_rule(speed, tiny):
     assert list(jobs.columns) == cost.PLAN_JOB_COLUMNS
     assert set(zip(jobs["unit"], jobs["rule"])) == {(u, r) for u in inventory["unit"].unique() for r in cost.PER_UNIT_RULES}
     assert (jobs["seconds"] > 0).all() and (jobs["mem_mb"] > 0).all()
-    layer = jobs[(jobs["unit"] == "layer_000") & (jobs["rule"] == "heads")]
-    assert float(layer["gflops"].iloc[0]) > 0  # attention heads are priced in the layers
+    rows = inventory[inventory["unit"] == "layer_000"]
+    heads = cost.predict_unit(rows, "heads", speed[0], dims=dims)
+    assert heads.flops > 0  # attention heads are priced in the layers, as part of their anatomy job
+    anatomy = cost.predict_unit(rows, "anatomy", speed[0], "gesdd", precisions=["fp32", "fp16", "bf16"], dims=dims)
+    parts = [cost.predict_unit(rows, part, speed[0], "gesdd", precisions=["fp32", "fp16", "bf16"], dims=dims)
+             for part in cost.PARTS]
+    assert anatomy.seconds == pytest.approx(speed[0].start_s["anatomy"] + sum(p.seconds for p in parts))  # one start
+    assert anatomy.flops == pytest.approx(sum(p.flops for p in parts))
     document = cost.plan_document("tiny", jobs, speed[0], "gesdd", cores=2)
     assert document["totals"]["seconds"] == pytest.approx(jobs["seconds"].sum())
     assert document["totals"]["wall_s"] >= jobs["seconds"].max()

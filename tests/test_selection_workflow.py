@@ -20,7 +20,7 @@ BASE = {"models": {"tiny-llama": {"source": "synthetic", "config": TINY_LLAMA, "
                                   "select": {"include": [QKV], "layers": "1"}},
                    "tiny-gpt2": {"source": "synthetic", "config": TINY_GPT2, "seed": 0}},
         "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False}, "compress": {"enabled": False}}
-PER_UNIT = ("extract", "spectra", "precision", "heads")
+PER_UNIT = ("extract", "anatomy")
 
 
 def jobs(result):
@@ -67,14 +67,14 @@ def test_unselected_units_get_no_jobs_and_only_selected_matrices_are_measured(fi
         set(metrics["param_name"])
     assert len(pd.read_parquet(work / layout.HEADS.format(model="tiny-llama"))) == 0  # no o_proj: no heads
     assert "the selection leaves out model.layers.1.self_attn.o_proj.weight" in \
-        (work / "logs/tiny-llama/heads/layer_001.log").read_text()
+        (work / "logs/tiny-llama/anatomy/layer_001.log").read_text()
     record = json.loads((work / layout.SELECTION.format(model="tiny-llama")).read_text())
     assert record["selection"] == {"include": [QKV], "exclude": [], "layers": [1]}
     assert record["selected_units"] == ["layer_001"] and record["selected_tensors"] == 3
     # model.json still describes the whole checkpoint
     assert json.loads((work / layout.MODEL_JSON.format(model="tiny-llama")).read_text())["layers"] == 2
     # no selection: every unit, as before
-    assert {unit for rule, model, unit in ran if model == "tiny-gpt2" and rule == "spectra"} == \
+    assert {unit for rule, model, unit in ran if model == "tiny-gpt2" and rule == "anatomy"} == \
         {"embed", "layer_000", "layer_001", "lm_head", "other"}
 
 
@@ -100,7 +100,7 @@ def test_changing_one_models_selection_reruns_only_its_changed_units(finished, t
     result = run_workflow(work, with_select("tiny-gpt2", {"exclude": ["mlp"]}))
     ran = jobs(result)
     assert {model for _, model, _ in ran if model} == {"tiny-gpt2"}
-    assert {unit for rule, _, unit in ran if rule == "spectra"} == {"layer_000", "layer_001"}  # embed unchanged
+    assert {unit for rule, _, unit in ran if rule == "anatomy"} == {"layer_000", "layer_001"}  # embed unchanged
     assert not {rule for rule, _, _ in ran} & {"fetch", "inventory", "extract"}
     after = mtimes(work / "results")
     assert all(after[p] == v for p, v in before.items() if "tiny-llama" in p.parts)

@@ -82,7 +82,7 @@ def test_workflow_runs_through_sbatch_and_matches_a_local_run(slurm, slurm_execu
     b = pd.read_parquet(tmp_path / "cluster/results/tiny/metrics.parquet")[DETERMINISTIC]
     pd.testing.assert_frame_equal(a.sort_values("matrix").reset_index(drop=True),
                                   b.sort_values("matrix").reset_index(drop=True), rtol=1e-5)
-    assert "no GPU" in (tmp_path / "cluster/logs/tiny/spectra/layer_000.log").read_text()  # fake GPUs: CPU inside
+    assert "no GPU" in (tmp_path / "cluster/logs/tiny/anatomy/layer_000.log").read_text()  # fake GPUs: CPU inside
 
 
 def test_a_rejected_job_is_reported_and_nothing_finished_is_lost(slurm, slurm_executor, tmp_path):

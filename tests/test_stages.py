@@ -222,7 +222,7 @@ def test_flagged_weights_reach_the_report(flagged_run):
     heads = pd.read_parquet(out / "heads/layer_001.parquet").set_index("head")
     assert np.isnan(heads.loc[0, "qk_effective_rank"]) and heads.loc[0, "tag"] == "non-finite weights"
     assert heads.loc[1:, "qk_effective_rank"].notna().all() and heads["ov_effective_rank"].notna().all()
-    log = (work / "logs/llama-nan/heads/layer_001.log").read_text()
+    log = (work / "logs/llama-nan/anatomy/layer_001.log").read_text()
     assert "non-finite weights: QK metrics NaN for heads [0]" in log
     summary = json.loads((out / "embedding/summary.json").read_text())["matrices"]["model.embed_tokens.weight"]
     assert summary["status"] == "ok" and summary["dropped_rows"] == 3 and summary["finite_rows"] == 253

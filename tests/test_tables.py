@@ -90,6 +90,7 @@ def test_heads_tables_read_back_as_pandas_would_have_written_them(tmp_path):
 
 JOB_WORK = """
 import json, sys
+from blockscope.anatomy import Part, run_part
 from blockscope import read_unit
 from blockscope.heads import attention_weights, head_table_of
 from blockscope.tables import read_table, text_table, unit_inventory, write_table
@@ -100,7 +101,8 @@ write_unit(((name, "F32", array) for name, array in read_unit(tensors).items()),
 inventory = unit_inventory(inventory_path, "layer_000", ["attn.q_proj.weight", "mlp.experts.gate_up_proj",
                                                         "attn.broken.weight", "norm.weight", "attn.index"])
 metrics, spectra = unit_tables("m", "layer_000", tensors, inventory)
-write_table(spectra, out + "/spectra.parquet"); write_table(metrics, out + "/metrics.parquet")
+run_part(Part("spectra", {"spectra": out + "/spectra.parquet", "metrics": out + "/metrics.parquet"}, {}, {"tensors": tensors},
+              lambda: {"spectra": spectra, "metrics": metrics}))
 sweep = precision_table("m", "layer_000", tensors, inventory, read_table(out + "/spectra.parquet", ["matrix", "sigma"]),
                         ["fp32", "bf16"])
 write_table(sweep, out + "/precision.parquet"); alpha_hill_grid(sweep.to_pylist(), ["fp32", "bf16"])
@@ -111,10 +113,10 @@ print("pandas" in sys.modules)
 
 
 def test_the_per_unit_jobs_never_import_pandas(tmp_path):
-    """The extract, spectra, precision and heads jobs leave pandas out, imports and work alike: it would cost
+    """The extract and anatomy jobs (spectra, precision sweep, heads) leave pandas out, imports and work alike: it would cost
     every one of a model's hundreds of jobs about 0.25 CPU s (pyarrow imports it behind pa.array
     and read_table, which is why blockscope.tables uses neither)."""
-    for rule in ("extract", "spectra", "precision", "heads"):  # the rule scripts' own top-level imports
+    for rule in ("extract", "anatomy"):  # the rule scripts' own top-level imports
         tree = ast.parse((ROOT / "workflow_scripts" / f"{rule}.py").read_text())
         imports = "\n".join(ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
         code = f"import sys\n{imports}\nprint('pandas' in sys.modules)"

@@ -171,7 +171,8 @@ def test_metrics_spectra_and_precision_per_unit(finished):
             assert len(precision) == 3 * len(metrics)
     gpt2 = pd.read_parquet(finished / "results/tiny-gpt2/metrics/layer_000.parquet").set_index("param_name")
     assert tuple(gpt2.loc["transformer.h.0.mlp.c_fc.weight", ["rows", "cols"]]) == (128, 32)  # Conv1D transposed
-    assert "alpha" in (finished / "logs/tiny-llama/spectra/layer_000.log").read_text()
+    log = (finished / "logs/tiny-llama/anatomy/layer_000.log").read_text()
+    assert "alpha" in log and all(f"{part}: computed" in log for part in ("spectra", "precision", "heads"))
 
 
 def test_heads_deep_dive_and_embedding(finished):
@@ -180,7 +181,7 @@ def test_heads_deep_dive_and_embedding(finished):
     gpt2 = pd.read_parquet(finished / "results/tiny-gpt2/heads/layer_000.parquet")
     assert len(gpt2) == 4 and gpt2["qk_effective_rank"].between(1, 8).all()  # fused c_attn, d_head 8
     assert len(pd.read_parquet(finished / "results/tiny-llama/heads/embed.parquet")) == 0
-    assert "empty heads table" in (finished / "logs/tiny-llama/heads/embed.log").read_text()
+    assert "empty heads table" in (finished / "logs/tiny-llama/anatomy/embed.log").read_text()
     deep = pd.read_parquet(finished / "results/tiny-llama/heads/deep_dive/layer_1_head_0.parquet")
     assert len(deep) == 16 and deep["cumulative_energy"].iloc[-1] == pytest.approx(1.0)
     import json
@@ -240,7 +241,7 @@ def test_tables_plots_and_reports(finished, tmp_path):
     for link in re.findall(r"\]\(([^)]+)\)", report):
         assert (model / link).exists(), link
     costs = report[report.index("## Where the time went"):]
-    for rule in ("extract", "spectra", "precision", "heads"):
+    for rule in ("extract", "anatomy"):
         assert re.search(rf"\| {rule}\s+\|\s+5 \|", costs), rule  # one job per unit, five units
     for png in ["plots/alpha_by_layer.png", "plots/esd_layer_0.png", "plots/esd_layer_1.png",
                 "plots/heads_heatmap.png", "plots/precision_distributions.png", "plots/precision_sensitivity.png", "plots/precision/layers_000-001.png"]:
@@ -333,7 +334,7 @@ def workflow_copy(tmp_path):
 
     workflow = tmp_path / "workflow"
     workflow.mkdir(parents=True)
-    for part in ("Snakefile", "rules", "workflow_scripts", "schemas", "blockscope", "report", "profiles"):
+    for part in ("Snakefile", "rules", "workflow_scripts", "schemas", "blockscope", "report", "profiles", "envs"):
         (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, workflow / part)
     return workflow
 
@@ -349,24 +350,58 @@ PLOT_RULES = {"metric_plots", "esd_plot", "head_and_precision_plots", "embedding
 def test_editing_one_stage_reruns_that_stage_and_what_follows(finished, tmp_path):
     work, workflow = clone(finished, tmp_path), workflow_copy(tmp_path)
     assert _dry_run_rules(work, workflow / "Snakefile") <= {"all"}  # same code, nothing to do
-    append_a_line(workflow / "workflow_scripts/precision.py")
+    append_a_line(workflow / "workflow_scripts/anatomy.py")
     rerun = _dry_run_rules(work, workflow / "Snakefile")
-    assert "precision" in rerun and "aggregate" in rerun
-    assert not rerun & {"fetch", "inventory", "extract", "spectra", "heads", "embedding", "head_deep_dive"}
+    assert "anatomy" in rerun and "aggregate" in rerun
+    assert not rerun & {"fetch", "inventory", "extract", "embedding", "head_deep_dive"}
 
 
 def test_editing_a_library_module_reruns_exactly_what_uses_it(finished, tmp_path):
     work, workflow = clone(finished, tmp_path), workflow_copy(tmp_path)
     append_a_line(workflow / "blockscope/heavytail.py")
     rerun = _dry_run_rules(work, workflow / "Snakefile")
-    assert {"spectra", "precision", "aggregate", "summary", "model_report"} <= rerun
-    assert not rerun & {"fetch", "inventory", "extract", "heads", "embedding", "head_deep_dive"}
+    assert {"anatomy", "aggregate", "summary", "model_report"} <= rerun
+    assert not rerun & {"fetch", "inventory", "extract", "embedding", "head_deep_dive"}
 
     workflow = workflow_copy(tmp_path / "second")
     append_a_line(workflow / "blockscope/plots.py")
     rerun = _dry_run_rules(work, workflow / "Snakefile")
     assert {"metric_plots", "esd_plot", "summary_plots"} <= rerun
     assert rerun <= PLOT_RULES | {"model_report", "summary_report", "all"}  # the reports link the redrawn figures
+
+
+def test_each_part_of_a_units_anatomy_is_recomputed_only_when_what_it_depends_on_changed(finished, tmp_path):
+    """Rule anatomy runs a unit's spectra, sweep and heads in one job; a changed precision list
+    reruns the job but recomputes the sweep alone, an edit to heads.py the heads alone."""
+    from blockscope.tables import read_stamp
+
+    work = clone(finished, tmp_path)
+    results = work / "results/tiny-llama"
+    kinds = ("spectra", "metrics", "precision", "heads")
+    targets = [f"results/tiny-llama/{kind}/layer_000.parquet" for kind in kinds]
+
+    def stamps():
+        return {kind: read_stamp(results / kind / "layer_000.parquet") for kind in kinds}
+
+    def log():
+        return (work / "logs/tiny-llama/anatomy/layer_000.log").read_text()
+
+    before, spectra_bytes = stamps(), (results / "spectra/layer_000.parquet").read_bytes()
+    assert all(before.values()) and before["spectra"] == before["metrics"]
+    config = {**BASE, "precision": {"precisions": ["fp32", "bf16"]}}
+    assert ("anatomy", "tiny-llama") in jobs_run(run_workflow(work, config, *targets))
+    assert "precision: computed" in log() and "spectra: kept" in log() and "heads: kept" in log()
+    after = stamps()
+    assert after["spectra"] == before["spectra"] and after["heads"] == before["heads"]
+    assert after["precision"] != before["precision"]
+    assert (results / "spectra/layer_000.parquet").read_bytes() == spectra_bytes
+    assert sorted(pd.read_parquet(results / "precision/layer_000.parquet")["precision"].unique()) == ["bf16", "fp32"]
+
+    workflow = workflow_copy(tmp_path)
+    append_a_line(workflow / "blockscope/heads.py")
+    assert ("anatomy", "tiny-llama") in jobs_run(run_workflow(work, config, *targets, snakefile=workflow / "Snakefile"))
+    assert "heads: computed" in log() and "spectra: kept" in log() and "precision: kept" in log()
+    assert stamps()["heads"] != after["heads"] and stamps()["precision"] == after["precision"]
 
 
 def test_a_killed_run_loses_nothing_finished_and_resumes(finished, tmp_path):
@@ -415,12 +450,12 @@ def test_slurm_requests_are_the_cost_models_predictions_times_the_safety(finishe
     import json
 
     targets = ["results/tiny-llama/spectra/layer_000.parquet", "results/tiny-llama/heads/layer_001.parquet"]
-    result = run_workflow(finished, BASE, "--dry-run", *targets, "--forcerun", "spectra", "heads")
-    asked = dict(re.findall(r"^rule (spectra|heads):\n(?:.*\n)*?\s+wildcards: model=tiny-llama, unit=(?:layer_000|layer_001)\n"
+    result = run_workflow(finished, BASE, "--dry-run", *targets, "--forcerun", "anatomy")
+    asked = dict(re.findall(r"^rule anatomy:\n(?:.*\n)*?\s+wildcards: model=tiny-llama, unit=(layer_000|layer_001)\n"
                             r"\s+resources: .*?(runtime=\d+, mem_mb=\d+)", result.stdout, re.M))
     dims = json.loads((finished / layout.MODEL_JSON.format(model="tiny-llama")).read_text())
     jobs = cost.predicted_jobs(finished / layout.INVENTORY.format(model="tiny-llama"), dims, None,
                                method="auto", precisions=["fp32", "fp16", "bf16"])  # the defaults of config.yaml
-    for rule, unit in (("spectra", "layer_000"), ("heads", "layer_001")):
-        request = cost.slurm_request(jobs[unit, rule], 1, 2.0)  # plan.safety's default
-        assert asked[rule] == f"runtime={request['runtime']}, mem_mb={request['mem_mb']}"
+    for unit in ("layer_000", "layer_001"):
+        request = cost.slurm_request(jobs[unit, "anatomy"], 1, 2.0)  # plan.safety's default
+        assert asked[unit] == f"runtime={request['runtime']}, mem_mb={request['mem_mb']}"

@@ -1,0 +1,56 @@
+"""rule anatomy: one unit's spectra and metrics, precision sweep and heads, each part recomputed
+only when what it depends on changed (blockscope.anatomy)."""
+
+import json
+
+from blockscope.anatomy import Part, run_part
+from blockscope.gpu_slots import claim_gpu
+from blockscope.heads import unit_heads_table
+from blockscope.tables import read_rows, read_table, text_table, unit_inventory
+from blockscope.unit_analysis import alpha_hill_grid, precision_table, unit_tables
+from blockscope.workflow import run_step
+
+
+def main(snakemake):
+    gpu = claim_gpu(snakemake.params.backend)  # this job's own GPU, before torch loads
+    model, unit = snakemake.wildcards.model, snakemake.wildcards.unit
+    files, out, selected = snakemake.input, snakemake.output, snakemake.params.selected
+    spectra, sweep, heads = snakemake.params.spectra, snakemake.params.precision, snakemake.params.heads
+    inventory = unit_inventory(files.inventory, unit, selected)
+    inputs = {"tensors": files.tensors, "inventory": files.inventory}
+
+    def compute_spectra():
+        metrics, table = unit_tables(model, unit, files.tensors, inventory, backend=snakemake.params.backend,
+                                     compute_dtype=spectra["compute_dtype"], svd_method=spectra["svd_method"],
+                                     hill_fraction=spectra["hill_fraction"],
+                                     sparsity_threshold=spectra["sparsity_threshold"], device=gpu.device)
+        return {"spectra": table, "metrics": metrics}
+
+    def compute_sweep():
+        done = read_rows(out.metrics, columns=["matrix", "backend", "svd_method"])
+        table = precision_table(model, unit, files.tensors, inventory, read_table(out.spectra, columns=["matrix", "sigma"]),
+                                sweep["precisions"], compute_dtype=spectra["compute_dtype"],
+                                hill_fraction=sweep["hill_fraction"], backend=snakemake.params.backend,
+                                spectra_backend={row["matrix"]: row["backend"] for row in done},
+                                svd_method=spectra["svd_method"],
+                                spectra_method={row["matrix"]: row["svd_method"] for row in done}, device=gpu.device)
+        print(alpha_hill_grid(table.to_pylist(), sweep["precisions"]))
+        return {"precision": table}
+
+    def compute_heads():
+        dims = json.loads(open(files.dims).read())
+        table = unit_heads_table(model, unit, files.tensors, unit_inventory(files.inventory, unit), dims, selected)
+        if len(table):
+            print(text_table(table, leave_out=("model", "unit")))
+        return {"heads": table}
+
+    settings = {"backend": snakemake.params.backend, "selected": selected}
+    stamp = run_part(Part("spectra", {"spectra": out.spectra, "metrics": out.metrics}, {**settings, **spectra},
+                          inputs, compute_spectra))
+    run_part(Part("precision", {"precision": out.precision}, {**settings, **sweep}, inputs, compute_sweep,
+                  upstream=stamp))
+    run_part(Part("heads", {"heads": out.heads}, {"selected": selected, **heads}, {**inputs, "dims": files.dims},
+                  compute_heads))
+
+
+run_step(snakemake, main)
