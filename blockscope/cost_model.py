@@ -384,16 +384,6 @@ def throughput(backend: str = "cpu", device: str | None = None, refresh: bool = 
 
 # --- one job's cost --------------------------------------------------------------------------
 
-# A round trip through a precision changes no value of a tensor stored in these dtypes (the
-# precision sweep then reuses the spectra part's singular values, see unit_analysis.precision_sweep).
-EXACT_IN = {
-    "fp64": {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"},
-    "fp32": {"F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"},
-    "fp16": {"F16", "F8_E4M3", "F8_E5M2"},
-    "bf16": {"BF16", "F8_E4M3", "F8_E5M2"},
-}
-
-
 @dataclass
 class Job:
     seconds: float
@@ -495,14 +485,14 @@ def predict_spectra(rows, t: Throughput, method="gesdd", compute_dtype="float32"
 def computed_precisions(dtype: str, precisions, compute_dtype="float32") -> list:
     """The precisions whose SVD a tensor stored in `dtype` needs: not those whose round trip
     leaves it unchanged in the compute dtype (the spectra part's values are reused)."""
-    from .spectra import svd_dtype
+    from .spectra import round_trip_is_exact, svd_dtype
 
     compute = np.dtype(compute_dtype)
-    return [p for p in precisions if not (svd_dtype(p, compute) == compute and dtype in EXACT_IN.get(p, ()))]
+    return [p for p in precisions if not (svd_dtype(p, compute) == compute and round_trip_is_exact(dtype, p))]
 
 
 def predict_precision(rows, t: Throughput, method="gesdd", compute_dtype="float32", precisions=("fp32",), **_) -> Job:
-    from .spectra import svd_dtype
+    from .spectra import round_trip_is_exact, svd_dtype
 
     seconds, flops, workspace, held = _bytes(rows) / t.read_bps, 0.0, 0.0, 0.0
     read_bits = max(_bits(svd_dtype(p, compute_dtype)) for p in precisions) if precisions else 32
@@ -511,8 +501,9 @@ def predict_precision(rows, t: Throughput, method="gesdd", compute_dtype="float3
         todo = [shape for info in rows.itertuples() if computed_precisions(info.dtype, [precision], compute_dtype)
                 for shape in tensor_matrices(info)]
         svd, f, w = _svd_cost(todo, bits, method, t)
-        every = matrix_shapes(rows)  # every matrix is rounded and compared, computed or not
-        seconds += svd + _elements(every) * t.cast_s[precision]
+        rounded = [shape for info in rows.itertuples() if not round_trip_is_exact(info.dtype, precision)
+                   for shape in tensor_matrices(info)]  # an exact round trip is not even cast
+        seconds += svd + _elements(rounded) * t.cast_s[precision]
         flops, workspace, held = flops + f, max(workspace, w), max(held, _elements(todo) * bits / 8)
     matrices = _bytes(rows) + _elements(matrix_shapes(rows)) * read_bits / 8  # as read, and upcast
     return Job(seconds, (matrices + held + workspace) / MB, flops)

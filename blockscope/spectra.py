@@ -251,6 +251,23 @@ def compute_spectra(matrices: list, backend: str, method: str = "gesdd"):
 SCALED_PRECISIONS = {"fp8-e4m3": float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max)}
 
 
+# A round trip through a precision changes no value of a tensor stored in these dtypes: every
+# value of the stored format is a value of the precision's (the precision sweep then reuses the
+# spectra's singular values without casting).
+EXACT_ROUND_TRIPS = {
+    "fp64": {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"},
+    "fp32": {"F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"},
+    "fp16": {"F16", "F8_E4M3", "F8_E5M2"},
+    "bf16": {"BF16", "F8_E4M3", "F8_E5M2"},
+}
+
+
+def round_trip_is_exact(stored_dtype: str, precision: str) -> bool:
+    """True when every value stored as `stored_dtype` (safetensors spelling) survives a round trip
+    through `precision` unchanged (EXACT_ROUND_TRIPS)."""
+    return stored_dtype in EXACT_ROUND_TRIPS.get(precision, ())
+
+
 def svd_dtype(precision: str, compute_dtype) -> np.dtype:
     """The dtype a precision's SVD runs in: the wider of `compute_dtype` and the precision's own
     compute type (float64 for fp64, float32 for every narrower format). fp64 is thus measured in

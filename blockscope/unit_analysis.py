@@ -17,8 +17,8 @@ from .layout import (ELEMENT_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTR
 from .metrics import SPARSITY_THRESHOLD, element_stats, sparsity
 from .matrix_metrics import check_matrix, matrix_metrics
 from .tables import is_missing, records, table_from_rows, table_of
-from .spectra import (Matrix, cast_round_trip, compute_spectra, matrices_of, not_a_matrix, svd_dtype, svd_method_for,
-                      upcast)
+from .spectra import (Matrix, cast_round_trip, compute_spectra, matrices_of, not_a_matrix, round_trip_is_exact, svd_dtype,
+                      svd_method_for, upcast)
 from .tensors import iter_unit
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,19 @@ def refused_tensors(inventory_rows) -> list:
             if why is not None:
                 refused.append((info, why))
     return refused
+
+
+def unit_reader(tensor_path, inventory_rows):
+    """dtype -> the unit's (matrix, inventory row) pairs in that dtype (unit_matrices), each dtype
+    read once: the spectra and the precision sweep of one job share what they read."""
+    read = {}
+
+    def matrices(dtype):
+        if dtype not in read:
+            read[dtype] = list(unit_matrices(tensor_path, inventory_rows, dtype))
+        return read[dtype]
+
+    return matrices
 
 
 def unit_matrices(tensor_path, inventory_rows, compute_dtype):
@@ -95,13 +108,16 @@ def analyse_unit(*args, **kwargs):
 
 
 def unit_tables(model, unit, tensor_path, inventory_rows, backend="cpu", compute_dtype="float32",
-                hill_fraction=0.1, sparsity_threshold=SPARSITY_THRESHOLD, svd_method="auto", device=NO_GPU):
+                hill_fraction=0.1, sparsity_threshold=SPARSITY_THRESHOLD, svd_method="auto", device=NO_GPU,
+                reader=None):
     """(metrics, spectra) Arrow tables for one unit: a row per matrix (with its spectrum), per
     refused tensor and per 1-D parameter (statistics only, see vector_rows). svd_method: auto,
     gesdd or gram (spectra.svd_method_for); each row records the method that ran. device: the GPU
-    the job held (blockscope.gpu_slots), recorded in every row."""
+    the job held (blockscope.gpu_slots), recorded in every row. reader: dtype -> the unit's
+    (matrix, inventory row) pairs, for a caller that reads a unit once for several tables
+    (unit_reader); by default they are read here."""
     dtype = numpy_dtype(compute_dtype).type
-    items = list(unit_matrices(tensor_path, inventory_rows, dtype))
+    items = (reader or unit_reader(tensor_path, inventory_rows))(dtype)
     finite = [i for i, (m, _) in enumerate(items) if check_matrix(m.values) is None]
     sigmas, seconds, used = compute_spectra([items[i][0].values for i in finite], backend, svd_method)
     by_item = {i: (s, t) for i, s, t in zip(finite, sigmas, seconds)}
@@ -166,7 +182,7 @@ def precision_sweep(*args, **kwargs):
 
 def precision_table(model, unit, tensor_path, inventory_rows, spectra, precisions,
                     compute_dtype="float32", hill_fraction=0.1, backend="cpu", spectra_backend=None,
-                    svd_method="auto", spectra_method=None, device=NO_GPU):
+                    svd_method="auto", spectra_method=None, device=NO_GPU, reader=None):
     """An Arrow table: alpha_hill of every matrix after a round trip through each precision.
 
     Each precision's SVD runs in svd_dtype (fp64: float64, the others: compute_dtype), all the
@@ -176,19 +192,25 @@ def precision_table(model, unit, tensor_path, inventory_rows, spectra, precision
     round trip changes no bit and the SVD dtype is compute_dtype, the singular values of the
     spectra part are reused (backend: spectra_backend[matrix], the spectra part's, else "spectra";
     svd_method likewise from spectra_method). Each SVD uses svd_method_for(svd_method, shape,
-    svd_dtype): under auto, a float64 (fp64) row keeps gesdd. device: the GPU this job held
-    (blockscope.gpu_slots), recorded in every row.
+    svd_dtype): under auto, a float64 (fp64) row keeps gesdd. A matrix whose stored dtype the
+    precision holds exactly (spectra.round_trip_is_exact) is not even cast. device: the GPU this
+    job held (blockscope.gpu_slots), recorded in every row. reader: as for unit_tables.
     """
     compute = np.dtype(compute_dtype)
     dtypes = {precision: svd_dtype(precision, compute) for precision in precisions}
     read = max([compute, *dtypes.values()], key=lambda d: d.itemsize)
-    items = list(unit_matrices(tensor_path, inventory_rows, read.type))
+    items = (reader or unit_reader(tensor_path, inventory_rows))(read.type)
     known = sigmas_by_matrix(spectra)
     spectra_backend, spectra_method = spectra_backend or {}, spectra_method or {}
     found = {}  # (item, precision) -> (alpha_hill, k, status, backend, svd_method)
     for precision in precisions:
         dtype, todo = dtypes[precision], []
-        for i, (matrix, _) in enumerate(items):
+        for i, (matrix, info) in enumerate(items):
+            if dtype == compute and matrix.name in known and round_trip_is_exact(info["dtype"], precision):
+                found[i, precision] = (*_hill(known[matrix.name], hill_fraction),
+                                       spectra_backend.get(matrix.name, "spectra"),
+                                       spectra_method.get(matrix.name, "spectra"))
+                continue
             rounded = cast_round_trip(matrix.values, precision, dtype)
             problem = check_matrix(rounded)
             if problem is not None:

@@ -92,12 +92,14 @@ def test_each_precision_s_rounding_cast_is_priced_at_its_own_measured_rate(speed
     under-priced the fp16 sweep of the demo's embedding 8x. The sweep is priced per precision."""
     t = speed[0]
     assert set(t.cast_s) == {"fp64", "fp32", "fp16", "bf16", "fp8-e4m3"} and all(s > 0 for s in t.cast_s.values())
-    rows = unit_rows([(2048, 512)], "BF16")  # bf16 and fp32 round trips are exact: only casts differ
     slow = cost.replace(t, cast_s={**t.cast_s, "bf16": 1e-6})
+    rows = unit_rows([(2048, 512)], "F32")
     base = cost.predict_unit(rows, "precision", t, precisions=["bf16"]).seconds
     priced = cost.predict_unit(rows, "precision", slow, precisions=["bf16"]).seconds
     assert priced - base == pytest.approx(2048 * 512 * (1e-6 - t.cast_s["bf16"]))
-    assert cost.predict_unit(rows, "precision", slow, precisions=["fp32"]).seconds < priced
+    exact = unit_rows([(2048, 512)], "BF16")  # stored in bf16: its bf16 round trip is not even cast
+    assert cost.predict_unit(exact, "precision", slow, precisions=["bf16"]).seconds == \
+        pytest.approx(cost.predict_unit(exact, "precision", t, precisions=["bf16"]).seconds)
 
 
 def test_the_sweep_skips_precisions_that_change_no_stored_value(speed):

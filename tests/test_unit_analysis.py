@@ -176,3 +176,32 @@ def test_one_d_parameters_get_statistics_rows_only(tmp_path):
     assert strict.set_index("param_name").loc["attn.q_proj.bias", "sparsity"] == pytest.approx(2 / 24)
     sweep = precision_sweep("m", "layer_000", path, inventory, spectra, ["fp32"])
     assert set(sweep["param_name"]) == {"attn.q_proj.weight"}
+
+
+def test_one_read_serves_the_spectra_and_the_sweep_and_exact_round_trips_are_not_cast(tmp_path, monkeypatch):
+    """rule anatomy reads a unit once (unit_reader); a precision that holds the stored dtype
+    exactly (fp32 of F32) reuses the spectra's values without a cast, as the cast-and-compare did."""
+    from blockscope import unit_analysis
+    from blockscope.unit_analysis import unit_reader, unit_tables
+
+    rng = np.random.default_rng(3)
+    tensors = {"attn.q_proj.weight": rng.standard_normal((24, 16)).astype(np.float32),
+               "attn.broken.weight": np.full((16, 16), np.inf, np.float32)}
+    path, inventory = _unit(tmp_path, tensors)
+    rows = inventory.to_dict("records")
+    reads, casts = [], []
+    real_read, real_cast = unit_analysis.unit_matrices, unit_analysis.cast_round_trip
+    monkeypatch.setattr(unit_analysis, "unit_matrices", lambda *a: reads.append(a[2]) or real_read(*a))
+    monkeypatch.setattr(unit_analysis, "cast_round_trip", lambda m, p, d: casts.append(p) or real_cast(m, p, d))
+    reader = unit_reader(path, rows)
+    metrics, spectra = unit_tables("m", "layer_000", path, rows, reader=reader)
+    shared = unit_analysis.precision_table("m", "layer_000", path, rows, spectra, ["fp32", "bf16"],
+                                           reader=reader).to_pandas()
+    assert reads == [np.float32]  # one read for both tables
+    assert casts == ["fp32", "bf16", "bf16"]  # fp32 cast only for the non-finite matrix, to say why
+    alone = precision_sweep("m", "layer_000", path, rows, spectra.to_pandas(), ["fp32", "bf16"])
+    pd.testing.assert_frame_equal(shared, alone)
+    row = shared.set_index(["param_name", "precision"]).loc[("attn.q_proj.weight", "fp32")]
+    assert row["backend"] == "spectra" and row["alpha_hill"] == pytest.approx(  # reused, not recomputed
+        metrics.to_pandas().set_index("param_name").loc["attn.q_proj.weight", "alpha_hill"])
+    assert shared.set_index(["param_name", "precision"]).loc[("attn.broken.weight", "fp32"), "status"].startswith("fp32")

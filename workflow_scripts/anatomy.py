@@ -7,7 +7,7 @@ from blockscope.anatomy import Part, run_part
 from blockscope.gpu_slots import claim_gpu
 from blockscope.heads import unit_heads_table
 from blockscope.tables import read_rows, read_table, text_table, unit_inventory
-from blockscope.unit_analysis import alpha_hill_grid, precision_table, unit_tables
+from blockscope.unit_analysis import alpha_hill_grid, precision_table, unit_reader, unit_tables
 from blockscope.workflow import run_step
 
 
@@ -18,12 +18,14 @@ def main(snakemake):
     spectra, sweep, heads = snakemake.params.spectra, snakemake.params.precision, snakemake.params.heads
     inventory = unit_inventory(files.inventory, unit, selected)
     inputs = {"tensors": files.tensors, "inventory": files.inventory}
+    reader = unit_reader(files.tensors, inventory)  # the unit is read once for the spectra and the sweep
 
     def compute_spectra():
         metrics, table = unit_tables(model, unit, files.tensors, inventory, backend=snakemake.params.backend,
                                      compute_dtype=spectra["compute_dtype"], svd_method=spectra["svd_method"],
                                      hill_fraction=spectra["hill_fraction"],
-                                     sparsity_threshold=spectra["sparsity_threshold"], device=gpu.device)
+                                     sparsity_threshold=spectra["sparsity_threshold"], device=gpu.device,
+                                     reader=reader)
         return {"spectra": table, "metrics": metrics}
 
     def compute_sweep():
@@ -33,7 +35,8 @@ def main(snakemake):
                                 hill_fraction=sweep["hill_fraction"], backend=snakemake.params.backend,
                                 spectra_backend={row["matrix"]: row["backend"] for row in done},
                                 svd_method=spectra["svd_method"],
-                                spectra_method={row["matrix"]: row["svd_method"] for row in done}, device=gpu.device)
+                                spectra_method={row["matrix"]: row["svd_method"] for row in done}, device=gpu.device,
+                                reader=reader)
         print(alpha_hill_grid(table.to_pylist(), sweep["precisions"]))
         return {"precision": table}
 
