@@ -2,11 +2,11 @@
 
 Random float32 matrices of the real shapes (hidden 4096, ffn 14336, 32 heads, 8 kv heads:
 q 4096x4096, k/v 1024x4096, o 4096x4096, gate/up 14336x4096, down 4096x14336) go through
-blockscope.unit_analysis.precision_sweep exactly as the workflow's `precision` rule runs it
-(backend cpu = LAPACK; the spectra job's singular values given, so the fp32 round trip, which
+blockscope.unit_analysis.precision_sweep exactly as the workflow's `anatomy` rule runs it
+(backend cpu = LAPACK; the spectra part's singular values given, so the fp32 round trip, which
 changes no bit of float32 weights, reuses them and fp16 and bf16 each cost one SVD per matrix).
 
-Each svd_method of --methods (gesdd, gram) in turn: the spectra job and the sweep run with it.
+Each svd_method of --methods (gesdd, gram) in turn: the spectra and the sweep run with it.
 A full 14336x4096 SVD takes minutes on a 2-core machine, so by default every dimension is
 divided by --scale (4) and times are extrapolated with the O(m n^2) cost of an SVD of an
 m x n matrix, m >= n (factor scale^3; the Gram path's m n^2 product and n^3 eigensolver scale
@@ -92,7 +92,7 @@ def eight_b_seconds(method, shapes, scale, precisions, rng) -> float:
         unit_seconds = clock() - started
     svds_per_matrix = sweep.groupby("matrix")["backend"].apply(lambda b: int((b == "cpu").sum())).iloc[0]
     print(f"\n[{method}] per unit (one layer, {len(shapes)} matrices): precision sweep {unit_seconds:.2f} s measured "
-          f"({svds_per_matrix} SVDs per matrix; fp32 reuses the spectra job's), spectra job {spectra_seconds:.2f} s")
+          f"({svds_per_matrix} SVDs per matrix; fp32 reuses the spectra part's), spectra part {spectra_seconds:.2f} s")
 
     print(f"[{method}] per matrix shape (one SVD after the fp16 round trip, then x SVDs per matrix):")
     print(f"{'matrix':20s} {'measured shape':>15s} {'s / SVD':>9s} {'real shape':>12s} {'s extrapolated':>15s}")

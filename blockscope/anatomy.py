@@ -3,15 +3,17 @@
 One job per unit instead of three, because a job's start (the interpreter, Snakemake's script
 preamble, numpy, pyarrow: ~0.3 s here) cost as much as a small unit's work; the tensors are read
 by one process. Each part keeps its own incremental behaviour through a stamp: a hash of what its
-outputs were computed from (its settings, the version of its library code, its inputs' size and
-modification time, and for the sweep the stamp of the spectra it reuses), kept in the outputs'
-Parquet metadata. A part whose outputs already carry the stamp it would write is kept, not
+outputs were computed from (its settings, the version of its library code, its inputs' content,
+and for the sweep the stamp of the spectra it reuses), kept in the outputs' Parquet metadata.
+Content, not modification times: Snakemake touches a SLURM group's outputs after the group, so
+a unit's tensors look newer than the anatomy that read them. A part whose outputs already carry the stamp it would write is kept, not
 recomputed: changing the precision list reruns the job but recomputes the sweep alone, an edit to
 heads.py the heads alone. The rule flags the outputs update() so that Snakemake leaves them in
 place for the job (and restores them if the job fails); to recompute a part whose stamp has not
 changed, delete its files.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -46,13 +48,21 @@ class Part:
 
 
 def input_identity(paths: dict) -> dict:
-    """name -> [size, mtime_ns] of each input file: a rewritten input (a re-extraction) changes
-    the stamp, as its modification time makes Snakemake rerun the job."""
-    identity = {}
-    for name, path in paths.items():
-        stat = os.stat(path)
-        identity[name] = [stat.st_size, stat.st_mtime_ns]
-    return identity
+    """name -> a hash of each input file's content (one sequential read: the job reads the unit
+    anyway, and the page cache keeps it for that read)."""
+    return {name: content_hash(str(path), *_version(path)) for name, path in paths.items()}
+
+
+def _version(path) -> tuple:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.cache
+def content_hash(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, once per job for a given version of it (the three parts share inputs)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def part_stamp(part: Part) -> str:

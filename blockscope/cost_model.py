@@ -492,18 +492,20 @@ def computed_precisions(dtype: str, precisions, compute_dtype="float32") -> list
 
 
 def predict_precision(rows, t: Throughput, method="gesdd", compute_dtype="float32", precisions=("fp32",), **_) -> Job:
-    from .spectra import round_trip_is_exact, svd_dtype
+    """The sweep: the rounding cast and the SVDs of every precision a tensor's stored dtype does not
+    hold exactly (the others reuse the spectra unread and uncast). It shares the spectra part's
+    read of the unit, unless a precision needs the matrices wider than compute_dtype (fp64)."""
+    from .spectra import svd_dtype
 
-    seconds, flops, workspace, held = _bytes(rows) / t.read_bps, 0.0, 0.0, 0.0
     read_bits = max(_bits(svd_dtype(p, compute_dtype)) for p in precisions) if precisions else 32
+    seconds = _bytes(rows) / t.read_bps if read_bits != _bits(compute_dtype) else 0.0
+    flops, workspace, held = 0.0, 0.0, 0.0
     for precision in precisions:
         bits = _bits(svd_dtype(precision, compute_dtype))
         todo = [shape for info in rows.itertuples() if computed_precisions(info.dtype, [precision], compute_dtype)
                 for shape in tensor_matrices(info)]
         svd, f, w = _svd_cost(todo, bits, method, t)
-        rounded = [shape for info in rows.itertuples() if not round_trip_is_exact(info.dtype, precision)
-                   for shape in tensor_matrices(info)]  # an exact round trip is not even cast
-        seconds += svd + _elements(rounded) * t.cast_s[precision]
+        seconds += svd + _elements(todo) * t.cast_s[precision]
         flops, workspace, held = flops + f, max(workspace, w), max(held, _elements(todo) * bits / 8)
     matrices = _bytes(rows) + _elements(matrix_shapes(rows)) * read_bits / 8  # as read, and upcast
     return Job(seconds, (matrices + held + workspace) / MB, flops)

@@ -37,17 +37,22 @@ def refused_tensors(inventory_rows) -> list:
     return refused
 
 
-def unit_reader(tensor_path, inventory_rows):
-    """dtype -> the unit's (matrix, inventory row) pairs in that dtype (unit_matrices), each dtype
-    read once: the spectra and the precision sweep of one job share what they read."""
-    read = {}
+class unit_reader:
+    """reader(dtype) -> the unit's (matrix, inventory row) pairs in that dtype (unit_matrices),
+    read once while the same dtype is asked again: the spectra and the precision sweep of one job
+    share what they read. Only the last dtype is held; clear() lets it go."""
 
-    def matrices(dtype):
-        if dtype not in read:
-            read[dtype] = list(unit_matrices(tensor_path, inventory_rows, dtype))
-        return read[dtype]
+    def __init__(self, tensor_path, inventory_rows):
+        self.tensor_path, self.inventory_rows, self.held = tensor_path, inventory_rows, None
 
-    return matrices
+    def __call__(self, dtype):
+        if self.held is None or self.held[0] != dtype:
+            self.held = None  # the previous dtype's copies go before the next are read
+            self.held = (dtype, list(unit_matrices(self.tensor_path, self.inventory_rows, dtype)))
+        return self.held[1]
+
+    def clear(self):
+        self.held = None
 
 
 def unit_matrices(tensor_path, inventory_rows, compute_dtype):

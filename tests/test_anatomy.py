@@ -28,7 +28,9 @@ def test_a_part_is_computed_once_and_kept_until_what_it_depends_on_changes(tmp_p
     assert run_part(part({"k": 2})) != stamp and calls == [1, 1]  # a setting
     assert run_part(part({"k": 2}, upstream="other spectra")) and len(calls) == 3  # what it reuses
     before = part({"k": 2}, upstream="other spectra")
-    os.utime(source, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns + 10**9))  # re-extracted
+    os.utime(source, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns + 10**9))  # touched only
+    assert part_stamp(before) == read_stamp(tmp_path / "out.parquet")  # as Snakemake does to a SLURM group's files
+    write_table(table_of(["alpha"], {"alpha": [2.0]}), source)  # re-extracted with other values
     assert part_stamp(before) != read_stamp(tmp_path / "out.parquet")
     run_part(before)
     assert len(calls) == 4 and pq.read_table(tmp_path / "out.parquet")["alpha"].to_pylist() == [4.0]

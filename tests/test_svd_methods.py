@@ -151,7 +151,7 @@ def test_rows_record_the_method_and_fp64_stays_float64_accurate(tmp_path):
                             spectra_backend=dict(zip(metrics["matrix"], metrics["backend"])),
                             spectra_method=dict(zip(metrics["matrix"], metrics["svd_method"])))
     long = sweep[sweep["param_name"] == "attn.long.weight"].set_index("precision")["svd_method"]
-    assert long.to_dict() == {"fp64": "gesdd", "fp32": "gram", "bf16": "gram"}  # fp32: the spectra job's
+    assert long.to_dict() == {"fp64": "gesdd", "fp32": "gram", "bf16": "gram"}  # fp32: the spectra part's
     # explicitly gram, fp64 too: the clustered top of tests/test_unit_analysis.py keeps its alpha-Hill
     from blockscope.heavytail import alpha_hill, hill_k
 

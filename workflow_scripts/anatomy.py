@@ -52,6 +52,7 @@ def main(snakemake):
                           inputs, compute_spectra))
     run_part(Part("precision", {"precision": out.precision}, {**settings, **sweep}, inputs, compute_sweep,
                   upstream=stamp))
+    reader.clear()  # the heads read their own few projections
     run_part(Part("heads", {"heads": out.heads}, {"selected": selected, **heads}, {**inputs, "dims": files.dims},
                   compute_heads))
 
