@@ -515,13 +515,12 @@ def predict_heads(rows, t: Throughput, dims=None, **_) -> Job:
     from .layout import ATTENTION_BLOCK_TYPES
 
     attention = rows[rows["block_type"].isin(ATTENTION_BLOCK_TYPES)]
-    seconds, mem = 0.0, 0.0
     if dims and len(attention) and rows["layer_index"].notna().any():
         flops = heads_flops(dims["heads"], dims["kv_heads"], dims["head_dim"], dims["hidden"])
         # float64 copies of q, k, v, o and of k, v repeated for every query head
         copies = 8 * (2 * _elements(matrix_shapes(attention)) + 2 * dims["heads"] * dims["head_dim"] * dims["hidden"])
-        return Job(seconds + _bytes(attention) / t.read_bps + flops / t.rates["heads"], mem + copies / MB, flops)
-    return Job(seconds, mem)
+        return Job(_bytes(attention) / t.read_bps + flops / t.rates["heads"], copies / MB, flops)
+    return Job(0.0, 0.0)
 
 
 def predict_anatomy(rows, t: Throughput, **options) -> Job:

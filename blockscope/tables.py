@@ -151,7 +151,11 @@ def read_rows(path, columns=None, where=None) -> list:
 def unit_inventory(path, unit, selected=None) -> list:
     """The inventory rows of one unit, only those whose parameter `select` chose when `selected`
     (rule params `selected`) is given."""
-    rows = read_rows(path, where=("unit", unit))
+    return selected_rows(read_rows(path, where=("unit", unit)), selected)
+
+
+def selected_rows(rows: list, selected=None) -> list:
+    """The inventory rows whose parameter `select` chose (all of them when selected is None)."""
     if selected is None:
         return rows
     chosen = set(selected)

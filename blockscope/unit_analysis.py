@@ -37,7 +37,7 @@ def refused_tensors(inventory_rows) -> list:
     return refused
 
 
-class unit_reader:
+class UnitReader:
     """reader(dtype) -> the unit's (matrix, inventory row) pairs in that dtype (unit_matrices),
     read once while the same dtype is asked again: the spectra and the precision sweep of one job
     share what they read. Only the last dtype is held; clear() lets it go."""
@@ -120,9 +120,9 @@ def unit_tables(model, unit, tensor_path, inventory_rows, backend="cpu", compute
     gesdd or gram (spectra.svd_method_for); each row records the method that ran. device: the GPU
     the job held (blockscope.gpu_slots), recorded in every row. reader: dtype -> the unit's
     (matrix, inventory row) pairs, for a caller that reads a unit once for several tables
-    (unit_reader); by default they are read here."""
+    (UnitReader); by default they are read here."""
     dtype = numpy_dtype(compute_dtype).type
-    items = (reader or unit_reader(tensor_path, inventory_rows))(dtype)
+    items = (reader or UnitReader(tensor_path, inventory_rows))(dtype)
     finite = [i for i, (m, _) in enumerate(items) if check_matrix(m.values) is None]
     sigmas, seconds, used = compute_spectra([items[i][0].values for i in finite], backend, svd_method)
     by_item = {i: (s, t) for i, s, t in zip(finite, sigmas, seconds)}
@@ -204,23 +204,20 @@ def precision_table(model, unit, tensor_path, inventory_rows, spectra, precision
     compute = np.dtype(compute_dtype)
     dtypes = {precision: svd_dtype(precision, compute) for precision in precisions}
     read = max([compute, *dtypes.values()], key=lambda d: d.itemsize)
-    items = (reader or unit_reader(tensor_path, inventory_rows))(read.type)
+    items = (reader or UnitReader(tensor_path, inventory_rows))(read.type)
     known = sigmas_by_matrix(spectra)
     spectra_backend, spectra_method = spectra_backend or {}, spectra_method or {}
     found = {}  # (item, precision) -> (alpha_hill, k, status, backend, svd_method)
     for precision in precisions:
         dtype, todo = dtypes[precision], []
         for i, (matrix, info) in enumerate(items):
-            if dtype == compute and matrix.name in known and round_trip_is_exact(info["dtype"], precision):
-                found[i, precision] = (*_hill(known[matrix.name], hill_fraction),
-                                       spectra_backend.get(matrix.name, "spectra"),
-                                       spectra_method.get(matrix.name, "spectra"))
-                continue
-            rounded = cast_round_trip(matrix.values, precision, dtype)
-            problem = check_matrix(rounded)
+            reusable = dtype == compute and matrix.name in known
+            exact = reusable and round_trip_is_exact(info["dtype"], precision)  # then not even cast
+            rounded = matrix.values if exact else cast_round_trip(matrix.values, precision, dtype)
+            problem = None if exact else check_matrix(rounded)
             if problem is not None:
                 found[i, precision] = (float("nan"), 0, f"{precision}: {problem}", "none", "none")
-            elif dtype == compute and matrix.name in known and np.array_equal(rounded, matrix.values):
+            elif exact or (reusable and np.array_equal(rounded, matrix.values)):
                 found[i, precision] = (*_hill(known[matrix.name], hill_fraction),
                                        spectra_backend.get(matrix.name, "spectra"),
                                        spectra_method.get(matrix.name, "spectra"))

@@ -342,7 +342,7 @@ def compress_targets(model):
 
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
-PER_UNIT_RULES = ["extract", "anatomy"]
+PER_UNIT_RULES = list(cost.PER_UNIT_RULES)
 PER_MODEL_RULES = ["fetch", "inventory", "selection", "plan", "embedding", "embedding_plots", "aggregate", "metric_plots",
                    "head_and_precision_plots", "view_tables", "down_proj_plot", "precision_category_plots"]
 

@@ -179,10 +179,10 @@ def test_one_d_parameters_get_statistics_rows_only(tmp_path):
 
 
 def test_one_read_serves_the_spectra_and_the_sweep_and_exact_round_trips_are_not_cast(tmp_path, monkeypatch):
-    """rule anatomy reads a unit once (unit_reader); a precision that holds the stored dtype
+    """rule anatomy reads a unit once (UnitReader); a precision that holds the stored dtype
     exactly (fp32 of F32) reuses the spectra's values without a cast, as the cast-and-compare did."""
     from blockscope import unit_analysis
-    from blockscope.unit_analysis import unit_reader, unit_tables
+    from blockscope.unit_analysis import UnitReader, unit_tables
 
     rng = np.random.default_rng(3)
     tensors = {"attn.q_proj.weight": rng.standard_normal((24, 16)).astype(np.float32),
@@ -193,7 +193,7 @@ def test_one_read_serves_the_spectra_and_the_sweep_and_exact_round_trips_are_not
     real_read, real_cast = unit_analysis.unit_matrices, unit_analysis.cast_round_trip
     monkeypatch.setattr(unit_analysis, "unit_matrices", lambda *a: reads.append(a[2]) or real_read(*a))
     monkeypatch.setattr(unit_analysis, "cast_round_trip", lambda m, p, d: casts.append(p) or real_cast(m, p, d))
-    reader = unit_reader(path, rows)
+    reader = UnitReader(path, rows)
     metrics, spectra = unit_tables("m", "layer_000", path, rows, reader=reader)
     shared = unit_analysis.precision_table("m", "layer_000", path, rows, spectra, ["fp32", "bf16"],
                                            reader=reader).to_pandas()

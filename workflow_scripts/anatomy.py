@@ -6,8 +6,8 @@ import json
 from blockscope.anatomy import Part, run_part
 from blockscope.gpu_slots import claim_gpu
 from blockscope.heads import unit_heads_table
-from blockscope.tables import read_rows, read_table, text_table, unit_inventory
-from blockscope.unit_analysis import alpha_hill_grid, precision_table, unit_reader, unit_tables
+from blockscope.tables import read_rows, read_table, selected_rows, text_table, unit_inventory
+from blockscope.unit_analysis import UnitReader, alpha_hill_grid, precision_table, unit_tables
 from blockscope.workflow import run_step
 
 
@@ -16,9 +16,10 @@ def main(snakemake):
     model, unit = snakemake.wildcards.model, snakemake.wildcards.unit
     files, out, selected = snakemake.input, snakemake.output, snakemake.params.selected
     spectra, sweep, heads = snakemake.params.spectra, snakemake.params.precision, snakemake.params.heads
-    inventory = unit_inventory(files.inventory, unit, selected)
+    whole = unit_inventory(files.inventory, unit)  # the heads check the unselected projections too
+    inventory = selected_rows(whole, selected)
     inputs = {"tensors": files.tensors, "inventory": files.inventory}
-    reader = unit_reader(files.tensors, inventory)  # the unit is read once for the spectra and the sweep
+    reader = UnitReader(files.tensors, inventory)  # the unit is read once for the spectra and the sweep
 
     def compute_spectra():
         metrics, table = unit_tables(model, unit, files.tensors, inventory, backend=snakemake.params.backend,
@@ -42,7 +43,7 @@ def main(snakemake):
 
     def compute_heads():
         dims = json.loads(open(files.dims).read())
-        table = unit_heads_table(model, unit, files.tensors, unit_inventory(files.inventory, unit), dims, selected)
+        table = unit_heads_table(model, unit, files.tensors, whole, dims, selected)
         if len(table):
             print(text_table(table, leave_out=("model", "unit")))
         return {"heads": table}
