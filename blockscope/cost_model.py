@@ -41,7 +41,7 @@ import pandas as pd
 
 from .atomic import write_json
 from .dtypes import PRECISION_TO_SAFETENSORS, numpy_dtype
-from .spectra import svd_method_for
+from .spectra import gram_block_rows, svd_method_for
 from .layout import PLAN_JOB_COLUMNS, unit_order
 
 METHODS = ("gesdd", "gram")
@@ -50,7 +50,7 @@ PER_UNIT_RULES = ("extract", "anatomy")
 GPU_RULES = ("anatomy",)  # the per-unit rules that compute with torch on CUDA
 PARTS = ("spectra", "precision", "heads")  # rule anatomy's parts, priced one by one
 MB = 1e6  # Snakemake's mem_mb and the benchmark files' max_rss are in MB
-CALIBRATION_VERSION = 8  # bump when what is measured changes: older caches are measured again
+CALIBRATION_VERSION = 9  # bump when what is measured changes: older caches are measured again
 SCRIPTS = Path(__file__).resolve().parent.parent / "workflow_scripts"
 
 # --- flop counts (docs/metrics.md, "Cost model") --------------------------------------------------
@@ -113,8 +113,10 @@ CUDA_START_EXTRA_S = 1.0  # CUDA context creation on top of the measured torch i
 class Throughput:
     """The rates a prediction divides by. rates: op -> FLOP/s (gemm32, gemm64, qr32, qr64,
     bidiag32, bidiag64, eigh64, heads); seconds per element of the element statistics (elements_s)
-    and of each precision's rounding cast (cast_s: precision -> seconds; numpy's float16
-    conversion is ~5x slower than the bit-level bf16 one), per squared eigenvalue count (eig2_s); io: bytes/s read and written through the tensor Parquet; start_s
+    and of each precision's round trips in the sweep (cast_s: precision -> seconds for the
+    verdict's pass and the Gram's rounded blocks; numpy's float16 conversion is ~5x slower than
+    the bit-level bf16 one), per squared eigenvalue count (eig2_s); io: bytes/s read and written
+    through the tensor Parquet; start_s
     and base_mb: a rule's process start and its resident memory after imports."""
     backend: str
     device: str
@@ -239,13 +241,18 @@ def _measure_elementwise() -> dict:
     squared eigenvalue count of the spectral metrics (the KS scan of the power-law fit)."""
     from .matrix_metrics import spectral_metrics
     from .metrics import element_stats, sparsity
-    from .spectra import cast_round_trip
+    from .spectra import RoundTrip
+    from .unit_analysis import round_trip_verdict
 
     rng = np.random.default_rng(1)
     matrix = rng.standard_normal((1024, 1024)).astype(np.float32)
     elements = _best(lambda: (element_stats(matrix), sparsity(matrix, 1e-6))) / matrix.size
-    cast = {precision: _best(lambda: cast_round_trip(matrix, precision, np.float32)) / matrix.size
-            for precision in PRECISION_TO_SAFETENSORS}
+
+    def round_trips(precision):  # what the sweep runs: the verdict's pass, then the Gram's rounded blocks
+        rounded = RoundTrip(matrix, precision, np.float32)
+        return round_trip_verdict(rounded), [block for _, block in rounded.row_blocks()]
+
+    cast = {precision: _best(lambda: round_trips(precision)) / matrix.size for precision in PRECISION_TO_SAFETENSORS}
     sigma = np.sort(np.abs(rng.standard_normal(768)))[::-1] ** 1.5
     eig2 = _best(lambda: spectral_metrics(sigma, 768, 3072, "F32", 0.1)) / 768**2
     return {"elements_s": elements, "cast_s": cast, "eig2_s": eig2}
@@ -426,10 +433,10 @@ def chosen_method(rows: int, cols: int, bits: int, method: str) -> str:
 
 def svd_workspace_bytes(rows: int, cols: int, bits: int, method: str) -> float:
     """The arrays one SVD holds beyond its input: gesdd a copy and its work arrays; gram the
-    float64 copy, the n x n Gram matrix and eigh's copy of it."""
+    float64 block buffer, the n x n Gram matrix and eigh's copy of it."""
     m, n = max(rows, cols), min(rows, cols)
     if method == "gram":
-        return 8 * (m * n + 2 * n * n)
+        return 8 * (min(m, gram_block_rows(n)) * n + 2 * n * n)
     return bits // 8 * (m * n + n * n + 8 * n)
 
 
@@ -506,7 +513,10 @@ def predict_precision(rows, t: Throughput, method="gesdd", compute_dtype="float3
                 for shape in tensor_matrices(info)]
         svd, f, w = _svd_cost(todo, bits, method, t)
         seconds += svd + _elements(todo) * t.cast_s[precision]
-        flops, workspace, held = flops + f, max(workspace, w), max(held, _elements(todo) * bits / 8)
+        # on the CPU a rounded matrix is held only inside its SVD (gesdd's copy, the Gram's blocks:
+        # the workspace); torch stacks a precision's rounded matrices for the device
+        batch = _elements(todo) * bits / 8 if t.backend != "cpu" else 0.0
+        flops, workspace, held = flops + f, max(workspace, w), max(held, batch)
     matrices = _bytes(rows) + _elements(matrix_shapes(rows)) * read_bits / 8  # as read, and upcast
     return Job(seconds, (matrices + held + workspace) / MB, flops)
 

@@ -105,7 +105,10 @@ def singular_values(matrix: np.ndarray) -> np.ndarray:
 # auto's shape rule (measured on a 2-core CPU, docs/metrics.md "SVD method"): gram when the matrix
 # is at least GRAM_ASPECT times longer than wide or its short side is at least GRAM_MIN_SIDE.
 GRAM_ASPECT, GRAM_MIN_SIDE = 1.5, 768
-GRAM_BLOCK_ROWS = 4096  # rows upcast to float64 at a time: the Gram's extra memory stays small
+# Entries upcast to float64 at a time (16 MB): the Gram's extra memory stays small, and the block,
+# with the rounding temporaries of a precision sweep, stays below glibc's largest mmap threshold
+# (32 MB), so it is reused from the heap instead of mapped and faulted in anew for every block.
+GRAM_BLOCK_ENTRIES = 1 << 21
 EPS64 = float(np.finfo(np.float64).eps)
 
 
@@ -126,20 +129,34 @@ def gram_pays_off(shape) -> bool:
     return short > 0 and (long / short >= GRAM_ASPECT or short >= GRAM_MIN_SIDE or work(shape) <= NUMPY_GESDD_MAX)
 
 
-def gram_matrix(matrix: np.ndarray) -> np.ndarray:
+def gram_block_rows(n: int) -> int:
+    """Rows of a Gram block for a short side of n: GRAM_BLOCK_ENTRIES entries, at least 256 rows
+    (BLAS-3 keeps its speed down to there)."""
+    return max(256, GRAM_BLOCK_ENTRIES // max(n, 1))
+
+
+def gram_matrix(matrix) -> np.ndarray:
     """W^T W of a tall matrix, W W^T of a wide one: n x n, n = min(rows, cols), in float64,
-    accumulated over blocks of GRAM_BLOCK_ROWS rows, by numpy's product (both triangles) up to
-    NUMPY_GRAM_MAX, by BLAS dsyrk (upper triangle only) above."""
+    accumulated over row blocks (gram_block_rows) copied into one float64 buffer, by numpy's
+    product (both triangles) up to NUMPY_GRAM_MAX, by BLAS dsyrk (upper triangle only) above.
+    `matrix`: an array, or anything that slices like one (a RoundTrip rounds each block)."""
     tall = matrix if matrix.shape[0] >= matrix.shape[1] else matrix.T
     n = tall.shape[1]
-    blocks = (np.ascontiguousarray(tall[start:start + GRAM_BLOCK_ROWS], dtype=np.float64)
-              for start in range(0, tall.shape[0], GRAM_BLOCK_ROWS))
+    rows = gram_block_rows(n)
+    buffer = np.empty((min(rows, tall.shape[0]), n))
+
+    def blocks():
+        for start in range(0, tall.shape[0], rows):
+            block = tall[start:start + rows]
+            np.copyto(buffer[:len(block)], block)
+            yield buffer[:len(block)]
+
     if work(matrix.shape) <= NUMPY_GRAM_MAX:
-        return sum(block.T @ block for block in blocks)
+        return sum(block.T @ block for block in blocks())
     from scipy.linalg.blas import dsyrk
 
     gram = np.zeros((n, n), order="F")
-    for block in blocks:
+    for block in blocks():
         gram = dsyrk(1.0, block.T, beta=1.0, c=gram, trans=0, overwrite_c=1)  # += block^T block
     return gram
 
@@ -239,7 +256,7 @@ def compute_spectra(matrices: list, backend: str, method: str = "gesdd"):
     for matrix in matrices:
         started = time.perf_counter()
         chosen = svd_method_for(method, matrix.shape, matrix.dtype)
-        sigmas.append(SINGULAR_VALUES[chosen](matrix.copy() if chosen == "gesdd" else matrix))  # gesdd overwrites
+        sigmas.append(SINGULAR_VALUES[chosen](np.array(matrix) if chosen == "gesdd" else matrix))  # gesdd overwrites
         seconds.append(time.perf_counter() - started)
     return sigmas, seconds, "cpu"
 
@@ -276,18 +293,57 @@ def svd_dtype(precision: str, compute_dtype) -> np.dtype:
     return np.promote_types(natural, np.dtype(compute_dtype))
 
 
-def cast_round_trip(matrix: np.ndarray, precision: str, compute_dtype) -> np.ndarray:
+def round_trip_scale(matrix, precision: str) -> float:
+    """The per-tensor scale of a SCALED_PRECISIONS format (amax / format max; 1.0 for the others,
+    for a zero matrix and for a non-finite amax)."""
+    if precision not in SCALED_PRECISIONS or not matrix.size:
+        return 1.0
+    amax = float(np.max(np.abs(matrix)))
+    return amax / SCALED_PRECISIONS[precision] if amax > 0 and np.isfinite(amax) else 1.0
+
+
+def cast_round_trip(matrix: np.ndarray, precision: str, compute_dtype, scale: float | None = None) -> np.ndarray:
     """The matrix rounded to `precision` and back, in `compute_dtype`. Rounding starts from the
     matrix as given (read it in float64 and the fp64 round trip keeps every bit); the result is
-    then held in compute_dtype (see svd_dtype for the dtype each precision needs)."""
+    then held in compute_dtype (see svd_dtype for the dtype each precision needs). scale: the
+    whole tensor's round_trip_scale, for a caller that rounds it a block at a time."""
     matrix = np.asarray(matrix)
     if matrix.dtype.kind != "f":
         matrix = matrix.astype(np.float64)
     compute_dtype = np.dtype(compute_dtype).type
-    scale = 1.0
-    if precision in SCALED_PRECISIONS:
-        amax = float(np.max(np.abs(matrix))) if matrix.size else 0.0
-        scale = amax / SCALED_PRECISIONS[precision] if amax > 0 and np.isfinite(amax) else 1.0
+    scale = round_trip_scale(matrix, precision) if scale is None else scale
     scaled = matrix / matrix.dtype.type(scale) if scale != 1.0 else matrix
     rounded = scaled.astype(precision_dtype(precision)).astype(compute_dtype)
     return rounded * compute_dtype(scale) if scale != 1.0 else rounded
+
+
+class RoundTrip:
+    """A matrix rounded to `precision` and back in `dtype` (cast_round_trip), rounded as it is
+    read: indexing rounds what it selects (rounding is elementwise, so it commutes with any slice
+    and with the transpose), np.asarray rounds it all. The Gram path reads it a block at a time,
+    so the precision sweep never holds a rounded copy of a large matrix."""
+
+    def __init__(self, source: np.ndarray, precision: str, dtype, scale: float | None = None):
+        self.source, self.precision, self.dtype = source, precision, np.dtype(dtype)
+        self.scale = round_trip_scale(source, precision) if scale is None else scale
+        self.shape, self.size = source.shape, source.size
+
+    @property
+    def T(self):
+        return RoundTrip(self.source.T, self.precision, self.dtype, self.scale)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return cast_round_trip(self.source[key], self.precision, self.dtype, self.scale)
+
+    def __array__(self, dtype=None, copy=None):
+        rounded = self[...]
+        return rounded if dtype is None else rounded.astype(dtype)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def row_blocks(self):
+        """(source block, rounded block) pairs over blocks of rows, GRAM_BLOCK_ENTRIES each."""
+        rows = gram_block_rows(self.shape[1] if len(self.shape) > 1 else 1)
+        for start in range(0, self.shape[0], rows):
+            yield self.source[start:start + rows], self[start:start + rows]

@@ -17,7 +17,7 @@ from .layout import (ELEMENT_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTR
 from .metrics import SPARSITY_THRESHOLD, element_stats, sparsity
 from .matrix_metrics import check_matrix, matrix_metrics
 from .tables import is_missing, records, table_from_rows, table_of
-from .spectra import (Matrix, cast_round_trip, compute_spectra, matrices_of, not_a_matrix, round_trip_is_exact, svd_dtype,
+from .spectra import (Matrix, RoundTrip, compute_spectra, matrices_of, not_a_matrix, round_trip_is_exact, svd_dtype,
                       svd_method_for, upcast)
 from .tensors import iter_unit
 
@@ -180,6 +180,20 @@ def _hill(sigma, hill_fraction):
     return value, k, "ok" if np.isfinite(value) else "too few eigenvalues"
 
 
+def round_trip_verdict(rounded: RoundTrip, compare: bool = True) -> tuple:
+    """(problem, unchanged) of a rounded matrix in one pass over its row blocks, never held whole:
+    check_matrix's reason it cannot be analysed (an overflow to Inf, say; None when it can), and,
+    with compare, whether the round trip changed no value (False unasked)."""
+    finite, unchanged = True, compare
+    for source, block in rounded.row_blocks():
+        finite = bool(np.isfinite(block).all())
+        unchanged = unchanged and np.array_equal(block, source)
+        if not finite:
+            break
+    problem = None if finite and rounded.size else check_matrix(np.asarray(rounded))
+    return problem, unchanged and problem is None
+
+
 def precision_sweep(*args, **kwargs):
     """precision_table as a DataFrame."""
     return precision_table(*args, **kwargs).to_pandas()
@@ -213,11 +227,11 @@ def precision_table(model, unit, tensor_path, inventory_rows, spectra, precision
         for i, (matrix, info) in enumerate(items):
             reusable = dtype == compute and matrix.name in known
             exact = reusable and round_trip_is_exact(info["dtype"], precision)  # then not even cast
-            rounded = matrix.values if exact else cast_round_trip(matrix.values, precision, dtype)
-            problem = None if exact else check_matrix(rounded)
+            rounded = None if exact else RoundTrip(matrix.values, precision, dtype)
+            problem, unchanged = (None, True) if exact else round_trip_verdict(rounded, compare=reusable)
             if problem is not None:
                 found[i, precision] = (float("nan"), 0, f"{precision}: {problem}", "none", "none")
-            elif exact or (reusable and np.array_equal(rounded, matrix.values)):
+            elif reusable and unchanged:
                 found[i, precision] = (*_hill(known[matrix.name], hill_fraction),
                                        spectra_backend.get(matrix.name, "spectra"),
                                        spectra_method.get(matrix.name, "spectra"))

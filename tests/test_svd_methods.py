@@ -174,3 +174,24 @@ def test_config_key_svd_method():
     with pytest.raises(BlockscopeError) as info:
         validate_config(with_llama(svd_method="eig"))
     assert "config key svd_method: 'eig' is not allowed; allowed: auto, gesdd, gram" in str(info.value)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp8-e4m3"])
+def test_a_round_trip_read_in_blocks_equals_the_whole_cast(precision, monkeypatch):
+    """RoundTrip rounds what it is asked for, with the whole matrix's fp8 scale; the Gram of its
+    blocks is bit-identical to the Gram of the matrix cast whole, tall and wide."""
+    import blockscope.spectra as spectra
+
+    monkeypatch.setattr(spectra, "GRAM_BLOCK_ENTRIES", 256 * 24)  # 256-row blocks: several per matrix
+    rng = np.random.default_rng(11)
+    matrix = rng.standard_normal((700, 24)).astype(np.float32)
+    matrix[650, 3] = 40.0  # the amax lies in the last block: every block is scaled by it
+    whole = spectra.cast_round_trip(matrix, precision, np.float32)
+    rounded = spectra.RoundTrip(matrix, precision, np.float32)
+    assert np.array_equal(np.asarray(rounded), whole)
+    assert np.array_equal(rounded[100:300], whole[100:300]) and np.array_equal(rounded.T[5], whole.T[5])
+    for source, cast in ((matrix, whole), (matrix.T, whole.T)):
+        assert np.array_equal(spectra.gram_matrix(spectra.RoundTrip(source, precision, np.float32)),
+                              spectra.gram_matrix(cast))
+    assert np.array_equal(spectra.singular_values_gram(rounded), spectra.singular_values_gram(whole))
+    assert rounded.shape == matrix.shape and rounded.dtype == np.float32

@@ -190,9 +190,9 @@ def test_one_read_serves_the_spectra_and_the_sweep_and_exact_round_trips_are_not
     path, inventory = _unit(tmp_path, tensors)
     rows = inventory.to_dict("records")
     reads, casts = [], []
-    real_read, real_cast = unit_analysis.unit_matrices, unit_analysis.cast_round_trip
+    real_read, real_round_trip = unit_analysis.unit_matrices, unit_analysis.RoundTrip
     monkeypatch.setattr(unit_analysis, "unit_matrices", lambda *a: reads.append(a[2]) or real_read(*a))
-    monkeypatch.setattr(unit_analysis, "cast_round_trip", lambda m, p, d: casts.append(p) or real_cast(m, p, d))
+    monkeypatch.setattr(unit_analysis, "RoundTrip", lambda m, p, d: casts.append(p) or real_round_trip(m, p, d))
     reader = UnitReader(path, rows)
     metrics, spectra = unit_tables("m", "layer_000", path, rows, reader=reader)
     shared = unit_analysis.precision_table("m", "layer_000", path, rows, spectra, ["fp32", "bf16"],
@@ -205,3 +205,48 @@ def test_one_read_serves_the_spectra_and_the_sweep_and_exact_round_trips_are_not
     assert row["backend"] == "spectra" and row["alpha_hill"] == pytest.approx(  # reused, not recomputed
         metrics.to_pandas().set_index("param_name").loc["attn.q_proj.weight", "alpha_hill"])
     assert shared.set_index(["param_name", "precision"]).loc[("attn.broken.weight", "fp32"), "status"].startswith("fp32")
+
+
+def test_round_trip_verdict_finds_overflow_and_unchanged_matrices():
+    from blockscope.spectra import RoundTrip
+    from blockscope.unit_analysis import round_trip_verdict
+
+    rng = np.random.default_rng(5)
+    matrix = rng.standard_normal((300, 20)).astype(np.float32)
+    assert round_trip_verdict(RoundTrip(matrix, "fp16", np.float32)) == (None, False)
+    representable = matrix.astype(np.float16).astype(np.float32)  # every value an fp16 value
+    assert round_trip_verdict(RoundTrip(representable, "fp16", np.float32)) == (None, True)
+    assert round_trip_verdict(RoundTrip(representable, "fp16", np.float32), compare=False) == (None, False)
+    matrix[299, 0] = 1e5  # above fp16's 65504: Inf after the round trip
+    problem, unchanged = round_trip_verdict(RoundTrip(matrix, "fp16", np.float32))
+    assert "1 Inf" in problem and not unchanged
+    assert round_trip_verdict(RoundTrip(matrix, "bf16", np.float32))[0] is None  # bf16 has float32's range
+
+
+def test_the_sweep_never_holds_a_rounded_copy_of_a_matrix(tmp_path, monkeypatch):
+    """On the CPU each precision is rounded block by block into the Gram: the sweep's peak
+    allocation stays under half the matrix, where a whole fp16 cast and back takes 1.5x."""
+    import tracemalloc
+
+    import blockscope.spectra as spectra
+    from blockscope.unit_analysis import UnitReader, _hill, precision_table, unit_tables
+
+    monkeypatch.setattr(spectra, "GRAM_BLOCK_ENTRIES", 1 << 15)
+    matrix = np.random.default_rng(6).standard_normal((40000, 48)).astype(np.float32)  # 7.7 MB
+    path, inventory = _unit(tmp_path, {"mlp.up_proj.weight": matrix})
+    rows = inventory.to_dict("records")
+    reader = UnitReader(path, rows)
+    _, spectra_table = unit_tables("m", "layer_000", path, rows, reader=reader)
+    reader(np.float32)  # held: the sweep reuses it
+    tracemalloc.start()
+    try:
+        table = precision_table("m", "layer_000", path, rows, spectra_table, ["fp16", "bf16"], reader=reader)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 200_000 < peak < 0.5 * matrix.nbytes  # numpy's buffers are traced: the Gram's block is seen
+    sweep = table.to_pandas().set_index("precision")
+    assert (sweep["status"] == "ok").all() and sweep["svd_method"].eq("gram").all()
+    for precision in ("fp16", "bf16"):  # the values of the matrix cast whole
+        whole = spectra.singular_values_gram(spectra.cast_round_trip(matrix, precision, np.float32))
+        assert sweep.loc[precision, "alpha_hill"] == _hill(whole, 0.1)[0]
