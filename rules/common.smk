@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from snakemake.exceptions import IncompleteCheckpointException
 
 from blockscope import cost_model as cost
 from blockscope import layout
@@ -109,6 +110,25 @@ def predicted(rule, resource):
         job = predicted_job(wildcards.model, rule, wildcards.unit)
         return cost.slurm_request(job, attempt, PLAN["safety"])[resource]
     return request
+
+
+# Scheduling, longest first (LPT): among the jobs ready at once Snakemake starts those of the
+# highest priority, so a long job (a large vocabulary's embedding unit) does not start last and
+# run alone while the other cores idle. Per-unit jobs rank by their predicted seconds; the
+# model-level jobs that run for minutes rank above them (MINUTES_LONG), the plan above all (its
+# total is printed before the heavy jobs run). Modest numbers: they weigh the ILP scheduler's objective.
+PLAN_PRIORITY, MINUTES_LONG = 1e5, 1e4
+
+
+def longest_first(rule):
+    """A per-unit rule's priority: the cost model's predicted seconds of the job; 0 while the
+    inventory is not there (Snakemake asks again after the checkpoint has run)."""
+    def priority(wildcards):
+        try:
+            return round(predicted_job(wildcards.model, rule, wildcards.unit).seconds, 3)
+        except (IncompleteCheckpointException, FileNotFoundError):
+            return 0
+    return priority
 
 
 def model_dims(model):

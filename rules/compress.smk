@@ -27,6 +27,7 @@ rule compress_quant:
     resources:
         gpu=GPU_CLAIM,
         mem_mb=12000,
+    priority: MINUTES_LONG
     conda:
         "../envs/blockscope.yaml"
     script:
@@ -60,6 +61,7 @@ rule compress_prune:
     resources:
         gpu=GPU_CLAIM,
         mem_mb=12000,
+    priority: MINUTES_LONG
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -23,6 +23,7 @@ rule embedding:
         benchmark("embedding")
     resources:
         mem_mb=8000,
+    priority: MINUTES_LONG
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -26,6 +26,7 @@ rule evaluate_base:
     resources:
         gpu=GPU_CLAIM,
         mem_mb=12000,
+    priority: MINUTES_LONG
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -55,6 +55,7 @@ rule extract:
     resources:
         mem_mb=predicted("extract", "mem_mb"),
         runtime=predicted("extract", "runtime"),
+    priority: longest_first("extract")
     conda:
         "../envs/blockscope.yaml"
     script:

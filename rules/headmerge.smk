@@ -42,6 +42,7 @@ rule headmerge:
     resources:
         gpu=GPU_CLAIM,
         mem_mb=12000,
+    priority: MINUTES_LONG
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -15,7 +15,7 @@ rule plan:
         "logs/{model}/plan.log",
     benchmark:
         benchmark("plan")
-    priority: 50  # as soon as the inventory is there: its total is printed before the heavy jobs run
+    priority: PLAN_PRIORITY  # as soon as the inventory is there: its total is printed before the heavy jobs run
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -37,6 +37,7 @@ rule anatomy:
         gpu=GPU_CLAIM,
         mem_mb=predicted("anatomy", "mem_mb"),
         runtime=predicted("anatomy", "runtime"),
+    priority: longest_first("anatomy")
     conda:
         "../envs/blockscope.yaml"
     script:

@@ -19,14 +19,14 @@ TINY_LLAMA = {
 }
 
 
-def run_workflow(workdir, config, *args, check=True, snakefile=ROOT / "Snakefile"):
+def run_workflow(workdir, config, *args, check=True, snakefile=ROOT / "Snakefile", cores=2):
     """Run the real Snakefile in workdir with config written to workdir/config.yaml."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     # args (targets, options) first: --resources takes any number of values after it
     command = [str(SNAKEMAKE), *args, "--snakefile", str(snakefile), "--directory", str(workdir),
-               "--cores", "2", "--resources", "gpu=1"]
+               "--cores", str(cores), "--resources", "gpu=1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:

@@ -442,8 +442,34 @@ def test_the_plan_prices_every_per_unit_job_before_they_run(finished):
     units = json.loads((finished / layout.MODEL_JSON.format(model="tiny-llama")).read_text())["units"]
     priced = {(job["unit"], job["rule"]) for job in plan["jobs"]}
     assert priced == {(unit, rule) for unit in units for rule in cost.PER_UNIT_RULES}
-    assert plan["totals"]["seconds"] == pytest.approx(sum(job["seconds"] for job in plan["jobs"]), rel=1e-3)
+    rounding = 0.0005 * len(plan["jobs"])  # each job's seconds are written to 3 decimals
+    assert plan["totals"]["seconds"] == pytest.approx(sum(job["seconds"] for job in plan["jobs"]), abs=rounding)
     assert plan["throughput"]["basis"] == "measured" and plan["backend"] == "cpu"
+
+
+def test_the_longest_predicted_job_starts_first(finished, tmp_path):
+    """On one core, jobs ready at once run in the order of their predicted seconds, longest first
+    (the per-unit rules' priority: longest_first): a wide vocabulary's embedding and output head
+    before the layers, so a long unit never runs alone at the end of a run."""
+    import json
+
+    work = clone(finished, tmp_path)
+    wide = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 30000, "tie_word_embeddings": False}
+    config = {**BASE, "models": {**BASE["models"], "wide": {"source": "synthetic", "config": wide, "seed": 0}}}
+    run_workflow(work, config, layout.PLAN.format(model="wide"))
+    units = json.loads((work / layout.MODEL_JSON.format(model="wide")).read_text())["units"]
+    run_workflow(work, config, *[layout.TENSORS.format(model="wide", unit=unit) for unit in units])
+    result = run_workflow(work, config, *[layout.SPECTRA.format(model="wide", unit=unit) for unit in units], cores=1)
+    started = re.findall(r"^(?:local)?rule anatomy:\n(?:.*\n)*?\s+wildcards: model=wide, unit=(\w+)\n"
+                         r"\s+priority: ([\d.]+)", result.stdout + result.stderr, re.M)
+    plan = json.loads((work / layout.PLAN.format(model="wide")).read_text())
+    predicted = {job["unit"]: job["seconds"] for job in plan["jobs"] if job["rule"] == "anatomy"}
+    assert sorted(unit for unit, _ in started) == sorted(units)
+    assert {unit for unit, _ in started[:2]} == {"embed", "lm_head"}  # 30000 x 64 each
+    seconds = [float(priority) for _, priority in started]
+    assert seconds == sorted(seconds, reverse=True) and seconds[0] > seconds[-1]
+    assert all(float(priority) == pytest.approx(predicted[unit], abs=1e-3) for unit, priority in started)
 
 
 def test_slurm_requests_are_the_cost_models_predictions_times_the_safety(finished):
@@ -452,7 +478,7 @@ def test_slurm_requests_are_the_cost_models_predictions_times_the_safety(finishe
     targets = ["results/tiny-llama/spectra/layer_000.parquet", "results/tiny-llama/heads/layer_001.parquet"]
     result = run_workflow(finished, BASE, "--dry-run", *targets, "--forcerun", "anatomy")
     asked = dict(re.findall(r"^rule anatomy:\n(?:.*\n)*?\s+wildcards: model=tiny-llama, unit=(layer_000|layer_001)\n"
-                            r"\s+resources: .*?(runtime=\d+, mem_mb=\d+)", result.stdout, re.M))
+                            r"(?:\s+priority: .*\n)?\s+resources: .*?(runtime=\d+, mem_mb=\d+)", result.stdout, re.M))
     dims = json.loads((finished / layout.MODEL_JSON.format(model="tiny-llama")).read_text())
     jobs = cost.predicted_jobs(finished / layout.INVENTORY.format(model="tiny-llama"), dims, None,
                                method="auto", precisions=["fp32", "fp16", "bf16"])  # the defaults of config.yaml
