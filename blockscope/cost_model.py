@@ -432,12 +432,13 @@ def chosen_method(rows: int, cols: int, bits: int, method: str) -> str:
 
 
 def svd_workspace_bytes(rows: int, cols: int, bits: int, method: str) -> float:
-    """The arrays one SVD holds beyond its input: gesdd a copy and its work arrays; gram the
-    float64 block buffer, the n x n Gram matrix and eigh's copy of it."""
+    """The arrays one SVD holds beyond its input: gesdd two copies (the caller's, which LAPACK
+    needs column-major and copies again) and its work arrays; gram the float64 block buffer,
+    the n x n Gram matrix and eigh's copy of it."""
     m, n = max(rows, cols), min(rows, cols)
     if method == "gram":
         return 8 * (min(m, gram_block_rows(n)) * n + 2 * n * n)
-    return bits // 8 * (m * n + n * n + 8 * n)
+    return bits // 8 * (2 * m * n + n * n + 8 * n)
 
 
 def _bytes(rows: pd.DataFrame) -> float:

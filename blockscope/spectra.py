@@ -298,7 +298,7 @@ def round_trip_scale(matrix, precision: str) -> float:
     for a zero matrix and for a non-finite amax)."""
     if precision not in SCALED_PRECISIONS or not matrix.size:
         return 1.0
-    amax = float(np.max(np.abs(matrix)))
+    amax = max(float(np.max(matrix)), -float(np.min(matrix)))  # no |matrix| copy; NaN stays NaN
     return amax / SCALED_PRECISIONS[precision] if amax > 0 and np.isfinite(amax) else 1.0
 
 
@@ -336,6 +336,8 @@ class RoundTrip:
         return cast_round_trip(self.source[key], self.precision, self.dtype, self.scale)
 
     def __array__(self, dtype=None, copy=None):
+        if copy is False:
+            raise ValueError("a RoundTrip is rounded on demand: it has no array to share without a copy")
         rounded = self[...]
         return rounded if dtype is None else rounded.astype(dtype)
 

@@ -195,3 +195,8 @@ def test_a_round_trip_read_in_blocks_equals_the_whole_cast(precision, monkeypatc
                               spectra.gram_matrix(cast))
     assert np.array_equal(spectra.singular_values_gram(rounded), spectra.singular_values_gram(whole))
     assert rounded.shape == matrix.shape and rounded.dtype == np.float32
+    with pytest.raises(ValueError):
+        np.asarray(rounded, copy=False)  # nothing to share: it is rounded on demand
+    nan = matrix.copy()
+    nan[0, 0] = np.nan  # a NaN amax leaves the tensor unscaled, as a whole-matrix |max| would
+    assert spectra.round_trip_scale(nan, precision) == 1.0
