@@ -341,11 +341,8 @@ class RoundTrip:
         rounded = self[...]
         return rounded if dtype is None else rounded.astype(dtype)
 
-    def __len__(self):
-        return self.shape[0]
-
     def row_blocks(self):
         """(source block, rounded block) pairs over blocks of rows, GRAM_BLOCK_ENTRIES each."""
-        rows = gram_block_rows(self.shape[1] if len(self.shape) > 1 else 1)
+        rows = gram_block_rows(self.shape[1])
         for start in range(0, self.shape[0], rows):
             yield self.source[start:start + rows], self[start:start + rows]
