@@ -50,7 +50,7 @@ PER_UNIT_RULES = ("extract", "anatomy")
 GPU_RULES = ("anatomy",)  # the per-unit rules that compute with torch on CUDA
 PARTS = ("spectra", "precision", "heads")  # rule anatomy's parts, priced one by one
 MB = 1e6  # Snakemake's mem_mb and the benchmark files' max_rss are in MB
-CALIBRATION_VERSION = 9  # bump when what is measured changes: older caches are measured again
+CALIBRATION_VERSION = 10  # bump when what is measured changes: older caches are measured again
 SCRIPTS = Path(__file__).resolve().parent.parent / "workflow_scripts"
 
 # --- flop counts (docs/metrics.md, "Cost model") --------------------------------------------------
@@ -113,8 +113,8 @@ CUDA_START_EXTRA_S = 1.0  # CUDA context creation on top of the measured torch i
 class Throughput:
     """The rates a prediction divides by. rates: op -> FLOP/s (gemm32, gemm64, qr32, qr64,
     bidiag32, bidiag64, eigh64, heads); seconds per element of the element statistics (elements_s)
-    and of each precision's round trips in the sweep (cast_s: precision -> seconds for the
-    verdict's pass and the Gram's rounded blocks; numpy's float16 conversion is ~5x slower than
+    and of each precision's round trip in the sweep (cast_s: precision -> seconds for the Gram's
+    rounded blocks, the one pass the sweep makes; numpy's float16 conversion is ~5x slower than
     the bit-level bf16 one), per squared eigenvalue count (eig2_s); io: bytes/s read and written
     through the tensor Parquet; start_s
     and base_mb: a rule's process start and its resident memory after imports."""
@@ -242,15 +242,13 @@ def _measure_elementwise() -> dict:
     from .matrix_metrics import spectral_metrics
     from .metrics import element_stats, sparsity
     from .spectra import RoundTrip
-    from .unit_analysis import round_trip_verdict
 
     rng = np.random.default_rng(1)
     matrix = rng.standard_normal((1024, 1024)).astype(np.float32)
     elements = _best(lambda: (element_stats(matrix), sparsity(matrix, 1e-6))) / matrix.size
 
-    def round_trips(precision):  # what the sweep runs: the verdict's pass, then the Gram's rounded blocks
-        rounded = RoundTrip(matrix, precision, np.float32)
-        return round_trip_verdict(rounded), [block for _, block in rounded.row_blocks()]
+    def round_trips(precision):  # what the sweep runs: the Gram's rounded blocks (round_trip_verdict
+        return [block for _, block in RoundTrip(matrix, precision, np.float32).row_blocks()]  # reads one)
 
     cast = {precision: _best(lambda: round_trips(precision)) / matrix.size for precision in PRECISION_TO_SAFETENSORS}
     sigma = np.sort(np.abs(rng.standard_normal(768)))[::-1] ** 1.5

@@ -185,10 +185,14 @@ def sigma_from_gram(eigs: np.ndarray, dtype) -> np.ndarray:
 
 
 def singular_values_gram(matrix: np.ndarray) -> np.ndarray:
-    """All min(rows, cols) singular values, descending, in matrix.dtype, from the float64 Gram."""
+    """All min(rows, cols) singular values, descending, in matrix.dtype, from the float64 Gram;
+    NaN for a matrix with a non-finite value (it makes the Gram non-finite)."""
     if matrix.size == 0:
         return np.zeros(0, matrix.dtype)
-    return sigma_from_gram(gram_eigenvalues(gram_matrix(matrix)), matrix.dtype)
+    gram = gram_matrix(matrix)
+    if not np.isfinite(gram).all():  # a non-finite matrix (the precision sweep's overflow check)
+        return np.full(len(gram), np.nan, matrix.dtype)
+    return sigma_from_gram(gram_eigenvalues(gram), matrix.dtype)
 
 
 SINGULAR_VALUES = {"gesdd": singular_values, "gram": singular_values_gram}

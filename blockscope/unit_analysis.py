@@ -180,18 +180,27 @@ def _hill(sigma, hill_fraction):
     return value, k, "ok" if np.isfinite(value) else "too few eigenvalues"
 
 
-def round_trip_verdict(rounded: RoundTrip, compare: bool = True) -> tuple:
-    """(problem, unchanged) of a rounded matrix in one pass over its row blocks, never held whole:
-    check_matrix's reason it cannot be analysed (an overflow to Inf, say; None when it can), and,
-    with compare, whether the round trip changed no value (False unasked)."""
+def round_trip_verdict(rounded: RoundTrip, compare: bool = True, check: bool = True) -> tuple:
+    """(problem, unchanged) of a rounded matrix in one pass over its row blocks, never held whole,
+    that stops as soon as what was asked is known: with check, check_matrix's reason it cannot be
+    analysed (an overflow to Inf, say; None when it can or unchecked); with compare, whether the
+    round trip changed no value (False unasked). Unchecked and compared, a changed matrix costs
+    one block: the sweep leaves the check to the Gram product, which reads every block anyway."""
     finite, unchanged = True, compare
-    for source, block in rounded.row_blocks():
-        finite = bool(np.isfinite(block).all())
-        unchanged = unchanged and np.array_equal(block, source)
-        if not finite:
+    for source, block in rounded.row_blocks() if check or compare else ():
+        finite = not check or bool(np.isfinite(block).all())
+        unchanged = unchanged and finite and np.array_equal(block, source)
+        if not (finite and (check or unchanged)):
             break
     problem = None if finite and rounded.size else check_matrix(np.asarray(rounded))
     return problem, unchanged and problem is None
+
+
+def gram_shows_overflow(backend: str, svd_method: str, shape, dtype) -> bool:
+    """True when the matrix's SVD is the LAPACK Gram path, whose singular values come out NaN for
+    a non-finite matrix (spectra.singular_values_gram): the sweep then needs no pass of its own to
+    find an overflow. gesdd and torch are given finite matrices only."""
+    return backend == "cpu" and svd_method_for(svd_method, shape, dtype) == "gram"
 
 
 def precision_sweep(*args, **kwargs):
@@ -228,7 +237,8 @@ def precision_table(model, unit, tensor_path, inventory_rows, spectra, precision
             reusable = dtype == compute and matrix.name in known
             exact = reusable and round_trip_is_exact(info["dtype"], precision)  # then not even cast
             rounded = None if exact else RoundTrip(matrix.values, precision, dtype)
-            problem, unchanged = (None, True) if exact else round_trip_verdict(rounded, compare=reusable)
+            check = not gram_shows_overflow(backend, svd_method, matrix.values.shape, dtype)
+            problem, unchanged = (None, True) if exact else round_trip_verdict(rounded, reusable, check)
             if problem is not None:
                 found[i, precision] = (float("nan"), 0, f"{precision}: {problem}", "none", "none")
             elif reusable and unchanged:
@@ -239,6 +249,10 @@ def precision_table(model, unit, tensor_path, inventory_rows, spectra, precision
                 todo.append((i, rounded))
         sigmas, _, used = compute_spectra([rounded for _, rounded in todo], backend, svd_method)
         for (i, rounded), sigma in zip(todo, sigmas):
+            if not np.isfinite(sigma).all():  # an overflow the Gram found (gram_shows_overflow)
+                problem = check_matrix(np.asarray(rounded)) or "non-finite singular values"
+                found[i, precision] = (float("nan"), 0, f"{precision}: {problem}", "none", "none")
+                continue
             found[i, precision] = (*_hill(sigma, hill_fraction), used,
                                    svd_method_for(svd_method, rounded.shape, rounded.dtype))
         del todo, sigmas

@@ -223,6 +223,51 @@ def test_round_trip_verdict_finds_overflow_and_unchanged_matrices():
     assert round_trip_verdict(RoundTrip(matrix, "bf16", np.float32))[0] is None  # bf16 has float32's range
 
 
+
+def test_an_unchecked_verdict_reads_one_block_of_a_changed_matrix(monkeypatch):
+    """The sweep leaves the overflow check to the Gram product: its verdict then rounds only
+    until the first changed block, where a checked one rounds every block."""
+    import blockscope.spectra as spectra
+    from blockscope.spectra import RoundTrip
+    from blockscope.unit_analysis import round_trip_verdict
+
+    monkeypatch.setattr(spectra, "GRAM_BLOCK_ENTRIES", 1 << 10)
+    matrix = np.random.default_rng(8).standard_normal((4096, 16)).astype(np.float32)  # 16 blocks of 256 rows
+
+    class Counted(RoundTrip):
+        reads = 0
+
+        def __getitem__(self, key):
+            Counted.reads += 1
+            return super().__getitem__(key)
+
+    assert round_trip_verdict(Counted(matrix, "fp16", np.float32), compare=True, check=False) == (None, False)
+    assert Counted.reads == 1
+    Counted.reads = 0
+    assert round_trip_verdict(Counted(matrix, "fp16", np.float32), compare=True, check=True) == (None, False)
+    assert Counted.reads == 16
+
+
+@pytest.mark.parametrize("svd_method", ["gram", "gesdd"])
+def test_an_fp16_overflow_is_reported_on_the_gram_path_and_on_gesdd(tmp_path, svd_method):
+    """The Gram path finds an overflow in its own product (NaN singular values, no pass of its
+    own); gesdd is checked before it runs. Both rows say the same, and bf16 is unaffected."""
+    from blockscope.spectra import singular_values_gram
+    from blockscope.unit_analysis import UnitReader, precision_table, unit_tables
+
+    matrix = np.random.default_rng(9).standard_normal((600, 40)).astype(np.float32)
+    matrix[599, 3] = 7e4  # above fp16's 65504: Inf after the round trip, in the last block
+    assert np.isnan(singular_values_gram(np.where(matrix > 6e4, np.inf, matrix))).all()
+    path, inventory = _unit(tmp_path, {"mlp.up_proj.weight": matrix})
+    rows = inventory.to_dict("records")
+    reader = UnitReader(path, rows)
+    _, spectra_table = unit_tables("m", "layer_000", path, rows, reader=reader, svd_method=svd_method)
+    sweep = precision_table("m", "layer_000", path, rows, spectra_table, ["fp16", "bf16"], reader=reader,
+                            svd_method=svd_method).to_pandas().set_index("precision")
+    assert sweep.loc["fp16", "status"] == "fp16: non-finite weights (0 NaN, 1 Inf)"
+    assert np.isnan(sweep.loc["fp16", "alpha_hill"]) and sweep.loc["fp16", "backend"] == "none"
+    assert sweep.loc["bf16", "status"] == "ok" and sweep.loc["bf16", "svd_method"] == svd_method
+
 def test_the_sweep_never_holds_a_rounded_copy_of_a_matrix(tmp_path, monkeypatch):
     """On the CPU each precision is rounded block by block into the Gram: the sweep's peak
     allocation stays under half the matrix, where a whole fp16 cast and back takes 1.5x."""
