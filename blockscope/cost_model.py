@@ -41,7 +41,7 @@ import pandas as pd
 
 from .atomic import write_json
 from .dtypes import PRECISION_TO_SAFETENSORS, numpy_dtype
-from .spectra import gram_block_rows, svd_method_for
+from .spectra import TWO_STAGE_MIN_N, gram_block_rows, svd_method_for, two_stage_eigenvalues
 from .layout import PLAN_JOB_COLUMNS, unit_order
 
 METHODS = ("gesdd", "gram")
@@ -112,7 +112,8 @@ CUDA_START_EXTRA_S = 1.0  # CUDA context creation on top of the measured torch i
 @dataclass
 class Throughput:
     """The rates a prediction divides by. rates: op -> FLOP/s (gemm32, gemm64, qr32, qr64,
-    bidiag32, bidiag64, eigh64, heads); seconds per element of the element statistics (elements_s)
+    bidiag32, bidiag64, eigh64, eigh64_two_stage (CPU, n >= spectra.TWO_STAGE_MIN_N), heads);
+    seconds per element of the element statistics (elements_s)
     and of each precision's round trip in the sweep (cast_s: precision -> seconds for the Gram's
     rounded blocks, the one pass the sweep makes; numpy's float16 conversion is ~5x slower than
     the bit-level bf16 one), per squared eigenvalue count (eig2_s); io: bytes/s read and written
@@ -233,7 +234,20 @@ def _measure_linear_algebra() -> dict:
     symmetric = symmetric + symmetric.T
     rates["eigh64"] = eigh_flops(640) / _best(
         lambda: scipy.linalg.eigh(symmetric, eigvals_only=True, check_finite=False, driver="evr"))
+    rates["eigh64_two_stage"] = _two_stage_rate(rng) or rates["eigh64"]
     return rates
+
+
+def _two_stage_rate(rng) -> float | None:
+    """FLOP/s of the Gram path's eigenvalues from spectra.TWO_STAGE_MIN_N up (LAPACK's two-stage
+    reduction, spectra.two_stage_eigenvalues), timed once at that size (~3 s here); None where
+    numpy's LAPACK has no two-stage solver (then syevd runs at every size)."""
+    solver = two_stage_eigenvalues()
+    if solver is None:
+        return None
+    symmetric = rng.standard_normal((TWO_STAGE_MIN_N, TWO_STAGE_MIN_N))
+    symmetric += symmetric.T
+    return eigh_flops(TWO_STAGE_MIN_N) / _best(lambda: solver(symmetric), repeats=1)
 
 
 def _measure_elementwise() -> dict:
@@ -419,7 +433,9 @@ def matrix_shapes(rows: pd.DataFrame) -> list:
 def svd_seconds(rows: int, cols: int, bits: int, method: str, rates: dict) -> float:
     """Seconds of the singular values of one matrix by `method`, at `bits` (32 or 64)."""
     if method == "gram":  # the Gram product and its eigenvalues run in float64
-        return gram_flops(rows, cols) / rates["gemm64"] + eigh_flops(min(rows, cols)) / rates["eigh64"]
+        n = min(rows, cols)
+        eigh = rates.get("eigh64_two_stage", rates["eigh64"]) if n >= TWO_STAGE_MIN_N else rates["eigh64"]
+        return gram_flops(rows, cols) / rates["gemm64"] + eigh_flops(n) / eigh
     qr, bidiag = gesdd_flops(rows, cols)
     return qr / rates[f"qr{bits}"] + bidiag / rates[f"bidiag{bits}"]
 

@@ -200,3 +200,29 @@ def test_a_round_trip_read_in_blocks_equals_the_whole_cast(precision, monkeypatc
     nan = matrix.copy()
     nan[0, 0] = np.nan  # a NaN amax leaves the tensor unscaled, as a whole-matrix |max| would
     assert spectra.round_trip_scale(nan, precision) == 1.0
+
+
+def test_the_two_stage_eigensolver_equals_syevd_and_leaves_its_input(monkeypatch):
+    """numpy's Linux wheels ship OpenBLAS with LAPACK's two-stage syevd: found here, equal to
+    numpy's syevd on a Gram held whole (C order) and on one held in its upper triangle only
+    (F order, as dsyrk leaves it), the input untouched; above TWO_STAGE_MIN_N the Gram path
+    takes it, and its singular values keep the float64 accuracy of the one-stage path."""
+    import blockscope.spectra as spectra
+
+    solver = spectra.two_stage_eigenvalues()
+    assert solver is not None
+    rng = np.random.default_rng(12)
+    matrix = rng.standard_normal((700, 300)) * np.logspace(0, -3, 300)  # eigenvalues over 6 decades
+    whole = matrix.T @ matrix
+    upper = np.asfortranarray(np.triu(whole))
+    expected = np.linalg.eigvalsh(whole)
+    for gram in (whole, upper):
+        kept = gram.copy()
+        assert np.allclose(solver(gram), expected, rtol=0, atol=1e-12 * expected[-1])
+        assert np.array_equal(gram, kept)
+    monkeypatch.setattr(spectra, "TWO_STAGE_MIN_N", 64)
+    stored = matrix.astype(np.float32)
+    reference = scipy.linalg.svdvals(stored.astype(np.float64))
+    sigma = singular_values_gram(stored)
+    resolved = reference >= 1e-3 * reference[0]
+    assert np.allclose(sigma[resolved], reference[resolved], rtol=1e-6)
