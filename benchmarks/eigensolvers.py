@@ -10,20 +10,11 @@ where spectra.TWO_STAGE_MIN_N should sit (docs/metrics.md "SVD method").
 """
 
 import argparse
-import time
 
 import numpy as np
 
+from blockscope.cost_model import best_seconds
 from blockscope.spectra import TWO_STAGE_MIN_N, two_stage_eigenvalues
-
-
-def best(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.process_time()
-        function()
-        times.append(time.process_time() - started)
-    return min(times)
 
 
 def main():
@@ -41,8 +32,8 @@ def main():
     for n in map(int, args.sizes.split(",")):
         wide = rng.standard_normal((n, 2 * n))
         gram = wide @ wide.T
-        one = best(lambda: np.linalg.eigvalsh(gram), args.repeats)
-        two = best(lambda: solver(gram), args.repeats)
+        one = best_seconds(lambda: np.linalg.eigvalsh(gram), args.repeats)
+        two = best_seconds(lambda: solver(gram), args.repeats)
         expected = np.linalg.eigvalsh(gram)
         diff = np.max(np.abs(solver(gram) - expected)) / expected[-1]
         print(f"| {n} | {one:.3f} | {two:.3f} | {one / two:.2f} | {diff:.1e} |", flush=True)

@@ -135,7 +135,7 @@ class Throughput:
     calibration_s: float = 0.0
 
 
-def _best(function, repeats: int = 3, clock=time.process_time) -> float:
+def best_seconds(function, repeats: int = 3, clock=time.process_time) -> float:
     """The fewest CPU seconds (all threads) of a few runs: CPU time, not wall, so that other
     processes on a shared machine do not count, and the best run, since noise only adds. A GPU
     is timed by the wall clock (clock=time.perf_counter)."""
@@ -222,17 +222,17 @@ def _measure_linear_algebra() -> dict:
     rates = {}
     for bits, dtype in ((32, np.float32), (64, np.float64)):
         square = rng.standard_normal((640, 640)).astype(dtype)
-        seconds = _best(lambda: scipy.linalg.svdvals(square.copy(), check_finite=False, overwrite_a=True))
+        seconds = best_seconds(lambda: scipy.linalg.svdvals(square.copy(), check_finite=False, overwrite_a=True))
         rates[f"bidiag{bits}"] = gesdd_flops(640, 640)[1] / seconds
         tall = rng.standard_normal((4096, 256)).astype(dtype)
-        seconds = _best(lambda: scipy.linalg.svdvals(tall.copy(), check_finite=False, overwrite_a=True))
+        seconds = best_seconds(lambda: scipy.linalg.svdvals(tall.copy(), check_finite=False, overwrite_a=True))
         qr, bidiag = gesdd_flops(*tall.shape)
         rates[f"qr{bits}"] = qr / max(seconds - bidiag / rates[f"bidiag{bits}"], seconds / 10)
         wide = rng.standard_normal((4096, 1024)).astype(dtype)
-        rates[f"gemm{bits}"] = gram_flops(*wide.shape) / _best(lambda: wide.T @ wide)
+        rates[f"gemm{bits}"] = gram_flops(*wide.shape) / best_seconds(lambda: wide.T @ wide)
     symmetric = rng.standard_normal((640, 640))
     symmetric = symmetric + symmetric.T
-    rates["eigh64"] = eigh_flops(640) / _best(
+    rates["eigh64"] = eigh_flops(640) / best_seconds(
         lambda: scipy.linalg.eigh(symmetric, eigvals_only=True, check_finite=False, driver="evr"))
     rates["eigh64_two_stage"] = _two_stage_rate(rng) or rates["eigh64"]
     return rates
@@ -247,7 +247,7 @@ def _two_stage_rate(rng) -> float | None:
         return None
     symmetric = rng.standard_normal((TWO_STAGE_MIN_N, TWO_STAGE_MIN_N))
     symmetric += symmetric.T
-    return eigh_flops(TWO_STAGE_MIN_N) / _best(lambda: solver(symmetric), repeats=1)
+    return eigh_flops(TWO_STAGE_MIN_N) / best_seconds(lambda: solver(symmetric), repeats=1)
 
 
 def _measure_elementwise() -> dict:
@@ -259,14 +259,14 @@ def _measure_elementwise() -> dict:
 
     rng = np.random.default_rng(1)
     matrix = rng.standard_normal((1024, 1024)).astype(np.float32)
-    elements = _best(lambda: (element_stats(matrix), sparsity(matrix, 1e-6))) / matrix.size
+    elements = best_seconds(lambda: (element_stats(matrix), sparsity(matrix, 1e-6))) / matrix.size
 
     def round_trips(precision):  # what the sweep runs: the Gram's rounded blocks (round_trip_verdict
         return [block for _, block in RoundTrip(matrix, precision, np.float32).row_blocks()]  # reads one)
 
-    cast = {precision: _best(lambda: round_trips(precision)) / matrix.size for precision in PRECISION_TO_SAFETENSORS}
+    cast = {precision: best_seconds(lambda: round_trips(precision)) / matrix.size for precision in PRECISION_TO_SAFETENSORS}
     sigma = np.sort(np.abs(rng.standard_normal(768)))[::-1] ** 1.5
-    eig2 = _best(lambda: spectral_metrics(sigma, 768, 3072, "F32", 0.1)) / 768**2
+    eig2 = best_seconds(lambda: spectral_metrics(sigma, 768, 3072, "F32", 0.1)) / 768**2
     return {"elements_s": elements, "cast_s": cast, "eig2_s": eig2}
 
 
@@ -278,7 +278,7 @@ def _measure_heads() -> float:
     weights = lambda: AttentionWeights(rng.standard_normal((heads * d, hidden)), rng.standard_normal((kv_heads * d, hidden)),
                                        rng.standard_normal((kv_heads * d, hidden)), rng.standard_normal((hidden, heads * d)),
                                        heads, kv_heads, d)
-    return heads_flops(heads, kv_heads, d, hidden) / _best(lambda: head_rows(weights()))
+    return heads_flops(heads, kv_heads, d, hidden) / best_seconds(lambda: head_rows(weights()))
 
 
 def _measure_io() -> tuple:
@@ -288,8 +288,8 @@ def _measure_io() -> tuple:
     array = np.random.default_rng(3).standard_normal((2048, 2048)).astype(np.float32)  # 16 MiB
     with tempfile.TemporaryDirectory() as folder:
         target = Path(folder) / "unit.parquet"
-        write = _best(lambda: write_unit([("w", "F32", array)], target), 2)
-        read = _best(lambda: [a.astype(np.float32) for _, a in iter_unit(target)], 2)
+        write = best_seconds(lambda: write_unit([("w", "F32", array)], target), 2)
+        read = best_seconds(lambda: [a.astype(np.float32) for _, a in iter_unit(target)], 2)
     return array.nbytes / read, array.nbytes / write
 
 
@@ -342,7 +342,7 @@ def _wall(function) -> float:
     """Best wall seconds of a GPU operation, synchronised."""
     import torch
 
-    return _best(lambda: (function(), torch.cuda.synchronize()), clock=time.perf_counter)
+    return best_seconds(lambda: (function(), torch.cuda.synchronize()), clock=time.perf_counter)
 
 
 def calibrate(backend: str = "cpu", device: str | None = None) -> Throughput:
