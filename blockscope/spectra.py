@@ -165,7 +165,8 @@ def gram_matrix(matrix) -> np.ndarray:
 
 # From this side up, LAPACK's two-stage tridiagonal reduction (dense -> band by BLAS-3, then band
 # -> tridiagonal) beats syevd's one-stage reduction, half of whose flops are memory-bound BLAS-2
-# (measured on a 2-core EPYC, one thread: n = 4096 6.9 s against 9.4 s; n = 2048 1.11 vs 0.98 s).
+# (benchmarks/eigensolvers.py, 2-core EPYC, one thread: n = 4096 7.6 s against 10.6 s, n = 3072 3.4 vs
+# 4.3 s; n = 2048 1.21 vs 1.13 s).
 TWO_STAGE_MIN_N = 3072
 
 
@@ -222,6 +223,12 @@ def sigma_from_gram(eigs: np.ndarray, dtype) -> np.ndarray:
         return np.zeros(0, dtype)
     resolved = eigs > gram_floor(max(eigs[0], 0.0), eigs.size)
     return np.sqrt(np.where(resolved, eigs, 0.0)).astype(dtype)
+
+
+# Why a finite matrix has NaN singular values on the Gram path: its float64 Gram overflowed
+# (entries near sqrt(float64 max), 1e154: only a float64 matrix holds such values, and its
+# eigenvalues sigma^2, which every heavy-tail metric reads, overflow float64 as well).
+GRAM_OVERFLOW = "the float64 Gram matrix overflows: weights near 1e154 have eigenvalues sigma^2 beyond float64"
 
 
 def singular_values_gram(matrix: np.ndarray) -> np.ndarray:

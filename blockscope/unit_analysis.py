@@ -17,8 +17,8 @@ from .layout import (ELEMENT_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTR
 from .metrics import SPARSITY_THRESHOLD, element_stats, sparsity
 from .matrix_metrics import check_matrix, matrix_metrics
 from .tables import is_missing, records, table_from_rows, table_of
-from .spectra import (Matrix, RoundTrip, compute_spectra, matrices_of, not_a_matrix, round_trip_is_exact, svd_dtype,
-                      svd_method_for, upcast)
+from .spectra import (GRAM_OVERFLOW, Matrix, RoundTrip, compute_spectra, matrices_of, not_a_matrix,
+                      round_trip_is_exact, svd_dtype, svd_method_for, upcast)
 from .tensors import iter_unit
 
 log = logging.getLogger(__name__)
@@ -126,15 +126,18 @@ def unit_tables(model, unit, tensor_path, inventory_rows, backend="cpu", compute
     finite = [i for i, (m, _) in enumerate(items) if check_matrix(m.values) is None]
     sigmas, seconds, used = compute_spectra([items[i][0].values for i in finite], backend, svd_method)
     by_item = {i: (s, t) for i, s, t in zip(finite, sigmas, seconds)}
+    overflowed = {i for i, (sigma, _) in by_item.items() if not np.isfinite(sigma).all()}  # GRAM_OVERFLOW
     metric_rows, spectra = [], {column: [] for column in SPECTRA_COLUMNS}
     for i, (matrix, info) in enumerate(items):
-        sigma, secs = by_item.get(i, (np.zeros(0), 0.0))
+        sigma, secs = (np.zeros(0), 0.0) if i in overflowed else by_item.get(i, (np.zeros(0), 0.0))
         row = {**_identity(model, unit, matrix, info),
                **matrix_metrics(matrix.values, sigma, info["source_dtype"], hill_fraction, sparsity_threshold),
                "dtype": info["dtype"], "source_dtype": info["source_dtype"], "compute_dtype": compute_dtype,
                "backend": used if i in by_item else "none",
                "svd_method": svd_method_for(svd_method, matrix.values.shape, dtype) if i in by_item else "none",
                "seconds": secs}
+        if i in overflowed:  # no spectrum: every spectral metric NaN, the element statistics kept
+            row.update({**dict.fromkeys(SPECTRAL_METRIC_COLUMNS, float("nan")), "status": GRAM_OVERFLOW, "warning": ""})
         metric_rows.append(row)
         for column in SPECTRA_COLUMNS[:5]:
             spectra[column] += [row[column]] * len(sigma)
@@ -180,12 +183,20 @@ def _hill(sigma, hill_fraction):
     return value, k, "ok" if np.isfinite(value) else "too few eigenvalues"
 
 
+# Rows an unchecked verdict compares first: a round trip that changes a matrix changes these.
+VERDICT_PROBE_ROWS = 8
+
+
 def round_trip_verdict(rounded: RoundTrip, compare: bool = True, check: bool = True) -> tuple:
     """(problem, unchanged) of a rounded matrix in one pass over its row blocks, never held whole,
     that stops as soon as what was asked is known: with check, check_matrix's reason it cannot be
     analysed (an overflow to Inf, say; None when it can or unchecked); with compare, whether the
     round trip changed no value (False unasked). Unchecked and compared, a changed matrix costs
-    one block: the sweep leaves the check to the Gram product, which reads every block anyway."""
+    its first VERDICT_PROBE_ROWS rows: the sweep leaves the check to the Gram product, which
+    reads every block anyway, so a matrix is rounded about once."""
+    probe = slice(0, VERDICT_PROBE_ROWS)
+    if compare and not check and not np.array_equal(rounded[probe], rounded.source[probe]):
+        return None if rounded.size else check_matrix(np.asarray(rounded)), False
     finite, unchanged = True, compare
     for source, block in rounded.row_blocks() if check or compare else ():
         finite = not check or bool(np.isfinite(block).all())
@@ -250,7 +261,7 @@ def precision_table(model, unit, tensor_path, inventory_rows, spectra, precision
         sigmas, _, used = compute_spectra([rounded for _, rounded in todo], backend, svd_method)
         for (i, rounded), sigma in zip(todo, sigmas):
             if not np.isfinite(sigma).all():  # an overflow the Gram found (gram_shows_overflow)
-                problem = check_matrix(np.asarray(rounded)) or "non-finite singular values"
+                problem = check_matrix(np.asarray(rounded)) or GRAM_OVERFLOW
                 found[i, precision] = (float("nan"), 0, f"{precision}: {problem}", "none", "none")
                 continue
             found[i, precision] = (*_hill(sigma, hill_fraction), used,

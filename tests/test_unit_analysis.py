@@ -224,28 +224,32 @@ def test_round_trip_verdict_finds_overflow_and_unchanged_matrices():
 
 
 
-def test_an_unchecked_verdict_reads_one_block_of_a_changed_matrix(monkeypatch):
-    """The sweep leaves the overflow check to the Gram product: its verdict then rounds only
-    until the first changed block, where a checked one rounds every block."""
-    import blockscope.spectra as spectra
+def test_an_unchecked_verdict_rounds_a_few_rows_of_a_changed_matrix():
+    """The sweep leaves the overflow check to the Gram product: its verdict then rounds only the
+    first rows of a changed matrix (VERDICT_PROBE_ROWS), where a checked one rounds it all; an
+    unchanged matrix is read whole either way."""
     from blockscope.spectra import RoundTrip
-    from blockscope.unit_analysis import round_trip_verdict
+    from blockscope.unit_analysis import VERDICT_PROBE_ROWS, round_trip_verdict
 
-    monkeypatch.setattr(spectra, "GRAM_BLOCK_ENTRIES", 1 << 10)
-    matrix = np.random.default_rng(8).standard_normal((4096, 16)).astype(np.float32)  # 16 blocks of 256 rows
+    matrix = np.random.default_rng(8).standard_normal((1000, 1000)).astype(np.float32)  # one Gram block
 
     class Counted(RoundTrip):
-        reads = 0
+        rounded = 0
 
         def __getitem__(self, key):
-            Counted.reads += 1
-            return super().__getitem__(key)
+            block = super().__getitem__(key)
+            Counted.rounded += block.size
+            return block
 
-    assert round_trip_verdict(Counted(matrix, "fp16", np.float32), compare=True, check=False) == (None, False)
-    assert Counted.reads == 1
-    Counted.reads = 0
-    assert round_trip_verdict(Counted(matrix, "fp16", np.float32), compare=True, check=True) == (None, False)
-    assert Counted.reads == 16
+    def rounded_by(source, **kwargs):
+        Counted.rounded = 0
+        verdict = round_trip_verdict(Counted(source, "fp16", np.float32), **kwargs)
+        return verdict, Counted.rounded
+
+    assert rounded_by(matrix, compare=True, check=False) == ((None, False), VERDICT_PROBE_ROWS * 1000)
+    assert rounded_by(matrix, compare=True, check=True) == ((None, False), matrix.size)
+    representable = matrix.astype(np.float16).astype(np.float32)
+    assert rounded_by(representable, compare=True, check=False)[0] == (None, True)
 
 
 @pytest.mark.parametrize("svd_method", ["gram", "gesdd"])
@@ -295,3 +299,21 @@ def test_the_sweep_never_holds_a_rounded_copy_of_a_matrix(tmp_path, monkeypatch)
     for precision in ("fp16", "bf16"):  # the values of the matrix cast whole
         whole = spectra.singular_values_gram(spectra.cast_round_trip(matrix, precision, np.float32))
         assert sweep.loc[precision, "alpha_hill"] == _hill(whole, 0.1)[0]
+
+
+def test_a_gram_that_overflows_gives_no_spectrum_and_says_so(tmp_path):
+    """Weights near 1e154 (a float64 matrix) overflow the float64 Gram: with svd_method gram the
+    matrix gets no spectrum (never NaN singular values), its spectral metrics are NaN with the
+    reason, and the sweep's fp64 row computes anew instead of reusing anything."""
+    from blockscope.spectra import GRAM_OVERFLOW
+
+    matrix = np.random.default_rng(13).standard_normal((60, 30)) * 1e160
+    path, inventory = _f64_unit(tmp_path, matrix)
+    metrics, spectra = analyse_unit("m", "layer_000", path, inventory, compute_dtype="float64", svd_method="gram")
+    row = metrics.set_index("param_name").loc["attn.q_proj.weight"]
+    assert row["status"] == GRAM_OVERFLOW and np.isnan(row["alpha"]) and np.isnan(row["sigma_max"])
+    assert row["std"] == pytest.approx(matrix.std(), rel=1e-9)  # the element statistics are kept
+    assert len(spectra) == 0
+    sweep = precision_sweep("m", "layer_000", path, inventory, spectra, ["fp64"], compute_dtype="float64",
+                            svd_method="gram").set_index("precision")
+    assert sweep.loc["fp64", "status"] == f"fp64: {GRAM_OVERFLOW}" and sweep.loc["fp64", "backend"] == "none"
