@@ -156,3 +156,17 @@ def test_slurm_requests_are_the_prediction_times_the_safety_and_the_attempt():
 def test_the_schema_offers_exactly_the_devices_with_published_throughput():
     schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
     assert schema["properties"]["plan"]["properties"]["gpu"]["enum"] == list(cost.DEVICES)
+
+
+def test_a_gpu_prices_every_eigensolve_at_its_own_rate(speed):
+    """The CPU's two-stage eigh rate (Grams from spectra.TWO_STAGE_MIN_N up) never reaches a GPU's
+    prediction: an H100's 4096-sided Gram is priced at its published eigh rate, not the host's."""
+    import time
+
+    host = speed[0]
+    assert host.rates["eigh64_two_stage"] > 0
+    gpu = cost._on_gpu(host, "h100-sxm", time.perf_counter())
+    n = 4096
+    expected = cost.gram_flops(n, n) / gpu.rates["gemm64"] + cost.eigh_flops(n) / gpu.rates["eigh64"]
+    assert cost.svd_seconds(n, n, 32, "gram", gpu.rates) == pytest.approx(expected)
+    assert cost.svd_seconds(n, n, 32, "gram", gpu.rates) < cost.svd_seconds(n, n, 32, "gram", host.rates) / 10
