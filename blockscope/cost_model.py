@@ -261,8 +261,8 @@ def _measure_elementwise() -> dict:
     matrix = rng.standard_normal((1024, 1024)).astype(np.float32)
     elements = best_seconds(lambda: (element_stats(matrix), sparsity(matrix, 1e-6))) / matrix.size
 
-    def round_trips(precision):  # what the sweep runs: the Gram's rounded blocks (round_trip_verdict
-        return [block for _, block in RoundTrip(matrix, precision, np.float32).row_blocks()]  # reads one)
+    def round_trips(precision):  # what the sweep runs: the Gram's rounded blocks (its verdict, 8 rows)
+        return [block for _, block in RoundTrip(matrix, precision, np.float32).row_blocks()]
 
     cast = {precision: best_seconds(lambda: round_trips(precision)) / matrix.size for precision in PRECISION_TO_SAFETENSORS}
     sigma = np.sort(np.abs(rng.standard_normal(768)))[::-1] ** 1.5

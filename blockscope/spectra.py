@@ -233,7 +233,8 @@ GRAM_OVERFLOW = "the float64 Gram matrix overflows: weights near 1e154 have eige
 
 def singular_values_gram(matrix: np.ndarray) -> np.ndarray:
     """All min(rows, cols) singular values, descending, in matrix.dtype, from the float64 Gram;
-    NaN for a matrix with a non-finite value (it makes the Gram non-finite)."""
+    NaN where the Gram is non-finite: a matrix with a non-finite value, or one whose Gram
+    overflows float64 (GRAM_OVERFLOW)."""
     if matrix.size == 0:
         return np.zeros(0, matrix.dtype)
     gram = gram_matrix(matrix)
