@@ -108,23 +108,24 @@ sweep = precision_table("m", "layer_000", tensors, inventory, read_table(out + "
 write_table(sweep, out + "/precision.parquet"); alpha_hill_grid(sweep.to_pylist(), ["fp32", "bf16"])
 heads = head_table_of("m", "layer_000", 0, None)
 write_table(heads, out + "/heads.parquet"); text_table(heads)
-print("pandas" in sys.modules)
+print("pandas" in sys.modules, "importlib.metadata" in sys.modules)
 """
 
 
 def test_the_per_unit_jobs_never_import_pandas(tmp_path):
     """The extract and anatomy jobs (spectra, precision sweep, heads) leave pandas out, imports and work alike: it would cost
     every one of a model's hundreds of jobs about 0.25 CPU s (pyarrow imports it behind pa.array
-    and read_table, which is why blockscope.tables uses neither)."""
+    and read_table, which is why blockscope.tables uses neither). importlib.metadata, ~20 ms, stays
+    out too: the tables' pandas metadata finds pandas' version without it."""
     for rule in ("extract", "anatomy"):  # the rule scripts' own top-level imports
         tree = ast.parse((ROOT / "workflow_scripts" / f"{rule}.py").read_text())
         imports = "\n".join(ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
-        code = f"import sys\n{imports}\nprint('pandas' in sys.modules)"
+        code = f"import sys\n{imports}\nprint('pandas' in sys.modules, 'importlib.metadata' in sys.modules)"
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        assert done.stdout.strip() == "False", rule
+        assert done.stdout.strip() == "False False", rule
     tensors, inventory_path = _unit(tmp_path)  # the work itself, as the jobs do it
     done = subprocess.run([sys.executable, "-c", JOB_WORK, str(tensors), str(inventory_path), str(tmp_path)],
                           capture_output=True, text=True, check=True)
-    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert done.stdout.strip().splitlines()[-1] == "False False"
     assert len(pd.read_parquet(tmp_path / "precision.parquet")) == 2 * 5  # 4 matrices + 1 refused, 2 precisions
     assert (tmp_path / "written.parquet").read_bytes() == tensors.read_bytes()  # the writer, byte for byte
