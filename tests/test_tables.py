@@ -1,6 +1,8 @@
 """Per-unit tables written without pandas read back in pandas exactly as if pandas had written them."""
 
 import ast
+import importlib.metadata
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +131,5 @@ def test_the_per_unit_jobs_never_import_pandas(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "False False"
     assert len(pd.read_parquet(tmp_path / "precision.parquet")) == 2 * 5  # 4 matrices + 1 refused, 2 precisions
     assert (tmp_path / "written.parquet").read_bytes() == tensors.read_bytes()  # the writer, byte for byte
+    written = json.loads(pq.read_schema(tmp_path / "precision.parquet").metadata[b"pandas"])
+    assert written["pandas_version"] == importlib.metadata.version("pandas") == pd.__version__
