@@ -43,7 +43,7 @@ def main():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from blockscope.evaluate import (corpus_text, kl_to_base, next_token_logits, raw_file_rows, rest_mass,
+    from blockscope.evaluation.evaluate import (corpus_text, kl_to_base, next_token_logits, raw_file_rows, rest_mass,
                                      tail_samples, windows)
 
     checkpoint = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "resources/models/smollm2-135m")

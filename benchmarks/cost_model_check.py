@@ -3,7 +3,7 @@
 1. Measured vs predicted. For each results/{model} folder (given with --results, or made by
    running the workflow with --run demo and/or --run qwen0.5b into --workdir): the per-unit
    jobs' Snakemake benchmark files (results/{model}/benchmarks/{rule}/{unit}.tsv, column s)
-   summed per rule and overall, against blockscope.cost_model's prediction from the same
+   summed per rule and overall, against blockscope.planning.cost_model's prediction from the same
    inventory on this machine's cached throughput. Ratio = predicted / measured; the target is
    within 30 % in total (0.7 - 1.3). The model predicts CPU seconds (a job's wall time on an
    idle core), so --run runs one job at a time (--cores 1) and both ratios are printed: against
@@ -33,8 +33,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from blockscope import cost_model as cost
-from blockscope.job_costs import read_benchmarks
+from blockscope.planning import cost_model as cost
+from blockscope.reporting.measured_costs import read_benchmarks
 
 ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = ["fp32", "fp16", "bf16"]

@@ -27,7 +27,7 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 """
 OURS = SETUP + """
-from blockscope.embedding import analyse_embedding
+from blockscope.analysis.embedding import analyse_embedding
 elbow, clusters, points, summary = analyse_embedding(matrix, range(2, 17), seed=0)
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base, summary['k'])
 """

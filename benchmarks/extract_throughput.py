@@ -15,8 +15,8 @@ from pathlib import Path
 CHILD_OURS = """
 import sys, time, resource, os, tempfile
 import pandas as pd
-from blockscope.inventory import build_inventory
-from blockscope.tensors import extract_unit
+from blockscope.checkpoint.inventory import build_inventory
+from blockscope.io.tensors import extract_unit
 ckpt = sys.argv[1]
 inv = build_inventory(ckpt)
 out = tempfile.mkdtemp()

@@ -1,7 +1,7 @@
 """Evaluation throughput against a plain transformers forward pass on the same windows.
 
 Peer: `model(ids).logits` under torch.inference_mode over the windows, one window per batch
-(as the evaluation's default batch_size), nothing kept. Ours: blockscope.evaluate.evaluate_base
+(as the evaluation's default batch_size), nothing kept. Ours: blockscope.evaluation.evaluate.evaluate_base
 (NLL, accuracy, argmax, top-k log-probabilities kept) and evaluate_variant (NLL, accuracy, KL
 and top-1 agreement against that base) on the same windows. The three run interleaved for
 `rounds` rounds and each keeps its fastest round; on a shared machine the ratios of CPU
@@ -41,7 +41,7 @@ def profile(logits, ids, base, device, sync):
     works on (chunks of positions on the CPU)."""
     import torch
 
-    from blockscope import evaluate as ev
+    from blockscope.evaluation import evaluate as ev
 
     generator = torch.Generator(device=device).manual_seed(0)
     pieces = list(ev._pieces(logits, device))
@@ -66,7 +66,7 @@ def main():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from blockscope import evaluate as ev
+    from blockscope.evaluation import evaluate as ev
 
     checkpoint = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "resources/models/smollm2-135m")
     seq_len = int(sys.argv[2]) if len(sys.argv) > 2 else 256

@@ -18,8 +18,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from blockscope import read_unit
-from blockscope.heads import AttentionWeights, attention_weights, heads_table
-from blockscope.spectra import singular_values
+from blockscope.analysis.heads import AttentionWeights, attention_weights, heads_table
+from blockscope.analysis.spectra import singular_values
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 Random float32 matrices of the real shapes (hidden 4096, ffn 14336, 32 heads, 8 kv heads:
 q 4096x4096, k/v 1024x4096, o 4096x4096, gate/up 14336x4096, down 4096x14336) go through
-blockscope.unit_analysis.precision_sweep exactly as the workflow's `anatomy` rule runs it
+blockscope.analysis.anatomy.precision_sweep exactly as the workflow's `anatomy` rule runs it
 (backend cpu = LAPACK; the spectra part's singular values given, so the fp32 round trip, which
 changes no bit of float32 weights, reuses them and fp16 and bf16 each cost one SVD per matrix).
 
@@ -28,9 +28,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from blockscope.spectra import cast_round_trip, compute_spectra
-from blockscope.tensors import write_unit
-from blockscope.unit_analysis import analyse_unit, precision_sweep
+from blockscope.analysis.spectra import cast_round_trip, compute_spectra
+from blockscope.io.tensors import write_unit
+from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 
 HIDDEN, FFN, HEADS, KV_HEADS, LAYERS, VOCAB = 4096, 14336, 32, 8, 32, 128256
 HEAD_DIM = HIDDEN // HEADS

@@ -1,9 +1,9 @@
 """gesdd against the Gram path on this CPU, per matrix shape: the measurements behind
-`svd_method: auto` (blockscope.spectra.gram_pays_off) and the table in docs/metrics.md.
+`svd_method: auto` (blockscope.analysis.spectra.gram_pays_off) and the table in docs/metrics.md.
 
 Random float32 matrices (entries N(0, 0.02^2)) of the demo's shapes (SmolLM2-135M), a
 Qwen2.5-0.5B's and a Llama-3.1-8B's. Peer: LAPACK gesdd as the `gesdd` method runs it
-(blockscope.spectra.singular_values: numpy's build up to 576 x 576, scipy's above); ours: the
+(blockscope.analysis.spectra.singular_values: numpy's build up to 576 x 576, scipy's above); ours: the
 float64 Gram (numpy's product, BLAS dsyrk for large ones) plus its eigenvalues (syevd), the
 `gram` method. Run it as the jobs run, with OPENBLAS_NUM_THREADS=1. Each time is the minimum over --repeats runs (the machine may be shared); a gesdd
 slower than --long seconds runs once. Prints one row per shape: both times, their ratio, which
@@ -21,7 +21,7 @@ import time
 import numpy as np
 import scipy.linalg
 
-from blockscope.spectra import (gram_eigenvalues, gram_matrix, singular_values, singular_values_gram,
+from blockscope.analysis.spectra import (gram_eigenvalues, gram_matrix, singular_values, singular_values_gram,
                                 svd_method_for)
 
 # shape -> how many matrices of it the model has (per layer x layers, + embedding): the totals

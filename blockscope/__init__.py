@@ -13,7 +13,7 @@ def __getattr__(name):
     """The reading API, imported on first use: a job that only needs a light module (the GPU
     slots, the layout) does not pay numpy and pyarrow for it."""
     if name in __all__:
-        from . import tensors
+        from blockscope.io import tensors
 
         return getattr(tensors, name)
     raise AttributeError(f"module 'blockscope' has no attribute {name!r}")

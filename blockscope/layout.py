@@ -67,7 +67,7 @@ COMPRESS_PRUNE = "results/{model}/compress/prune"
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
-PLAN = "results/{model}/plan.json"  # predicted seconds and memory of every per-unit job (blockscope.cost_model)
+PLAN = "results/{model}/plan.json"  # predicted seconds and memory of every per-unit job (blockscope.planning.cost_model)
 SELECTION = "results/{model}/selection.json"  # what `select` chose (model.json describes the whole checkpoint)
 PER_UNIT_KINDS = ("tensors", "spectra", "metrics", "precision", "heads")
 PER_UNIT = "results/{model}/{kind}/{unit}.parquet"
@@ -137,7 +137,7 @@ INVENTORY_COLUMNS = ["param_name", "unit", "layer_index", "block_type", "shape",
                      "nbytes", "file", "layout"]
 IDENTITY_COLUMNS = ["model", "unit", "param_name", "expert", "matrix", "layer_index", "block_type"]
 SPECTRA_COLUMNS = ["model", "unit", "param_name", "expert", "matrix", "index", "sigma"]
-# What a metrics row measures, in order (blockscope.matrix_metrics computes exactly these).
+# What a metrics row measures, in order (blockscope.analysis.metrics_row computes exactly these).
 SPECTRAL_METRIC_COLUMNS = [
     "actual_rank", "numerical_rank_fp16", "numerical_rank_bf16", "numerical_rank_source", "effective_rank",
     "stable_rank", "participation_ratio", "entropy", "sigma_max", "spectral_norm", "frobenius_norm", "log_norm",
@@ -150,12 +150,12 @@ ELEMENT_COLUMNS = ["mean", "std", "var", "sparsity"]
 # length, cols NA, no spectrum and no precision rows.
 STATISTICS_ONLY = "1-D parameter: statistics only"
 MATRIX_COLUMNS = ["rows", "cols", "design_rank", *SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS, "status", "warning"]
-# device: the GPU the job held (blockscope.gpu_slots), `cuda:<id>`, or `cpu`.
+# device: the GPU the job held (blockscope.runtime.gpu_slots), `cuda:<id>`, or `cpu`.
 METRICS_COLUMNS = [*IDENTITY_COLUMNS, *MATRIX_COLUMNS, "dtype", "source_dtype", "compute_dtype", "backend",
                    "svd_method", "device", "seconds"]
 PRECISION_COLUMNS = [*IDENTITY_COLUMNS, "rows", "cols", "source_dtype", "precision", "svd_dtype", "backend",
                      "svd_method", "device", "alpha_hill", "k", "status"]
-# Types of the per-unit tables' columns (blockscope.tables writes them as pandas would): the
+# Types of the per-unit tables' columns (blockscope.io.tables writes them as pandas would): the
 # identities and labels are text, the nullable integers pandas' Int64, `index` and `k` int64, the
 # rest float64.
 TEXT_COLUMNS = {"model", "unit", "param_name", "matrix", "block_type", "status", "warning", "dtype",
@@ -185,7 +185,7 @@ EXPORT_FIRST_COLUMNS = ["model_path", "model_id", "revision", "param_name", "lay
                         "rows", "cols", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank",
                         "svd_90_percent_ratio", "mean", "std", "var", "sparsity", "dtype", "created_at"]
 PRECISION_WIDE_COLUMNS = ["layer_name", "category", "out_features", "in_features"]  # then alpha_<precision>...
-# ...then the spread of alpha-Hill across the precisions (blockscope.sensitivity).
+# ...then the spread of alpha-Hill across the precisions (blockscope.analysis.precision_sensitivity).
 PRECISION_SENSITIVITY_COLUMNS = ["alpha_hill_range", "alpha_hill_relative_range", "precision_sensitive"]
 # Rows precision_summary_statistics.csv appends after the per-precision ones (same columns).
 RELATIVE_RANGE_ROW, SENSITIVE_ROW = "alpha_hill_relative_range", "precision_sensitive"
@@ -204,9 +204,9 @@ CONTRACT_METRICS_COLUMNS = [
 # Snakemake's benchmark files (seconds, MB, MB/s); blockscope adds rule and job from the path.
 # Head merging: every pairwise cosine of every layer and measure (wq, qk, ov).
 SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
-# plan.json's jobs: one per (unit, per-unit rule), priced by blockscope.cost_model.
+# plan.json's jobs: one per (unit, per-unit rule), priced by blockscope.planning.cost_model.
 PLAN_JOB_COLUMNS = ["unit", "rule", "seconds", "mem_mb", "gflops"]
-# The base evaluation, one row per corpus window (blockscope.evaluate.base_windows_table).
+# The base evaluation, one row per corpus window (blockscope.evaluation.evaluate.base_windows_table).
 EVAL_WINDOW_COLUMNS = ["window", "first_token", "nll", "correct", "tokens", "loss", "accuracy"]
 # Views of the per-head QK notebook: statistics of a head metric over a group of heads.
 SPREAD = ("mean", "std", "min", "max")

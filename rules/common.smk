@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 from snakemake.exceptions import IncompleteCheckpointException
 
-from blockscope import cost_model as cost
+from blockscope.planning import cost_model as cost
 from blockscope import layout
-from blockscope import selection as select
-from blockscope.anatomy import PART_MODULES
-from blockscope.code_version import code_version
-from blockscope.config import validate_config
-from blockscope.device import backend_for, gpu_visible
-from blockscope.quantization import PRESETS as QUANTIZATION_PRESETS
-from blockscope.run_summary import summary_lines
+from blockscope.checkpoint import selection as select
+from blockscope.analysis.part_stamps import PART_MODULES
+from blockscope.runtime.code_version import code_version
+from blockscope.config.validation import validate_config
+from blockscope.runtime.device import backend_for, gpu_visible
+from blockscope.compression.presets import PRESETS as QUANTIZATION_PRESETS
+from blockscope.runtime.run_outcome import summary_lines
 
 # The files config was read from and the --config values, so that an error names where the bad key is.
 validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml",
@@ -72,7 +72,7 @@ def fetch_inputs(wildcards):
     return {"like": layout.CHECKPOINT.format(model=like)} if like else {}
 
 
-# What each per-unit job will cost (blockscope.cost_model): priced from the inventory with this
+# What each per-unit job will cost (blockscope.planning.cost_model): priced from the inventory with this
 # machine's measured throughput (cached per machine), or for device cuda without a visible GPU
 # (a SLURM submit host) from the published throughput of plan.gpu.
 PLAN = config["plan"]
@@ -138,7 +138,7 @@ def model_dims(model):
 
 
 def model_selection(model):
-    """The model's resolved select: its own keys over the top-level ones (blockscope.selection)."""
+    """The model's resolved select: its own keys over the top-level ones (blockscope.checkpoint.selection)."""
     return select.resolve(config.get("select"), MODELS[model].get("select"))
 
 

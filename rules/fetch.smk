@@ -1,5 +1,5 @@
 # Download or build each model's canonical checkpoint under resources/models/{model}/.
-from blockscope.sources import source_fingerprint
+from blockscope.checkpoint.sources import source_fingerprint
 
 
 rule fetch:

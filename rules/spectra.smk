@@ -1,6 +1,6 @@
 # Per unit, one job: all singular values and every per-matrix metric, the precision sweep of
 # alpha-Hill, the per-head QK / OV kernels. Each part is recomputed only when its own settings,
-# code or inputs changed (blockscope/anatomy.py): its outputs are update() so the job sees them.
+# code or inputs changed (blockscope/analysis/part_stamps.py): its outputs are update() so the job sees them.
 
 
 rule anatomy:

@@ -1,4 +1,4 @@
-"""Per-model and cross-model tables (blockscope/aggregate.py) on small hand-made tables.
+"""Per-model and cross-model tables (blockscope/aggregation/model_tables.py) on small hand-made tables.
 
 Every expected value below is worked out by hand in the comments, not by calling the code again.
 """
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from blockscope import aggregate as agg
+from blockscope.aggregation import model_tables as agg
 from blockscope import layout
 
 NAN = float("nan")
@@ -312,8 +312,8 @@ def test_quantization_presets_every_band_edge_both_sides(preset, value, expected
 
 
 def test_presets_are_what_config_resolves():
-    from blockscope.config import resolve_quantization
-    from blockscope.quantization import PRESETS
+    from blockscope.compression.presets import resolve_quantization
+    from blockscope.compression.presets import PRESETS
 
     assert resolve_quantization({}) == ALPHA_PRUNING
     assert resolve_quantization({"preset": "original_script"}) == ORIGINAL
@@ -419,7 +419,7 @@ def test_quantization_config_export():
 
 def test_quantization_config_defaults_match_the_config():
     """The documented default (config.yaml) reads as the tests above assume."""
-    from blockscope.config import resolve_quantization
+    from blockscope.compression.presets import resolve_quantization
 
     quantization = yaml.safe_load((ROOT / "config.yaml").read_text())["quantization"]
     assert resolve_quantization(quantization) == ALPHA_PRUNING

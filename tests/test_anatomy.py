@@ -5,8 +5,8 @@ import os
 
 import pyarrow.parquet as pq
 
-from blockscope.anatomy import Part, is_current, part_stamp, run_part
-from blockscope.tables import read_stamp, table_of, write_table
+from blockscope.analysis.part_stamps import Part, is_current, part_stamp, run_part
+from blockscope.io.tables import read_stamp, table_of, write_table
 
 
 def test_a_part_is_computed_once_and_kept_until_what_it_depends_on_changes(tmp_path):

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from blockscope.atomic import atomic_dir, atomic_path, write_json
+from blockscope.io.atomic import atomic_dir, atomic_path, write_json
 
 
 @pytest.fixture(params=[0o022, 0o002, 0o077])

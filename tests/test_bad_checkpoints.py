@@ -10,13 +10,13 @@ import pytest
 from safetensors import SafetensorError, safe_open
 
 from blockscope.errors import BlockscopeError
-from blockscope.inventory import build_inventory
+from blockscope.checkpoint.inventory import build_inventory
 from blockscope.layout import METRICS_COLUMNS, PRECISION_COLUMNS, STATISTICS_ONLY
-from blockscope.safetensors_file import read_header
-from blockscope.sources import fetch
-from blockscope.spectra import matrices_of
-from blockscope.tensors import extract_unit, write_unit
-from blockscope.unit_analysis import analyse_unit, precision_sweep
+from blockscope.io.safetensors_file import read_header
+from blockscope.checkpoint.sources import fetch
+from blockscope.analysis.spectra import matrices_of
+from blockscope.io.tensors import extract_unit, write_unit
+from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 from conftest import TINY_LLAMA, save_tiny
 
 
@@ -290,7 +290,7 @@ def test_fetch_removes_the_temporary_folder_of_a_killed_fetch(tmp_path, capsys):
 def test_local_fingerprint_follows_size_and_mtime(tmp_path):
     import os
 
-    from blockscope.sources import local_fingerprint, source_fingerprint
+    from blockscope.checkpoint.sources import local_fingerprint, source_fingerprint
 
     save_tiny("LlamaForCausalLM", TINY_LLAMA, tmp_path / "ckpt")
     first = local_fingerprint(tmp_path / "ckpt")
@@ -334,7 +334,7 @@ def test_a_changed_local_checkpoint_reruns_that_model_alone(tmp_path):
     from safetensors.numpy import load_file, save_file
 
     from blockscope import read_unit
-    from blockscope.sources import local_fingerprint
+    from blockscope.checkpoint.sources import local_fingerprint
 
     name = "model.layers.0.self_attn.q_proj.weight"
     weights = load_file(user / "model.safetensors")

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from blockscope.config import validate_config
+from blockscope.config.validation import validate_config
 from blockscope.errors import BlockscopeError
-from blockscope.inventory import build_inventory, model_dims, read_config
+from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
 from conftest import TINY_LLAMA, save_tiny
 
 

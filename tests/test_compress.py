@@ -6,13 +6,13 @@ import pytest
 import torch
 import yaml
 
-from blockscope import compress
-from blockscope import compress_plans as plans
-from blockscope.aggregate import quantization_hint
-from blockscope.config import validate_config
+from blockscope.compression import experiments as compress
+from blockscope.compression import plans
+from blockscope.aggregation.model_tables import quantization_hint
+from blockscope.config.validation import validate_config
 from blockscope.errors import BlockscopeError
-from blockscope.pruning import achieved_sparsity, magnitude_prune
-from blockscope.quant_formats import FORMATS, bits_per_weight, hint_format, quantize
+from blockscope.compression.pruning import achieved_sparsity, magnitude_prune
+from blockscope.compression.formats import FORMATS, bits_per_weight, hint_format, quantize
 from conftest import ROOT
 
 # --- formats: each round trip against a hand-computed example ---------------------------------------------
@@ -192,7 +192,7 @@ def test_bad_compress_settings_name_the_key(key, value, named):
 
 
 def test_bits_over_chance_and_the_skip_it_drives():
-    from blockscope.evaluate import bits_over_chance, chance_reason
+    from blockscope.evaluation.evaluate import bits_over_chance, chance_reason
 
     assert bits_over_chance(64, 64) == 0 and bits_over_chance(8, 64) == 3
     assert bits_over_chance(38.28, 49152) == pytest.approx(10.326, abs=1e-3)  # the demo's base
@@ -204,7 +204,7 @@ def test_bits_over_chance_and_the_skip_it_drives():
 
 
 def test_round_trips_are_computed_once_and_equal_quantize():
-    from blockscope.quant_formats import quantize
+    from blockscope.compression.formats import quantize
 
     w = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
     budget = 8 * 64 * 4 + 8 * 64 * 2  # room for the int4 round trip and one bf16 one
@@ -220,7 +220,7 @@ def test_round_trips_are_computed_once_and_equal_quantize():
 
 
 def test_plans_are_scored_on_the_first_windows_of_the_base():
-    from blockscope.evaluate import BaseEvaluation
+    from blockscope.evaluation.evaluate import BaseEvaluation
 
     n, seq, k = 4, 9, 3
     base = BaseEvaluation(nll=[1.0, 2.0, 3.0, 4.0], correct=[1, 2, 3, 4], tokens=[8] * n,

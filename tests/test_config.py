@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blockscope.config import is_credential_key, validate_config
+from blockscope.config.validation import is_credential_key, validate_config
 from blockscope.errors import BlockscopeError
 from conftest import TINY_LLAMA
 
@@ -338,7 +338,7 @@ def test_every_message_is_capped(config):
 def test_validation_imports_neither_transformers_nor_torch():
     """The valid path runs on every snakemake invocation: model types are read, not imported."""
     models = {"t": LLAMA, "g": {"source": "synthetic", "config": {"model_type": "gpt2"}}}
-    code = ("import sys, yaml; from blockscope.config import validate_config; "
+    code = ("import sys, yaml; from blockscope.config.validation import validate_config; "
             f"validate_config({{'models': {models!r}}}); "
             f"validate_config(yaml.safe_load(open({str(ROOT / 'config.yaml')!r}))); "
             "assert 'transformers' not in sys.modules and 'torch' not in sys.modules, 'heavy import'")
@@ -346,7 +346,7 @@ def test_validation_imports_neither_transformers_nor_torch():
 
 
 def test_model_types_read_from_source_match_transformers():
-    from blockscope.config import _model_types_from_source, _model_types_imported
+    from blockscope.config.validation import _model_types_from_source, _model_types_imported
 
     imported = _model_types_imported()
     if imported is None:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from blockscope import cost_model as cost
-from blockscope.inventory import build_inventory, model_dims, read_config
+from blockscope.planning import cost_model as cost
+from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
 from conftest import ROOT, TINY_LLAMA, save_tiny
 
 
@@ -25,7 +25,7 @@ def speed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A real tiny checkpoint's inventory and dims (blockscope.inventory on save_pretrained)."""
+    """A real tiny checkpoint's inventory and dims (blockscope.checkpoint.inventory on save_pretrained)."""
     folder = tmp_path_factory.mktemp("tiny")
     save_tiny("LlamaForCausalLM", TINY_LLAMA, folder)
     inventory = build_inventory(folder, model="tiny")

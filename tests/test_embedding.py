@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from blockscope.embedding import analyse_embedding, nearest_rows, sample_rows
+from blockscope.analysis.embedding import analyse_embedding, nearest_rows, sample_rows
 
 
 def blobs(n_per, centers, dim, seed):
@@ -35,7 +35,7 @@ def test_large_vocabularies_use_minibatch_on_a_sample():
 
 
 def test_nearest_rows_chunked_equals_brute_force(monkeypatch):
-    import blockscope.embedding as emb
+    import blockscope.analysis.embedding as emb
 
     monkeypatch.setattr(emb, "CHUNK_ROWS", 37)
     rng = np.random.default_rng(2)
@@ -76,7 +76,7 @@ def test_too_few_finite_rows_skip_the_matrix_with_a_reason():
 
 def _capture_fits(monkeypatch):
     """Record every fitted k-means model, to read the centroids the clustering used."""
-    from blockscope import embedding
+    from blockscope.analysis import embedding
 
     fitted, real = [], embedding.fit_kmeans
 

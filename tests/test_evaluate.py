@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 
-from blockscope import evaluate as ev
+from blockscope.evaluation import evaluate as ev
 from blockscope import layout
 from blockscope.errors import BlockscopeError
 from conftest import TINY_LLAMA, save_tiny

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockscope import findings as fd
+from blockscope.reporting import findings as fd
 
 LINK = fd.links("", "png")
 

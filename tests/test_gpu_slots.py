@@ -10,14 +10,14 @@ import threading
 
 import pytest
 
-from blockscope import gpu_slots
-from blockscope.gpu_slots import LOCKS_ENV, SLOTS_ENV, VISIBLE, claim_gpu, gpu_slot, machine_slots, try_slot
+from blockscope.runtime import gpu_slots
+from blockscope.runtime.gpu_slots import LOCKS_ENV, SLOTS_ENV, VISIBLE, claim_gpu, gpu_slot, machine_slots, try_slot
 
 # A GPU job's start: claim a slot, say which, then hold it until stdin closes (or a kill).
 JOB = """
 import logging, os, sys
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
-from blockscope.gpu_slots import claim_gpu
+from blockscope.runtime.gpu_slots import claim_gpu
 claim = claim_gpu("cuda")
 print("CLAIMED", claim.device, os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
 sys.stdin.read()

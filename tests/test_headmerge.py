@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from blockscope import headmerge as hm
+from blockscope.evaluation import head_merge as hm
 from blockscope import layout
-from blockscope.config import validate_config
+from blockscope.config.validation import validate_config
 from blockscope.errors import BlockscopeError
-from blockscope.attention_layout import projection_names, read_projections, write_projections
-from blockscope.heads import AttentionWeights
+from blockscope.checkpoint.attention_layout import projection_names, read_projections, write_projections
+from blockscope.analysis.heads import AttentionWeights
 from conftest import ROOT
 
 WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
@@ -85,7 +85,7 @@ def _tiny_llama(kv_heads):
 def _layer_arrays(model, layer):
     import pandas as pd
 
-    from blockscope.naming import block_type
+    from blockscope.checkpoint.block_types import block_type
 
     state = {n: p.detach().numpy() for n, p in model.state_dict().items()}
     prefix = f"model.layers.{layer}.self_attn."
@@ -144,7 +144,7 @@ def test_merging_identical_heads_leaves_the_function_unchanged():
 def test_evaluator_matches_transformers_loss_and_self_kl_is_zero():
     import torch
 
-    from blockscope.evaluate import Evaluator, perplexity_change_ci, windows
+    from blockscope.evaluation.evaluate import Evaluator, perplexity_change_ci, windows
 
     model = _tiny_llama(2)
     ids = np.random.default_rng(0).integers(0, 100, 200)
@@ -164,7 +164,7 @@ def test_evaluator_matches_transformers_loss_and_self_kl_is_zero():
 
 
 def test_wikitext_rows_are_joined_the_gptq_way():
-    from blockscope.evaluate import corpus_text, raw_file_rows
+    from blockscope.evaluation.evaluate import corpus_text, raw_file_rows
 
     if not WIKITEXT.exists():
         pytest.skip("shared WikiText-2 copy not present")
@@ -185,9 +185,9 @@ def test_thresholds_outside_the_cosine_range_are_refused(threshold):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """(model, slots, evaluator, base): the checkpoint read the workflow's way, scored on random ids."""
-    from blockscope.evaluate import Evaluator, windows
-    from blockscope.headmerge_sweep import layer_slots
-    from blockscope.inventory import build_inventory, model_dims, read_config
+    from blockscope.evaluation.evaluate import Evaluator, windows
+    from blockscope.evaluation.head_merge_sweep import layer_slots
+    from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
     from conftest import TINY_LLAMA, save_tiny
 
     folder = tmp_path_factory.mktemp("tiny-llama")
@@ -206,8 +206,8 @@ def _parameters(model):
 
 def test_headmerge_layers_restricts_the_slots_to_those_layers(live, tmp_path):
     from blockscope.errors import BlockscopeError
-    from blockscope.headmerge_sweep import layer_slots
-    from blockscope.inventory import build_inventory, model_dims, read_config
+    from blockscope.evaluation.head_merge_sweep import layer_slots
+    from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
     from conftest import TINY_LLAMA, save_tiny
 
     model, *_ = live
@@ -248,7 +248,7 @@ def test_merged_heads_share_their_q_slices_and_others_stay(live):
 
 
 def test_a_threshold_above_every_similarity_leaves_the_model_unchanged(live):
-    from blockscope.headmerge_sweep import evaluate_plan, layer_similarities, threshold_result
+    from blockscope.evaluation.head_merge_sweep import evaluate_plan, layer_similarities, threshold_result
 
     model, slots, evaluator, base = live
     before = _parameters(model)
@@ -264,7 +264,7 @@ def test_a_threshold_above_every_similarity_leaves_the_model_unchanged(live):
 
 
 def test_random_control_plans_have_the_same_pairs_per_layer():
-    from blockscope.headmerge_sweep import random_pairs_like
+    from blockscope.evaluation.head_merge_sweep import random_pairs_like
 
     pairs = {0: [[0, 1, 0.9], [2, 3, 0.8]], 1: [], 2: [[1, 5, 0.95]]}
     for seed in range(3):
@@ -280,7 +280,7 @@ SWEEP_KEYS = {"threshold", "original_metrics", "merged_metrics", "total_merged_p
 def test_the_sweep_returns_one_documented_result_per_threshold(live):
     import torch
 
-    from blockscope.headmerge_sweep import summary_row, sweep
+    from blockscope.evaluation.head_merge_sweep import summary_row, sweep
 
     model, slots, evaluator, base = live
     before = _parameters(model)
@@ -309,8 +309,8 @@ def test_similarity_table_round_trips():
 
 
 def test_head_merging_is_skipped_without_a_tokenizer_or_causal_head(tmp_path):
-    from blockscope.evaluate import skip_reason
-    from blockscope.sources import fetch
+    from blockscope.evaluation.evaluate import skip_reason
+    from blockscope.checkpoint.sources import fetch
     from conftest import TINY_LLAMA
 
     bare = tmp_path / "bare"

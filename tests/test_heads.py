@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockscope.attention_layout import projection_names, read_projections, split_qkv, write_projections
+from blockscope.checkpoint.attention_layout import projection_names, read_projections, split_qkv, write_projections
 from blockscope.errors import BlockscopeError
-from blockscope.factored import FactoredMatrix
-from blockscope.heads import AttentionWeights, attention_weights, head_rows, heads_table
-from blockscope.metrics import effective_rank
+from blockscope.analysis.factored import FactoredMatrix
+from blockscope.analysis.heads import AttentionWeights, attention_weights, head_rows, heads_table
+from blockscope.analysis.matrix_formulas import effective_rank
 
 
 def _dense_checks(fm: FactoredMatrix):
@@ -78,7 +78,7 @@ def _tiny(model_type, class_name, **extra):
 
 
 def _inventory_of(model, prefix):
-    from blockscope.naming import block_type, is_conv1d
+    from blockscope.checkpoint.block_types import block_type, is_conv1d
 
     rows = [{"param_name": n, "block_type": block_type(n), "shape": list(p.shape),
              "layout": "in_out" if is_conv1d(n, model.config.model_type) else "out_in"}
@@ -196,7 +196,7 @@ def _random_layer(seed=5, heads=4, kv=2, d=8, hidden=32):
 def test_non_finite_weights_give_nan_heads_and_leave_the_others_exact(caplog):
     """A NaN in head 1's q rows and an Inf in kv head 1's v rows: NaN QK metrics for head 1,
     NaN OV metrics for heads 2 and 3 (they read kv head 1), every other number as before."""
-    from blockscope.heads import NONFINITE_TAG, OV_COLUMNS, QK_COLUMNS, deep_dive_problem, finite_kernels
+    from blockscope.analysis.heads import NONFINITE_TAG, OV_COLUMNS, QK_COLUMNS, deep_dive_problem, finite_kernels
 
     clean = _random_layer()
     bad = _random_layer()

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from blockscope import heavytail as ht
-from blockscope import metrics as mx
+from blockscope.analysis import heavytail as ht
+from blockscope.analysis import matrix_formulas as mx
 from blockscope.layout import MATRIX_COLUMNS
-from blockscope.matrix_metrics import matrix_metrics
-from blockscope.spectra import cast_round_trip, compute_spectra, singular_values
+from blockscope.analysis.metrics_row import matrix_metrics
+from blockscope.analysis.spectra import cast_round_trip, compute_spectra, singular_values
 
 
 def orthogonal(n, rng):
@@ -184,7 +184,7 @@ def test_element_statistics_over_blocks_match_numpy_on_any_memory_order():
     """element_stats, sparsity and check_matrix go through the entries block by block; with
     several blocks, a transposed (F-ordered) and a strided view, they equal numpy's one-pass answers,
     and a NaN in the last block is still found."""
-    from blockscope.matrix_metrics import check_matrix
+    from blockscope.analysis.metrics_row import check_matrix
 
     rng = np.random.default_rng(3)
     w = (rng.standard_normal((700, 900)) * 0.02 + 0.5).astype(np.float32)  # 630000 entries: 3 blocks

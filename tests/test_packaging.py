@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted([*(ROOT / "blockscope").glob("*.py"), *(ROOT / "workflow_scripts").glob("*.py")])
+SOURCES = sorted([*(ROOT / "blockscope").rglob("*.py"), *(ROOT / "workflow_scripts").glob("*.py")])
 ENV = ROOT / "envs" / "blockscope.yaml"
 REQUIREMENTS = ROOT / "requirements.txt"
 SLURM_REQUIREMENTS = ROOT / "requirements-slurm.txt"

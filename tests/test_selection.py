@@ -1,10 +1,10 @@
-"""blockscope.selection: the layer-range parser, name matching, per-model resolution, units chosen."""
+"""blockscope.checkpoint.selection: the layer-range parser, name matching, per-model resolution, units chosen."""
 
 import pandas as pd
 import pytest
 
 from blockscope.errors import BlockscopeError
-from blockscope.selection import (is_everything, name_selected, parse_layers, resolve, selected_units,
+from blockscope.checkpoint.selection import (is_everything, name_selected, parse_layers, resolve, selected_units,
                                   unselected_attention)
 
 

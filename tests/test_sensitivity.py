@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from blockscope.sensitivity import (alpha_hill_range, alpha_hill_relative_range, most_sensitive,
+from blockscope.analysis.precision_sensitivity import (alpha_hill_range, alpha_hill_relative_range, most_sensitive,
                                     precision_sensitive, precision_sensitivity)
 
 
@@ -52,7 +52,7 @@ def _sweep(n=30):
 
 
 def test_sensitivity_plot_is_written(tmp_path):
-    from blockscope import plots
+    from blockscope.reporting import plots
 
     target = tmp_path / "precision_sensitivity.png"
     plots.precision_sensitivity(_sweep(), 0.05, "m: the most precision-sensitive matrices", target)
@@ -60,8 +60,8 @@ def test_sensitivity_plot_is_written(tmp_path):
 
 
 def test_report_section_counts_and_ranks_sensitive_matrices(tmp_path):
-    from blockscope import aggregate as agg
-    from blockscope.report import model_report
+    from blockscope.aggregation import model_tables as agg
+    from blockscope.reporting.model_report import model_report
 
     wide = agg.precision_wide(_sweep(), 0.05)
     # relative range of matrix i: 0.01 i * 2 / mean(2, 2(1 + .005 i), 2(1 + .01 i)) = 0.01 i / (1 + .005 i)

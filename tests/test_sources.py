@@ -11,8 +11,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from blockscope.errors import BlockscopeError
-from blockscope.inventory import build_inventory
-from blockscope.sources import fetch
+from blockscope.checkpoint.inventory import build_inventory
+from blockscope.checkpoint.sources import fetch
 from conftest import ROOT, TINY_LLAMA, save_tiny
 
 
@@ -63,7 +63,7 @@ def test_local_without_safetensors_is_refused(tmp_path):
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"}])
 def test_hub_unreachable_names_model_repo_and_remedy(tmp_path, env):
     """The real huggingface_hub code runs; with no hub it must end in one clear line."""
-    code = ("from blockscope.sources import fetch\n"
+    code = ("from blockscope.checkpoint.sources import fetch\n"
             f"fetch('qwen', {{'source': 'hf', 'repo_id': 'Qwen/Qwen2.5-0.5B', 'revision': 'main'}}, {str(tmp_path / 'q')!r})")
     secret = "hf_THIS_IS_NOT_A_REAL_TOKEN"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
@@ -141,7 +141,7 @@ def hub_cache(tmp_path_factory):
 def fetch_offline(cache, model, spec, dest, secret=None):
     """fetch in a fresh process with HF_HUB_CACHE=cache and HF_HUB_OFFLINE=1 (the hub client reads
     both at import): the real huggingface_hub resolves everything from the cache."""
-    code = f"from blockscope.sources import fetch\nfetch({model!r}, {spec!r}, {str(dest)!r})"
+    code = f"from blockscope.checkpoint.sources import fetch\nfetch({model!r}, {spec!r}, {str(dest)!r})"
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_TOKEN", None)
     if secret:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockscope import plots
+from blockscope.reporting import plots
 from blockscope.layout import EIGENVALUE_COLUMNS, HEAD_COLUMNS, METRICS_COLUMNS
-from blockscope.report import model_report
+from blockscope.reporting.model_report import model_report
 from conftest import run_workflow
 
 EMPTY = pd.DataFrame()  # what aggregate's stack() writes when no unit has a row

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import scipy.linalg
 
-from blockscope.matrix_metrics import spectral_metrics
-from blockscope.spectra import (compute_spectra, gram_floor, singular_values_gram, svd_method_for)
-from blockscope.unit_analysis import analyse_unit, precision_sweep
+from blockscope.analysis.metrics_row import spectral_metrics
+from blockscope.analysis.spectra import (compute_spectra, gram_floor, singular_values_gram, svd_method_for)
+from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 from test_metrics import matrix_with_eigenvalues, orthogonal, pareto
 from test_unit_analysis import _clustered_top, _f64_unit, _unit
 
@@ -153,7 +153,7 @@ def test_rows_record_the_method_and_fp64_stays_float64_accurate(tmp_path):
     long = sweep[sweep["param_name"] == "attn.long.weight"].set_index("precision")["svd_method"]
     assert long.to_dict() == {"fp64": "gesdd", "fp32": "gram", "bf16": "gram"}  # fp32: the spectra part's
     # explicitly gram, fp64 too: the clustered top of tests/test_unit_analysis.py keeps its alpha-Hill
-    from blockscope.heavytail import alpha_hill, hill_k
+    from blockscope.analysis.heavytail import alpha_hill, hill_k
 
     w = _clustered_top(np.random.default_rng(7))
     path64, inventory64 = _f64_unit(tmp_path, w)
@@ -165,7 +165,7 @@ def test_rows_record_the_method_and_fp64_stays_float64_accurate(tmp_path):
 
 
 def test_config_key_svd_method():
-    from blockscope.config import validate_config
+    from blockscope.config.validation import validate_config
     from blockscope.errors import BlockscopeError
     from test_config import with_llama
 
@@ -180,7 +180,7 @@ def test_config_key_svd_method():
 def test_a_round_trip_read_in_blocks_equals_the_whole_cast(precision, monkeypatch):
     """RoundTrip rounds what it is asked for, with the whole matrix's fp8 scale; the Gram of its
     blocks is bit-identical to the Gram of the matrix cast whole, tall and wide."""
-    import blockscope.spectra as spectra
+    import blockscope.analysis.spectra as spectra
 
     monkeypatch.setattr(spectra, "GRAM_BLOCK_ENTRIES", 256 * 24)  # 256-row blocks: several per matrix
     rng = np.random.default_rng(11)
@@ -207,7 +207,7 @@ def test_the_two_stage_eigensolver_equals_syevd_and_leaves_its_input(monkeypatch
     numpy's syevd on a Gram held whole (C order) and on one held in its upper triangle only
     (F order, as dsyrk leaves it), the input untouched; above TWO_STAGE_MIN_N the Gram path
     takes it, and its singular values keep the float64 accuracy of the one-stage path."""
-    import blockscope.spectra as spectra
+    import blockscope.analysis.spectra as spectra
 
     solver = spectra.two_stage_eigenvalues()
     assert solver is not None

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from blockscope.heads import NONFINITE_TAG, AttentionWeights, head_table_of
+from blockscope.analysis.heads import NONFINITE_TAG, AttentionWeights, head_table_of
 from blockscope.layout import HEAD_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS
-from blockscope.tables import unit_inventory, write_table
-from blockscope.tensors import write_unit
-from blockscope.unit_analysis import precision_table, unit_tables
+from blockscope.io.tables import unit_inventory, write_table
+from blockscope.io.tensors import write_unit
+from blockscope.analysis.anatomy import precision_table, unit_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,12 +92,12 @@ def test_heads_tables_read_back_as_pandas_would_have_written_them(tmp_path):
 
 JOB_WORK = """
 import json, sys
-from blockscope.anatomy import Part, run_part
+from blockscope.analysis.part_stamps import Part, run_part
 from blockscope import read_unit
-from blockscope.heads import attention_weights, head_table_of
-from blockscope.tables import read_table, text_table, unit_inventory, write_table
-from blockscope.tensors import read_unit, write_unit
-from blockscope.unit_analysis import alpha_hill_grid, precision_table, unit_tables
+from blockscope.analysis.heads import attention_weights, head_table_of
+from blockscope.io.tables import read_table, text_table, unit_inventory, write_table
+from blockscope.io.tensors import read_unit, write_unit
+from blockscope.analysis.anatomy import alpha_hill_grid, precision_table, unit_tables
 tensors, inventory_path, out = sys.argv[1:]
 write_unit(((name, "F32", array) for name, array in read_unit(tensors).items()), out + "/written.parquet")
 inventory = unit_inventory(inventory_path, "layer_000", ["attn.q_proj.weight", "mlp.experts.gate_up_proj",
@@ -117,7 +117,7 @@ print("pandas" in sys.modules, "importlib.metadata" in sys.modules)
 def test_the_per_unit_jobs_never_import_pandas(tmp_path):
     """The extract and anatomy jobs (spectra, precision sweep, heads) leave pandas out, imports and work alike: it would cost
     every one of a model's hundreds of jobs about 0.25 CPU s (pyarrow imports it behind pa.array
-    and read_table, which is why blockscope.tables uses neither). importlib.metadata, ~20 ms, stays
+    and read_table, which is why blockscope.io.tables uses neither). importlib.metadata, ~20 ms, stays
     out too: the tables' pandas metadata finds pandas' version without it."""
     for rule in ("extract", "anatomy"):  # the rule scripts' own top-level imports
         tree = ast.parse((ROOT / "workflow_scripts" / f"{rule}.py").read_text())

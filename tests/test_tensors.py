@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from blockscope import read_unit
-from blockscope.dtypes import safetensors_dtype
-from blockscope.tensors import iter_unit, unit_names, write_unit
+from blockscope.io.dtypes import safetensors_dtype
+from blockscope.io.tensors import iter_unit, unit_names, write_unit
 
 
 def _random(shape, dtype, seed=0):

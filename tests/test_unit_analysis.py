@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockscope.inventory import build_inventory
-from blockscope.tensors import write_unit
+from blockscope.checkpoint.inventory import build_inventory
+from blockscope.io.tensors import write_unit
 from blockscope.layout import METRICS_COLUMNS, STATISTICS_ONLY
-from blockscope.unit_analysis import analyse_unit, precision_sweep
+from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 
 
 def _unit(tmp_path, tensors: dict, layouts=None):
@@ -75,7 +75,7 @@ def _clustered_top(rng, n=100):
 
 def test_fp64_row_is_computed_in_float64_and_differs_from_fp32(tmp_path):
     import scipy.linalg
-    from blockscope.heavytail import alpha_hill, hill_k
+    from blockscope.analysis.heavytail import alpha_hill, hill_k
 
     w = _clustered_top(np.random.default_rng(7))
     path, inventory = _f64_unit(tmp_path, w)
@@ -95,7 +95,7 @@ def test_fp64_row_is_computed_in_float64_and_differs_from_fp32(tmp_path):
 
 def test_fp64_sigma_equals_float64_lapack():
     """The fp64 round trip of a stored matrix keeps every bit and its SVD runs in float64."""
-    from blockscope.spectra import cast_round_trip, compute_spectra, svd_dtype
+    from blockscope.analysis.spectra import cast_round_trip, compute_spectra, svd_dtype
 
     w = np.random.default_rng(8).standard_normal((60, 40))
     assert svd_dtype("fp64", "float32") == np.float64 and svd_dtype("bf16", "float32") == np.float32
@@ -181,8 +181,8 @@ def test_one_d_parameters_get_statistics_rows_only(tmp_path):
 def test_one_read_serves_the_spectra_and_the_sweep_and_exact_round_trips_are_not_cast(tmp_path, monkeypatch):
     """rule anatomy reads a unit once (UnitReader); a precision that holds the stored dtype
     exactly (fp32 of F32) reuses the spectra's values without a cast, as the cast-and-compare did."""
-    from blockscope import unit_analysis
-    from blockscope.unit_analysis import UnitReader, unit_tables
+    from blockscope.analysis import anatomy as unit_analysis
+    from blockscope.analysis.anatomy import UnitReader, unit_tables
 
     rng = np.random.default_rng(3)
     tensors = {"attn.q_proj.weight": rng.standard_normal((24, 16)).astype(np.float32),
@@ -208,8 +208,8 @@ def test_one_read_serves_the_spectra_and_the_sweep_and_exact_round_trips_are_not
 
 
 def test_round_trip_verdict_finds_overflow_and_unchanged_matrices():
-    from blockscope.spectra import RoundTrip
-    from blockscope.unit_analysis import round_trip_verdict
+    from blockscope.analysis.spectra import RoundTrip
+    from blockscope.analysis.anatomy import round_trip_verdict
 
     rng = np.random.default_rng(5)
     matrix = rng.standard_normal((300, 20)).astype(np.float32)
@@ -228,8 +228,8 @@ def test_an_unchecked_verdict_rounds_a_few_rows_of_a_changed_matrix():
     """The sweep leaves the overflow check to the Gram product: its verdict then rounds only the
     first rows of a changed matrix (VERDICT_PROBE_ROWS), where a checked one rounds it all; an
     unchanged matrix is read whole either way."""
-    from blockscope.spectra import RoundTrip
-    from blockscope.unit_analysis import VERDICT_PROBE_ROWS, round_trip_verdict
+    from blockscope.analysis.spectra import RoundTrip
+    from blockscope.analysis.anatomy import VERDICT_PROBE_ROWS, round_trip_verdict
 
     matrix = np.random.default_rng(8).standard_normal((1000, 1000)).astype(np.float32)  # one Gram block
 
@@ -256,8 +256,8 @@ def test_an_unchecked_verdict_rounds_a_few_rows_of_a_changed_matrix():
 def test_an_fp16_overflow_is_reported_on_the_gram_path_and_on_gesdd(tmp_path, svd_method):
     """The Gram path finds an overflow in its own product (NaN singular values, no pass of its
     own); gesdd is checked before it runs. Both rows say the same, and bf16 is unaffected."""
-    from blockscope.spectra import singular_values_gram
-    from blockscope.unit_analysis import UnitReader, precision_table, unit_tables
+    from blockscope.analysis.spectra import singular_values_gram
+    from blockscope.analysis.anatomy import UnitReader, precision_table, unit_tables
 
     matrix = np.random.default_rng(9).standard_normal((600, 40)).astype(np.float32)
     matrix[599, 3] = 7e4  # above fp16's 65504: Inf after the round trip, in the last block
@@ -277,8 +277,8 @@ def test_the_sweep_never_holds_a_rounded_copy_of_a_matrix(tmp_path, monkeypatch)
     allocation stays under half the matrix, where a whole fp16 cast and back takes 1.5x."""
     import tracemalloc
 
-    import blockscope.spectra as spectra
-    from blockscope.unit_analysis import UnitReader, _hill, precision_table, unit_tables
+    import blockscope.analysis.spectra as spectra
+    from blockscope.analysis.anatomy import UnitReader, _hill, precision_table, unit_tables
 
     monkeypatch.setattr(spectra, "GRAM_BLOCK_ENTRIES", 1 << 15)
     matrix = np.random.default_rng(6).standard_normal((40000, 48)).astype(np.float32)  # 7.7 MB
@@ -305,7 +305,7 @@ def test_a_gram_that_overflows_gives_no_spectrum_and_says_so(tmp_path):
     """Weights near 1e154 (a float64 matrix) overflow the float64 Gram: with svd_method gram the
     matrix gets no spectrum (never NaN singular values), its spectral metrics are NaN with the
     reason, and the sweep's fp64 row computes anew instead of reusing anything."""
-    from blockscope.spectra import GRAM_OVERFLOW
+    from blockscope.analysis.spectra import GRAM_OVERFLOW
 
     matrix = np.random.default_rng(13).standard_normal((60, 30)) * 1e160
     path, inventory = _f64_unit(tmp_path, matrix)

@@ -5,15 +5,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockscope import layout, views
-from blockscope.config import validate_config
+from blockscope import layout
+from blockscope.aggregation import detail_tables as views
+from blockscope.config.validation import validate_config
 from blockscope.errors import BlockscopeError
-from blockscope.heads import cumulative_energy
-from blockscope.plots import precision_distributions
-from blockscope.plots_views import (down_proj_variance, headmerge_comparison, headmerge_layer_pairs,
+from blockscope.analysis.heads import cumulative_energy
+from blockscope.reporting.plots import precision_distributions
+from blockscope.reporting.detail_plots import (down_proj_variance, headmerge_comparison, headmerge_layer_pairs,
                                     precision_category, precision_matrix)
-from blockscope.report_views import view_sections
-from blockscope.selection import chosen_layers, first_middle_last
+from blockscope.reporting.detail_sections import view_sections
+from blockscope.checkpoint.selection import chosen_layers, first_middle_last
 from conftest import TINY_LLAMA
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-from blockscope import cost_model as cost
+from blockscope.planning import cost_model as cost
 from blockscope import layout, read_unit
 from conftest import TINY_LLAMA, mtimes, run_workflow
 
@@ -282,7 +282,7 @@ def check_notebook_views(model, metrics, report):
 
 
 def test_reports_open_with_findings_from_their_tables(finished):
-    from blockscope.findings import outside_range
+    from blockscope.reporting.findings import outside_range
 
     model = finished / "results/tiny-llama"
     report = (model / "report.md").read_text()
@@ -358,13 +358,13 @@ def test_editing_one_stage_reruns_that_stage_and_what_follows(finished, tmp_path
 
 def test_editing_a_library_module_reruns_exactly_what_uses_it(finished, tmp_path):
     work, workflow = clone(finished, tmp_path), workflow_copy(tmp_path)
-    append_a_line(workflow / "blockscope/heavytail.py")
+    append_a_line(workflow / "blockscope/analysis/heavytail.py")
     rerun = _dry_run_rules(work, workflow / "Snakefile")
     assert {"anatomy", "aggregate", "summary", "model_report"} <= rerun
     assert not rerun & {"fetch", "inventory", "extract", "embedding", "head_deep_dive"}
 
     workflow = workflow_copy(tmp_path / "second")
-    append_a_line(workflow / "blockscope/plots.py")
+    append_a_line(workflow / "blockscope/reporting/plots.py")
     rerun = _dry_run_rules(work, workflow / "Snakefile")
     assert {"metric_plots", "esd_plot", "summary_plots"} <= rerun
     assert rerun <= PLOT_RULES | {"model_report", "summary_report", "all"}  # the reports link the redrawn figures
@@ -373,7 +373,7 @@ def test_editing_a_library_module_reruns_exactly_what_uses_it(finished, tmp_path
 def test_each_part_of_a_units_anatomy_is_recomputed_only_when_what_it_depends_on_changed(finished, tmp_path):
     """Rule anatomy runs a unit's spectra, sweep and heads in one job; a changed precision list
     reruns the job but recomputes the sweep alone, an edit to heads.py the heads alone."""
-    from blockscope.tables import read_stamp
+    from blockscope.io.tables import read_stamp
 
     work = clone(finished, tmp_path)
     results = work / "results/tiny-llama"
@@ -398,7 +398,7 @@ def test_each_part_of_a_units_anatomy_is_recomputed_only_when_what_it_depends_on
     assert sorted(pd.read_parquet(results / "precision/layer_000.parquet")["precision"].unique()) == ["bf16", "fp32"]
 
     workflow = workflow_copy(tmp_path)
-    append_a_line(workflow / "blockscope/heads.py")
+    append_a_line(workflow / "blockscope/analysis/heads.py")
     assert ("anatomy", "tiny-llama") in jobs_run(run_workflow(work, config, *targets, snakefile=workflow / "Snakefile"))
     assert "heads: computed" in log() and "spectra: kept" in log() and "precision: kept" in log()
     assert stamps()["heads"] != after["heads"] and stamps()["precision"] == after["precision"]

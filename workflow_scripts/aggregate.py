@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from blockscope import aggregate as agg
-from blockscope.atomic import atomic_path, write_csv, write_json, write_parquet
+from blockscope.aggregation import model_tables as agg
+from blockscope.io.atomic import atomic_path, write_csv, write_json, write_parquet
 from blockscope.layout import HEAD_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS
-from blockscope.workflow import run_step
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

@@ -1,14 +1,14 @@
 """rule anatomy: one unit's spectra and metrics, precision sweep and heads, each part recomputed
-only when what it depends on changed (blockscope.anatomy)."""
+only when what it depends on changed (blockscope.analysis.part_stamps)."""
 
 import json
 
-from blockscope.anatomy import Part, run_part
-from blockscope.gpu_slots import claim_gpu
-from blockscope.heads import unit_heads_table
-from blockscope.tables import read_rows, read_table, selected_rows, text_table, unit_inventory
-from blockscope.unit_analysis import UnitReader, alpha_hill_grid, precision_table, unit_tables
-from blockscope.workflow import run_step
+from blockscope.analysis.part_stamps import Part, run_part
+from blockscope.runtime.gpu_slots import claim_gpu
+from blockscope.analysis.heads import unit_heads_table
+from blockscope.io.tables import read_rows, read_table, selected_rows, text_table, unit_inventory
+from blockscope.analysis.anatomy import UnitReader, alpha_hill_grid, precision_table, unit_tables
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 
-from blockscope.plots import compress_pareto
-from blockscope.workflow import run_step
+from blockscope.reporting.plots import compress_pareto
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

@@ -2,11 +2,11 @@
 
 import logging
 
-from blockscope import compress
-from blockscope.atomic import write_json
+from blockscope.compression import experiments as compress
+from blockscope.io.atomic import write_json
 from blockscope.layout import COMPRESS_PRUNE_COLUMNS, PRUNE_ALLOCATION_COLUMNS
-from blockscope.pruning import magnitude_prune
-from blockscope.workflow import run_step
+from blockscope.compression.pruning import magnitude_prune
+from blockscope.runtime.run_step import run_step
 
 
 def write_tables(table, allocations, output):

@@ -2,12 +2,12 @@
 
 import logging
 
-from blockscope import compress
-from blockscope import compress_plans as plans
-from blockscope.atomic import write_json
+from blockscope.compression import experiments as compress
+from blockscope.compression import plans
+from blockscope.io.atomic import write_json
 from blockscope.layout import COMPRESS_QUANT_COLUMNS
-from blockscope.quant_formats import quantize
-from blockscope.workflow import run_step
+from blockscope.compression.formats import quantize
+from blockscope.runtime.run_step import run_step
 
 
 def skip(model_name, reason, output):

@@ -3,9 +3,9 @@
 
 import pandas as pd
 
-from blockscope.aggregate import spectral_rows
-from blockscope.plots_views import down_proj_variance, short_name
-from blockscope.workflow import run_step
+from blockscope.aggregation.model_tables import spectral_rows
+from blockscope.reporting.detail_plots import down_proj_variance, short_name
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

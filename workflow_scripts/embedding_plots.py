@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 
-from blockscope.plots import embedding_elbow, embedding_pca
-from blockscope.workflow import run_step
+from blockscope.reporting.plots import embedding_elbow, embedding_pca
+from blockscope.runtime.run_step import run_step
 
 
 def by_matrix(frame: pd.DataFrame) -> dict:

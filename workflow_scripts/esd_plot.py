@@ -4,9 +4,9 @@ spectrum (non-finite weights, ...) gets a panel with its status."""
 import numpy as np
 import pandas as pd
 
-from blockscope.aggregate import spectral_rows
-from blockscope.plots import esd
-from blockscope.workflow import run_step
+from blockscope.aggregation.model_tables import spectral_rows
+from blockscope.reporting.plots import esd
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

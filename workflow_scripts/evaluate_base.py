@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from blockscope import evaluate as ev
-from blockscope.atomic import write_json, write_parquet
-from blockscope.device import torch_device
-from blockscope.gpu_slots import claim_gpu
-from blockscope.sources import sha256
-from blockscope.workflow import run_step
+from blockscope.evaluation import evaluate as ev
+from blockscope.io.atomic import write_json, write_parquet
+from blockscope.runtime.device import torch_device
+from blockscope.runtime.gpu_slots import claim_gpu
+from blockscope.checkpoint.sources import sha256
+from blockscope.runtime.run_step import run_step
 
 
 def write(base, output):

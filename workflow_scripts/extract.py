@@ -3,9 +3,9 @@
 import os
 import time
 
-from blockscope.tables import unit_inventory
-from blockscope.tensors import extract_unit
-from blockscope.workflow import run_step
+from blockscope.io.tables import unit_inventory
+from blockscope.io.tensors import extract_unit
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

@@ -1,7 +1,7 @@
 """rule fetch: build resources/models/{model}/ from the model's source."""
 
-from blockscope.sources import fetch
-from blockscope.workflow import run_step
+from blockscope.checkpoint.sources import fetch
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

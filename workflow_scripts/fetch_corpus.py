@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from blockscope.atomic import atomic_path
+from blockscope.io.atomic import atomic_path
 from blockscope.errors import BlockscopeError
-from blockscope.workflow import run_step
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

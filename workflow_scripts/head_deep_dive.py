@@ -12,12 +12,12 @@ import pandas as pd
 import pyarrow as pa
 
 from blockscope import read_unit
-from blockscope.atomic import write_parquet
+from blockscope.io.atomic import write_parquet
 from blockscope.errors import BlockscopeError
-from blockscope.heads import attention_weights, deep_dive_problem, eigenvalue_table, empty_eigenvalue_table
+from blockscope.analysis.heads import attention_weights, deep_dive_problem, eigenvalue_table, empty_eigenvalue_table
 from blockscope.layout import ATTENTION_BLOCK_TYPES
-from blockscope.selection import unselected_attention
-from blockscope.workflow import run_step
+from blockscope.checkpoint.selection import unselected_attention
+from blockscope.runtime.run_step import run_step
 
 
 def with_attrs(table: pd.DataFrame) -> pa.Table:

@@ -5,9 +5,9 @@ import json
 
 import pandas as pd
 
-from blockscope.heads import kv_head
-from blockscope.plots import head_eigenvalues
-from blockscope.workflow import run_step
+from blockscope.analysis.heads import kv_head
+from blockscope.reporting.plots import head_eigenvalues
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

@@ -5,8 +5,8 @@ import os
 import pandas as pd
 
 from blockscope.layout import figure_files
-from blockscope.plots import heads_heatmap, precision_distributions, precision_page, precision_sensitivity
-from blockscope.workflow import run_step
+from blockscope.reporting.plots import heads_heatmap, precision_distributions, precision_page, precision_sensitivity
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from blockscope import headmerge_sweep as sweep
-from blockscope.atomic import write_json, write_parquet
-from blockscope.device import torch_device
-from blockscope.evaluate import Evaluator, load_base, load_causal_lm
-from blockscope.gpu_slots import claim_gpu
-from blockscope.headmerge import similarity_table
-from blockscope.selection import parse_layers
-from blockscope.workflow import run_step
+from blockscope.evaluation import head_merge_sweep as sweep
+from blockscope.io.atomic import write_json, write_parquet
+from blockscope.runtime.device import torch_device
+from blockscope.evaluation.evaluate import Evaluator, load_base, load_causal_lm
+from blockscope.runtime.gpu_slots import claim_gpu
+from blockscope.evaluation.head_merge import similarity_table
+from blockscope.checkpoint.selection import parse_layers
+from blockscope.runtime.run_step import run_step
 
 
 def skip(model_name, reason, settings, output):

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from blockscope import headmerge as hm
+from blockscope.evaluation import head_merge as hm
 from blockscope.layout import HEADMERGE_THRESHOLD_FIGURES, figure_files
-from blockscope.plots import headmerge_pairs, headmerge_sweep, similarity_histograms, similarity_matrices
-from blockscope.plots_views import headmerge_comparison, headmerge_layer_pairs
-from blockscope.selection import chosen_layers, parse_layers
-from blockscope.workflow import run_step
+from blockscope.reporting.plots import headmerge_pairs, headmerge_sweep, similarity_histograms, similarity_matrices
+from blockscope.reporting.detail_plots import headmerge_comparison, headmerge_layer_pairs
+from blockscope.checkpoint.selection import chosen_layers, parse_layers
+from blockscope.runtime.run_step import run_step
 
 
 def threshold_figures(model, threshold, formats) -> tuple:

@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from blockscope.atomic import write_json, write_parquet
-from blockscope.inventory import build_inventory, model_dims, model_identity, read_config, unit_table
-from blockscope.workflow import run_step
+from blockscope.io.atomic import write_json, write_parquet
+from blockscope.checkpoint.inventory import build_inventory, model_dims, model_identity, read_config, unit_table
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

@@ -2,9 +2,9 @@
 
 import pandas as pd
 
-from blockscope.aggregate import spectral_rows
-from blockscope.plots import metric_by_layer
-from blockscope.workflow import run_step
+from blockscope.aggregation.model_tables import spectral_rows
+from blockscope.reporting.plots import metric_by_layer
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

@@ -5,14 +5,14 @@ import os
 
 import pandas as pd
 
-from blockscope import findings as fd
+from blockscope.reporting import findings as fd
 from blockscope import layout
-from blockscope.atomic import atomic_path
-from blockscope.compress import compress_findings, compress_section, planned_source_dtypes
-from blockscope.job_costs import read_benchmarks
+from blockscope.io.atomic import atomic_path
+from blockscope.compression.experiments import compress_findings, compress_section, planned_source_dtypes
+from blockscope.reporting.measured_costs import read_benchmarks
 from blockscope.layout import VIEW_TABLES
-from blockscope.report import model_report
-from blockscope.workflow import run_step
+from blockscope.reporting.model_report import model_report
+from blockscope.runtime.run_step import run_step
 
 
 def read_csv(path) -> pd.DataFrame:

@@ -6,9 +6,9 @@ import sys
 
 import pandas as pd
 
-from blockscope.atomic import write_json
-from blockscope.cost_model import plan_document, plan_model, throughput, total_line
-from blockscope.workflow import run_step
+from blockscope.io.atomic import write_json
+from blockscope.planning.cost_model import plan_document, plan_model, throughput, total_line
+from blockscope.runtime.run_step import run_step
 
 TERMINAL = sys.stdout  # run_step sends stdout to the log; the total goes to the terminal as well
 

@@ -7,8 +7,8 @@ import re
 import pandas as pd
 
 from blockscope.layout import figure_files
-from blockscope.plots_views import precision_category, precision_matrix, short_name
-from blockscope.workflow import run_step
+from blockscope.reporting.detail_plots import precision_category, precision_matrix, short_name
+from blockscope.runtime.run_step import run_step
 
 
 def file_stem(name: str) -> str:

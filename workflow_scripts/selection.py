@@ -4,9 +4,9 @@ import json
 
 import pandas as pd
 
-from blockscope.atomic import write_json
-from blockscope.selection import describe, is_everything, selected_units
-from blockscope.workflow import run_step
+from blockscope.io.atomic import write_json
+from blockscope.checkpoint.selection import describe, is_everything, selected_units
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

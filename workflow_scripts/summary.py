@@ -4,9 +4,9 @@ import json
 
 import pandas as pd
 
-from blockscope import aggregate as agg
-from blockscope.atomic import atomic_path, write_parquet
-from blockscope.workflow import run_step
+from blockscope.aggregation import model_tables as agg
+from blockscope.io.atomic import atomic_path, write_parquet
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from blockscope.plots import depth_overlay
-from blockscope.workflow import run_step
+from blockscope.reporting.plots import depth_overlay
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

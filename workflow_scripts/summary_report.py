@@ -4,10 +4,10 @@ import os
 
 import pandas as pd
 
-from blockscope.atomic import atomic_path
-from blockscope.compress import compress_findings
-from blockscope.summary_report import summary_report
-from blockscope.workflow import run_step
+from blockscope.io.atomic import atomic_path
+from blockscope.compression.experiments import compress_findings
+from blockscope.reporting.cross_model_report import summary_report
+from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):

@@ -1,4 +1,4 @@
-"""rule view_tables: the per-head QK notebook's views as tables (blockscope.views), from the
+"""rule view_tables: the per-head QK notebook's views as tables (blockscope.aggregation.detail_tables), from the
 aggregated metrics and heads, the spectra and the deep-dive tables; no spectrum is recomputed."""
 
 import json
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from blockscope import views
-from blockscope.atomic import write_csv
-from blockscope.workflow import run_step
+from blockscope.aggregation import detail_tables as views
+from blockscope.io.atomic import write_csv
+from blockscope.runtime.run_step import run_step
 
 
 def read_down_spectra(paths, matrices) -> pd.DataFrame:

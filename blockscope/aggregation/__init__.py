@@ -1,0 +1,1 @@
+"""A model's per-unit tables stacked into model-level tables and the detail tables."""

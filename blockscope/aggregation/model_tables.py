@@ -1,0 +1,265 @@
+"""Per-model and cross-model tables from the per-unit files. Nothing here recomputes a spectrum."""
+
+import datetime as dt
+import re
+
+import numpy as np
+import pandas as pd
+
+from blockscope.analysis.heads import NONFINITE_TAG, quartile_tags
+from blockscope.layout import CHECKPOINT, EXPORT_FIRST_COLUMNS, MAIN_METRICS, PLOT_METRICS, PRECISION_SENSITIVITY_COLUMNS, PRECISION_SUMMARY_COLUMNS, PRECISION_WIDE_COLUMNS, QUANTIZATION_HINT_COLUMNS, RELATIVE_RANGE_ROW, SENSITIVE_ROW, STATISTICS_ONLY
+from blockscope.compression.presets import overrides
+from blockscope.analysis.precision_sensitivity import DEFAULT_THRESHOLD, precision_sensitivity
+
+
+def stack(frames, columns=()) -> pd.DataFrame:
+    """The non-empty frames one under the other; with none, an empty frame of `columns`."""
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(columns))
+
+
+def spectral_rows(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The metrics rows that can hold a spectrum: every row but the 1-D parameters' statistics-only ones."""
+    if "status" not in metrics:
+        return metrics
+    return metrics[metrics["status"] != STATISTICS_ONLY]
+
+
+def with_provenance(metrics: pd.DataFrame, dims: dict) -> pd.DataFrame:
+    """The per-matrix table with the export columns first (provenance from model.json)."""
+    identity = {"model_path": CHECKPOINT.format(model=dims["model"]), "model_id": dims["model_id"],
+                "revision": dims["revision"]}
+    shapes = [f"{r}x{c}" if pd.notna(r) and pd.notna(c) else "" for r, c in zip(metrics["rows"], metrics["cols"])]
+    table = metrics.assign(**identity, shape=shapes,
+                           created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    first = [c for c in EXPORT_FIRST_COLUMNS if c in table]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+def series_stats(values: pd.Series) -> dict:
+    """count, min, max, mean, median, std, range, first, last, variance, CV (std / |mean|)."""
+    v = values.dropna()
+    if v.empty:
+        return {"count": 0}
+    mean = v.mean()
+    return {"count": int(v.size), "min": v.min(), "max": v.max(), "mean": mean, "median": v.median(),
+            "std": v.std(ddof=0), "range": v.max() - v.min(), "first": v.iloc[0], "last": v.iloc[-1],
+            "variance": v.var(ddof=0), "cv": v.std(ddof=0) / abs(mean) if mean else np.nan}
+
+
+def statistics_by_type(metrics: pd.DataFrame, columns=MAIN_METRICS) -> pd.DataFrame:
+    """One row per (block_type, metric); first/last follow layer order."""
+    ordered = spectral_rows(metrics).sort_values(["layer_index", "param_name"], na_position="first")
+    rows = [{"block_type": kind, "metric": metric, **series_stats(group[metric])}
+            for kind, group in ordered.groupby("block_type") for metric in columns if metric in group]
+    return pd.DataFrame(rows)
+
+
+def phase_of(layer: pd.Series, layers: int) -> pd.Series:
+    """early / middle / late thirds of the depth."""
+    third = np.floor(3 * layer / max(layers, 1)).clip(0, 2)
+    return third.map({0: "early", 1: "middle", 2: "late"})
+
+
+def trend(means: list) -> str:
+    """U-shape, inverted-U, monotone down/up, or other, from the early/middle/late means."""
+    early, middle, late = means
+    if any(pd.isna(x) for x in means):
+        return "other"
+    if middle < early and middle < late:
+        return "U-shape"
+    if middle > early and middle > late:
+        return "inverted-U"
+    if early >= middle >= late:
+        return "monotone down"
+    if early <= middle <= late:
+        return "monotone up"
+    return "other"
+
+
+def phase_row(part: pd.DataFrame, metric: str) -> dict:
+    """Phase means, trend and the largest layer-over-layer drop and jump of one metric."""
+    per_layer = part.groupby("layer_index")[metric].mean().sort_index()
+    means = [part.loc[part["phase"] == p, metric].mean() for p in ("early", "middle", "late")]
+    steps = per_layer.diff().dropna()
+    empty = steps.empty
+    return {"early": means[0], "middle": means[1], "late": means[2], "trend": trend(means),
+            "largest_drop": np.nan if empty else steps.min(),
+            "largest_drop_at_layer": np.nan if empty else steps.idxmin(),
+            "largest_jump": np.nan if empty else steps.max(),
+            "largest_jump_at_layer": np.nan if empty else steps.idxmax()}
+
+
+def phase_analysis(metrics: pd.DataFrame, layers: int, columns=MAIN_METRICS) -> pd.DataFrame:
+    """Per weight type and metric: phase means, trend, largest layer-over-layer drop and jump."""
+    inside = spectral_rows(metrics).dropna(subset=["layer_index"]).assign(
+        phase=lambda f: phase_of(f["layer_index"].astype(float), layers))
+    rows = []
+    for kind, part in inside.groupby("block_type"):
+        for metric in columns:
+            if metric in part and part[metric].notna().any():
+                rows.append({"block_type": kind, "metric": metric, **phase_row(part, metric)})
+    return pd.DataFrame(rows)
+
+
+def precision_wide(precision: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """layer_name, category, out_features, in_features, alpha_<precision>..., then alpha_hill_range,
+    alpha_hill_relative_range, precision_sensitive (one row per matrix)."""
+    if precision.empty:
+        return pd.DataFrame(columns=[*PRECISION_WIDE_COLUMNS, *PRECISION_SENSITIVITY_COLUMNS])
+    wide = precision.pivot_table(index="matrix", columns="precision", values="alpha_hill", sort=False, dropna=False)
+    wide.columns = [f"alpha_{p}" for p in wide.columns]
+    info = precision.drop_duplicates("matrix").set_index("matrix")
+    out = pd.DataFrame({"layer_name": wide.index, "category": info.loc[wide.index, "block_type"].to_numpy(),
+                        "out_features": info.loc[wide.index, "rows"].to_numpy(),
+                        "in_features": info.loc[wide.index, "cols"].to_numpy()})
+    spread = precision_sensitivity(precision, threshold).set_index("matrix").loc[wide.index]
+    return pd.concat([out, wide.reset_index(drop=True),
+                      spread[PRECISION_SENSITIVITY_COLUMNS].reset_index(drop=True)], axis=1)
+
+
+def _quantiles(values: pd.Series) -> dict:
+    v = values.dropna()
+    return {"count": int(v.size), "mean": v.mean(), "std": v.std(ddof=0), "min": v.min(), "median": v.median(),
+            "max": v.max(), "q25": v.quantile(0.25), "q75": v.quantile(0.75)}
+
+
+def precision_summary(precision: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """precision, count, mean, std, min, median, max, q25, q75 of alpha_hill per precision; then
+    two rows over matrices: alpha_hill_relative_range (its statistics over the matrices where it
+    is finite) and precision_sensitive (count: matrices with relative range > threshold; mean:
+    their share of those matrices; the rest NaN)."""
+    rows = [{"precision": name, **_quantiles(group["alpha_hill"])}
+            for name, group in precision.groupby("precision", sort=False)]
+    if rows:
+        spread = precision_sensitivity(precision, threshold)
+        relative = spread["alpha_hill_relative_range"].dropna()
+        sensitive = int(spread["precision_sensitive"].sum())
+        rows.append({"precision": RELATIVE_RANGE_ROW, **_quantiles(relative)})
+        rows.append({"precision": SENSITIVE_ROW, "count": sensitive,
+                     "mean": sensitive / relative.size if relative.size else np.nan})
+    return pd.DataFrame(rows, columns=PRECISION_SUMMARY_COLUMNS)
+
+
+LOWER_MORE_BITS, HIGHER_MORE_BITS = "lower_alpha_more_bits", "higher_alpha_more_bits"
+DIRECTION_WORDS = {LOWER_MORE_BITS: "lower", "alpha_pruning": "lower", HIGHER_MORE_BITS: "higher", "inverse": "higher"}
+KEEP = "keep"  # the decision for a row without a usable spectrum: leave the tensor as stored
+
+
+def quantization_hint(alpha: float, thresholds: list, formats: list, direction: str) -> str | None:
+    """A number format for one matrix from its exponent (a heuristic, see docs/metrics.md);
+    None for a non-finite exponent (no format is made up).
+
+    The bands in alpha are [-inf, t0), [t0, t1), ..., [t_last, inf): a value exactly on a
+    threshold joins the band above it, whatever the direction. lower_alpha_more_bits
+    (AlphaPruning): the lowest band gets formats[0]; higher_alpha_more_bits: the highest does.
+    thresholds ascending, formats from most to fewest bits, len(formats) == len(thresholds) + 1.
+    """
+    if not np.isfinite(alpha):
+        return None
+    band = int(np.searchsorted(thresholds, alpha, side="right"))
+    return formats[band] if DIRECTION_WORDS[direction] == "lower" else formats[len(thresholds) - band]
+
+
+def format_bits(name) -> int | None:
+    """Bits of a format name: its first number (bf16 -> 16, fp8/int8 -> 8, int4 -> 4); None without one."""
+    found = re.search(r"\d+", str(name)) if isinstance(name, str) else None
+    return int(found.group()) if found else None
+
+
+def quantization_bands(settings: dict) -> pd.DataFrame:
+    """from (inclusive), to (exclusive) and format of every band, in alpha order (NaN: unbounded)."""
+    thresholds, formats = settings["alpha_thresholds"], settings["formats"]
+    edges, n = [np.nan, *thresholds, np.nan], len(thresholds)
+    lower = DIRECTION_WORDS[settings["direction"]] == "lower"
+    return pd.DataFrame([{"from": edges[i], "to": edges[i + 1], "format": formats[i] if lower else formats[n - i]}
+                         for i in range(n + 1)], columns=["from", "to", "format"])
+
+
+def quantization_basis(settings: dict) -> str:
+    """The rule in words: preset, metric, direction, thresholds."""
+    word = DIRECTION_WORDS[settings["direction"]]
+    changed = overrides(settings)
+    preset = settings.get("preset", "custom") + (f" (overridden: {', '.join(changed)})" if changed else "")
+    return (f"preset {preset}: {settings['metric']} thresholds {settings['alpha_thresholds']}, "
+            f"{word} {settings['metric']} keeps more bits")
+
+
+def quantization_hints(metrics: pd.DataFrame, settings: dict) -> pd.DataFrame:
+    """One row per metrics row: a format where the row has a usable spectrum (status ok and a
+    finite metric), else decision keep with the reason and no format."""
+    table = metrics.reindex(columns=QUANTIZATION_HINT_COLUMNS[:9]).copy()
+    status = metrics["status"] if "status" in metrics else pd.Series("ok", index=metrics.index)
+    value = pd.to_numeric(metrics[settings["metric"]], errors="coerce")
+    usable = (status == "ok") & np.isfinite(value)
+    formats = [quantization_hint(v, settings["alpha_thresholds"], settings["formats"], settings["direction"])
+               if ok else None for v, ok in zip(value, usable)]
+    table["suggested_format"] = pd.Series(formats, index=table.index, dtype=object)
+    table["bits"] = pd.array([format_bits(f) for f in formats], dtype="Int64")
+    table["group_size"] = pd.array([settings.get("group_size", 32) if ok else None for ok in usable], dtype="Int64")
+    table["decision"] = np.where(usable, "quantize", KEEP)
+    table["reason"] = [("" if ok else str(s) if s != "ok" else f"{settings['metric']} is not finite")
+                       for s, ok in zip(status, usable)]
+    table["basis"] = quantization_basis(settings)
+    return table
+
+
+def _none(value):
+    """JSON-ready: NaN and pandas NA become None, numpy scalars Python ones."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def quantization_parameters(hints: pd.DataFrame, metric: str) -> dict:
+    """param_name -> entry {param_name, format, bits, group_size, metric, value, decision, reason};
+    an expert stack's entry holds {param_name, experts: [entry with expert, ...]} instead."""
+    out = {}
+    for row in hints.itertuples(index=False):
+        entry = {"param_name": row.param_name, "format": _none(row.suggested_format), "bits": _none(row.bits),
+                 "group_size": _none(row.group_size), "metric": metric, "value": _none(getattr(row, metric)),
+                 "decision": row.decision, "reason": row.reason}
+        if pd.isna(row.expert):
+            out[row.param_name] = entry
+        else:
+            stack = out.setdefault(row.param_name, {"param_name": row.param_name, "experts": []})
+            stack["experts"].append({"expert": int(row.expert), **entry})
+    return out
+
+
+def quantization_config(model: str, hints: pd.DataFrame, settings: dict) -> dict:
+    """The exported quantization_config.json (docs/outputs.md)."""
+    bands = quantization_bands(settings)
+    return {"model": model, "heuristic": True,
+            "note": "Suggested number formats from heavy-tail exponents: a heuristic, not a guarantee. "
+                    "Sources: AlphaPruning (Lu et al., NeurIPS 2024), WeightWatcher; see docs/metrics.md.",
+            "preset": settings.get("preset", "custom"), "preset_overrides": overrides(settings),
+            "rule": quantization_basis(settings) + "; a value on a threshold joins the band above it",
+            "settings": settings, "group_size": settings.get("group_size", 32),
+            "bands": [{k: _none(v) for k, v in band.items()} for band in bands.to_dict("records")],
+            "keep": "decision keep, format null: no usable spectrum (status not ok, or the metric not finite); "
+                    "leave the tensor as stored",
+            "parameters": quantization_parameters(hints, settings["metric"]),
+            "formats": {m: _none(f) for m, f in zip(hints["matrix"], hints["suggested_format"])}}
+
+
+def tag_heads_across_layers(heads: pd.DataFrame) -> pd.DataFrame:
+    """Model-level tag: quartiles of mean effective rank over every (layer, head) of the model."""
+    if heads.empty:
+        return heads
+    tags = pd.Series(quartile_tags(heads["mean_effective_rank"]), index=heads.index)
+    tags = tags.where(heads["tag"] != NONFINITE_TAG, NONFINITE_TAG)
+    return heads.assign(layer_tag=heads["tag"], tag=tags)
+
+
+def relative_depth(metrics: pd.DataFrame, layers_of: dict) -> pd.Series:
+    """layer / layers, so models of different depth line up (NaN outside blocks)."""
+    return metrics["layer_index"].astype(float) / metrics["model"].map(layers_of).astype(float)
+
+
+def depth_comparison(metrics: pd.DataFrame, bins: int = 10, columns=PLOT_METRICS) -> pd.DataFrame:
+    """Mean of each metric per model, weight type and relative-depth bin."""
+    inside = spectral_rows(metrics).dropna(subset=["relative_depth"]).copy()
+    inside["depth_bin"] = np.minimum((inside["relative_depth"] * bins).astype(int), bins - 1) / bins
+    present = [c for c in columns if c in inside]
+    return inside.groupby(["block_type", "depth_bin", "model"])[present].mean().reset_index()

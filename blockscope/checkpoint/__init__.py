@@ -1,0 +1,1 @@
+"""A checkpoint and its tensors: sources, the inventory, block types, attention layout, selection."""

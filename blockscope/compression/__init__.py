@@ -1,0 +1,1 @@
+"""Quantisation and pruning plans from the spectra, applied and scored against controls."""

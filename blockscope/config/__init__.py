@@ -1,0 +1,1 @@
+"""The workflow's config: schema, credentials, cross-key rules."""

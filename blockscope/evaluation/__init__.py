@@ -1,0 +1,1 @@
+"""A model on a corpus: the base evaluation, scores and KL, head merging."""

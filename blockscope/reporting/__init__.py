@@ -1,0 +1,1 @@
+"""Findings, Markdown reports and figures, read from the tables: nothing here computes a result."""

@@ -1,0 +1,1 @@
+"""How a job runs: the device, GPU slots, code hashes, the script step, the run's outcome."""
