@@ -43,8 +43,9 @@ def main():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from blockscope.evaluation.evaluate import (corpus_text, kl_to_base, next_token_logits, raw_file_rows, rest_mass,
-                                     tail_samples, windows)
+    from blockscope.evaluation.corpus import corpus_text, raw_file_rows, windows
+    from blockscope.evaluation.forward import next_token_logits
+    from blockscope.evaluation.kl import kl_to_base, rest_mass, tail_samples
 
     checkpoint = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "resources/models/smollm2-135m")
     corpus = sys.argv[2] if len(sys.argv) > 2 else str(ROOT / "resources/corpus/wikitext-2-raw-test.txt")

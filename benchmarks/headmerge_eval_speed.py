@@ -1,7 +1,7 @@
 """Evaluation throughput against a plain transformers forward pass on the same windows.
 
 Peer: `model(ids).logits` under torch.inference_mode over the windows, one window per batch
-(as the evaluation's default batch_size), nothing kept. Ours: blockscope.evaluation.evaluate.evaluate_base
+(as the evaluation's default batch_size), nothing kept. Ours: blockscope.evaluation.forward.evaluate_base
 (NLL, accuracy, argmax, top-k log-probabilities kept) and evaluate_variant (NLL, accuracy, KL
 and top-1 agreement against that base) on the same windows. The three run interleaved for
 `rounds` rounds and each keeps its fastest round; on a shared machine the ratios of CPU
@@ -41,20 +41,21 @@ def profile(logits, ids, base, device, sync):
     works on (chunks of positions on the CPU)."""
     import torch
 
-    from blockscope.evaluation import evaluate as ev
+    from blockscope.evaluation.forward import _pieces, next_token_scores
+    from blockscope.evaluation.kl import kl_to_base, tail_samples
 
     generator = torch.Generator(device=device).manual_seed(0)
-    pieces = list(ev._pieces(logits, device))
+    pieces = list(_pieces(logits, device))
     top = [z.topk(base.top_k, -1) for _, _, z in pieces]
     targets = [ids[window, 1:][where] for window, where, _ in pieces]
     steps = {
-        "max + exp, sum (vocab)": lambda: [ev.next_token_scores(z, t) for (_, _, z), t in zip(pieces, targets)],
+        "max + exp, sum (vocab)": lambda: [next_token_scores(z, t) for (_, _, z), t in zip(pieces, targets)],
         "topk (vocab, base only)": lambda: [z.topk(base.top_k, -1) for _, _, z in pieces],
-        "exp + tail_samples (base)": lambda: [ev.tail_samples((z - z.amax(-1, keepdim=True)).exp_(), i,
-                                                              base.settings["tail_samples"], generator)
-                                              for (_, _, z), (_, i) in zip(pieces, top)],
-        "gathers + kl_to_base": lambda: [ev.kl_to_base(v, z.gather(-1, i), v[..., :32], z.gather(-1, i[..., :32]))
-                                         for (_, _, z), (v, i) in zip(pieces, top)],
+        "exp + tail_samples (base)": lambda: [tail_samples((z - z.amax(-1, keepdim=True)).exp_(), i,
+                                                           base.settings["tail_samples"], generator)
+                                           for (_, _, z), (_, i) in zip(pieces, top)],
+        "gathers + kl_to_base": lambda: [kl_to_base(v, z.gather(-1, i), v[..., :32], z.gather(-1, i[..., :32]))
+                                      for (_, _, z), (v, i) in zip(pieces, top)],
         "old: logsumexp, one piece": lambda: torch.logsumexp(logits, -1),
         "old: softmax, one piece": lambda: torch.softmax(logits, -1),
     }
@@ -66,7 +67,8 @@ def main():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from blockscope.evaluation import evaluate as ev
+    from blockscope.evaluation.corpus import corpus_text, raw_file_rows, windows
+    from blockscope.evaluation.forward import evaluate_base, evaluate_variant, next_token_logits
 
     checkpoint = sys.argv[1] if len(sys.argv) > 1 else str(ROOT / "resources/models/smollm2-135m")
     seq_len = int(sys.argv[2]) if len(sys.argv) > 2 else 256
@@ -76,8 +78,8 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(checkpoint).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    ids = np.asarray(tokenizer(ev.corpus_text(ev.raw_file_rows(corpus)))["input_ids"])
-    batch = ev.windows(ids, seq_len, seq_len * count)
+    ids = np.asarray(tokenizer(corpus_text(raw_file_rows(corpus)))["input_ids"])
+    batch = windows(ids, seq_len, seq_len * count)
     tokens = batch.size
 
     def sync():
@@ -89,13 +91,13 @@ def main():
             for row in batch:
                 model(torch.as_tensor(row[None]).to(device)).logits
 
-    base = ev.evaluate_base(model, batch[:1], device)  # warm-up (and the profile's base)
+    base = evaluate_base(model, batch[:1], device)  # warm-up (and the profile's base)
     kept = {}
 
     def base_eval():
-        kept["base"] = ev.evaluate_base(model, batch, device)
+        kept["base"] = evaluate_base(model, batch, device)
 
-    steps = {"peer": peer, "base": base_eval, "variant": lambda: ev.evaluate_variant(model, kept["base"], device)}
+    steps = {"peer": peer, "base": base_eval, "variant": lambda: evaluate_variant(model, kept["base"], device)}
     runs = {name: [] for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
@@ -115,7 +117,7 @@ def main():
     forward = min(run[0] for run in runs["peer"]) / count
     window = torch.as_tensor(batch[:1]).to(device)
     with torch.inference_mode():
-        logits = ev.next_token_logits(model, window)
+        logits = next_token_logits(model, window)
     print(f"after the forward pass ({forward * 1000:.1f} ms per window), per window:")
     for name, seconds in profile(logits, window, base, device, sync).items():
         print(f"  {name:26s} {seconds * 1000:7.2f} ms  ({seconds / forward:.1%} of the forward pass)")

@@ -82,7 +82,7 @@ HEADS = "results/{model}/heads.parquet"
 PRECISION = "results/{model}/precision.parquet"
 PLOTS = "results/{model}/plots"
 REPORT = "results/{model}/report.md"
-# The original notebook's and scripts' views (rules view_tables, down_proj_plot, precision_category_plots).
+# Detail tables read from the aggregated ones (rules detail_tables, down_proj_plot, precision_category_plots).
 HEADS_BY_HEAD = "results/{model}/heads_by_head.csv"
 HEADS_BY_LAYER = "results/{model}/heads_by_layer.csv"
 HEADS_HEATMAP_STATISTICS = "results/{model}/heads_heatmap_statistics.csv"
@@ -92,7 +92,7 @@ PHASE_STATISTICS = "results/{model}/phase_statistics.csv"
 DOWN_PROJ_FIGURE = "results/{model}/plots/down_proj_variance"  # a figure stem: one file per report.formats
 PRECISION_CATEGORIES = "results/{model}/plots/precision_categories"  # category_<block_type>.<format>
 PRECISION_MATRICES = "results/{model}/plots/individual_layers"  # <matrix>.<format>, report.per_matrix_charts
-VIEW_TABLES = {"heads_by_head": HEADS_BY_HEAD, "heads_by_layer": HEADS_BY_LAYER,
+DETAIL_TABLES = {"heads_by_head": HEADS_BY_HEAD, "heads_by_layer": HEADS_BY_LAYER,
                "heads_heatmap_statistics": HEADS_HEATMAP_STATISTICS, "deep_dive_summary": DEEP_DIVE_SUMMARY,
                "down_projections": DOWN_PROJECTIONS, "phase_statistics": PHASE_STATISTICS}
 SUMMARY = "results/summary"
@@ -206,9 +206,9 @@ CONTRACT_METRICS_COLUMNS = [
 SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
 # plan.json's jobs: one per (unit, per-unit rule), priced by blockscope.planning.cost_model.
 PLAN_JOB_COLUMNS = ["unit", "rule", "seconds", "mem_mb", "gflops"]
-# The base evaluation, one row per corpus window (blockscope.evaluation.evaluate.base_windows_table).
+# The base evaluation, one row per corpus window (blockscope.evaluation.base_artifact.base_windows_table).
 EVAL_WINDOW_COLUMNS = ["window", "first_token", "nll", "correct", "tokens", "loss", "accuracy"]
-# Views of the per-head QK notebook: statistics of a head metric over a group of heads.
+# Detail tables of the heads: statistics of a head metric over a group of heads.
 SPREAD = ("mean", "std", "min", "max")
 
 

@@ -364,7 +364,7 @@ def compress_targets(model):
 # "where the time went" reads them all).
 PER_UNIT_RULES = list(cost.PER_UNIT_RULES)
 PER_MODEL_RULES = ["fetch", "inventory", "selection", "plan", "embedding", "embedding_plots", "aggregate", "metric_plots",
-                   "head_and_precision_plots", "view_tables", "down_proj_plot", "precision_category_plots"]
+                   "head_and_precision_plots", "detail_tables", "down_proj_plot", "precision_category_plots"]
 
 
 def benchmark_files(model):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from blockscope.aggregation import model_tables as agg
+from blockscope.compression import hints as qh
 from blockscope import layout
 
 NAN = float("nan")
@@ -280,11 +281,11 @@ BELOW = np.nextafter  # BELOW(t, -inf): the largest float below t
     (-1.0, "bf16", "int4"),
 ])
 def test_quantization_hint_bands_and_edges(alpha, lower, higher):
-    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, LOWER) == lower
-    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, HIGHER) == higher
+    assert qh.quantization_hint(alpha, THRESHOLDS, FORMATS, LOWER) == lower
+    assert qh.quantization_hint(alpha, THRESHOLDS, FORMATS, HIGHER) == higher
     # the former direction names still read the same
-    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, "alpha_pruning") == lower
-    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, "inverse") == higher
+    assert qh.quantization_hint(alpha, THRESHOLDS, FORMATS, "alpha_pruning") == lower
+    assert qh.quantization_hint(alpha, THRESHOLDS, FORMATS, "inverse") == higher
 
 
 # Every band edge of both presets, approached from below and from above (worked out by hand from
@@ -304,11 +305,11 @@ def test_quantization_hint_bands_and_edges(alpha, lower, higher):
     (ORIGINAL, np.nextafter(3.0, np.inf), "fp16/bf16"),  # "> 3 -> FP16/BF16"
 ])
 def test_quantization_presets_every_band_edge_both_sides(preset, value, expected):
-    got = agg.quantization_hint(value, preset["alpha_thresholds"], preset["formats"], preset["direction"])
+    got = qh.quantization_hint(value, preset["alpha_thresholds"], preset["formats"], preset["direction"])
     assert got == expected
     metrics = pd.DataFrame({"matrix": ["m"], "param_name": ["m"], "status": ["ok"], "alpha": [value],
                             "alpha_hill": [value]})
-    assert agg.quantization_hints(metrics, preset)["suggested_format"].tolist() == [expected]
+    assert qh.quantization_hints(metrics, preset)["suggested_format"].tolist() == [expected]
 
 
 def test_presets_are_what_config_resolves():
@@ -329,22 +330,22 @@ def test_presets_are_what_config_resolves():
 @pytest.mark.parametrize("direction", [LOWER, HIGHER])
 @pytest.mark.parametrize("alpha", [NAN, np.nan, float("inf"), -float("inf")])
 def test_quantization_hint_unknown_alpha_gets_no_format(alpha, direction):
-    assert agg.quantization_hint(alpha, THRESHOLDS, FORMATS, direction) is None
+    assert qh.quantization_hint(alpha, THRESHOLDS, FORMATS, direction) is None
 
 
 def test_quantization_hint_one_threshold_and_four_bands():
-    assert [agg.quantization_hint(a, [4.0], ["bf16", "int4"], LOWER) for a in (3.9, 4.0)] == \
+    assert [qh.quantization_hint(a, [4.0], ["bf16", "int4"], LOWER) for a in (3.9, 4.0)] == \
         ["bf16", "int4"]
-    assert [agg.quantization_hint(a, [4.0], ["bf16", "int4"], HIGHER) for a in (3.9, 4.0)] == ["int4", "bf16"]
+    assert [qh.quantization_hint(a, [4.0], ["bf16", "int4"], HIGHER) for a in (3.9, 4.0)] == ["int4", "bf16"]
     formats = ["fp32", "bf16", "int8", "int4"]
-    assert [agg.quantization_hint(a, [2.0, 4.0, 6.0], formats, LOWER) for a in (1, 2, 5, 6, 9)] == \
+    assert [qh.quantization_hint(a, [2.0, 4.0, 6.0], formats, LOWER) for a in (1, 2, 5, 6, 9)] == \
         ["fp32", "bf16", "int8", "int4", "int4"]
-    assert [agg.quantization_hint(a, [2.0, 4.0, 6.0], formats, HIGHER) for a in (1, 2, 5, 6, 9)] == \
+    assert [qh.quantization_hint(a, [2.0, 4.0, 6.0], formats, HIGHER) for a in (1, 2, 5, 6, 9)] == \
         ["int4", "int8", "bf16", "fp32", "fp32"]
 
 
 def test_format_bits():
-    assert [agg.format_bits(f) for f in ("bf16", "fp16/bf16", "fp8/int8", "int4", "nf4", "keep", None)] == \
+    assert [qh.format_bits(f) for f in ("bf16", "fp16/bf16", "fp8/int8", "int4", "nf4", "keep", None)] == \
         [16, 16, 8, 4, 4, None, None]
 
 
@@ -363,7 +364,7 @@ def _hint_metrics():
 
 
 def test_quantization_hints_alpha_pruning_on_alpha():
-    got = agg.quantization_hints(_hint_metrics(), ALPHA_PRUNING)
+    got = qh.quantization_hints(_hint_metrics(), ALPHA_PRUNING)
     assert got.columns.tolist() == layout.QUANTIZATION_HINT_COLUMNS
     assert got["matrix"].tolist() == ["m0", "m1", "m2", "m3", "w[0]", "w[1]", "ln.weight", "pos_ids"]
     # alpha 2 -> bf16, 3 (edge) -> fp8, 6 -> int4, NaN (status ok) -> keep, experts 4 -> fp8, 9 -> int4
@@ -377,22 +378,22 @@ def test_quantization_hints_alpha_pruning_on_alpha():
 
 
 def test_quantization_hints_original_script_on_alpha_hill():
-    got = agg.quantization_hints(_hint_metrics(), ORIGINAL)
+    got = qh.quantization_hints(_hint_metrics(), ORIGINAL)
     # alpha_hill 6 -> fp16/bf16; 4 -> fp16/bf16; 1 -> int4; 3 (edge) -> fp16/bf16; experts 2, 2 -> int4
     assert got["suggested_format"].tolist() == ["fp16/bf16", "fp16/bf16", "int4", "fp16/bf16", "int4", "int4",
                                                 None, None]
     assert set(got["basis"]) == {"preset original_script: alpha_hill thresholds [2.5, 3.0], higher alpha_hill "
                                  "keeps more bits"}
     assert got["alpha"].tolist()[:3] == [2.0, 3.0, 6.0]   # both exponents are carried either way
-    overridden = agg.quantization_hints(_hint_metrics(), {**ORIGINAL, "alpha_thresholds": [2.0, 3.0]})
+    overridden = qh.quantization_hints(_hint_metrics(), {**ORIGINAL, "alpha_thresholds": [2.0, 3.0]})
     assert set(overridden["basis"]) == {"preset original_script (overridden: alpha_thresholds): alpha_hill "
                                         "thresholds [2.0, 3.0], higher alpha_hill keeps more bits"}
 
 
 def test_quantization_config_export():
     settings = {**ALPHA_PRUNING, "group_size": 64}
-    hints = agg.quantization_hints(_hint_metrics(), settings)
-    got = json.loads(json.dumps(agg.quantization_config("tiny", hints, settings), allow_nan=False))
+    hints = qh.quantization_hints(_hint_metrics(), settings)
+    got = json.loads(json.dumps(qh.quantization_config("tiny", hints, settings), allow_nan=False))
     assert got["group_size"] == 64 and got["preset"] == "alpha_pruning" and got["preset_overrides"] == []
     assert got["bands"] == [{"from": None, "to": 3.0, "format": "bf16"}, {"from": 3.0, "to": 5.0, "format": "fp8/int8"},
                             {"from": 5.0, "to": None, "format": "int4"}]
@@ -410,7 +411,7 @@ def test_quantization_config_export():
     assert params["ln.weight"]["decision"] == "keep" and params["ln.weight"]["format"] is None
     assert params["ln.weight"]["reason"] == layout.STATISTICS_ONLY
     assert got["formats"]["w[1]"] == "int4" and got["formats"]["pos_ids"] is None
-    original = agg.quantization_config("tiny", agg.quantization_hints(_hint_metrics(), ORIGINAL), ORIGINAL)
+    original = qh.quantization_config("tiny", qh.quantization_hints(_hint_metrics(), ORIGINAL), ORIGINAL)
     assert original["bands"] == [{"from": None, "to": 2.5, "format": "int4"},
                                  {"from": 2.5, "to": 3.0, "format": "fp8/int8"},
                                  {"from": 3.0, "to": None, "format": "fp16/bf16"}]

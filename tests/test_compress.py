@@ -7,8 +7,9 @@ import torch
 import yaml
 
 from blockscope.compression import experiments as compress
+from blockscope.reporting import compression_section
 from blockscope.compression import plans
-from blockscope.aggregation.model_tables import quantization_hint
+from blockscope.compression.hints import quantization_hint
 from blockscope.config.validation import validate_config
 from blockscope.errors import BlockscopeError
 from blockscope.compression.pruning import achieved_sparsity, magnitude_prune
@@ -168,13 +169,13 @@ def test_sentences_name_the_winner_and_the_controls():
          "perplexity": 12.0, "kl_divergence": 0.2, "bits_per_weight": 6.0},
         *[{"plan": f"random_p_{s}", "kind": "random", "of": "p", "perplexity": 11.0 + s / 10, "kl_divergence": 0.1}
           for s in range(3)]])
-    (sentence,) = compress.quant_sentences(rows)
+    (sentence,) = compression_section.quant_sentences(rows)
     assert "lower alpha keeps more bits won" in sentence and "2.000 lower" in sentence
     assert "gap is larger than 2 sd" in sentence and "winner is more than 2 sd below their mean" in sentence
     rows.loc[1, "perplexity"] = 10.05
-    assert "gap is not larger than 2 sd" in compress.quant_sentences(rows)[0]
+    assert "gap is not larger than 2 sd" in compression_section.quant_sentences(rows)[0]
     rows.loc[2:, "perplexity"] = [9.0, 10.0, 11.0]  # controls as good as the winner
-    assert "winner is within 2 sd of their mean" in compress.quant_sentences(rows)[0]
+    assert "winner is within 2 sd of their mean" in compression_section.quant_sentences(rows)[0]
 
 
 @pytest.mark.parametrize("key, value, named", [
@@ -188,11 +189,11 @@ def test_bad_compress_settings_name_the_key(key, value, named):
     section, name = key
     config = {"models": {"m": {"source": "local", "path": "/x"}}, "compress": {section: {name: value}}}
     with pytest.raises(BlockscopeError, match=f"config key {named}"):
-        validate_config(config)
+        validate_config(config, ROOT / "schemas" / "config.schema.yaml")
 
 
 def test_bits_over_chance_and_the_skip_it_drives():
-    from blockscope.evaluation.evaluate import bits_over_chance, chance_reason
+    from blockscope.evaluation.loading import bits_over_chance, chance_reason
 
     assert bits_over_chance(64, 64) == 0 and bits_over_chance(8, 64) == 3
     assert bits_over_chance(38.28, 49152) == pytest.approx(10.326, abs=1e-3)  # the demo's base
@@ -220,7 +221,7 @@ def test_round_trips_are_computed_once_and_equal_quantize():
 
 
 def test_plans_are_scored_on_the_first_windows_of_the_base():
-    from blockscope.evaluation.evaluate import BaseEvaluation
+    from blockscope.evaluation.base_artifact import BaseEvaluation
 
     n, seq, k = 4, 9, 3
     base = BaseEvaluation(nll=[1.0, 2.0, 3.0, 4.0], correct=[1, 2, 3, 4], tokens=[8] * n,

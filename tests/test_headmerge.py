@@ -144,7 +144,9 @@ def test_merging_identical_heads_leaves_the_function_unchanged():
 def test_evaluator_matches_transformers_loss_and_self_kl_is_zero():
     import torch
 
-    from blockscope.evaluation.evaluate import Evaluator, perplexity_change_ci, windows
+    from blockscope.evaluation.corpus import windows
+    from blockscope.evaluation.forward import Evaluator
+    from blockscope.evaluation.scores import perplexity_change_ci
 
     model = _tiny_llama(2)
     ids = np.random.default_rng(0).integers(0, 100, 200)
@@ -164,7 +166,7 @@ def test_evaluator_matches_transformers_loss_and_self_kl_is_zero():
 
 
 def test_wikitext_rows_are_joined_the_gptq_way():
-    from blockscope.evaluation.evaluate import corpus_text, raw_file_rows
+    from blockscope.evaluation.corpus import corpus_text, raw_file_rows
 
     if not WIKITEXT.exists():
         pytest.skip("shared WikiText-2 copy not present")
@@ -176,7 +178,8 @@ def test_wikitext_rows_are_joined_the_gptq_way():
 @pytest.mark.parametrize("threshold", [-1.0, 1.5])
 def test_thresholds_outside_the_cosine_range_are_refused(threshold):
     with pytest.raises(BlockscopeError, match="headmerge.thresholds.0"):
-        validate_config({"models": {"a": {"source": "hf", "repo_id": "x/y"}}, "headmerge": {"thresholds": [threshold]}})
+        validate_config({"models": {"a": {"source": "hf", "repo_id": "x/y"}}, "headmerge": {"thresholds": [threshold]}},
+                        ROOT / "schemas" / "config.schema.yaml")
 
 
 # --- the sweep on a live model: a tiny real Llama, a synthetic token stream, no corpus -----------
@@ -185,7 +188,8 @@ def test_thresholds_outside_the_cosine_range_are_refused(threshold):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """(model, slots, evaluator, base): the checkpoint read the workflow's way, scored on random ids."""
-    from blockscope.evaluation.evaluate import Evaluator, windows
+    from blockscope.evaluation.corpus import windows
+    from blockscope.evaluation.forward import Evaluator
     from blockscope.evaluation.head_merge_sweep import layer_slots
     from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
     from conftest import TINY_LLAMA, save_tiny
@@ -309,7 +313,7 @@ def test_similarity_table_round_trips():
 
 
 def test_head_merging_is_skipped_without_a_tokenizer_or_causal_head(tmp_path):
-    from blockscope.evaluation.evaluate import skip_reason
+    from blockscope.evaluation.loading import skip_reason
     from blockscope.checkpoint.sources import fetch
     from conftest import TINY_LLAMA
 

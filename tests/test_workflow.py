@@ -257,7 +257,7 @@ def test_tables_plots_and_reports(finished, tmp_path):
 def check_notebook_views(model, metrics, report):
     """The original notebook's and scripts' views: tables with their declared columns whose numbers
     agree with the tables they come from, figures, and their report sections."""
-    views = {name: pd.read_csv(model / path.removeprefix("results/{model}/")) for name, path in layout.VIEW_TABLES.items()}
+    views = {name: pd.read_csv(model / path.removeprefix("results/{model}/")) for name, path in layout.DETAIL_TABLES.items()}
     for name, frame in views.items():
         assert list(frame.columns) == layout.TABLES[name], name
     assert len(views["heads_by_head"]) == 4 and set(views["heads_by_head"]["rank_class"]) <= {"LOW", "MID", "HIGH"}

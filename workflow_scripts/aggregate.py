@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from blockscope.aggregation import model_tables as agg
+from blockscope.compression import hints as qh
 from blockscope.io.atomic import atomic_path, write_csv, write_json, write_parquet
 from blockscope.layout import HEAD_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS
 from blockscope.runtime.run_step import run_step
@@ -31,9 +32,9 @@ def main(snakemake):
     phases = agg.phase_analysis(metrics, dims["layers"])
     write_csv(phases, out.phases)
     settings = snakemake.params.quantization
-    hints = agg.quantization_hints(metrics, settings)
+    hints = qh.quantization_hints(metrics, settings)
     write_csv(hints, out.hints)
-    write_json(agg.quantization_config(model, hints, settings), out.hints_json)
+    write_json(qh.quantization_config(model, hints, settings), out.hints_json)
     print(f"[{model}] {len(metrics)} matrices; formats suggested: {hints['suggested_format'].value_counts(dropna=False).to_dict()}")
     print(phases[phases["metric"] == "alpha"].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 

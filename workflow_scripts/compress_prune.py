@@ -14,16 +14,24 @@ def write_tables(table, allocations, output):
     compress.write_table(allocations, output.allocations, output.allocations_csv)
 
 
+def variant(output):
+    """The variant folder when compress.save_variants asks for one, else None."""
+    return output.variant if "variant" in output.keys() else None
+
+
 def skip(model_name, reason, output):
-    compress.skip_experiment(model_name, reason, output,
+    compress.skip_experiment(model_name, reason,
                              {(output.summary, output.summary_csv): COMPRESS_PRUNE_COLUMNS,
-                              (output.allocations, output.allocations_csv): PRUNE_ALLOCATION_COLUMNS}, [output.plans])
+                              (output.allocations, output.allocations_csv): PRUNE_ALLOCATION_COLUMNS}, [output.plans],
+                             variant(output))
 
 
 def main(snakemake):
-    model_name, settings, output = snakemake.wildcards.model, snakemake.params.settings, snakemake.output
-    session, reason = compress.experiment_session(model_name, snakemake.input, snakemake.params.evaluation,
-                                                  snakemake.params.device)
+    model_name, settings, inputs, output = (snakemake.wildcards.model, snakemake.params.settings, snakemake.input,
+                                            snakemake.output)
+    session, reason = compress.experiment_session(
+        model_name, inputs.dims, inputs.checkpoint, inputs.metrics, inputs.base, snakemake.params.evaluation,
+        snakemake.params.device)
     if reason:
         return skip(model_name, reason, output)
     device = session.device
@@ -31,8 +39,7 @@ def main(snakemake):
     table, allocations, allocation_json = compress.prune_experiment(
         session.scorer(snakemake.params.evaluation["bootstrap"]), session.matrices, snakemake.params.targets,
         prune["eps"], prune["alpha_metric"], settings["random_seeds"], model_name)
-    for line in compress.prune_sentences(table):
-        logging.info("[%s] %s", model_name, line)
+    logging.info("[%s] %d plans scored:\n%s", model_name, len(table), table.to_string(max_cols=12))
     write_tables(table, allocations, output)
     write_json({"model": model_name, "alpha_metric": prune["alpha_metric"], "eps": prune["eps"],
                 "targets": snakemake.params.targets, "device": device,

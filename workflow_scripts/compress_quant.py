@@ -10,15 +10,22 @@ from blockscope.compression.formats import quantize
 from blockscope.runtime.run_step import run_step
 
 
+def variant(output):
+    """The variant folder when compress.save_variants asks for one, else None."""
+    return output.variant if "variant" in output.keys() else None
+
+
 def skip(model_name, reason, output):
-    compress.skip_experiment(model_name, reason, output, {(output.summary, output.summary_csv): COMPRESS_QUANT_COLUMNS},
-                             [output.plans, *output.hints])
+    compress.skip_experiment(model_name, reason, {(output.summary, output.summary_csv): COMPRESS_QUANT_COLUMNS},
+                             [output.plans, *output.hints], variant(output))
 
 
 def main(snakemake):
-    model_name, settings, output = snakemake.wildcards.model, snakemake.params.settings, snakemake.output
-    session, reason = compress.experiment_session(model_name, snakemake.input, snakemake.params.evaluation,
-                                                  snakemake.params.device)
+    model_name, settings, inputs, output = (snakemake.wildcards.model, snakemake.params.settings, snakemake.input,
+                                            snakemake.output)
+    session, reason = compress.experiment_session(
+        model_name, inputs.dims, inputs.checkpoint, inputs.metrics, inputs.base, snakemake.params.evaluation,
+        snakemake.params.device)
     if reason:
         return skip(model_name, reason, output)
     device = session.device
@@ -26,8 +33,7 @@ def main(snakemake):
     table, plan_formats, hints = compress.quant_experiment(
         session.scorer(snakemake.params.evaluation["bootstrap"]), session.matrices, settings["quant"]["formats"],
         group_size, settings["random_seeds"], model_name)
-    for line in compress.quant_sentences(table):
-        logging.info("[%s] %s", model_name, line)
+    logging.info("[%s] %d plans scored:\n%s", model_name, len(table), table.to_string(max_cols=12))
     compress.write_table(table, output.summary, output.summary_csv)
     write_json({"model": model_name, "group_size": group_size, "device": device, "plans": plan_formats}, output.plans)
     for path, (preset, (preset_settings, hint_table)) in zip(output.hints, hints.items()):

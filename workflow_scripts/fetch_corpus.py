@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from blockscope.io.atomic import atomic_path
 from blockscope.errors import BlockscopeError
+from blockscope.io.atomic import atomic_path
 from blockscope.runtime.run_step import run_step
 
 

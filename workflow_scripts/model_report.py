@@ -8,9 +8,9 @@ import pandas as pd
 from blockscope.reporting import findings as fd
 from blockscope import layout
 from blockscope.io.atomic import atomic_path
-from blockscope.compression.experiments import compress_findings, compress_section, planned_source_dtypes
+from blockscope.reporting.compression_section import compress_findings, compress_section, planned_source_dtypes
 from blockscope.reporting.measured_costs import read_benchmarks
-from blockscope.layout import VIEW_TABLES
+from blockscope.layout import DETAIL_TABLES
 from blockscope.reporting.model_report import model_report
 from blockscope.runtime.run_step import run_step
 
@@ -63,7 +63,7 @@ def main(snakemake):
         {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
         list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks), list(inp.files),
         precision_wide=precision_wide, sensitivity_threshold=snakemake.params.sensitivity_threshold,
-        views=dict(zip(VIEW_TABLES, map(read_csv, inp.views))),
+        views=dict(zip(DETAIL_TABLES, map(read_csv, inp.views))),
         compress=compress_lines(snakemake.wildcards.model, metrics, inp.compress, os.path.dirname(snakemake.output[0]),
                                 snakemake.params.embedded),
         findings=findings(snakemake, metrics, precision_wide))

@@ -5,7 +5,7 @@ import os
 import pandas as pd
 
 from blockscope.io.atomic import atomic_path
-from blockscope.compression.experiments import compress_findings
+from blockscope.reporting.compression_section import compress_findings
 from blockscope.reporting.cross_model_report import summary_report
 from blockscope.runtime.run_step import run_step
 

@@ -1,4 +1,4 @@
-"""The views of the original per-head QK notebook, as tables: statistics of the heads heatmap,
+"""Detail tables of a model, beside its main tables: statistics of the heads heatmap,
 per head index and per layer; a deep-dive head's eigenvalue summary; the down projections'
 spectra; a layer x weight-type pivot; per-phase statistics. All from tables the workflow has
 already written (heads, deep dives, spectra, metrics): nothing here recomputes a spectrum."""
@@ -28,7 +28,7 @@ def heatmap_statistics(heads: pd.DataFrame) -> pd.DataFrame:
 
 
 def rank_classes(means: pd.Series) -> pd.Series:
-    """The notebook's LOW / MID / HIGH: below the 25 % quantile of the means, above the 75 % one,
+    """LOW / MID / HIGH: below the 25 % quantile of the means, above the 75 % one,
     else MID (NaN means get no class)."""
     low, high = means.quantile(0.25), means.quantile(0.75)
     labels = np.where(means < low, "LOW", np.where(means > high, "HIGH", "MID"))
@@ -58,7 +58,7 @@ def heads_by_layer(heads: pd.DataFrame) -> pd.DataFrame:
 
 
 def energy_milestones(magnitudes) -> dict:
-    """energy_rank_50 ... _99 (the notebook's n50 ... n99): how many of the largest |values| hold
+    """energy_rank_50 ... _99 (n50 ... n99): how many of the largest |values| hold
     50/75/90/95/99 % of sum |value|^2."""
     magnitudes = np.sort(np.abs(np.asarray(magnitudes, dtype=np.float64)))[::-1]
     return {column: energy_rank(magnitudes, f) for column, f in zip(ENERGY_COLUMNS, ENERGY_FRACTIONS)}

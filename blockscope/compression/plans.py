@@ -11,7 +11,7 @@ allocation is rescaled to the target after any reordering.
 import numpy as np
 import pandas as pd
 
-from blockscope.aggregation.model_tables import quantization_config, quantization_hints
+from blockscope.compression.hints import quantization_config, quantization_hints
 from blockscope.compression.presets import resolve_quantization
 from blockscope.errors import BlockscopeError
 from blockscope.compression.formats import bits_per_weight, hint_format
@@ -74,7 +74,7 @@ def preset_settings(preset: str, group_size: int) -> dict:
 
 
 def hint_plan(matrices: pd.DataFrame, settings: dict) -> tuple:
-    """(plan of simulated formats, the hint table): the hint rule of aggregate.quantization_hints
+    """(plan of simulated formats, the hint table): the hint rule of hints.quantization_hints
     applied to the plan's matrices."""
     hints = quantization_hints(matrices.reset_index(drop=True), settings)
     plan = pd.Series([hint_format(f) for f in hints["suggested_format"]], index=matrices.index, dtype=object)

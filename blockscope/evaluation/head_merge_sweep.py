@@ -11,7 +11,8 @@ import pandas as pd
 from blockscope.evaluation import head_merge as hm
 from blockscope.checkpoint.attention_layout import has_attention, projection_names, read_projections, write_projections
 from blockscope.errors import BlockscopeError
-from blockscope.evaluation.evaluate import Evaluator, WindowScores, perplexity_change_ci
+from blockscope.evaluation.forward import Evaluator
+from blockscope.evaluation.scores import WindowScores, perplexity_change_ci
 from blockscope.analysis.heads import AttentionWeights
 
 REPORTED = ("perplexity", "accuracy")

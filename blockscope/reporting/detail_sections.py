@@ -1,4 +1,4 @@
-"""report.md sections of the original per-head QK notebook's views (blockscope.aggregation.detail_tables' tables):
+"""report.md sections of the detail tables (blockscope.aggregation.detail_tables):
 heatmap statistics, heads per head index and per layer, the deep dives' eigenvalue summaries,
 the down projections, layer x weight-type pivots and per-phase statistics."""
 
@@ -6,9 +6,9 @@ import os
 
 import pandas as pd
 
-from blockscope.layout import VIEW_TABLES
-from blockscope.reporting.model_report import has
-from blockscope.reporting.model_report import table as markdown
+from blockscope.layout import DETAIL_TABLES
+from blockscope.reporting.markdown import has
+from blockscope.reporting.markdown import table as markdown
 from blockscope.aggregation.detail_tables import layer_pivot
 
 PHASE_REPORT_METRICS = ("alpha", "effective_rank")  # the rest stay in phase_statistics.csv
@@ -16,14 +16,14 @@ PIVOT_METRICS = ("effective_rank", "alpha")
 
 
 def table(frame: pd.DataFrame, digits: int = 3) -> str:
-    """report.table with integer columns kept integers (an all-numeric frame would print 4 as 4.000)."""
+    """markdown.table with integer columns kept integers (an all-numeric frame would print 4 as 4.000)."""
     ints = [c for c in frame.columns if pd.api.types.is_integer_dtype(frame[c])]
     return markdown(frame.astype({c: object for c in ints}), digits)
 
 
 def table_link(name: str) -> str:
     """A markdown link to a view table, relative to the model's report."""
-    path = VIEW_TABLES[name].removeprefix("results/{model}/")
+    path = DETAIL_TABLES[name].removeprefix("results/{model}/")
     return f"[{path}]({path})"
 
 
@@ -41,7 +41,7 @@ def heads_section(views: dict) -> list:
     return ["## Attention heads: the QK notebook's views", "",
             f"Heatmap statistics over every (layer, head) ({table_link('heads_heatmap_statistics')}):", "",
             table(views.get("heads_heatmap_statistics", pd.DataFrame())), "",
-            "Per head index across layers, QK effective rank: `rank_class` is the notebook's LOW / MID / HIGH, "
+            "Per head index across layers, QK effective rank: `rank_class` is LOW / MID / HIGH, "
             "below the 25 % / above the 75 % quantile of these per-head means (else MID). The per-(layer, head) "
             "`tag` of the section Attention heads is different: the lowest / highest quartile of the mean of QK and OV "
             f"effective rank over every (layer, head) ({table_link('heads_by_head')}):",
@@ -57,13 +57,13 @@ def deep_dive_section(views: dict) -> list:
         return []
     return ["### Deep dives: eigenvalue summary", "",
             "|λ| percentiles, the ranges of the real and imaginary parts, how many eigenvalues have a positive "
-            "and a negative real part, and energy_rank_50 ... _99 (the notebook's n50 ... n99): the eigenvalues "
+            "and a negative real part, and energy_rank_50 ... _99 (n50 ... n99): the eigenvalues "
             f"(largest |λ| first) that hold 50/75/90/95/99 % of Σ|λ|² ({table_link('deep_dive_summary')}).", "",
             table(summary, 4), ""]
 
 
 def down_projection_section(views: dict, plots, link) -> list:
-    """The notebook's W_down analysis for every layer."""
+    """The W_down analysis for every layer."""
     down = views.get("down_projections")
     if down is None:
         return []
@@ -96,7 +96,7 @@ def phase_statistics_section(views: dict) -> list:
 
 
 def view_sections(views: dict, metrics: pd.DataFrame, plots, link) -> list:
-    """Every section of this module, in report order. views: VIEW_TABLES name -> table."""
+    """Every section of this module, in report order. views: DETAIL_TABLES name -> table."""
     return [*heads_section(views), *deep_dive_section(views),
             *down_projection_section(views, plots, link), *pivot_section(metrics),
             *phase_statistics_section(views)]

@@ -12,6 +12,7 @@ import re
 import pandas as pd
 
 from blockscope.reporting.findings import findings_section
+from blockscope.reporting.markdown import has, table
 from blockscope.analysis.heads import NONFINITE_TAG
 from blockscope.reporting.measured_costs import cost_by_rule, costliest_jobs
 from blockscope.layout import ENERGY_COLUMNS, REPORT_METRICS, STATISTICS_ONLY, layer_unit
@@ -19,17 +20,6 @@ from blockscope.layout import ENERGY_COLUMNS, REPORT_METRICS, STATISTICS_ONLY, l
 HEAD_REPORT_COLUMNS = ["layer_index", "head", "kv_head", "qk_effective_rank", "qk_eig_effective_rank", "qk_asymmetry",
                        "qk_complex_fraction", "qk_top_dhead_energy", "ov_effective_rank", "tag"]
 LISTED = 20  # matrices listed by name in "Missing or flagged" before "... and N more"
-
-
-def has(frame: pd.DataFrame | None, *columns) -> bool:
-    """Whether a table has rows and every one of the columns."""
-    return frame is not None and len(frame) > 0 and all(column in frame for column in columns)
-
-
-def table(frame: pd.DataFrame, digits: int = 3) -> str:
-    if frame.empty:
-        return "_(none)_\n"
-    return frame.to_markdown(index=False, floatfmt=f".{digits}f") + "\n"
 
 
 def energy_components(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -193,7 +183,7 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
                  files=(), precision_wide: pd.DataFrame | None = None, sensitivity_threshold: float = 0.05,
                  views: dict | None = None, compress: list = (), findings=()) -> str:
     """findings: the sentences of blockscope.reporting.findings that open the report; compress: the lines of
-    the compression experiments' section (blockscope.compression.experiments.compress_section)."""
+    the compression experiments' section (blockscope.reporting.compression_section.compress_section)."""
     from blockscope.reporting.detail_sections import view_sections  # imported here: it reuses this module's helpers
 
     link = lambda path: os.path.relpath(path, target_dir)  # noqa: E731

@@ -1,8 +1,8 @@
-# The original notebook's and scripts' views: tables from the aggregated ones (no spectrum is
-# recomputed), and their figures. Drawing rules read tables only, so a plot edit reruns them alone.
+# Detail tables read from the aggregated ones (heads by head and by layer, deep dives, down
+# projections, phases; no spectrum is recomputed), and their figures. Drawing rules read tables only, so a plot edit reruns them alone.
 
 
-rule view_tables:
+rule detail_tables:
     input:
         metrics=layout.METRICS,
         heads=layout.HEADS,
@@ -10,18 +10,18 @@ rule view_tables:
         spectra=per_unit("spectra"),
         deep_dive=lambda w: deep_dive_files(w.model, "parquet"),
     output:
-        **layout.VIEW_TABLES,
+        **layout.DETAIL_TABLES,
     params:
         pairs=lambda w: deep_dive_heads(w.model),  # (layer, head) of each deep-dive table, in input order
-        code=code("view_tables"),
+        code=code("detail_tables"),
     log:
-        "logs/{model}/view_tables.log",
+        "logs/{model}/detail_tables.log",
     benchmark:
-        benchmark("view_tables")
+        benchmark("detail_tables")
     conda:
         "../envs/blockscope.yaml"
     script:
-        "../workflow_scripts/view_tables.py"
+        "../workflow_scripts/detail_tables.py"
 
 
 rule down_proj_plot:

@@ -1,4 +1,4 @@
-"""rule view_tables: the per-head QK notebook's views as tables (blockscope.aggregation.detail_tables), from the
+"""rule detail_tables: the detail tables (blockscope.aggregation.detail_tables), from the
 aggregated metrics and heads, the spectra and the deep-dive tables; no spectrum is recomputed."""
 
 import json
