@@ -4,10 +4,13 @@ import json
 
 import pytest
 
+from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
 from blockscope.config.validation import validate_config
 from blockscope.errors import BlockscopeError
-from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
-from conftest import TINY_LLAMA, save_tiny
+
+from conftest import ROOT, TINY_LLAMA, save_tiny
+
+SCHEMA = ROOT / "schemas" / "config.schema.yaml"
 
 
 @pytest.fixture
@@ -31,7 +34,8 @@ def test_truncated_safetensors(checkpoint):
     _one_line(info.value, "[tiny]", "model.safetensors", "truncated")
 
 
-@pytest.mark.parametrize("payload", [b"", b"\xff" * 8 + b"garbage", (20).to_bytes(8, "little") + b"{not json" + b" " * 11])
+@pytest.mark.parametrize("payload", [b"", b"\xff" * 8 + b"garbage",
+                                     (20).to_bytes(8, "little") + b"{not json" + b" " * 11])
 def test_corrupt_safetensors(checkpoint, payload):
     (checkpoint / "model.safetensors").write_bytes(payload)
     with pytest.raises(BlockscopeError) as info:
@@ -55,7 +59,8 @@ def test_missing_config_json(checkpoint):
 
 
 @pytest.mark.parametrize("config, fragment", [
-    ({"models": {"a": {"source": "ftp"}}}, "models.a.source: 'ftp' is not allowed; allowed: hf, local, gguf, synthetic"),
+    ({"models": {"a": {"source": "ftp"}}},
+     "models.a.source: 'ftp' is not allowed; allowed: hf, local, gguf, synthetic"),
     ({"models": {"Bad Slug": {"source": "hf", "repo_id": "x/y"}}}, "does not match"),
     ({"models": {"a": {"source": "hf"}}}, "'repo_id' is a required property"),
     ({"models": {"a": {"source": "gguf", "file": "x.gguf"}}}, "'path' is a required property"),
@@ -66,13 +71,13 @@ def test_missing_config_json(checkpoint):
 ])
 def test_schema_errors_name_key_and_allowed(config, fragment):
     with pytest.raises(BlockscopeError) as info:
-        validate_config(config)
+        validate_config(config, SCHEMA)
     _one_line(info.value, fragment, "config.yaml")
 
 
 def test_defaults_are_filled_per_source():
     config = validate_config({"models": {"a": {"source": "hf", "repo_id": "x/y"},
-                                         "b": {"source": "synthetic", "like": "a"}}})
+                                         "b": {"source": "synthetic", "like": "a"}}}, SCHEMA)
     assert config["device"] == "auto" and config["precision"]["precisions"] == ["fp32", "fp16", "bf16"]
     assert config["models"]["a"] == {"source": "hf", "repo_id": "x/y", "revision": "main"}
     assert config["models"]["b"]["seed"] == 0 and "revision" not in config["models"]["b"]

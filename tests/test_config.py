@@ -9,17 +9,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blockscope.config.validation import is_credential_key, validate_config
+from blockscope.config.credentials import is_credential_key
+from blockscope.config.validation import validate_config
 from blockscope.errors import BlockscopeError
+
 from conftest import TINY_LLAMA
 
 ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "schemas" / "config.schema.yaml"
 LLAMA = {"source": "synthetic", "config": dict(TINY_LLAMA), "seed": 0}
 
 
 def refusal(config, **sources) -> str:
     with pytest.raises(BlockscopeError) as info:
-        validate_config(config, **sources)
+        validate_config(config, SCHEMA, **sources)
     message = str(info.value)
     assert "\n" not in message and "Fix:" in message and len(message) <= 600, message
     return message
@@ -63,12 +66,12 @@ VALID = {
 @pytest.mark.parametrize("name", VALID)
 def test_valid_configs_stay_valid(name):
     config = copy.deepcopy(VALID[name])
-    assert validate_config(config) is config
+    assert validate_config(config, SCHEMA) is config
 
 
 def test_defaults_are_written_per_source_in_the_schema():
     config = validate_config({"models": {"a": {"source": "hf", "repo_id": "x/y"}, "b": {"source": "local", "path": "p"},
-                                         "c": {"source": "synthetic", "like": "a"}}})
+                                         "c": {"source": "synthetic", "like": "a"}}}, SCHEMA)
     assert config["models"]["a"] == {"source": "hf", "repo_id": "x/y", "revision": "main"}
     assert config["models"]["b"] == {"source": "local", "path": "p"}
     assert config["models"]["c"] == {"source": "synthetic", "like": "a", "seed": 0, "dtype": "float32"}
@@ -220,8 +223,10 @@ def test_no_transformers_config_attribute_looks_like_a_credential():
     ({"report": {"findings": {"alpha_range": [6, 2]}}},
      "config.yaml: config key report.findings.alpha_range is [6, 2]: its low end must be below its high end. "
      "Fix: give [low, high], e.g. [2, 6]."),
-    ({"report": {"findings": {"zscore": 0}}}, "config key report.findings.zscore: 0 is less than or equal to the minimum"),
-    ({"report": {"formats": ["png", "jpg"]}}, "config key report.formats.1: 'jpg' is not allowed; allowed: png, pdf, svg"),
+    ({"report": {"findings": {"zscore": 0}}},
+     "config key report.findings.zscore: 0 is less than or equal to the minimum"),
+    ({"report": {"formats": ["png", "jpg"]}},
+     "config key report.formats.1: 'jpg' is not allowed; allowed: png, pdf, svg"),
     ({"headmerge": {"seq_len": 512, "max_tokens": 256}},
      "config.yaml: config key headmerge.max_tokens (256) is below headmerge.seq_len (512): not one window fits. "
      "Fix: make max_tokens at least seq_len, or null for the whole split."),
@@ -309,8 +314,24 @@ def test_a_value_from_the_command_line_says_so(files):
 
 def test_the_workflow_passes_its_config_files():
     common = (ROOT / "rules" / "common.smk").read_text()
+    assert 'validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml",' in common
     assert "configfiles=workflow.configfiles, cli_configfiles=workflow.overwrite_configfiles" in common
     assert "command_line=workflow.config_settings.config" in common
+
+
+def test_the_schema_is_the_one_the_caller_names(tmp_path):
+    """The library holds no path to the workflow's schema: the file passed in is the one applied."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert schema["properties"]["device"]["default"] == "auto"
+    schema["properties"]["device"]["default"] = "cpu"
+    schema["properties"]["device"]["enum"].append("tpu")
+    mine = _write(tmp_path / "mine.schema.yaml", schema)
+    assert validate_config(with_llama(), mine)["device"] == "cpu"
+    assert validate_config(with_llama(device="tpu"), mine)["device"] == "tpu"
+    assert validate_config(with_llama(), SCHEMA)["device"] == "auto"
+    assert "'tpu' is not allowed" in refusal(with_llama(device="tpu"))
+    with pytest.raises(TypeError):
+        validate_config(with_llama())  # no default schema to fall back on
 
 
 # --- 5. short messages --------------------------------------------------------------------------
@@ -339,19 +360,19 @@ def test_validation_imports_neither_transformers_nor_torch():
     """The valid path runs on every snakemake invocation: model types are read, not imported."""
     models = {"t": LLAMA, "g": {"source": "synthetic", "config": {"model_type": "gpt2"}}}
     code = ("import sys, yaml; from blockscope.config.validation import validate_config; "
-            f"validate_config({{'models': {models!r}}}); "
-            f"validate_config(yaml.safe_load(open({str(ROOT / 'config.yaml')!r}))); "
+            f"validate_config({{'models': {models!r}}}, {str(SCHEMA)!r}); "
+            f"validate_config(yaml.safe_load(open({str(ROOT / 'config.yaml')!r})), {str(SCHEMA)!r}); "
             "assert 'transformers' not in sys.modules and 'torch' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_model_types_read_from_source_match_transformers():
-    from blockscope.config.validation import _model_types_from_source, _model_types_imported
+    from blockscope.config.model_types import model_types_from_source, model_types_imported
 
-    imported = _model_types_imported()
+    imported = model_types_imported()
     if imported is None:
         pytest.skip("transformers is not installed")
-    assert _model_types_from_source() <= set(imported)
+    assert model_types_from_source() <= set(imported)
 
 
 # --- select: what to analyse ---------------------------------------------------------------------
@@ -361,10 +382,10 @@ def test_a_selection_global_and_per_model_is_valid():
                                          "hub": {"source": "hf", "repo_id": "x/y", "select": {"include": ["q_proj"]}}},
                               "select": {"include": [".*(q_proj|k_proj|v_proj).*"], "exclude": ["norm"],
                                          "layers": "0-1"},
-                              "headmerge": {"layers": "0,1"}})
+                              "headmerge": {"layers": "0,1"}}, SCHEMA)
     assert config["models"]["tiny"]["select"] == {"layers": [1]}  # no defaults: unset keys fall to the global
-    assert validate_config(with_llama())["select"] == {"include": [], "exclude": [], "layers": None}
-    assert validate_config(with_llama())["headmerge"]["layers"] is None
+    assert validate_config(with_llama(), SCHEMA)["select"] == {"include": [], "exclude": [], "layers": None}
+    assert validate_config(with_llama(), SCHEMA)["headmerge"]["layers"] is None
 
 
 @pytest.mark.parametrize("config, message", [
