@@ -33,7 +33,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from blockscope.planning import cost_model as cost
+from blockscope.planning.config_inventory import inventory_from_config
+from blockscope.planning.job_start import GPU_RULES, PER_UNIT_RULES
+from blockscope.planning.model_plan import hms, plan_model
+from blockscope.planning.throughput_cache import throughput
 from blockscope.reporting.measured_costs import read_benchmarks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,10 +79,10 @@ def measured_vs_predicted(results: Path, speed, method="auto", precisions=PRECIS
     """Per per-unit rule: jobs, measured and predicted job-seconds, and their ratio."""
     dims = json.loads((results / "model.json").read_text())
     inventory = pd.read_parquet(results / "inventory.parquet")
-    files = [p for rule in cost.PER_UNIT_RULES for p in (results / "benchmarks" / rule).glob("*.tsv")]
+    files = [p for rule in PER_UNIT_RULES for p in (results / "benchmarks" / rule).glob("*.tsv")]
     measured = read_benchmarks(files)
     ran = {unit: None for unit in measured["job"].unique()}  # price exactly the jobs that ran
-    predicted = cost.plan_model(inventory, dims, speed, method, precisions=precisions, selected=ran)
+    predicted = plan_model(inventory, dims, speed, method, precisions=precisions, selected=ran)
     table = pd.DataFrame({"jobs": measured.groupby("rule").size(), "measured_s": measured.groupby("rule")["s"].sum(),
                           "measured_cpu_s": measured.groupby("rule")["cpu_time"].sum(),
                           "predicted_s": predicted.groupby("rule")["seconds"].sum(),
@@ -95,14 +98,14 @@ def measured_vs_predicted(results: Path, speed, method="auto", precisions=PRECIS
 def planned_costs(name: str, speeds: dict) -> dict:
     """(backend, method) -> (job-seconds, gpu job-seconds, peak MB) of a planned model set."""
     configs, _ = PLANNED[name]
-    inventories = [cost.inventory_from_config(config) for config in configs]  # shapes only, built once
+    inventories = [inventory_from_config(config) for config in configs]  # shapes only, built once
     out = {}
     for (backend, method), speed in speeds.items():
         seconds = gpu = peak = 0.0
         for inventory, dims in inventories:
-            jobs = cost.plan_model(inventory, dims, speed, method, precisions=PRECISIONS)
+            jobs = plan_model(inventory, dims, speed, method, precisions=PRECISIONS)
             seconds += jobs["seconds"].sum()
-            gpu += jobs[jobs["rule"].isin(cost.GPU_RULES)]["seconds"].sum()
+            gpu += jobs[jobs["rule"].isin(GPU_RULES)]["seconds"].sum()
             peak = max(peak, jobs["mem_mb"].max())
         out[backend, method] = (seconds, gpu, peak)
     return out
@@ -117,8 +120,8 @@ def wall(backend, seconds, gpu, cores) -> float:
 
 
 def predictions(readme: bool):
-    speeds = {("cpu", "gesdd"): cost.throughput("cpu"), ("cpu", "gram"): cost.throughput("cpu"),
-              ("cuda", "gesdd"): cost.throughput("cuda", "h100-sxm"), ("cuda", "gram"): cost.throughput("cuda", "h100-sxm")}
+    speeds = {("cpu", "gesdd"): throughput("cpu"), ("cpu", "gram"): throughput("cpu"),
+              ("cuda", "gesdd"): throughput("cuda", "h100-sxm"), ("cuda", "gram"): throughput("cuda", "h100-sxm")}
     cores = os.cpu_count()
     cpu = speeds["cpu", "gesdd"]
     print(f"\nPredictions (per-unit rules, precisions {','.join(PRECISIONS)}): this CPU = {cpu.device}, "
@@ -127,12 +130,12 @@ def predictions(readme: bool):
     lines = [header, "|---|---|---|---|---|---|"]
     for name in PLANNED:
         costs = planned_costs(name, speeds)
-        cells = [cost.hms(wall(b, s, g, cores)) for (b, m), (s, g, _) in costs.items()]
+        cells = [hms(wall(b, s, g, cores)) for (b, m), (s, g, _) in costs.items()]
         peak = max(p for _, _, p in costs.values())
         lines.append(f"| {PLANNED[name][1]} | " + " | ".join(cells) + f" | {peak / 1000:.1f} GB |")
         if not readme:
             for (backend, method), (seconds, gpu, _) in costs.items():
-                print(f"  {name:9s} {backend:4s} {method:5s} {seconds:10.0f} job-s  wall ~{cost.hms(wall(backend, seconds, gpu, cores))}")
+                print(f"  {name:9s} {backend:4s} {method:5s} {seconds:10.0f} job-s  wall ~{hms(wall(backend, seconds, gpu, cores))}")
     print("\n".join(lines))
 
 
@@ -150,7 +153,7 @@ def main():
     folders = [Path(p) for p in args.results]
     for name in args.run:
         folders += run_workflow(name, Path(args.workdir) / name, args.cores)
-    speed = cost.throughput("cpu")
+    speed = throughput("cpu")
     for folder in folders:
         table = measured_vs_predicted(folder, speed)
         for clock in ("wall", "cpu"):

@@ -13,8 +13,8 @@ import argparse
 
 import numpy as np
 
-from blockscope.planning.cost_model import best_seconds
-from blockscope.analysis.spectra import TWO_STAGE_MIN_N, two_stage_eigenvalues
+from blockscope.analysis.gram import TWO_STAGE_MIN_N, two_stage_eigenvalues
+from blockscope.planning.calibration import best_seconds
 
 
 def main():

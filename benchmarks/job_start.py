@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from blockscope.planning.cost_model import job_environment
+from blockscope.planning.job_start import job_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ["extract", "anatomy"]

@@ -28,7 +28,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from blockscope.analysis.spectra import cast_round_trip, compute_spectra
+from blockscope.analysis.round_trip import cast_round_trip
+from blockscope.analysis.spectra import compute_spectra
 from blockscope.io.tensors import write_unit
 from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 

@@ -21,8 +21,8 @@ import time
 import numpy as np
 import scipy.linalg
 
-from blockscope.analysis.spectra import (gram_eigenvalues, gram_matrix, singular_values, singular_values_gram,
-                                svd_method_for)
+from blockscope.analysis.gram import gram_eigenvalues, gram_matrix, singular_values_gram
+from blockscope.analysis.spectra import singular_values, svd_method_for
 
 # shape -> how many matrices of it the model has (per layer x layers, + embedding): the totals
 # below are the in-process SVD seconds of every matrix. 8b leaves out its 128256x4096 embedding

@@ -1,6 +1,6 @@
 """The workflow's contracts as code: unit names, output paths, block types, metric lists and
 the declared columns of every table. Rules, scripts, tests and docs/outputs.md take them from
-here; nothing else spells them (see ../shared/design/ARCHITECTURE.md)."""
+here; nothing else spells them (docs/architecture.md states each contract)."""
 
 import re
 
@@ -67,7 +67,7 @@ COMPRESS_PRUNE = "results/{model}/compress/prune"
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
-PLAN = "results/{model}/plan.json"  # predicted seconds and memory of every per-unit job (blockscope.planning.cost_model)
+PLAN = "results/{model}/plan.json"  # predicted seconds and memory of every per-unit job (blockscope.planning)
 SELECTION = "results/{model}/selection.json"  # what `select` chose (model.json describes the whole checkpoint)
 PER_UNIT_KINDS = ("tensors", "spectra", "metrics", "precision", "heads")
 PER_UNIT = "results/{model}/{kind}/{unit}.parquet"
@@ -193,7 +193,7 @@ RELATIVE_RANGE_ROW, SENSITIVE_ROW = "alpha_hill_relative_range", "precision_sens
 QUANTIZATION_HINT_COLUMNS = ["matrix", "param_name", "expert", "block_type", "layer_index", "rows", "cols", "alpha",
                              "alpha_hill", "suggested_format", "bits", "group_size", "decision", "reason", "basis"]
 PRECISION_SUMMARY_COLUMNS = ["precision", "count", "mean", "std", "min", "median", "max", "q25", "q75"]
-# The output contract of ARCHITECTURE.md: columns every metrics table carries at least.
+# The output contract of docs/architecture.md: columns every metrics table carries at least.
 CONTRACT_METRICS_COLUMNS = [
     "model", "unit", "param_name", "layer_index", "block_type", "rows", "cols", "source_dtype", "compute_dtype",
     "backend", "design_rank", "actual_rank", "rank_ratio", "svd_90_percent_rank", "svd_90_percent_ratio",
@@ -204,7 +204,7 @@ CONTRACT_METRICS_COLUMNS = [
 # Snakemake's benchmark files (seconds, MB, MB/s); blockscope adds rule and job from the path.
 # Head merging: every pairwise cosine of every layer and measure (wq, qk, ov).
 SIMILARITY_COLUMNS = ["layer", "measure", "head_i", "head_j", "similarity"]
-# plan.json's jobs: one per (unit, per-unit rule), priced by blockscope.planning.cost_model.
+# plan.json's jobs: one per (unit, per-unit rule), priced by blockscope.planning (pricing, model_plan).
 PLAN_JOB_COLUMNS = ["unit", "rule", "seconds", "mem_mb", "gflops"]
 # The base evaluation, one row per corpus window (blockscope.evaluation.base_artifact.base_windows_table).
 EVAL_WINDOW_COLUMNS = ["window", "first_token", "nll", "correct", "tokens", "loss", "accuracy"]

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from snakemake.exceptions import IncompleteCheckpointException
 
-from blockscope.planning import cost_model as cost
+from blockscope.planning.job_start import PER_UNIT_RULES as PRICED_RULES
+from blockscope.planning.model_plan import predicted_jobs
+from blockscope.planning.slurm import slurm_request
 from blockscope import layout
 from blockscope.checkpoint import selection as select
 from blockscope.analysis.part_stamps import PART_MODULES
@@ -72,7 +74,7 @@ def fetch_inputs(wildcards):
     return {"like": layout.CHECKPOINT.format(model=like)} if like else {}
 
 
-# What each per-unit job will cost (blockscope.planning.cost_model): priced from the inventory with this
+# What each per-unit job will cost (blockscope.planning): priced from the inventory with this
 # machine's measured throughput (cached per machine), or for device cuda without a visible GPU
 # (a SLURM submit host) from the published throughput of plan.gpu.
 PLAN = config["plan"]
@@ -90,8 +92,8 @@ def plan_options():
 def _predicted_jobs(model, stamp, whole=False):
     with open(layout.MODEL_JSON.format(model=model)) as fh:
         dims = json.load(fh)
-    return cost.predicted_jobs(layout.INVENTORY.format(model=model), dims, None if whole else selected(model, dims),
-                               **plan_options())
+    return predicted_jobs(layout.INVENTORY.format(model=model), dims, None if whole else selected(model, dims),
+                          **plan_options())
 
 
 def predicted_job(model, rule, unit):
@@ -108,7 +110,7 @@ def predicted(rule, resource):
     prediction x plan.safety, growing with each retry (attempt 1, 2, ...)."""
     def request(wildcards, attempt):
         job = predicted_job(wildcards.model, rule, wildcards.unit)
-        return cost.slurm_request(job, attempt, PLAN["safety"])[resource]
+        return slurm_request(job, attempt, PLAN["safety"])[resource]
     return request
 
 
@@ -362,7 +364,7 @@ def compress_targets(model):
 
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
-PER_UNIT_RULES = list(cost.PER_UNIT_RULES)
+PER_UNIT_RULES = list(PRICED_RULES)
 PER_MODEL_RULES = ["fetch", "inventory", "selection", "plan", "embedding", "embedding_plots", "aggregate", "metric_plots",
                    "head_and_precision_plots", "detail_tables", "down_proj_plot", "precision_category_plots"]
 

@@ -14,7 +14,7 @@ from blockscope.checkpoint.inventory import build_inventory
 from blockscope.layout import METRICS_COLUMNS, PRECISION_COLUMNS, STATISTICS_ONLY
 from blockscope.io.safetensors_file import read_header
 from blockscope.checkpoint.sources import fetch
-from blockscope.analysis.spectra import matrices_of
+from blockscope.analysis.matrices import matrices_of
 from blockscope.io.tensors import extract_unit, write_unit
 from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 from conftest import TINY_LLAMA, save_tiny

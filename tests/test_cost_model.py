@@ -1,16 +1,44 @@
 """The cost model: flop counts, predictions from a real inventory, the cached throughput, the
-SLURM requests and the inventory of a transformers config built without weights."""
+SLURM requests, the inventory of a transformers config built without weights, the modules a
+job's start imports, and blockscope-plan's table and JSON."""
 
+import ast
 import json
 import math
+import re
+import time
+from dataclasses import asdict, replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from safetensors.numpy import save_file
 
-from blockscope.planning import cost_model as cost
 from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
+from blockscope.layout import PLAN_JOB_COLUMNS
+from blockscope.planning.calibration import _on_gpu
+from blockscope.planning.cli import main
+from blockscope.planning.config_inventory import inventory_from_config
+from blockscope.planning.devices import DEVICES
+from blockscope.planning.flops import eigh_flops, gesdd_flops, gram_flops
+from blockscope.planning.job_start import JOB_MODULES, PER_UNIT_RULES
+from blockscope.planning.model_plan import plan_document, plan_model
+from blockscope.planning.pricing import (
+    DEFAULT_METHOD,
+    METHODS,
+    PARTS,
+    Job,
+    computed_precisions,
+    predict_unit,
+    svd_seconds,
+)
+from blockscope.planning.slurm import MIN_MEM_MB, MIN_RUNTIME_MIN, slurm_request
+from blockscope.planning.throughput_cache import cache_path, throughput
+
 from conftest import ROOT, TINY_LLAMA, save_tiny
+
+SCHEMA = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +47,7 @@ def speed(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(cache))
-        first = cost.throughput("cpu")
+        first = throughput("cpu")
         yield first, cache
 
 
@@ -35,37 +63,38 @@ def tiny(tmp_path_factory):
 def test_the_throughput_is_measured_once_and_then_read_from_its_cache(speed, monkeypatch):
     first, cache = speed
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    path = cost.cache_path("cpu")
+    path = cache_path("cpu")
     assert path.is_relative_to(cache) and path.exists()
     stamp = path.stat().st_mtime_ns
-    again = cost.throughput("cpu")
+    again = throughput("cpu")
     assert again == first and path.stat().st_mtime_ns == stamp  # read back, not measured again
     assert all(rate > 0 for rate in first.rates.values())
-    assert set(first.start_s) >= set(cost.PER_UNIT_RULES) and all(s > 0 for s in first.start_s.values())
+    assert set(first.start_s) >= set(PER_UNIT_RULES) and all(s > 0 for s in first.start_s.values())
 
 
 def test_a_cache_of_another_machine_is_measured_again(speed, monkeypatch, tmp_path):
     first, _ = speed
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    path = cost.cache_path("cpu")
+    path = cache_path("cpu")
     path.parent.mkdir(parents=True)
-    stale = {**cost.asdict(first), "key": {**first.key, "cpu": "another CPU"}, "measured_at": "then"}
+    stale = {**asdict(first), "key": {**first.key, "cpu": "another CPU"}, "measured_at": "then"}
     path.write_text(json.dumps(stale))
-    monkeypatch.setattr(cost, "calibrate", lambda backend, device=None: first)  # the measuring itself: tested above
-    assert cost.throughput("cpu").measured_at == first.measured_at
+    # the measuring itself: tested above
+    monkeypatch.setattr("blockscope.planning.throughput_cache.calibrate", lambda backend, device=None, host=None: first)
+    assert throughput("cpu").measured_at == first.measured_at
     assert json.loads(path.read_text())["key"] == first.key
 
 
 def test_flop_counts_follow_lapack_and_grow_with_the_shape():
-    assert cost.gesdd_flops(100, 100) == (0.0, 4 * 100**3 - 4 * 100**3 / 3)
-    qr, bidiag = cost.gesdd_flops(4096, 256)  # tall: QR first (LAPACK's MNTHR = 11n/6)
+    assert gesdd_flops(100, 100) == (0.0, 4 * 100**3 - 4 * 100**3 / 3)
+    qr, bidiag = gesdd_flops(4096, 256)  # tall: QR first (LAPACK's MNTHR = 11n/6)
     assert qr == 2 * 4096 * 256**2 - 2 * 256**3 / 3 and bidiag == 8 * 256**3 / 3
-    assert cost.gesdd_flops(256, 4096) == cost.gesdd_flops(4096, 256)  # the transpose costs the same
-    assert cost.gram_flops(896, 4864) == 2 * 4864 * 896**2
-    assert cost.eigh_flops(1024) == 4 * 1024**3 / 3
+    assert gesdd_flops(256, 4096) == gesdd_flops(4096, 256)  # the transpose costs the same
+    assert gram_flops(896, 4864) == 2 * 4864 * 896**2
+    assert eigh_flops(1024) == 4 * 1024**3 / 3
     sizes = [(64, 64), (128, 64), (256, 64), (256, 256), (1024, 256)]
-    for method in cost.METHODS:
-        seconds = [cost.svd_seconds(r, c, 32, method, {"qr32": 1e9, "bidiag32": 1e9, "gemm64": 1e9, "eigh64": 1e9})
+    for method in METHODS:
+        seconds = [svd_seconds(r, c, 32, method, {"qr32": 1e9, "bidiag32": 1e9, "gemm64": 1e9, "eigh64": 1e9})
                    for r, c in sizes]
         assert all(b > a > 0 for a, b in zip(seconds, seconds[1:])), (method, seconds)
 
@@ -78,10 +107,10 @@ def unit_rows(shapes, dtype="F32"):
 
 
 @pytest.mark.parametrize("rule", ["spectra", "precision"])
-@pytest.mark.parametrize("method", cost.METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_predictions_are_positive_and_grow_with_the_matrices(speed, rule, method):
     t = speed[0]
-    jobs = [cost.predict_unit(unit_rows([shape]), rule, t, method, precisions=["fp32", "fp16"])
+    jobs = [predict_unit(unit_rows([shape]), rule, t, method, precisions=["fp32", "fp16"])
             for shape in [(64, 64), (256, 128), (512, 512), (2048, 512)]]
     assert all(j.seconds > 0 and j.mem_mb > 0 for j in jobs)
     assert all(b.seconds > a.seconds and b.mem_mb > a.mem_mb and b.flops > a.flops for a, b in zip(jobs, jobs[1:]))
@@ -92,81 +121,206 @@ def test_each_precision_s_rounding_cast_is_priced_at_its_own_measured_rate(speed
     under-priced the fp16 sweep of the demo's embedding 8x. The sweep is priced per precision."""
     t = speed[0]
     assert set(t.cast_s) == {"fp64", "fp32", "fp16", "bf16", "fp8-e4m3"} and all(s > 0 for s in t.cast_s.values())
-    slow = cost.replace(t, cast_s={**t.cast_s, "bf16": 1e-6})
+    slow = replace(t, cast_s={**t.cast_s, "bf16": 1e-6})
     rows = unit_rows([(2048, 512)], "F32")
-    base = cost.predict_unit(rows, "precision", t, precisions=["bf16"]).seconds
-    priced = cost.predict_unit(rows, "precision", slow, precisions=["bf16"]).seconds
+    base = predict_unit(rows, "precision", t, precisions=["bf16"]).seconds
+    priced = predict_unit(rows, "precision", slow, precisions=["bf16"]).seconds
     assert priced - base == pytest.approx(2048 * 512 * (1e-6 - t.cast_s["bf16"]))
     exact = unit_rows([(2048, 512)], "BF16")  # stored in bf16: its bf16 round trip is not even cast
-    assert cost.predict_unit(exact, "precision", slow, precisions=["bf16"]).seconds == \
-        pytest.approx(cost.predict_unit(exact, "precision", t, precisions=["bf16"]).seconds)
+    assert predict_unit(exact, "precision", slow, precisions=["bf16"]).seconds == \
+        pytest.approx(predict_unit(exact, "precision", t, precisions=["bf16"]).seconds)
 
 
 def test_the_sweep_skips_precisions_that_change_no_stored_value(speed):
     t = speed[0]
-    assert cost.computed_precisions("BF16", ["fp32", "fp16", "bf16", "fp64"]) == ["fp16", "fp64"]
-    assert cost.computed_precisions("F32", ["fp32", "fp16", "bf16"]) == ["fp16", "bf16"]
-    assert cost.computed_precisions("F32", ["fp32", "fp64"]) == ["fp64"]  # fp64 runs in float64
-    assert cost.computed_precisions("F32", ["fp32", "fp64"], "float64") == []  # both reuse float64 spectra
-    stored_bf16 = cost.predict_unit(unit_rows([(512, 512)], "BF16"), "precision", t, precisions=["fp32", "bf16"])
-    stored_f32 = cost.predict_unit(unit_rows([(512, 512)], "F32"), "precision", t, precisions=["fp32", "bf16"])
+    assert computed_precisions("BF16", ["fp32", "fp16", "bf16", "fp64"]) == ["fp16", "fp64"]
+    assert computed_precisions("F32", ["fp32", "fp16", "bf16"]) == ["fp16", "bf16"]
+    assert computed_precisions("F32", ["fp32", "fp64"]) == ["fp64"]  # fp64 runs in float64
+    assert computed_precisions("F32", ["fp32", "fp64"], "float64") == []  # both reuse float64 spectra
+    stored_bf16 = predict_unit(unit_rows([(512, 512)], "BF16"), "precision", t, precisions=["fp32", "bf16"])
+    stored_f32 = predict_unit(unit_rows([(512, 512)], "F32"), "precision", t, precisions=["fp32", "bf16"])
     assert stored_bf16.flops == 0 < stored_f32.flops
 
 
 @pytest.mark.slow  # builds a real model
 def test_a_plan_from_a_real_inventory_prices_every_unit_and_rule(speed, tiny):
     inventory, dims, _ = tiny
-    jobs = cost.plan_model(inventory, dims, speed[0], "gesdd", precisions=["fp32", "fp16", "bf16"])
-    assert list(jobs.columns) == cost.PLAN_JOB_COLUMNS
-    assert set(zip(jobs["unit"], jobs["rule"])) == {(u, r) for u in inventory["unit"].unique() for r in cost.PER_UNIT_RULES}
+    jobs = plan_model(inventory, dims, speed[0], "gesdd", precisions=["fp32", "fp16", "bf16"])
+    assert list(jobs.columns) == PLAN_JOB_COLUMNS
+    assert set(zip(jobs["unit"], jobs["rule"])) == {(u, r) for u in inventory["unit"].unique() for r in PER_UNIT_RULES}
     assert (jobs["seconds"] > 0).all() and (jobs["mem_mb"] > 0).all()
     rows = inventory[inventory["unit"] == "layer_000"]
-    heads = cost.predict_unit(rows, "heads", speed[0], dims=dims)
+    heads = predict_unit(rows, "heads", speed[0], dims=dims)
     assert heads.flops > 0  # attention heads are priced in the layers, as part of their anatomy job
-    anatomy = cost.predict_unit(rows, "anatomy", speed[0], "gesdd", precisions=["fp32", "fp16", "bf16"], dims=dims)
-    parts = [cost.predict_unit(rows, part, speed[0], "gesdd", precisions=["fp32", "fp16", "bf16"], dims=dims)
-             for part in cost.PARTS]
+    anatomy = predict_unit(rows, "anatomy", speed[0], "gesdd", precisions=["fp32", "fp16", "bf16"], dims=dims)
+    parts = [predict_unit(rows, part, speed[0], "gesdd", precisions=["fp32", "fp16", "bf16"], dims=dims)
+             for part in PARTS]
     assert anatomy.seconds == pytest.approx(speed[0].start_s["anatomy"] + sum(p.seconds for p in parts))  # one start
     assert anatomy.flops == pytest.approx(sum(p.flops for p in parts))
-    document = cost.plan_document("tiny", jobs, speed[0], "gesdd", cores=2)
+    document = plan_document("tiny", jobs, speed[0], "gesdd", cores=2)
     assert document["totals"]["seconds"] == pytest.approx(jobs["seconds"].sum())
     assert document["totals"]["wall_s"] >= jobs["seconds"].max()
     json.dumps(document)  # plan.json is plain JSON
-    only = cost.plan_model(inventory, dims, speed[0], selected={"layer_001": ["model.layers.1.mlp.up_proj.weight"]})
+    only = plan_model(inventory, dims, speed[0], selected={"layer_001": ["model.layers.1.mlp.up_proj.weight"]})
     assert set(only["unit"]) == {"layer_001"} and only["seconds"].sum() < jobs["seconds"].sum()
 
 
 @pytest.mark.slow  # builds a real model
 def test_an_inventory_from_a_config_alone_matches_the_saved_checkpoints(tiny):
     inventory, dims, folder = tiny
-    planned, planned_dims = cost.inventory_from_config({**TINY_LLAMA, "torch_dtype": "float32"})
+    planned, planned_dims = inventory_from_config({**TINY_LLAMA, "torch_dtype": "float32"})
     columns = ["param_name", "unit", "layer_index", "block_type", "shape", "dtype", "nbytes", "layout"]
     assert planned[columns].to_dict("records") == inventory[columns].to_dict("records")
     assert {k: planned_dims[k] for k in dims} == dims
 
 
 def test_slurm_requests_are_the_prediction_times_the_safety_and_the_attempt():
-    job = cost.Job(seconds=1000.0, mem_mb=1200.0)
-    assert cost.slurm_request(job, 1, 2.0) == {"runtime": math.ceil(2000 / 60), "mem_mb": 2400}
-    assert cost.slurm_request(job, 2, 2.0) == {"runtime": math.ceil(4000 / 60), "mem_mb": 4800}
-    assert cost.slurm_request(job, 1, 1.5) == {"runtime": math.ceil(1500 / 60), "mem_mb": 1800}
-    assert cost.slurm_request(cost.Job(0.5, 10.0)) == {"runtime": cost.MIN_RUNTIME_MIN, "mem_mb": cost.MIN_MEM_MB}
+    job = Job(seconds=1000.0, mem_mb=1200.0)
+    assert slurm_request(job, 1, 2.0) == {"runtime": math.ceil(2000 / 60), "mem_mb": 2400}
+    assert slurm_request(job, 2, 2.0) == {"runtime": math.ceil(4000 / 60), "mem_mb": 4800}
+    assert slurm_request(job, 1, 1.5) == {"runtime": math.ceil(1500 / 60), "mem_mb": 1800}
+    assert slurm_request(Job(0.5, 10.0)) == {"runtime": MIN_RUNTIME_MIN, "mem_mb": MIN_MEM_MB}
 
 
 def test_the_schema_offers_exactly_the_devices_with_published_throughput():
-    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
-    assert schema["properties"]["plan"]["properties"]["gpu"]["enum"] == list(cost.DEVICES)
+    assert SCHEMA["properties"]["plan"]["properties"]["gpu"]["enum"] == list(DEVICES)
 
 
 def test_a_gpu_prices_every_eigensolve_at_its_own_rate(speed):
-    """The CPU's two-stage eigh rate (Grams from spectra.TWO_STAGE_MIN_N up) never reaches a GPU's
+    """The CPU's two-stage eigh rate (Grams from gram.TWO_STAGE_MIN_N up) never reaches a GPU's
     prediction: an H100's 4096-sided Gram is priced at its published eigh rate, not the host's."""
-    import time
-
     host = speed[0]
     assert host.rates["eigh64_two_stage"] > 0
-    gpu = cost._on_gpu(host, "h100-sxm", time.perf_counter())
+    gpu = _on_gpu(host, "h100-sxm", time.perf_counter())
     n = 4096
-    expected = cost.gram_flops(n, n) / gpu.rates["gemm64"] + cost.eigh_flops(n) / gpu.rates["eigh64"]
-    assert cost.svd_seconds(n, n, 32, "gram", gpu.rates) == pytest.approx(expected)
-    assert cost.svd_seconds(n, n, 32, "gram", gpu.rates) < cost.svd_seconds(n, n, 32, "gram", host.rates) / 10
+    expected = gram_flops(n, n) / gpu.rates["gemm64"] + eigh_flops(n) / gpu.rates["eigh64"]
+    assert svd_seconds(n, n, 32, "gram", gpu.rates) == pytest.approx(expected)
+    assert svd_seconds(n, n, 32, "gram", gpu.rates) < svd_seconds(n, n, 32, "gram", host.rates) / 10
+
+
+# --- what a job's start imports: the library's list against the scripts ---------------------
+
+
+def top_level_imports(script) -> set:
+    """The modules a script imports at top level, as an interpreter starting it loads them."""
+    tree = ast.parse(script.read_text())
+    modules = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            modules.add(node.module)
+    return modules
+
+
+def rule_scripts() -> dict:
+    """rule -> the script its `script:` directive runs, over rules/*.smk."""
+    text = "".join(path.read_text() for path in sorted((ROOT / "rules").glob("*.smk")))
+    blocks = re.split(r"^(?=(?:checkpoint|rule) \w+:)", text, flags=re.M)
+    found = {}
+    for block in blocks:
+        name = re.match(r"(?:checkpoint|rule) (\w+):", block)
+        script = re.search(r"^\s+script:\s*\n\s+\"\.\./(workflow_scripts/\w+\.py)\"", block, re.M)
+        if name and script:
+            found[name.group(1)] = ROOT / script.group(1)
+    return found
+
+
+@pytest.mark.parametrize("rule", PER_UNIT_RULES)
+def test_a_job_start_imports_what_its_rule_s_script_imports(rule):
+    """calibration measures each per-unit rule's start by importing JOB_MODULES[rule]: the same
+    modules the script its rule runs imports at top level, so that the two cannot drift apart."""
+    script = rule_scripts()[rule]
+    assert set(JOB_MODULES[rule]) == top_level_imports(script), f"JOB_MODULES[{rule!r}]: {script.name}'s imports"
+
+
+# --- blockscope-plan: the table and the JSON, run through main(argv) --------------------------
+
+
+@pytest.fixture(scope="module")
+def toy_results(tmp_path_factory):
+    """A results/{model} folder (inventory.parquet, model.json) of a small real safetensors
+    checkpoint of the tiny llama's shapes, written with numpy (no torch), read by the inventory's code."""
+    checkpoint = tmp_path_factory.mktemp("checkpoint")
+    c = TINY_LLAMA
+    hidden, ffn = c["hidden_size"], c["intermediate_size"]
+    kv_width = hidden // c["num_attention_heads"] * c["num_key_value_heads"]
+    shapes = {"model.embed_tokens.weight": (c["vocab_size"], hidden), "model.norm.weight": (hidden,),
+              "lm_head.weight": (c["vocab_size"], hidden)}
+    for layer in range(c["num_hidden_layers"]):
+        layer_shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (kv_width, hidden),
+                        "self_attn.v_proj": (kv_width, hidden), "self_attn.o_proj": (hidden, hidden),
+                        "mlp.gate_proj": (ffn, hidden), "mlp.up_proj": (ffn, hidden), "mlp.down_proj": (hidden, ffn),
+                        "input_layernorm": (hidden,), "post_attention_layernorm": (hidden,)}
+        shapes |= {f"model.layers.{layer}.{name}.weight": shape for name, shape in layer_shapes.items()}
+    rng = np.random.default_rng(0)
+    save_file({name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()},
+              str(checkpoint / "model.safetensors"))
+    (checkpoint / "config.json").write_text(json.dumps(c))
+    inventory = build_inventory(checkpoint, model="toy")
+    results = tmp_path_factory.mktemp("results") / "toy"
+    results.mkdir()
+    inventory.to_parquet(results / "inventory.parquet")
+    dims = {"model": "toy", **model_dims(read_config(checkpoint), inventory, model="toy")}
+    (results / "model.json").write_text(json.dumps(dims))
+    return results, inventory
+
+
+def table_rows(text: str) -> tuple:
+    """The printed table: (header cells, rule -> {column: value})."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["rule", "jobs"])
+    header = re.split(r"\s{2,}", lines[start].strip())
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip() or line.startswith("("):  # a blank line or the table's note ends it
+            break
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = dict(zip(header[1:], (float(cell.replace(",", "")) for cell in cells[1:])))
+    return header, rows
+
+
+def test_the_plan_prints_a_table_per_rule_whose_totals_are_the_jobs_sums(speed, toy_results, tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(speed[1]))
+    results, inventory = toy_results
+    out = tmp_path / "plan.json"
+    assert main(["--results", str(results), "--device", "h100-sxm", "--cores", "2", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert len(printed) < 2000 and "{" not in printed  # a table, not a dump of the jobs
+    document = json.loads(out.read_text())
+    header, rows = table_rows(printed)
+    assert header == ["rule", "jobs", "here s", "here peak MB", "h100-sxm s", "h100-sxm peak MB"]
+    assert list(rows) == [*PER_UNIT_RULES, "total"]  # every rule with jobs, then the total
+    units = set(inventory["unit"])
+    for label, plan in (("here", document), ("h100-sxm", document["gpu"])):
+        jobs = pd.DataFrame(plan["jobs"])
+        assert set(zip(jobs["unit"], jobs["rule"])) == {(u, r) for u in units for r in PER_UNIT_RULES}  # every job
+        rounding = 0.05 + 0.0005 * len(jobs)  # the table shows 0.1 s, the JSON 3 decimals per job
+        for rule in PER_UNIT_RULES:
+            mine = jobs[jobs["rule"] == rule]
+            assert rows[rule]["jobs"] == len(mine)
+            assert rows[rule][f"{label} s"] == pytest.approx(mine["seconds"].sum(), abs=rounding)
+            assert rows[rule][f"{label} peak MB"] == pytest.approx(mine["mem_mb"].max(), abs=0.6)
+        assert rows["total"]["jobs"] == len(jobs) == 2 * len(units)
+        assert rows["total"][f"{label} s"] == pytest.approx(jobs["seconds"].sum(), abs=rounding)
+        per_rule = sum(rows[rule][f"{label} s"] for rule in PER_UNIT_RULES)
+        assert rows["total"][f"{label} s"] == pytest.approx(per_rule, abs=0.15)
+        assert re.search(rf"^total {label}: +{rows['total'][f'{label} s']:,.1f} job-seconds", printed, re.M)
+    assert document["backend"] == "cpu" and document["gpu"]["backend"] == "cuda"
+    assert document["gpu"]["throughput"]["basis"] == "published:h100-sxm"
+
+
+def test_the_plan_s_default_method_is_the_workflow_s_and_json_goes_to_stdout(speed, toy_results, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(speed[1]))
+    assert DEFAULT_METHOD == SCHEMA["properties"]["svd_method"]["default"] == "auto"
+    results, inventory = toy_results
+    assert main(["--results", str(results), "--device", "none", "--json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)  # stdout holds the JSON alone, the table goes to stderr
+    assert document["method"] == "auto" and "svd_method auto" in captured.err and "gpu" not in document
+    assert len(document["jobs"]) == 2 * inventory["unit"].nunique()
+    header, rows = table_rows(captured.err)
+    assert header == ["rule", "jobs", "here s", "here peak MB"]
+    assert rows["total"]["here s"] == pytest.approx(sum(job["seconds"] for job in document["jobs"]),
+                                                    abs=0.05 + 0.0005 * len(document["jobs"]))

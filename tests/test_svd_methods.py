@@ -6,9 +6,11 @@ import pandas as pd
 import pytest
 import scipy.linalg
 
-from blockscope.analysis.metrics_row import spectral_metrics
-from blockscope.analysis.spectra import (compute_spectra, gram_floor, singular_values_gram, svd_method_for)
 from blockscope.analysis.anatomy import analyse_unit, precision_sweep
+from blockscope.analysis.gram import gram_floor, gram_matrix, singular_values_gram, two_stage_eigenvalues
+from blockscope.analysis.metrics_row import spectral_metrics
+from blockscope.analysis.round_trip import RoundTrip, cast_round_trip, round_trip_scale
+from blockscope.analysis.spectra import compute_spectra, svd_method_for
 from test_metrics import matrix_with_eigenvalues, orthogonal, pareto
 from test_unit_analysis import _clustered_top, _f64_unit, _unit
 
@@ -167,12 +169,12 @@ def test_rows_record_the_method_and_fp64_stays_float64_accurate(tmp_path):
 def test_config_key_svd_method():
     from blockscope.config.validation import validate_config
     from blockscope.errors import BlockscopeError
-    from test_config import with_llama
+    from test_config import SCHEMA, with_llama
 
-    assert validate_config(with_llama())["svd_method"] == "auto"  # the default, filled in
-    assert validate_config(with_llama(svd_method="gram"))["svd_method"] == "gram"
+    assert validate_config(with_llama(), SCHEMA)["svd_method"] == "auto"  # the default, filled in
+    assert validate_config(with_llama(svd_method="gram"), SCHEMA)["svd_method"] == "gram"
     with pytest.raises(BlockscopeError) as info:
-        validate_config(with_llama(svd_method="eig"))
+        validate_config(with_llama(svd_method="eig"), SCHEMA)
     assert "config key svd_method: 'eig' is not allowed; allowed: auto, gesdd, gram" in str(info.value)
 
 
@@ -180,26 +182,23 @@ def test_config_key_svd_method():
 def test_a_round_trip_read_in_blocks_equals_the_whole_cast(precision, monkeypatch):
     """RoundTrip rounds what it is asked for, with the whole matrix's fp8 scale; the Gram of its
     blocks is bit-identical to the Gram of the matrix cast whole, tall and wide."""
-    import blockscope.analysis.spectra as spectra
-
-    monkeypatch.setattr(spectra, "GRAM_BLOCK_ENTRIES", 256 * 24)  # 256-row blocks: several per matrix
+    monkeypatch.setattr("blockscope.analysis.gram.GRAM_BLOCK_ENTRIES", 256 * 24)  # 256-row blocks: several per matrix
     rng = np.random.default_rng(11)
     matrix = rng.standard_normal((700, 24)).astype(np.float32)
     matrix[650, 3] = 40.0  # the amax lies in the last block: every block is scaled by it
-    whole = spectra.cast_round_trip(matrix, precision, np.float32)
-    rounded = spectra.RoundTrip(matrix, precision, np.float32)
+    whole = cast_round_trip(matrix, precision, np.float32)
+    rounded = RoundTrip(matrix, precision, np.float32)
     assert np.array_equal(np.asarray(rounded), whole)
     assert np.array_equal(rounded[100:300], whole[100:300]) and np.array_equal(rounded.T[5], whole.T[5])
     for source, cast in ((matrix, whole), (matrix.T, whole.T)):
-        assert np.array_equal(spectra.gram_matrix(spectra.RoundTrip(source, precision, np.float32)),
-                              spectra.gram_matrix(cast))
-    assert np.array_equal(spectra.singular_values_gram(rounded), spectra.singular_values_gram(whole))
+        assert np.array_equal(gram_matrix(RoundTrip(source, precision, np.float32)), gram_matrix(cast))
+    assert np.array_equal(singular_values_gram(rounded), singular_values_gram(whole))
     assert rounded.shape == matrix.shape and rounded.dtype == np.float32
     with pytest.raises(ValueError):
         np.asarray(rounded, copy=False)  # nothing to share: it is rounded on demand
     nan = matrix.copy()
     nan[0, 0] = np.nan  # a NaN amax leaves the tensor unscaled, as a whole-matrix |max| would
-    assert spectra.round_trip_scale(nan, precision) == 1.0
+    assert round_trip_scale(nan, precision) == 1.0
 
 
 def test_the_two_stage_eigensolver_equals_syevd_and_leaves_its_input(monkeypatch):
@@ -207,9 +206,7 @@ def test_the_two_stage_eigensolver_equals_syevd_and_leaves_its_input(monkeypatch
     numpy's syevd on a Gram held whole (C order) and on one held in its upper triangle only
     (F order, as dsyrk leaves it), the input untouched; above TWO_STAGE_MIN_N the Gram path
     takes it, and its singular values keep the float64 accuracy of the one-stage path."""
-    import blockscope.analysis.spectra as spectra
-
-    solver = spectra.two_stage_eigenvalues()
+    solver = two_stage_eigenvalues()
     assert solver is not None
     rng = np.random.default_rng(12)
     matrix = rng.standard_normal((700, 300)) * np.logspace(0, -3, 300)  # eigenvalues over 6 decades
@@ -220,7 +217,7 @@ def test_the_two_stage_eigensolver_equals_syevd_and_leaves_its_input(monkeypatch
         kept = gram.copy()
         assert np.allclose(solver(gram), expected, rtol=0, atol=1e-12 * expected[-1])
         assert np.array_equal(gram, kept)
-    monkeypatch.setattr(spectra, "TWO_STAGE_MIN_N", 64)
+    monkeypatch.setattr("blockscope.analysis.gram.TWO_STAGE_MIN_N", 64)
     stored = matrix.astype(np.float32)
     reference = scipy.linalg.svdvals(stored.astype(np.float64))
     sigma = singular_values_gram(stored)

@@ -95,7 +95,8 @@ def test_fp64_row_is_computed_in_float64_and_differs_from_fp32(tmp_path):
 
 def test_fp64_sigma_equals_float64_lapack():
     """The fp64 round trip of a stored matrix keeps every bit and its SVD runs in float64."""
-    from blockscope.analysis.spectra import cast_round_trip, compute_spectra, svd_dtype
+    from blockscope.analysis.round_trip import cast_round_trip, svd_dtype
+    from blockscope.analysis.spectra import compute_spectra
 
     w = np.random.default_rng(8).standard_normal((60, 40))
     assert svd_dtype("fp64", "float32") == np.float64 and svd_dtype("bf16", "float32") == np.float32
@@ -208,7 +209,7 @@ def test_one_read_serves_the_spectra_and_the_sweep_and_exact_round_trips_are_not
 
 
 def test_round_trip_verdict_finds_overflow_and_unchanged_matrices():
-    from blockscope.analysis.spectra import RoundTrip
+    from blockscope.analysis.round_trip import RoundTrip
     from blockscope.analysis.anatomy import round_trip_verdict
 
     rng = np.random.default_rng(5)
@@ -228,7 +229,7 @@ def test_an_unchecked_verdict_rounds_a_few_rows_of_a_changed_matrix():
     """The sweep leaves the overflow check to the Gram product: its verdict then rounds only the
     first rows of a changed matrix (VERDICT_PROBE_ROWS), where a checked one rounds it all; an
     unchanged matrix is read whole either way."""
-    from blockscope.analysis.spectra import RoundTrip
+    from blockscope.analysis.round_trip import RoundTrip
     from blockscope.analysis.anatomy import VERDICT_PROBE_ROWS, round_trip_verdict
 
     matrix = np.random.default_rng(8).standard_normal((1000, 1000)).astype(np.float32)  # one Gram block
@@ -256,7 +257,7 @@ def test_an_unchecked_verdict_rounds_a_few_rows_of_a_changed_matrix():
 def test_an_fp16_overflow_is_reported_on_the_gram_path_and_on_gesdd(tmp_path, svd_method):
     """The Gram path finds an overflow in its own product (NaN singular values, no pass of its
     own); gesdd is checked before it runs. Both rows say the same, and bf16 is unaffected."""
-    from blockscope.analysis.spectra import singular_values_gram
+    from blockscope.analysis.gram import singular_values_gram
     from blockscope.analysis.anatomy import UnitReader, precision_table, unit_tables
 
     matrix = np.random.default_rng(9).standard_normal((600, 40)).astype(np.float32)
@@ -277,10 +278,11 @@ def test_the_sweep_never_holds_a_rounded_copy_of_a_matrix(tmp_path, monkeypatch)
     allocation stays under half the matrix, where a whole fp16 cast and back takes 1.5x."""
     import tracemalloc
 
-    import blockscope.analysis.spectra as spectra
+    import blockscope.analysis.gram as gram
     from blockscope.analysis.anatomy import UnitReader, _hill, precision_table, unit_tables
+    from blockscope.analysis.round_trip import cast_round_trip
 
-    monkeypatch.setattr(spectra, "GRAM_BLOCK_ENTRIES", 1 << 15)
+    monkeypatch.setattr(gram, "GRAM_BLOCK_ENTRIES", 1 << 15)
     matrix = np.random.default_rng(6).standard_normal((40000, 48)).astype(np.float32)  # 7.7 MB
     path, inventory = _unit(tmp_path, {"mlp.up_proj.weight": matrix})
     rows = inventory.to_dict("records")
@@ -297,7 +299,7 @@ def test_the_sweep_never_holds_a_rounded_copy_of_a_matrix(tmp_path, monkeypatch)
     sweep = table.to_pandas().set_index("precision")
     assert (sweep["status"] == "ok").all() and sweep["svd_method"].eq("gram").all()
     for precision in ("fp16", "bf16"):  # the values of the matrix cast whole
-        whole = spectra.singular_values_gram(spectra.cast_round_trip(matrix, precision, np.float32))
+        whole = gram.singular_values_gram(cast_round_trip(matrix, precision, np.float32))
         assert sweep.loc[precision, "alpha_hill"] == _hill(whole, 0.1)[0]
 
 
@@ -305,7 +307,7 @@ def test_a_gram_that_overflows_gives_no_spectrum_and_says_so(tmp_path):
     """Weights near 1e154 (a float64 matrix) overflow the float64 Gram: with svd_method gram the
     matrix gets no spectrum (never NaN singular values), its spectral metrics are NaN with the
     reason, and the sweep's fp64 row computes anew instead of reusing anything."""
-    from blockscope.analysis.spectra import GRAM_OVERFLOW
+    from blockscope.analysis.gram import GRAM_OVERFLOW
 
     matrix = np.random.default_rng(13).standard_normal((60, 30)) * 1e160
     path, inventory = _f64_unit(tmp_path, matrix)

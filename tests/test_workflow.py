@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-from blockscope.planning import cost_model as cost
+from blockscope.planning.job_start import PER_UNIT_RULES
+from blockscope.planning.model_plan import predicted_jobs
+from blockscope.planning.slurm import slurm_request
 from blockscope import layout, read_unit
 from conftest import TINY_LLAMA, mtimes, run_workflow
 
@@ -364,7 +366,7 @@ def test_editing_a_library_module_reruns_exactly_what_uses_it(finished, tmp_path
     assert not rerun & {"fetch", "inventory", "extract", "embedding", "head_deep_dive"}
 
     workflow = workflow_copy(tmp_path / "second")
-    append_a_line(workflow / "blockscope/reporting/plots.py")
+    append_a_line(workflow / "blockscope/reporting/figures/spectra.py")
     rerun = _dry_run_rules(work, workflow / "Snakefile")
     assert {"metric_plots", "esd_plot", "summary_plots"} <= rerun
     assert rerun <= PLOT_RULES | {"model_report", "summary_report", "all"}  # the reports link the redrawn figures
@@ -441,7 +443,7 @@ def test_the_plan_prices_every_per_unit_job_before_they_run(finished):
     plan = json.loads((finished / layout.PLAN.format(model="tiny-llama")).read_text())
     units = json.loads((finished / layout.MODEL_JSON.format(model="tiny-llama")).read_text())["units"]
     priced = {(job["unit"], job["rule"]) for job in plan["jobs"]}
-    assert priced == {(unit, rule) for unit in units for rule in cost.PER_UNIT_RULES}
+    assert priced == {(unit, rule) for unit in units for rule in PER_UNIT_RULES}
     rounding = 0.0005 * len(plan["jobs"])  # each job's seconds are written to 3 decimals
     assert plan["totals"]["seconds"] == pytest.approx(sum(job["seconds"] for job in plan["jobs"]), abs=rounding)
     assert plan["throughput"]["basis"] == "measured" and plan["backend"] == "cpu"
@@ -480,8 +482,8 @@ def test_slurm_requests_are_the_cost_models_predictions_times_the_safety(finishe
     asked = dict(re.findall(r"^rule anatomy:\n(?:.*\n)*?\s+wildcards: model=tiny-llama, unit=(layer_000|layer_001)\n"
                             r"(?:\s+priority: .*\n)?\s+resources: .*?(runtime=\d+, mem_mb=\d+)", result.stdout, re.M))
     dims = json.loads((finished / layout.MODEL_JSON.format(model="tiny-llama")).read_text())
-    jobs = cost.predicted_jobs(finished / layout.INVENTORY.format(model="tiny-llama"), dims, None,
-                               method="auto", precisions=["fp32", "fp16", "bf16"])  # the defaults of config.yaml
+    jobs = predicted_jobs(finished / layout.INVENTORY.format(model="tiny-llama"), dims, None,
+                          method="auto", precisions=["fp32", "fp16", "bf16"])  # the defaults of config.yaml
     for unit in ("layer_000", "layer_001"):
-        request = cost.slurm_request(jobs[unit, "anatomy"], 1, 2.0)  # plan.safety's default
+        request = slurm_request(jobs[unit, "anatomy"], 1, 2.0)  # plan.safety's default
         assert asked[unit] == f"runtime={request['runtime']}, mem_mb={request['mem_mb']}"

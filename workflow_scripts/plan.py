@@ -7,7 +7,8 @@ import sys
 import pandas as pd
 
 from blockscope.io.atomic import write_json
-from blockscope.planning.cost_model import plan_document, plan_model, throughput, total_line
+from blockscope.planning.model_plan import plan_document, plan_model, total_line
+from blockscope.planning.throughput_cache import throughput
 from blockscope.runtime.run_step import run_step
 
 TERMINAL = sys.stdout  # run_step sends stdout to the log; the total goes to the terminal as well

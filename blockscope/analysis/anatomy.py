@@ -16,7 +16,10 @@ from blockscope.layout import ELEMENT_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMN
 from blockscope.analysis.matrix_formulas import SPARSITY_THRESHOLD, element_stats, sparsity
 from blockscope.analysis.metrics_row import check_matrix, matrix_metrics
 from blockscope.io.tables import is_missing, records, table_from_rows, table_of
-from blockscope.analysis.spectra import GRAM_OVERFLOW, Matrix, RoundTrip, compute_spectra, matrices_of, not_a_matrix, round_trip_is_exact, svd_dtype, svd_method_for, upcast
+from blockscope.analysis.gram import GRAM_OVERFLOW
+from blockscope.analysis.matrices import Matrix, matrices_of, not_a_matrix, upcast
+from blockscope.analysis.round_trip import RoundTrip, round_trip_is_exact, svd_dtype
+from blockscope.analysis.spectra import compute_spectra, svd_method_for
 from blockscope.io.tensors import iter_unit
 
 log = logging.getLogger(__name__)
@@ -207,7 +210,7 @@ def round_trip_verdict(rounded: RoundTrip, compare: bool = True, check: bool = T
 
 def gram_shows_overflow(backend: str, svd_method: str, shape, dtype) -> bool:
     """True when the matrix's SVD is the LAPACK Gram path, whose singular values come out NaN for
-    a non-finite matrix (spectra.singular_values_gram): the sweep then needs no pass of its own to
+    a non-finite matrix (gram.singular_values_gram): the sweep then needs no pass of its own to
     find an overflow. gesdd and torch are given finite matrices only."""
     return backend == "cpu" and svd_method_for(svd_method, shape, dtype) == "gram"
 
@@ -230,7 +233,7 @@ def precision_table(model, unit, tensor_path, inventory_rows, spectra, precision
     spectra part are reused (backend: spectra_backend[matrix], the spectra part's, else "spectra";
     svd_method likewise from spectra_method). Each SVD uses svd_method_for(svd_method, shape,
     svd_dtype): under auto, a float64 (fp64) row keeps gesdd. A matrix whose stored dtype the
-    precision holds exactly (spectra.round_trip_is_exact) is not even cast. device: the GPU this
+    precision holds exactly (round_trip.round_trip_is_exact) is not even cast. device: the GPU this
     job held (blockscope.runtime.gpu_slots), recorded in every row. reader: as for unit_tables.
     """
     compute = np.dtype(compute_dtype)

@@ -81,8 +81,8 @@ class FactoredMatrix:
         return np.linalg.svd(self.core, compute_uv=False)
 
     @cached_property
-    def small(self) -> np.ndarray:
-        """right @ left (d x d): the nonzero spectrum of a square A."""
+    def right_left(self) -> np.ndarray:
+        """right @ left (d x d; TransformerLens' BA): the nonzero spectrum of a square A."""
         return self.right @ self.left
 
     @cached_property
@@ -90,7 +90,7 @@ class FactoredMatrix:
         """Nonzero-spectrum eigenvalues of the square A, by |lambda| descending (complex)."""
         if self.shape[-2] != self.shape[-1]:
             raise ValueError("eigenvalues need a square product")
-        eigs = np.linalg.eigvals(self.small)
+        eigs = np.linalg.eigvals(self.right_left)
         return np.take_along_axis(eigs, np.argsort(-np.abs(eigs), axis=-1, kind="stable"), axis=-1)
 
     @cached_property
@@ -99,7 +99,7 @@ class FactoredMatrix:
 
     def trace_of_square(self):
         """tr(A A) = tr((right @ left)^2)."""
-        return np.sum(self.small * _t(self.small), axis=(-2, -1))
+        return np.sum(self.right_left * _t(self.right_left), axis=(-2, -1))
 
     def asymmetry(self):
         """||A - A^T||_F / ||A||_F = sqrt(2 ||A||^2 - 2 tr(A A)) / ||A||."""

@@ -1,0 +1,188 @@
+"""One job's predicted cost from its inventory rows. Every per-unit job is priced in CPU seconds
+(its wall time on an idle core) as
+
+    seconds = job start (interpreter + the script's imports, measured)
+            + tensor bytes / I/O rate (measured through blockscope.io.tensors)
+            + sum over its matrices of flops / rate of the operation (rates measured once per
+              machine, or a device's published peak x a stated efficiency)
+            + per-element and per-eigenvalue work (the metrics, the rounding casts; measured)
+
+and its memory as the process after imports plus the arrays the job holds at its peak (flops.py
+counts each operation; docs/metrics.md, "Cost model", gives each count with its source).
+`predict_unit(rows, rule, throughput, method)` prices one job.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from blockscope.analysis.gram import TWO_STAGE_MIN_N, gram_block_rows
+from blockscope.analysis.matrices import not_a_matrix
+from blockscope.analysis.round_trip import round_trip_is_exact, svd_dtype
+from blockscope.analysis.spectra import svd_method_for
+from blockscope.layout import ATTENTION_BLOCK_TYPES
+from blockscope.planning.devices import HOST_TO_DEVICE
+from blockscope.planning.flops import eigh_flops, gesdd_flops, gram_flops, heads_flops
+from blockscope.planning.throughput import MB, Throughput
+
+METHODS = ("gesdd", "gram")
+DEFAULT_METHOD = "auto"  # config svd_method's default: gram or gesdd per matrix (spectra.svd_method_for)
+PARTS = ("spectra", "precision", "heads")  # rule anatomy's parts, priced one by one
+
+
+@dataclass
+class Job:
+    seconds: float
+    mem_mb: float
+    flops: float = 0.0
+
+
+def tensor_matrices(info) -> list:
+    """(rows, cols) of the matrices in one inventory row: a 2-D floating tensor, one per expert
+    of a 3-D expert stack; none for 1-D and refused tensors (they cost nothing here)."""
+    shape = list(info.shape)
+    try:
+        refused = len(shape) < 2 or not_a_matrix(info.dtype, shape, info.block_type) is not None
+    except ValueError:  # a dtype blockscope cannot read: the job reports it, the plan prices nothing
+        refused = True
+    if refused:
+        return []
+    return [tuple(shape[-2:])] * (shape[0] if len(shape) == 3 else 1)
+
+
+def matrix_shapes(rows: pd.DataFrame) -> list:
+    """(rows, cols) of every matrix the spectra part analyses."""
+    return [shape for info in rows.itertuples() for shape in tensor_matrices(info)]
+
+
+def svd_seconds(rows: int, cols: int, bits: int, method: str, rates: dict) -> float:
+    """Seconds of the singular values of one matrix by `method`, at `bits` (32 or 64)."""
+    if method == "gram":  # the Gram product and its eigenvalues run in float64
+        n = min(rows, cols)
+        eigh = rates.get("eigh64_two_stage", rates["eigh64"]) if n >= TWO_STAGE_MIN_N else rates["eigh64"]
+        return gram_flops(rows, cols) / rates["gemm64"] + eigh_flops(n) / eigh
+    qr, bidiag = gesdd_flops(rows, cols)
+    return qr / rates[f"qr{bits}"] + bidiag / rates[f"bidiag{bits}"]
+
+
+def chosen_method(rows: int, cols: int, bits: int, method: str) -> str:
+    """The method the spectra part will run: auto decides as spectra.svd_method_for does."""
+    return svd_method_for(method, (rows, cols), np.float64 if bits == 64 else np.float32)
+
+
+def svd_workspace_bytes(rows: int, cols: int, bits: int, method: str) -> float:
+    """The arrays one SVD holds beyond its input: gesdd two copies (the caller's, which LAPACK
+    needs column-major and copies again) and its work arrays; gram the float64 block buffer,
+    the n x n Gram matrix and eigh's copy of it."""
+    m, n = max(rows, cols), min(rows, cols)
+    if method == "gram":
+        return 8 * (min(m, gram_block_rows(n)) * n + 2 * n * n)
+    return bits // 8 * (2 * m * n + n * n + 8 * n)
+
+
+def _bytes(rows: pd.DataFrame) -> float:
+    return float(rows["nbytes"].sum())
+
+
+def _bits(dtype) -> int:
+    """Bits of a compute dtype (numpy spelling or dtype)."""
+    return np.dtype(dtype).itemsize * 8
+
+
+def _svd_cost(shapes, bits, method, t: Throughput) -> tuple:
+    """(seconds, flops, peak workspace bytes) of the SVDs of a list of shapes."""
+    seconds = flops = workspace = 0.0
+    for rows, cols in shapes:
+        chosen = chosen_method(rows, cols, bits, method)
+        seconds += svd_seconds(rows, cols, bits, chosen, t.rates)
+        gram = chosen == "gram"
+        flops += gram_flops(rows, cols) + eigh_flops(min(rows, cols)) if gram else sum(gesdd_flops(rows, cols))
+        workspace = max(workspace, svd_workspace_bytes(rows, cols, bits, chosen))
+    if t.backend == "cuda":  # matrices travel to the device (the CPU fallback is not priced)
+        seconds += sum(r * c * bits / 8 for r, c in shapes) / HOST_TO_DEVICE
+    return seconds, flops, workspace
+
+
+def _elements(shapes) -> float:
+    return float(sum(r * c for r, c in shapes))
+
+
+def _metrics_seconds(shapes, t: Throughput) -> float:
+    """Element statistics of every matrix plus the spectral metrics (power-law KS scan ~ n^2)."""
+    return _elements(shapes) * t.elements_s + sum(min(r, c) ** 2 for r, c in shapes) * t.eig2_s
+
+
+def predict_extract(rows, t: Throughput, **_) -> Job:
+    # the memory-mapped checkpoint pages it touches count as resident, plus a chunk in flight
+    chunks = 2 * 8 * 2**20  # tensors.CHUNK_BYTES, read and written
+    return Job(t.start_s["extract"] + _bytes(rows) / t.write_bps, t.base_mb["extract"] + (_bytes(rows) + chunks) / MB)
+
+
+# A part's Job: the seconds of its work and the MB of the arrays it holds, without the process
+# start and base memory, which rule anatomy pays once for its three parts.
+
+
+def predict_spectra(rows, t: Throughput, method="gesdd", compute_dtype="float32", **_) -> Job:
+    shapes, bits = matrix_shapes(rows), _bits(compute_dtype)
+    svd, flops, workspace = _svd_cost(shapes, bits, method, t)
+    seconds = _bytes(rows) / t.read_bps + svd + _metrics_seconds(shapes, t)
+    held = _bytes(rows) + _elements(shapes) * bits / 8  # the stored unit as read, and its matrices upcast
+    return Job(seconds, (held + workspace) / MB, flops)
+
+
+def computed_precisions(dtype: str, precisions, compute_dtype="float32") -> list:
+    """The precisions whose SVD a tensor stored in `dtype` needs: not those whose round trip
+    leaves it unchanged in the compute dtype (the spectra part's values are reused)."""
+    compute = np.dtype(compute_dtype)
+    return [p for p in precisions if not (svd_dtype(p, compute) == compute and round_trip_is_exact(dtype, p))]
+
+
+def predict_precision(rows, t: Throughput, method="gesdd", compute_dtype="float32", precisions=("fp32",), **_) -> Job:
+    """The sweep: the rounding cast and the SVDs of every precision a tensor's stored dtype does not
+    hold exactly (the others reuse the spectra unread and uncast). It shares the spectra part's
+    read of the unit, unless a precision needs the matrices wider than compute_dtype (fp64)."""
+    read_bits = max(_bits(svd_dtype(p, compute_dtype)) for p in precisions) if precisions else 32
+    seconds = _bytes(rows) / t.read_bps if read_bits != _bits(compute_dtype) else 0.0
+    flops, workspace, held = 0.0, 0.0, 0.0
+    for precision in precisions:
+        bits = _bits(svd_dtype(precision, compute_dtype))
+        todo = [shape for info in rows.itertuples() if computed_precisions(info.dtype, [precision], compute_dtype)
+                for shape in tensor_matrices(info)]
+        svd, f, w = _svd_cost(todo, bits, method, t)
+        seconds += svd + _elements(todo) * t.cast_s[precision]
+        # on the CPU a rounded matrix is held only inside its SVD (gesdd's copy, the Gram's blocks:
+        # the workspace); torch stacks a precision's rounded matrices for the device
+        batch = _elements(todo) * bits / 8 if t.backend != "cpu" else 0.0
+        flops, workspace, held = flops + f, max(workspace, w), max(held, batch)
+    matrices = _bytes(rows) + _elements(matrix_shapes(rows)) * read_bits / 8  # as read, and upcast
+    return Job(seconds, (matrices + held + workspace) / MB, flops)
+
+
+def predict_heads(rows, t: Throughput, dims=None, **_) -> Job:
+    attention = rows[rows["block_type"].isin(ATTENTION_BLOCK_TYPES)]
+    if dims and len(attention) and rows["layer_index"].notna().any():
+        flops = heads_flops(dims["heads"], dims["kv_heads"], dims["head_dim"], dims["hidden"])
+        # float64 copies of q, k, v, o and of k, v repeated for every query head
+        copies = 8 * (2 * _elements(matrix_shapes(attention)) + 2 * dims["heads"] * dims["head_dim"] * dims["hidden"])
+        return Job(_bytes(attention) / t.read_bps + flops / t.rates["heads"], copies / MB, flops)
+    return Job(0.0, 0.0)
+
+
+def predict_anatomy(rows, t: Throughput, **options) -> Job:
+    """Rule anatomy: one process start, then its parts one after another (the memory of the
+    largest part's arrays at a time)."""
+    parts = [PREDICT[part](rows, t, **options) for part in PARTS]
+    return Job(t.start_s["anatomy"] + sum(p.seconds for p in parts),
+               t.base_mb["anatomy"] + max(p.mem_mb for p in parts), sum(p.flops for p in parts))
+
+
+PREDICT = {"extract": predict_extract, "anatomy": predict_anatomy, "spectra": predict_spectra,
+           "precision": predict_precision, "heads": predict_heads}
+
+
+def predict_unit(rows: pd.DataFrame, rule: str, t: Throughput, method: str = "gesdd", **options) -> Job:
+    """Predicted seconds, peak MB and flops of one per-unit job, extract or anatomy (rows: the
+    unit's inventory rows, already restricted to what `select` chose), or of one of anatomy's
+    PARTS alone (its work and arrays, no process start). options: compute_dtype, precisions, dims."""
+    return PREDICT[rule](rows, t, method=method, **options)
