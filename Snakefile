@@ -10,6 +10,9 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/resources.smk"
+include: "rules/inputs.smk"
+include: "rules/targets.smk"
 include: "rules/fetch.smk"
 include: "rules/extract.smk"
 include: "rules/plan.smk"

@@ -1,0 +1,232 @@
+# Input functions: the selection's units, the manifests read after the inventory checkpoint,
+# figure and table lists of the report, head-merge and compression inputs.
+
+def model_dims(model):
+    """model.json of a model (evaluates the inventory checkpoint)."""
+    with open(checkpoints.inventory.get(model=model).output.dims) as fh:
+        return json.load(fh)
+
+
+def model_selection(model):
+    """The model's resolved select: its own keys over the top-level ones (blockscope.checkpoint.selection)."""
+    return select.resolve(config.get("select"), MODELS[model].get("select"))
+
+
+@functools.cache
+def _selected(model, stamp, layers):
+    import pyarrow.parquet as pq
+
+    path = layout.INVENTORY.format(model=model)
+    inventory = pq.read_table(path, columns=["param_name", "unit", "layer_index"]).to_pandas()
+    try:
+        return select.selected_units(inventory, model_selection(model), layers, model=model, path="config.yaml")
+    except select.BlockscopeError as exc:
+        print(f"ERROR {exc}", file=sys.stderr)  # one clear line before Snakemake's own report
+        raise
+
+
+def selected(model, dims=None):
+    """unit -> its selected parameter names. Every unit when nothing is selected; BlockscopeError
+    when the selection names a missing layer or matches nothing. dims: the model's model.json when
+    read without the checkpoint (rule all), else the checkpoint is evaluated."""
+    dims = dims or model_dims(model)
+    return _selected(model, os.path.getmtime(layout.INVENTORY.format(model=model)), dims["layers"])
+
+
+def units(model, dims=None):
+    """The units that get jobs: those with a selected tensor (all of them without a selection)."""
+    return list(selected(model, dims))
+
+
+def selected_names(wildcards):
+    """Param: the unit's selected parameter names. Only units whose list changes rerun when the
+    selection changes; a unit selected whole has the same list with or without a selection."""
+    return selected(wildcards.model).get(wildcards.unit, [])
+
+
+def selected_layers(model, dims=None):
+    return [layer for layer in map(layout.unit_layer, units(model, dims)) if layer is not None]
+
+
+def per_unit(kind):
+    """Input function: the model's files of one per-unit kind (tensors, spectra, ...), every unit."""
+    return lambda wildcards: [layout.per_unit(kind, wildcards.model, unit) for unit in units(wildcards.model)]
+
+
+def layer_file(kind):
+    """Input function: the per-unit file of the {layer} wildcard's unit."""
+    return lambda wildcards: layout.per_unit(kind, wildcards.model, layout.layer_unit(int(wildcards.layer)))
+
+
+def deep_dive_heads(model, dims=None):
+    """[layer, head] pairs of the deep dive: the config's, else the middle layer's head 0; with a
+    selection, only pairs of selected layers (the default: the middle selected layer)."""
+    if select.is_everything(model_selection(model)):
+        return config["heads"]["deep_dive"] or [[(dims or model_dims(model))["layers"] // 2, 0]]
+    layers = selected_layers(model, dims)
+    if config["heads"]["deep_dive"]:
+        return [pair for pair in config["heads"]["deep_dive"] if pair[0] in layers]
+    return [[layers[len(layers) // 2], 0]] if layers else []
+
+
+def deep_dive_files(model, ext):
+    return [layout.deep_dive(model, layer, head, ext) for layer, head in deep_dive_heads(model)]
+
+
+# Random-init twins (synthetic with like:) are the controls their models are read against.
+CONTROLS = {m: s["like"] for m, s in MODELS.items() if s["source"] == "synthetic" and s.get("like")}
+
+
+def control_metrics(wildcards):
+    return [layout.METRICS.format(model=twin) for twin, of in CONTROLS.items() if of == wildcards.model][:1]
+
+
+FORMATS = config["report"]["formats"]
+EMBEDDED = layout.embedded_format(FORMATS)  # what report.md links and the HTML report shows
+OTHER_FORMATS = [ext for ext in FORMATS if ext != EMBEDDED]
+
+
+def figure(stem, **report_kwargs):
+    """Output: one figure in every report.formats. The embedded format is flagged for the HTML
+    report with `report_kwargs` (category, caption, ...); the other formats are plain outputs.
+    Scripts pass the whole list to plots.save, which writes each file in its suffix's format."""
+    embedded, *others = layout.figure_files(stem, FORMATS)
+    return [report(embedded, **report_kwargs), *others]
+
+
+def figure_folder(path, **report_kwargs):
+    """Output: a folder of figures (one file per page and format); the HTML report shows the
+    pages in the embedded format."""
+    return report(directory(path), patterns=[f"{{name}}.{EMBEDDED}"], **report_kwargs)
+
+
+def figure_files(stem, formats=None):
+    """Input: the files of one figure, in every report.formats (or in `formats`; see figure)."""
+    return [f"{stem}.{ext}" for ext in formats] if formats is not None else layout.figure_files(stem, FORMATS)
+
+
+def esd_layers(model):
+    """Layers whose ESDs are plotted: the config's, else first, middle and last."""
+    layers = selected_layers(model)  # every layer without a selection
+    if not layers:
+        return []
+    chosen = config["report"]["esd_layers"] or [layers[0], layers[len(layers) // 2], layers[-1]]
+    return sorted({layer for layer in chosen if layer in layers})
+
+
+def down_proj_layers(model):
+    """Layers whose down projections are drawn (report.down_proj_layers, else first, middle, last)."""
+    return select.chosen_layers(config["report"]["down_proj_layers"], selected_layers(model))
+
+
+def plots_dir(model):
+    return layout.PLOTS.format(model=model)
+
+
+def model_plot_files(model, formats=None):
+    """A model's figures up to its report, in `formats` (default: every report.formats); the
+    precision pages' folder (every format inside) goes with the embedded format."""
+    formats = FORMATS if formats is None else formats
+    plots = plots_dir(model)
+    stems = [
+        *[f"{plots}/{metric}_by_layer" for metric in layout.PLOT_METRICS],
+        *[f"{plots}/esd_layer_{layer}" for layer in esd_layers(model)],
+        f"{plots}/heads_heatmap",
+        f"{plots}/precision_distributions",
+        f"{plots}/precision_sensitivity",
+        f"results/{model}/embedding/elbow",
+        f"results/{model}/embedding/pca",
+        *[layout.deep_dive(model, layer, head, "").removesuffix(".") for layer, head in deep_dive_heads(model)],
+        layout.DOWN_PROJ_FIGURE.format(model=model),
+    ]
+    folders = [f"{plots}/precision", layout.PRECISION_CATEGORIES.format(model=model),
+               *([layout.PRECISION_MATRICES.format(model=model)] if config["report"]["per_matrix_charts"] else [])] \
+        if EMBEDDED in formats else []  # folders of figures, every format inside
+    return [path for stem in stems for path in figure_files(stem, formats)] + folders
+
+
+def summary_plot_files(formats=None):
+    """The cross-model figures, in `formats` (default: every report.formats)."""
+    return [path for metric in layout.PLOT_METRICS
+            for path in figure_files(f"{layout.SUMMARY}/plots/{metric}_by_depth", formats)]
+
+
+HEADMERGE = config["headmerge"]
+
+
+def headmerge_dims(wildcards):
+    """Input function: model.json, once headmerge.layers is known to fit the model."""
+    layers = select.parse_layers(HEADMERGE.get("layers"))
+    if layers:
+        try:
+            select.check_layers(layers, model_dims(wildcards.model)["layers"], "headmerge.layers",
+                                model=wildcards.model, path="config.yaml")
+        except select.BlockscopeError as exc:
+            print(f"ERROR {exc}", file=sys.stderr)
+            raise
+    return layout.MODEL_JSON.format(model=wildcards.model)
+
+
+def headmerge_summaries(models):
+    """Input: the head-merge summary tables of `models` (none when head merging is off)."""
+    return [f"{layout.HEADMERGE.format(model=model)}/summary.parquet" for model in models if HEADMERGE["enabled"]]
+
+
+def headmerge_targets(model):
+    if not HEADMERGE["enabled"]:
+        return []
+    return [
+        *[f"results/{model}/headmerge/threshold_{t}.json" for t in HEADMERGE["thresholds"]],
+        f"results/{model}/headmerge/summary.parquet",
+        *[path for name in layout.HEADMERGE_FIGURES
+          for path in figure_files(f"{layout.HEADMERGE.format(model=model)}/{name}")],
+        *[path for t in HEADMERGE["thresholds"] for stem in headmerge_threshold_stems(t)
+          for path in figure_files(stem.format(model=model))],
+    ]
+
+
+def headmerge_threshold_stems(t):
+    """The per-threshold figures of headmerge_plots (stems): the comparison, the merged pairs by layer."""
+    return [stem.format(model="{model}", threshold=t) for stem in layout.HEADMERGE_THRESHOLD_FIGURES]
+
+
+COMPRESS = config["compress"]
+COMPRESS_PRESETS = list(QUANTIZATION_PRESETS)
+
+
+def compress_evaluation():
+    """The evaluation settings the experiments share with head merging (the windows come with the
+    base evaluation, an input; plans are scored on its first max_tokens), and when a base is too
+    near chance to be worth perturbing."""
+    keys = ("batch_size", "dtype", "bootstrap")
+    return {**{key: config["headmerge"][key] for key in keys}, "min_bits_over_chance": COMPRESS["min_bits_over_chance"],
+            "max_tokens": COMPRESS["gpu_max_tokens" if BACKEND == "cuda" else "max_tokens"]}
+
+
+def compress_variant(folder):
+    """The optional output of an experiment: its chosen variant as a checkpoint (compress.save_variants)."""
+    return {"variant": directory(f"{folder}/variant")} if COMPRESS["save_variants"] else {}
+
+
+def compress_summaries(models):
+    """Input: the experiments' summary tables of `models` (none when compress is off)."""
+    if not COMPRESS["enabled"]:
+        return []
+    return [f"{folder}/summary.parquet".format(model=m) for m in models
+            for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
+
+
+def compress_targets(model):
+    """An experiment's tables, plans and figures (what the report reads), when compress is enabled."""
+    if not COMPRESS["enabled"]:
+        return []
+    return [
+        *[f"{layout.COMPRESS_QUANT}/{name}".format(model=model) for name in ("summary.parquet", "plans.json")],
+        *[f"{layout.COMPRESS_PRUNE}/{name}".format(model=model) for name in ("summary.parquet", "allocations.parquet")],
+        *[path for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
+          for path in figure_files(f"{folder}/pareto".format(model=model))],
+        *([f"{folder}/variant".format(model=model) for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
+          if COMPRESS["save_variants"] else []),
+    ]
+
+

@@ -1,0 +1,61 @@
+# Resource requests and priorities of the per-unit jobs, from the cost model's prediction.
+
+# What each per-unit job will cost (blockscope.planning): priced from the inventory with this
+# machine's measured throughput (cached per machine), or for device cuda without a visible GPU
+# (a SLURM submit host) from the published throughput of plan.gpu.
+PLAN = config["plan"]
+SVD_METHOD = config["svd_method"]
+PLAN_DEVICE = None if BACKEND == "cpu" or gpu_visible() else PLAN["gpu"]
+
+
+def plan_options():
+    """What a prediction depends on besides the inventory (the plan rule's params too)."""
+    return {"backend": BACKEND, "device": PLAN_DEVICE, "method": SVD_METHOD, "compute_dtype": config["compute_dtype"],
+            "precisions": config["precision"]["precisions"]}
+
+
+@functools.cache
+def _predicted_jobs(model, stamp, whole=False):
+    with open(layout.MODEL_JSON.format(model=model)) as fh:
+        dims = json.load(fh)
+    return predicted_jobs(layout.INVENTORY.format(model=model), dims, None if whole else selected(model, dims),
+                          **plan_options())
+
+
+def predicted_job(model, rule, unit):
+    """The cost model's Job (seconds, mem_mb) of one per-unit job (re-priced when the inventory
+    changes). A job outside `select` (the embedding analysis extracts `embed` whatever the
+    selection) is priced on the whole unit."""
+    stamp = os.path.getmtime(layout.INVENTORY.format(model=model))
+    jobs = _predicted_jobs(model, stamp)
+    return jobs[unit, rule] if (unit, rule) in jobs else _predicted_jobs(model, stamp, whole=True)[unit, rule]
+
+
+def predicted(rule, resource):
+    """A per-unit rule's SLURM request (runtime in minutes or mem_mb): the cost model's
+    prediction x plan.safety, growing with each retry (attempt 1, 2, ...)."""
+    def request(wildcards, attempt):
+        job = predicted_job(wildcards.model, rule, wildcards.unit)
+        return slurm_request(job, attempt, PLAN["safety"])[resource]
+    return request
+
+
+# Scheduling, longest first (LPT): among the jobs ready at once Snakemake starts those of the
+# highest priority, so a long job (a large vocabulary's embedding unit) does not start last and
+# run alone while the other cores idle. Per-unit jobs rank by their predicted seconds; the
+# model-level jobs that run for minutes rank above them (MINUTES_LONG), the plan above all (its
+# total is printed before the heavy jobs run). Modest numbers: they weigh the ILP scheduler's objective.
+PLAN_PRIORITY, MINUTES_LONG = 1e5, 1e4
+
+
+def longest_first(rule):
+    """A per-unit rule's priority: the cost model's predicted seconds of the job; 0 while the
+    inventory is not there (Snakemake asks again after the checkpoint has run)."""
+    def priority(wildcards):
+        try:
+            return round(predicted_job(wildcards.model, rule, wildcards.unit).seconds, 3)
+        except (IncompleteCheckpointException, FileNotFoundError):
+            return 0
+    return priority
+
+
