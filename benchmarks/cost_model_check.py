@@ -13,7 +13,7 @@
 2. Predictions (no weights needed, inventory_from_config): the demo config (SmolLM2-135M and its
    random twin), a Qwen2.5-0.5B shape and a Llama-3.1-8B shape, on this CPU (gesdd and gram)
    and on one H100 SXM (its published throughput x stated efficiencies). --readme prints them as
-   the README's table.
+   the table of docs/cost-model.md.
 
 Runs on a shared machine: the calibration takes the best of a few repeats, but the measured
 job times carry whatever load the machine had.
@@ -146,9 +146,9 @@ def main():
     parser.add_argument("--workdir", default="benchmarks-out/cost_model")
     # One job at a time by default: each job then has an idle core, which is what the model prices.
     # With every core busy, a job's wall time here grew 1.3-1.6x (Snakemake's own per-job work
-    # shares the cores; see the README), which --cores N shows.
+    # shares the cores; see docs/cost-model.md), which --cores N shows.
     parser.add_argument("--cores", type=int, default=1, help="snakemake --cores for --run (default 1)")
-    parser.add_argument("--readme", action="store_true", help="print the README table only")
+    parser.add_argument("--readme", action="store_true", help="print the table of docs/cost-model.md only")
     args = parser.parse_args()
     folders = [Path(p) for p in args.results]
     for name in args.run:

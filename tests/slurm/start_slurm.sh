@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A single-node SLURM with two fake GPUs, for the tests (root, no systemd). Idempotent: a
-# cluster that already answers is left alone. Recipe: ../shared/design/SLURM.md.
+# cluster that already answers is left alone. Recipe and pitfalls: docs/running.md, "The test cluster".
 # Writes the pids it started to $STATE/pids so that stop_slurm.sh stops exactly those.
 set -euo pipefail
 STATE=${1:-/tmp/blockscope-slurm}
