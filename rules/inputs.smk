@@ -89,7 +89,7 @@ OTHER_FORMATS = [ext for ext in FORMATS if ext != EMBEDDED]
 def figure(stem, **report_kwargs):
     """Output: one figure in every report.formats. The embedded format is flagged for the HTML
     report with `report_kwargs` (category, caption, ...); the other formats are plain outputs.
-    Scripts pass the whole list to plots.save, which writes each file in its suffix's format."""
+    Scripts pass the whole list to figures.canvas.save, which writes each file in its suffix's format."""
     embedded, *others = layout.figure_files(stem, FORMATS)
     return [report(embedded, **report_kwargs), *others]
 

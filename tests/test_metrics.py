@@ -5,9 +5,10 @@ import pytest
 
 from blockscope.analysis import heavytail as ht
 from blockscope.analysis import matrix_formulas as mx
-from blockscope.layout import MATRIX_COLUMNS
 from blockscope.analysis.metrics_row import matrix_metrics
-from blockscope.analysis.spectra import cast_round_trip, compute_spectra, singular_values
+from blockscope.analysis.round_trip import cast_round_trip
+from blockscope.analysis.spectra import compute_spectra, singular_values
+from blockscope.layout import MATRIX_COLUMNS
 
 
 def orthogonal(n, rng):
@@ -53,7 +54,8 @@ def test_ks_fit_agrees_with_the_powerlaw_package(tail, ranges):
     # a bulk plus a heavy tail, the shape of a trained layer's ESD
     eigs = np.concatenate([rng.gamma(2.0, 0.5, 700), 3 * (1 - rng.random(300)) ** (-1 / tail)])
     ours = ht.powerlaw_fit(eigs)
-    theirs = powerlaw.Fit(eigs[eigs > ht.EIGENVALUE_FLOOR], verbose=False, **({"parameter_ranges": ranges} if ranges else {}))
+    theirs = powerlaw.Fit(eigs[eigs > ht.EIGENVALUE_FLOOR], verbose=False,
+                          **({"parameter_ranges": ranges} if ranges else {}))
     assert ours.alpha == pytest.approx(theirs.alpha, rel=1e-9)
     assert ours.xmin == theirs.xmin
     assert ours.D == pytest.approx(theirs.D, rel=1e-9)

@@ -4,8 +4,8 @@ import collections
 
 import pytest
 
-from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
 from blockscope.checkpoint.block_types import block_type, unit_of
+from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
 
 from conftest import save_tiny
 
@@ -119,7 +119,8 @@ def test_figure_files_put_the_embedded_format_first():
 
 def test_a_figure_is_written_in_the_format_of_each_suffix(tmp_path):
     import matplotlib.pyplot as plt
-    from blockscope.reporting.plots import save
+
+    from blockscope.reporting.figures.canvas import save
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     targets = [tmp_path / "f.png", tmp_path / "f.pdf", tmp_path / "f.svg"]

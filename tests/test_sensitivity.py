@@ -5,8 +5,13 @@ import math
 import pandas as pd
 import pytest
 
-from blockscope.analysis.precision_sensitivity import (alpha_hill_range, alpha_hill_relative_range, most_sensitive,
-                                    precision_sensitive, precision_sensitivity)
+from blockscope.analysis.precision_sensitivity import (
+    alpha_hill_range,
+    alpha_hill_relative_range,
+    most_sensitive,
+    precision_sensitive,
+    precision_sensitivity,
+)
 
 
 def test_range_and_relative_range_by_hand():
@@ -52,10 +57,10 @@ def _sweep(n=30):
 
 
 def test_sensitivity_plot_is_written(tmp_path):
-    from blockscope.reporting import plots
+    from blockscope.reporting.figures.precision import precision_sensitivity as sensitivity_figure
 
     target = tmp_path / "precision_sensitivity.png"
-    plots.precision_sensitivity(_sweep(), 0.05, "m: the most precision-sensitive matrices", target)
+    sensitivity_figure(_sweep(), 0.05, "m: the most precision-sensitive matrices", target)
     assert target.stat().st_size > 10_000
 
 

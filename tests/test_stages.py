@@ -10,8 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockscope.reporting import plots
 from blockscope.layout import EIGENVALUE_COLUMNS, HEAD_COLUMNS, METRICS_COLUMNS
+from blockscope.reporting.figures import canvas
+from blockscope.reporting.figures import embedding as embedding_figures
+from blockscope.reporting.figures import head_merge as head_merge_figures
+from blockscope.reporting.figures import heads as heads_figures
+from blockscope.reporting.figures import precision as precision_figures
+from blockscope.reporting.figures import spectra as spectra_figures
 from blockscope.reporting.model_report import model_report
 from conftest import run_workflow
 
@@ -21,13 +26,15 @@ EMPTY = pd.DataFrame()  # what aggregate's stack() writes when no unit has a row
 @pytest.fixture
 def reasons(monkeypatch):
     """The reasons of every placeholder figure drawn (the figures are still written)."""
-    seen, draw = [], plots.nothing_to_plot
+    seen, draw = [], canvas.nothing_to_plot
 
     def recording(reason, title, target):
         seen.append(reason)
         draw(reason, title, target)
 
-    monkeypatch.setattr(plots, "nothing_to_plot", recording)
+    # each figure module calls the nothing_to_plot it imported
+    for module in (embedding_figures, head_merge_figures, heads_figures, precision_figures, spectra_figures):
+        monkeypatch.setattr(module, "nothing_to_plot", recording)
     return seen
 
 
@@ -36,21 +43,22 @@ def _calls(tmp_path):
     eigen = pd.DataFrame(columns=EIGENVALUE_COLUMNS)
     eigen.attrs["reason"] = "layer 1, head 0: the layer has no attention projections"
     return [
-        ("head_eigenvalues", plots.head_eigenvalues, (eigen, "t")),
-        ("embedding_elbow", plots.embedding_elbow, ({}, {}, "t")),
-        ("embedding_pca", plots.embedding_pca, ({}, "t")),
-        ("metric_by_layer", plots.metric_by_layer, (EMPTY, "alpha", "t")),
-        ("metric_by_layer_columns", plots.metric_by_layer, (pd.DataFrame(columns=METRICS_COLUMNS), "alpha", "t")),
-        ("esd", plots.esd, ([], "t")),
-        ("heads_heatmap", plots.heads_heatmap, (EMPTY, "t")),
-        ("heads_heatmap_columns", plots.heads_heatmap, (pd.DataFrame(columns=HEAD_COLUMNS), "t")),
-        ("precision_page", plots.precision_page, (EMPTY, "t")),
-        ("precision_distributions", plots.precision_distributions, (EMPTY, "t")),
-        ("precision_sensitivity", plots.precision_sensitivity, (EMPTY, 0.05, "t")),
-        ("depth_overlay", plots.depth_overlay, (EMPTY, "alpha", "t")),
-        ("headmerge_sweep", plots.headmerge_sweep, (EMPTY, "t")),
-        ("headmerge_pairs", plots.headmerge_pairs, (EMPTY, [], "t")),
-        ("similarity_matrices", plots.similarity_matrices, ({}, "t")),
+        ("head_eigenvalues", heads_figures.head_eigenvalues, (eigen, "t")),
+        ("embedding_elbow", embedding_figures.embedding_elbow, ({}, {}, "t")),
+        ("embedding_pca", embedding_figures.embedding_pca, ({}, "t")),
+        ("metric_by_layer", spectra_figures.metric_by_layer, (EMPTY, "alpha", "t")),
+        ("metric_by_layer_columns", spectra_figures.metric_by_layer,
+         (pd.DataFrame(columns=METRICS_COLUMNS), "alpha", "t")),
+        ("esd", spectra_figures.esd, ([], "t")),
+        ("heads_heatmap", heads_figures.heads_heatmap, (EMPTY, "t")),
+        ("heads_heatmap_columns", heads_figures.heads_heatmap, (pd.DataFrame(columns=HEAD_COLUMNS), "t")),
+        ("precision_page", precision_figures.precision_page, (EMPTY, "t")),
+        ("precision_distributions", precision_figures.precision_distributions, (EMPTY, "t")),
+        ("precision_sensitivity", precision_figures.precision_sensitivity, (EMPTY, 0.05, "t")),
+        ("depth_overlay", spectra_figures.depth_overlay, (EMPTY, "alpha", "t")),
+        ("headmerge_sweep", head_merge_figures.headmerge_sweep, (EMPTY, "t")),
+        ("headmerge_pairs", head_merge_figures.headmerge_pairs, (EMPTY, [], "t")),
+        ("similarity_matrices", head_merge_figures.similarity_matrices, ({}, "t")),
     ]
 
 
@@ -62,36 +70,36 @@ def test_every_plot_of_nothing_says_why(tmp_path, reasons):
     assert len(reasons) == len(calls) and all(reasons)
     assert reasons[0] == "layer 1, head 0: the layer has no attention projections"  # the table's own reason
     assert reasons[1] == "no embedding matrix was clustered" and "no attention heads" in reasons[6]
-    plots.similarity_histograms({}, "t", tmp_path / "hist.png")  # an empty figure, as before
-    plots.embedding_pca({}, "t", tmp_path / "pca.png", reason="no token embedding found")
+    head_merge_figures.similarity_histograms({}, "t", tmp_path / "hist.png")  # an empty figure, as before
+    embedding_figures.embedding_pca({}, "t", tmp_path / "pca.png", reason="no token embedding found")
     assert reasons[-1] == "no token embedding found"
 
 
 def test_plots_of_all_nan_values_say_why_or_draw_the_rest(tmp_path, reasons):
     metrics = pd.DataFrame({"layer_index": [0, 1], "block_type": ["q_proj"] * 2, "alpha": [np.nan] * 2})
-    plots.metric_by_layer(metrics, "alpha", "t", tmp_path / "m.png")
+    spectra_figures.metric_by_layer(metrics, "alpha", "t", tmp_path / "m.png")
     assert reasons == ["no finite alpha value in any transformer block"]
     precision = pd.DataFrame({"matrix": ["a", "a"], "precision": ["fp32", "fp16"], "alpha_hill": [np.nan] * 2})
-    plots.precision_distributions(precision, "t", tmp_path / "p.png")
+    precision_figures.precision_distributions(precision, "t", tmp_path / "p.png")
     assert reasons[-1] == "no finite α-Hill at any precision"
     heads = pd.DataFrame({"layer_index": [0, 0, 1, 1], "head": [0, 1, 0, 1],
                           "qk_effective_rank": [np.nan, 2.0, 3.0, 4.0], "ov_effective_rank": [np.nan] * 4})
-    plots.heads_heatmap(heads, "t", tmp_path / "h.png")  # NaN cells left blank, no placeholder
+    heads_figures.heads_heatmap(heads, "t", tmp_path / "h.png")  # NaN cells left blank, no placeholder
     panels = [("q_proj", np.zeros(0), np.nan, np.nan, "non-finite weights (1 NaN, 0 Inf)"),
               ("k_proj", np.random.default_rng(0).gamma(2.0, size=200), 3.0, 1.0, "ok")]
-    plots.esd(panels, "t", tmp_path / "esd.png")
+    spectra_figures.esd(panels, "t", tmp_path / "esd.png")
     assert len(reasons) == 2 and (tmp_path / "h.png").exists() and (tmp_path / "esd.png").exists()
 
 
 
 def test_a_weight_type_without_values_gets_no_panel(tmp_path, monkeypatch):
     drawn = []
-    monkeypatch.setattr(plots, "save", lambda fig, target: drawn.append(fig))
+    monkeypatch.setattr(spectra_figures, "save", lambda fig, target: drawn.append(fig))
     metrics = pd.DataFrame({"layer_index": [0, 1, 0, 1], "relative_depth": [0, 0.5, 0, 0.5], "model": "m",
                             "control_of": None, "block_type": ["q_proj", "q_proj", "norm", "norm"],
                             "alpha": [3.0, 4.0, np.nan, np.nan]})  # norms: 1-D, statistics only
-    plots.depth_overlay(metrics, "alpha", "t", tmp_path / "d.png")
-    plots.metric_by_layer(metrics, "alpha", "t", tmp_path / "m.png")
+    spectra_figures.depth_overlay(metrics, "alpha", "t", tmp_path / "d.png")
+    spectra_figures.metric_by_layer(metrics, "alpha", "t", tmp_path / "m.png")
     for fig in drawn:
         assert [ax.get_title() for ax in fig.axes if ax.axison] == ["q_proj"]
 

@@ -7,15 +7,16 @@ import pytest
 
 from blockscope import layout
 from blockscope.aggregation import detail_tables as views
+from blockscope.analysis.heads import cumulative_energy
+from blockscope.checkpoint.selection import chosen_layers, first_middle_last
 from blockscope.config.validation import validate_config
 from blockscope.errors import BlockscopeError
-from blockscope.analysis.heads import cumulative_energy
-from blockscope.reporting.plots import precision_distributions
-from blockscope.reporting.detail_plots import (down_proj_variance, headmerge_comparison, headmerge_layer_pairs,
-                                    precision_category, precision_matrix)
 from blockscope.reporting.detail_sections import view_sections
-from blockscope.checkpoint.selection import chosen_layers, first_middle_last
-from conftest import TINY_LLAMA
+from blockscope.reporting.figures.head_merge import headmerge_comparison, headmerge_layer_pairs
+from blockscope.reporting.figures.precision import precision_category, precision_distributions, precision_matrix
+from blockscope.reporting.figures.spectra import down_proj_variance
+
+from conftest import ROOT, TINY_LLAMA
 
 
 def heads_table():
@@ -163,4 +164,23 @@ def test_the_figures_are_drawn(tmp_path):
 def test_the_view_keys_are_validated(section, fragment):
     with pytest.raises(BlockscopeError, match=fragment.replace(".", r"\.")):
         validate_config({"models": {"tiny": {"source": "synthetic", "config": dict(TINY_LLAMA), "seed": 0}},
-                         **section})
+                         **section}, ROOT / "schemas" / "config.schema.yaml")
+
+
+def test_matrix_labels_drop_the_layer_prefix_and_the_weight_suffix_only(tmp_path, monkeypatch):
+    from blockscope.reporting.figures import precision as figures
+    from blockscope.reporting.figures.canvas import short_name
+
+    assert short_name("model.layers.3.mlp.down_proj.weight") == "L3.mlp.down_proj"
+    assert short_name("model.layers.0.self_attn.q_proj.weight_scale") == "L0.self_attn.q_proj.weight_scale"
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, target: drawn.append(fig))
+    sweep = pd.DataFrame({"matrix": ["model.layers.0.mlp.up_proj.weight"] * 2 + ["lm_head.weight"] * 2,
+                          "block_type": ["up_proj"] * 2 + ["lm_head"] * 2, "precision": ["fp32", "fp16"] * 2,
+                          "alpha_hill": [2.0, 3.0, 4.0, 4.0]})
+    figures.precision_page(sweep, "t", tmp_path / "page.png")
+    figures.precision_sensitivity(sweep, 0.05, "t", tmp_path / "sensitivity.png")
+    page, sensitivity = drawn
+    assert [t.get_text() for t in page.axes[0].get_xticklabels()] == ["L0.mlp.up_proj", "lm_head"]
+    # ranked by relative range, the largest at the top: up_proj (1 / 2.5) above lm_head (0)
+    assert [t.get_text() for t in sensitivity.axes[0].get_yticklabels()] == ["lm_head", "L0.mlp.up_proj"]

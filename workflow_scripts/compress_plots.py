@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from blockscope.reporting.plots import compress_pareto
+from blockscope.reporting.figures.compression import compress_pareto
 from blockscope.runtime.run_step import run_step
 
 

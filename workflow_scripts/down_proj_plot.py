@@ -4,7 +4,8 @@
 import pandas as pd
 
 from blockscope.aggregation.model_tables import spectral_rows
-from blockscope.reporting.detail_plots import down_proj_variance, short_name
+from blockscope.reporting.figures.canvas import short_name
+from blockscope.reporting.figures.spectra import down_proj_variance
 from blockscope.runtime.run_step import run_step
 
 

@@ -4,7 +4,7 @@ import json
 
 import pandas as pd
 
-from blockscope.reporting.plots import embedding_elbow, embedding_pca
+from blockscope.reporting.figures.embedding import embedding_elbow, embedding_pca
 from blockscope.runtime.run_step import run_step
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from blockscope.aggregation.model_tables import spectral_rows
-from blockscope.reporting.plots import esd
+from blockscope.reporting.figures.spectra import esd
 from blockscope.runtime.run_step import run_step
 
 

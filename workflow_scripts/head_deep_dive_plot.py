@@ -6,7 +6,7 @@ import json
 import pandas as pd
 
 from blockscope.analysis.heads import kv_head
-from blockscope.reporting.plots import head_eigenvalues
+from blockscope.reporting.figures.heads import head_eigenvalues
 from blockscope.runtime.run_step import run_step
 
 
@@ -16,7 +16,8 @@ def main(snakemake):
     table = pd.read_parquet(snakemake.input.table)
     group = kv_head(head, dims["heads"], dims["kv_heads"])
     reason = table.attrs.get("reason") or f"no eigenvalues for layer {layer}, head {head} (see the head_deep_dive log)"
-    title = f"{model}: layer {layer}, head {head} (kv head {group}), QK kernel eigenvalues (d_head = {dims['head_dim']})"
+    title = (f"{model}: layer {layer}, head {head} (kv head {group}), "
+             f"QK kernel eigenvalues (d_head = {dims['head_dim']})")
     head_eigenvalues(table, title, list(snakemake.output), reason=reason)
 
 

@@ -5,7 +5,8 @@ import os
 import pandas as pd
 
 from blockscope.layout import figure_files
-from blockscope.reporting.plots import heads_heatmap, precision_distributions, precision_page, precision_sensitivity
+from blockscope.reporting.figures.heads import heads_heatmap
+from blockscope.reporting.figures.precision import precision_distributions, precision_page, precision_sensitivity
 from blockscope.runtime.run_step import run_step
 
 

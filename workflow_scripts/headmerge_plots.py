@@ -7,11 +7,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from blockscope.checkpoint.selection import chosen_layers, parse_layers
 from blockscope.evaluation import head_merge as hm
 from blockscope.layout import HEADMERGE_THRESHOLD_FIGURES, figure_files
-from blockscope.reporting.plots import headmerge_pairs, headmerge_sweep, similarity_histograms, similarity_matrices
-from blockscope.reporting.detail_plots import headmerge_comparison, headmerge_layer_pairs
-from blockscope.checkpoint.selection import chosen_layers, parse_layers
+from blockscope.reporting.figures.head_merge import (
+    headmerge_comparison,
+    headmerge_layer_pairs,
+    headmerge_pairs,
+    headmerge_sweep,
+    similarity_histograms,
+    similarity_matrices,
+)
 from blockscope.runtime.run_step import run_step
 
 

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from blockscope.aggregation.model_tables import spectral_rows
-from blockscope.reporting.plots import metric_by_layer
+from blockscope.reporting.figures.spectra import metric_by_layer
 from blockscope.runtime.run_step import run_step
 
 

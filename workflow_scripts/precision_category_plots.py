@@ -7,7 +7,8 @@ import re
 import pandas as pd
 
 from blockscope.layout import figure_files
-from blockscope.reporting.detail_plots import precision_category, precision_matrix, short_name
+from blockscope.reporting.figures.canvas import short_name
+from blockscope.reporting.figures.precision import precision_category, precision_matrix
 from blockscope.runtime.run_step import run_step
 
 

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from blockscope.reporting.plots import depth_overlay
+from blockscope.reporting.figures.spectra import depth_overlay
 from blockscope.runtime.run_step import run_step
 
 

@@ -45,7 +45,8 @@ def gram_matrix(matrix) -> np.ndarray:
             yield buffer[:len(block)]
 
     if work(matrix.shape) <= NUMPY_GRAM_MAX:
-        return sum(block.T @ block for block in blocks())
+        with np.errstate(over="ignore"):  # an overflowing Gram is reported (GRAM_OVERFLOW), not warned
+            return sum(block.T @ block for block in blocks())
     from scipy.linalg.blas import dsyrk
 
     gram = np.zeros((n, n), order="F")

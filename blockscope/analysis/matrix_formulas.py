@@ -141,6 +141,7 @@ def element_stats(matrix: np.ndarray) -> dict:
     squares = 0.0
     for block in element_blocks(matrix):
         deviation = np.subtract(block, mean, dtype=np.float64)
-        squares += float(deviation @ deviation)
+        with np.errstate(over="ignore"):  # entries beyond ~1e154: var is inf in float64, as numpy's
+            squares += float(deviation @ deviation)
     var = squares / matrix.size
     return {"mean": mean, "std": float(np.sqrt(var)), "var": var}
