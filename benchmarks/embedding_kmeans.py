@@ -53,7 +53,8 @@ def main():
     print(f"blockscope analyse_embedding, k = 2..16 (knee k = {k}): {ours:7.1f} s, extra peak RSS {ours_rss:7.0f} MiB")
     peer, peer_rss, _ = run(PEER, rows, dim)
     print(f"peer sklearn KMeans(k=8, n_init=1) on all rows:      {peer:7.1f} s, extra peak RSS {peer_rss:7.0f} MiB")
-    print(f"ratio time ours/peer {ours / peer:.2f}x (ours fits 15 values of k); peak RSS ours/peer {ours_rss / peer_rss:.2f}x")
+    print(f"ratio time ours/peer {ours / peer:.2f}x (ours fits 15 values of k); "
+          f"peak RSS ours/peer {ours_rss / peer_rss:.2f}x")
 
 
 if __name__ == "__main__":

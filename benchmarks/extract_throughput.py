@@ -6,10 +6,8 @@ the same run. Ours streams one unit at a time; the ratio says what streaming cos
     .venv/bin/python benchmarks/extract_throughput.py resources/models/smollm2-135m
 """
 
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 CHILD_OURS = """
@@ -52,7 +50,8 @@ def main():
     print(f"checkpoint {checkpoint}: {mib:.1f} MiB of tensors")
     print(f"blockscope extract (all units, one process): {ours_s:.2f} s, {mib / ours_s:.0f} MiB/s, "
           f"peak RSS {ours_rss:.0f} MiB, Parquet {written / total:.3f}x of tensor bytes")
-    print(f"peer safetensors.numpy.load_file (read only):  {peer_s:.2f} s, {mib / peer_s:.0f} MiB/s, peak RSS {peer_rss:.0f} MiB")
+    print(f"peer safetensors.numpy.load_file (read only):  {peer_s:.2f} s, {mib / peer_s:.0f} MiB/s, "
+          f"peak RSS {peer_rss:.0f} MiB")
     print(f"ratio time ours/peer {ours_s / peer_s:.2f}x; peak RSS ours/peer {ours_rss / peer_rss:.2f}x")
 
 

@@ -28,10 +28,10 @@ import time
 import numpy as np
 import pandas as pd
 
+from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 from blockscope.analysis.round_trip import cast_round_trip
 from blockscope.analysis.spectra import compute_spectra
 from blockscope.io.tensors import write_unit
-from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 
 HIDDEN, FFN, HEADS, KV_HEADS, LAYERS, VOCAB = 4096, 14336, 32, 8, 32, 128256
 HEAD_DIM = HIDDEN // HEADS

@@ -21,7 +21,8 @@ other work, wall ratios are noise: read the CPU ratios, with OPENBLAS_NUM_THREAD
 BLAS thread spins on a busy core.
 
     make env && .venv/bin/pip install -r benchmarks/requirements.txt
-    .venv/bin/python benchmarks/spectra_vs_weightwatcher.py [--models demo,qwen-0.5b] [--anatomy] [--repeats 3] [--workdir DIR]
+    .venv/bin/python benchmarks/spectra_vs_weightwatcher.py [--models demo,qwen-0.5b] [--anatomy]
+        [--repeats 3] [--workdir DIR]
 """
 
 import argparse
@@ -108,7 +109,8 @@ class Workdir:
         return units
 
     def metrics(self) -> pd.DataFrame:
-        return pd.concat(pd.read_parquet(p) for p in glob.glob(str(self.path / f"results/{self.model}/metrics/*.parquet")))
+        pattern = str(self.path / f"results/{self.model}/metrics/*.parquet")
+        return pd.concat(pd.read_parquet(p) for p in glob.glob(pattern))
 
 
 def best(runs) -> tuple:
@@ -167,7 +169,8 @@ def bench_model(name, model, spec, anatomy, repeats=1, parent=None):
               f"in-process SVD seconds {min(run['svd_seconds']):7.1f} ({methods})")
         if anatomy:
             print(f"    full anatomy (metrics, precision sweep fp32/fp16/bf16, heads; one call): "
-                  f"{ratios(best(run['full']), peer)}; of which the sweep after the spectra: {ratios(best(run['rest']), peer)}")
+                  f"{ratios(best(run['full']), peer)}; "
+                  f"of which the sweep after the spectra: {ratios(best(run['rest']), peer)}")
         print(f"    alpha vs WeightWatcher: {alpha_gap(run['table'], theirs)}")
     gesdd, auto = runs["gesdd"], runs["auto"]
     print(f"auto / gesdd: in-process SVD seconds {min(auto['svd_seconds']) / min(gesdd['svd_seconds']):.2f}, "
@@ -181,7 +184,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,qwen-0.5b")
     parser.add_argument("--anatomy", action="store_true",
-                        help="time the full per-unit anatomy (the precision sweep at fp32, fp16, bf16) after each method too")
+                        help="time the full per-unit anatomy (the precision sweep at fp32, fp16, bf16) "
+                             "after each method too")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side; the best counts")
     parser.add_argument("--workdir", help="keep each model's folder here (DIR/<model>) and reuse its extraction")
     args = parser.parse_args()

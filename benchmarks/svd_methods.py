@@ -5,11 +5,12 @@ Random float32 matrices (entries N(0, 0.02^2)) of the demo's shapes (SmolLM2-135
 Qwen2.5-0.5B's and a Llama-3.1-8B's. Peer: LAPACK gesdd as the `gesdd` method runs it
 (blockscope.analysis.spectra.singular_values: numpy's build up to 576 x 576, scipy's above); ours: the
 float64 Gram (numpy's product, BLAS dsyrk for large ones) plus its eigenvalues (syevd), the
-`gram` method. Run it as the jobs run, with OPENBLAS_NUM_THREADS=1. Each time is the minimum over --repeats runs (the machine may be shared); a gesdd
-slower than --long seconds runs once. Prints one row per shape: both times, their ratio, which
-is faster and what auto picks, and the largest relative difference of sigma >= 1e-3 sigma_max
-against a float64 gesdd (on shapes up to --check-max elements); then per model the in-process
-seconds of all its matrices (each shape's time x its count) with gesdd, gram and auto.
+`gram` method. Run it as the jobs run, with OPENBLAS_NUM_THREADS=1. Each time is the minimum
+over --repeats runs (the machine may be shared); a gesdd slower than --long seconds runs once.
+Prints one row per shape: both times, their ratio, which is faster and what auto picks, and
+the largest relative difference of sigma >= 1e-3 sigma_max against a float64 gesdd (on shapes
+up to --check-max elements); then per model the in-process seconds of all its matrices (each
+shape's time x its count) with gesdd, gram and auto.
 
     python benchmarks/svd_methods.py [--repeats 3] [--only demo,0.5b,8b] [--drivers]
 """

@@ -223,8 +223,8 @@ HEADS_BY_LAYER_COLUMNS = ["layer_index", "heads", *spread_columns("qk_effective_
 HEATMAP_STATISTICS_COLUMNS = ["metric", "count", "min", "max", "mean", "std"]
 MAGNITUDE_PERCENTILES = (10, 25, 50, 75, 90)
 DEEP_DIVE_SUMMARY_COLUMNS = [
-    "layer", "head", "eigenvalues", *[f"magnitude_percentile_{p}" for p in MAGNITUDE_PERCENTILES], "real_min", "real_max",
-    "imag_min", "imag_max", "positive_real", "negative_real", *ENERGY_COLUMNS,  # n50 ... n99
+    "layer", "head", "eigenvalues", *[f"magnitude_percentile_{p}" for p in MAGNITUDE_PERCENTILES],
+    "real_min", "real_max", "imag_min", "imag_max", "positive_real", "negative_real", *ENERGY_COLUMNS,  # n50 ... n99
 ]
 DOWN_PROJECTION_COLUMNS = ["matrix", "layer_index", "rows", "cols", "components", "sigma_max", "sigma_min",
                            "condition_number", *ENERGY_COLUMNS]
@@ -249,7 +249,8 @@ BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "
 TABLES = {
     "inventory": INVENTORY_COLUMNS, "spectra": SPECTRA_COLUMNS, "metrics": METRICS_COLUMNS,
     "precision": PRECISION_COLUMNS, "heads": HEAD_COLUMNS, "deep_dive": EIGENVALUE_COLUMNS,
-    "precision_alpha_hill": [*PRECISION_WIDE_COLUMNS, *PRECISION_SENSITIVITY_COLUMNS], "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
+    "precision_alpha_hill": [*PRECISION_WIDE_COLUMNS, *PRECISION_SENSITIVITY_COLUMNS],
+    "precision_summary_statistics": PRECISION_SUMMARY_COLUMNS,
     "similarities": SIMILARITY_COLUMNS, "benchmarks": BENCHMARK_COLUMNS,
     "quantization_hints": QUANTIZATION_HINT_COLUMNS, "plan_jobs": PLAN_JOB_COLUMNS,
     "eval_base_windows": EVAL_WINDOW_COLUMNS,

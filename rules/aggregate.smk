@@ -19,16 +19,16 @@ rule aggregate:
         phases="results/{model}/phase_analysis.csv",
         hints="results/{model}/quantization_hints.csv",
         hints_json="results/{model}/quantization_config.json",
-    params:
-        quantization=config["quantization"],
-        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
-        code=code("aggregate"),
     log:
         "logs/{model}/aggregate.log",
     benchmark:
         benchmark("aggregate")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        quantization=config["quantization"],
+        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
+        code=code("aggregate"),
     script:
         "../workflow_scripts/aggregate.py"
 
@@ -44,14 +44,14 @@ rule summary:
         heads=f"{layout.SUMMARY}/heads.parquet",
         precision=f"{layout.SUMMARY}/precision.parquet",
         depth=f"{layout.SUMMARY}/depth_comparison.csv",
-    params:
-        controls=CONTROLS,
-        code=code("summary"),
     log:
         "logs/summary/summary.log",
     benchmark:
         layout.SUMMARY_BENCHMARK.format(rule="summary")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        controls=CONTROLS,
+        code=code("summary"),
     script:
         "../workflow_scripts/summary.py"

@@ -13,6 +13,17 @@ rule anatomy:
         metrics=update(layout.UNIT_METRICS),
         precision=update(layout.UNIT_PRECISION),
         heads=update(layout.UNIT_HEADS),
+    log:
+        "logs/{model}/anatomy/{unit}.log",
+    benchmark:
+        benchmark("anatomy", "{unit}")
+    priority: longest_first("anatomy")
+    conda:
+        "../envs/blockscope.yaml"
+    resources:
+        gpu=GPU_CLAIM,
+        mem_mb=predicted("anatomy", "mem_mb"),
+        runtime=predicted("anatomy", "runtime"),
     params:
         backend=BACKEND,
         selected=selected_names,
@@ -29,16 +40,5 @@ rule anatomy:
             "code": part_code("precision"),
         },
         heads={"code": part_code("heads")},
-    log:
-        "logs/{model}/anatomy/{unit}.log",
-    benchmark:
-        benchmark("anatomy", "{unit}")
-    resources:
-        gpu=GPU_CLAIM,
-        mem_mb=predicted("anatomy", "mem_mb"),
-        runtime=predicted("anatomy", "runtime"),
-    priority: longest_first("anatomy")
-    conda:
-        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/anatomy.py"

@@ -24,9 +24,13 @@ from blockscope.compression.presets import PRESETS as QUANTIZATION_PRESETS
 from blockscope.runtime.run_outcome import summary_lines
 
 # The files config was read from and the --config values, so that an error names where the bad key is.
-validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml",
-                configfiles=workflow.configfiles, cli_configfiles=workflow.overwrite_configfiles,
-                command_line=workflow.config_settings.config)
+validate_config(
+    config,
+    Path(workflow.basedir) / "schemas" / "config.schema.yaml",
+    configfiles=workflow.configfiles,
+    cli_configfiles=workflow.overwrite_configfiles,
+    command_line=workflow.config_settings.config,
+)
 MODELS = config["models"]
 LIBRARY = Path(workflow.basedir) / "blockscope"
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"

@@ -9,27 +9,27 @@ rule compress_quant:
         metrics=layout.METRICS,
         base=layout.EVAL_BASE,
     output:
+        **compress_variant(layout.COMPRESS_QUANT),
         summary=f"{layout.COMPRESS_QUANT}/summary.parquet",
         summary_csv=f"{layout.COMPRESS_QUANT}/summary.csv",
         plans=f"{layout.COMPRESS_QUANT}/plans.json",
         hints=[f"{layout.COMPRESS_QUANT}/hint_{preset}.json" for preset in COMPRESS_PRESETS],
-        **compress_variant(layout.COMPRESS_QUANT),
+    log:
+        "logs/{model}/compress_quant.log",
+    benchmark:
+        benchmark("compress_quant")
+    priority: MINUTES_LONG
+    conda:
+        "../envs/blockscope.yaml"
+    resources:
+        gpu=GPU_CLAIM,
+        mem_mb=12000,
     params:
         settings={"quant": COMPRESS["quant"], "random_seeds": COMPRESS["random_seeds"]},
         group_size=config["quantization"]["group_size"],
         evaluation=compress_evaluation(),
         device=BACKEND,
         code=code("compress_quant"),
-    log:
-        "logs/{model}/compress_quant.log",
-    benchmark:
-        benchmark("compress_quant")
-    resources:
-        gpu=GPU_CLAIM,
-        mem_mb=12000,
-    priority: MINUTES_LONG
-    conda:
-        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/compress_quant.py"
 
@@ -41,29 +41,31 @@ rule compress_prune:
         metrics=layout.METRICS,
         base=layout.EVAL_BASE,
     output:
+        **compress_variant(layout.COMPRESS_PRUNE),
         summary=f"{layout.COMPRESS_PRUNE}/summary.parquet",
         summary_csv=f"{layout.COMPRESS_PRUNE}/summary.csv",
         allocations=f"{layout.COMPRESS_PRUNE}/allocations.parquet",
         allocations_csv=f"{layout.COMPRESS_PRUNE}/allocations.csv",
         plans=f"{layout.COMPRESS_PRUNE}/plans.json",
-        **compress_variant(layout.COMPRESS_PRUNE),
-    params:
-        settings={"prune": {k: v for k, v in COMPRESS["prune"].items() if k not in ("targets", "gpu_targets")},
-                  "random_seeds": COMPRESS["random_seeds"]},
-        targets=COMPRESS["prune"]["gpu_targets" if BACKEND == "cuda" else "targets"],
-        evaluation=compress_evaluation(),
-        device=BACKEND,
-        code=code("compress_prune"),
     log:
         "logs/{model}/compress_prune.log",
     benchmark:
         benchmark("compress_prune")
-    resources:
-        gpu=GPU_CLAIM,
-        mem_mb=12000,
     priority: MINUTES_LONG
     conda:
         "../envs/blockscope.yaml"
+    resources:
+        gpu=GPU_CLAIM,
+        mem_mb=12000,
+    params:
+        settings={
+            "prune": {k: v for k, v in COMPRESS["prune"].items() if k not in ("targets", "gpu_targets")},
+            "random_seeds": COMPRESS["random_seeds"],
+        },
+        targets=COMPRESS["prune"]["gpu_targets" if BACKEND == "cuda" else "targets"],
+        evaluation=compress_evaluation(),
+        device=BACKEND,
+        code=code("compress_prune"),
     script:
         "../workflow_scripts/compress_prune.py"
 
@@ -88,13 +90,13 @@ rule compress_plots:
             subcategory="compression",
             caption="../report/compress_prune.rst",
         ),
-    params:
-        code=code("compress_plots"),
     log:
         "logs/{model}/compress_plots.log",
     benchmark:
         benchmark("compress_plots")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        code=code("compress_plots"),
     script:
         "../workflow_scripts/compress_plots.py"

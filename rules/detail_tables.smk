@@ -11,15 +11,15 @@ rule detail_tables:
         deep_dive=lambda w: deep_dive_files(w.model, "parquet"),
     output:
         **layout.DETAIL_TABLES,
-    params:
-        pairs=lambda w: deep_dive_heads(w.model),  # (layer, head) of each deep-dive table, in input order
-        code=code("detail_tables"),
     log:
         "logs/{model}/detail_tables.log",
     benchmark:
         benchmark("detail_tables")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        pairs=lambda w: deep_dive_heads(w.model),  # (layer, head) of each deep-dive table, in input order
+        code=code("detail_tables"),
     script:
         "../workflow_scripts/detail_tables.py"
 
@@ -27,8 +27,9 @@ rule detail_tables:
 rule down_proj_plot:
     input:
         metrics=layout.METRICS,
-        spectra=lambda w: [layout.per_unit("spectra", w.model, layout.layer_unit(layer))
-                           for layer in down_proj_layers(w.model)],
+        spectra=lambda w: [
+            layout.per_unit("spectra", w.model, layout.layer_unit(layer)) for layer in down_proj_layers(w.model)
+        ],
     output:
         figure(
             layout.DOWN_PROJ_FIGURE,
@@ -36,16 +37,16 @@ rule down_proj_plot:
             subcategory="down projections",
             caption="../report/down_proj_variance.rst",
         ),
-    params:
-        layers=lambda w: down_proj_layers(w.model),
-        requested=config["report"]["down_proj_layers"],
-        code=code("down_proj_plot"),
     log:
         "logs/{model}/plots/down_proj.log",
     benchmark:
         benchmark("down_proj_plot")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        layers=lambda w: down_proj_layers(w.model),
+        requested=config["report"]["down_proj_layers"],
+        code=code("down_proj_plot"),
     script:
         "../workflow_scripts/down_proj_plot.py"
 
@@ -54,6 +55,20 @@ rule precision_category_plots:
     input:
         precision=layout.PRECISION,
     output:
+        # one chart per matrix, only when report.per_matrix_charts asks for them
+        **(
+            {
+                "matrices": report(
+                    directory(layout.PRECISION_MATRICES),
+                    patterns=[f"{{name}}.{layout.embedded_format(FORMATS)}"],
+                    category="{model}",
+                    subcategory="precision per matrix",
+                    caption="../report/precision_matrices.rst",
+                )
+            }
+            if config["report"]["per_matrix_charts"]
+            else {}
+        ),
         categories=report(
             directory(layout.PRECISION_CATEGORIES),
             patterns=[f"category_{{name}}.{layout.embedded_format(FORMATS)}"],
@@ -61,22 +76,14 @@ rule precision_category_plots:
             subcategory="precision",
             caption="../report/precision_categories.rst",
         ),
-        # The precision script's individual_layers/: one chart per matrix, only when asked for.
-        **({"matrices": report(
-            directory(layout.PRECISION_MATRICES),
-            patterns=[f"{{name}}.{layout.embedded_format(FORMATS)}"],
-            category="{model}",
-            subcategory="precision per matrix",
-            caption="../report/precision_matrices.rst",
-        )} if config["report"]["per_matrix_charts"] else {}),
-    params:
-        formats=FORMATS,
-        code=code("precision_category_plots"),
     log:
         "logs/{model}/plots/precision_categories.log",
     benchmark:
         benchmark("precision_category_plots")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        formats=FORMATS,
+        code=code("precision_category_plots"),
     script:
         "../workflow_scripts/precision_category_plots.py"

@@ -14,18 +14,18 @@ rule embedding:
         points="results/{model}/embedding/pca_points.parquet",
         token_clusters="results/{model}/embedding/token_clusters.parquet",
         token_clusters_csv="results/{model}/embedding/token_clusters.csv",
-    params:
-        settings=config["embedding"],
-        code=code("embedding"),
     log:
         "logs/{model}/embedding.log",
     benchmark:
         benchmark("embedding")
-    resources:
-        mem_mb=8000,
     priority: MINUTES_LONG
     conda:
         "../envs/blockscope.yaml"
+    resources:
+        mem_mb=8000,
+    params:
+        settings=config["embedding"],
+        code=code("embedding"),
     script:
         "../workflow_scripts/embedding.py"
 
@@ -48,13 +48,13 @@ rule embedding_plots:
             subcategory="embedding",
             caption="../report/embedding_pca.rst",
         ),
-    params:
-        code=code("embedding_plots"),
     log:
         "logs/{model}/plots/embedding.log",
     benchmark:
         benchmark("embedding_plots")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        code=code("embedding_plots"),
     script:
         "../workflow_scripts/embedding_plots.py"

@@ -2,8 +2,16 @@
 # compression experiments) score their variants against this, never running the base again.
 
 # The keys that change the base evaluation reach it, no others: a new threshold never reruns it.
-BASE_EVAL_KEYS = ("seq_len", "max_tokens", "gpu_seq_len", "gpu_max_tokens", "batch_size", "dtype", "kl_top_k",
-                  "kl_tail_samples")
+BASE_EVAL_KEYS = (
+    "seq_len",
+    "max_tokens",
+    "gpu_seq_len",
+    "gpu_max_tokens",
+    "batch_size",
+    "dtype",
+    "kl_top_k",
+    "kl_tail_samples",
+)
 
 
 rule evaluate_base:
@@ -15,19 +23,19 @@ rule evaluate_base:
         base=layout.EVAL_BASE,
         windows=layout.EVAL_BASE_WINDOWS,
         summary=layout.EVAL_BASE_SUMMARY,
-    params:
-        settings={key: config["headmerge"][key] for key in BASE_EVAL_KEYS},
-        device=BACKEND,
-        code=code("evaluate_base"),
     log:
         "logs/{model}/evaluate_base.log",
     benchmark:
         benchmark("evaluate_base")
-    resources:
-        gpu=GPU_CLAIM,
-        mem_mb=12000,
     priority: MINUTES_LONG
     conda:
         "../envs/blockscope.yaml"
+    resources:
+        gpu=GPU_CLAIM,
+        mem_mb=12000,
+    params:
+        settings={key: config["headmerge"][key] for key in BASE_EVAL_KEYS},
+        device=BACKEND,
+        code=code("evaluate_base"),
     script:
         "../workflow_scripts/evaluate_base.py"

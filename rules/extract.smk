@@ -7,14 +7,14 @@ checkpoint inventory:
     output:
         inventory=layout.INVENTORY,
         dims=layout.MODEL_JSON,
-    params:
-        code=code("inventory"),
     log:
         "logs/{model}/inventory.log",
     benchmark:
         benchmark("inventory")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        code=code("inventory"),
     script:
         "../workflow_scripts/inventory.py"
 
@@ -27,15 +27,15 @@ rule selection:
         dims=layout.MODEL_JSON,
     output:
         layout.SELECTION,
-    params:
-        selection=lambda w: model_selection(w.model),
-        code=code("selection"),
     log:
         "logs/{model}/selection.log",
     benchmark:
         benchmark("selection")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        selection=lambda w: model_selection(w.model),
+        code=code("selection"),
     script:
         "../workflow_scripts/selection.py"
 
@@ -46,17 +46,17 @@ rule extract:
         inventory=layout.INVENTORY,
     output:
         layout.TENSORS,
-    params:
-        code=code("extract"),
     log:
         "logs/{model}/extract/{unit}.log",
     benchmark:
         benchmark("extract", "{unit}")
-    resources:
-        mem_mb=predicted("extract", "mem_mb"),
-        runtime=predicted("extract", "runtime"),
     priority: longest_first("extract")
     conda:
         "../envs/blockscope.yaml"
+    resources:
+        mem_mb=predicted("extract", "mem_mb"),
+        runtime=predicted("extract", "runtime"),
+    params:
+        code=code("extract"),
     script:
         "../workflow_scripts/extract.py"

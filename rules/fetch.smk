@@ -7,18 +7,18 @@ rule fetch:
         unpack(fetch_inputs),
     output:
         directory(layout.CHECKPOINT),
+    log:
+        "logs/{model}/fetch.log",
+    benchmark:
+        benchmark("fetch")
+    conda:
+        "../envs/blockscope.yaml"
+    resources:
+        mem_mb=8000,
     params:
         spec=lambda wildcards: model_spec(wildcards.model),
         # local: sizes and mtimes of the user's files, read at DAG time; a change reruns this model
         source_files=lambda wildcards: source_fingerprint(model_spec(wildcards.model)),
         code=code("fetch"),
-    log:
-        "logs/{model}/fetch.log",
-    benchmark:
-        benchmark("fetch")
-    resources:
-        mem_mb=8000,
-    conda:
-        "../envs/blockscope.yaml"
     script:
         "../workflow_scripts/fetch.py"

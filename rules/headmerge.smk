@@ -4,15 +4,15 @@
 rule fetch_corpus:
     output:
         layout.CORPUS,
-    params:
-        corpus=config["headmerge"]["corpus"],
-        code=code("fetch_corpus"),
     log:
         "logs/corpus.log",
     benchmark:
         layout.SUMMARY_BENCHMARK.format(rule="fetch_corpus")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        corpus=config["headmerge"]["corpus"],
+        code=code("fetch_corpus"),
     script:
         "../workflow_scripts/fetch_corpus.py"
 
@@ -27,24 +27,27 @@ rule headmerge:
         thresholds=expand("results/{{model}}/headmerge/threshold_{t}.json", t=config["headmerge"]["thresholds"]),
         summary="results/{model}/headmerge/summary.parquet",
         similarities="results/{model}/headmerge/similarities.parquet",
-    params:
-        # headmerge.layers only when set: runs from before the key existed stay up to date;
-        # kl_cache_mb no more (the base evaluation's file replaced that cache); plot_layers
-        # only chooses what headmerge_plots draws
-        settings={k: v for k, v in config["headmerge"].items()
-                  if (k != "layers" or v is not None) and k not in ("kl_cache_mb", "plot_layers")},
-        device=BACKEND,
-        code=code("headmerge"),
     log:
         "logs/{model}/headmerge.log",
     benchmark:
         benchmark("headmerge")
-    resources:
-        gpu=GPU_CLAIM,
-        mem_mb=12000,
     priority: MINUTES_LONG
     conda:
         "../envs/blockscope.yaml"
+    resources:
+        gpu=GPU_CLAIM,
+        mem_mb=12000,
+    params:
+        # headmerge.layers only when set: runs from before the key existed stay up to date;
+        # kl_cache_mb no more (the base evaluation's file replaced that cache); plot_layers
+        # only chooses what headmerge_plots draws
+        settings={
+            k: v
+            for k, v in config["headmerge"].items()
+            if (k != "layers" or v is not None) and k not in ("kl_cache_mb", "plot_layers")
+        },
+        device=BACKEND,
+        code=code("headmerge"),
     script:
         "../workflow_scripts/headmerge.py"
 
@@ -81,18 +84,26 @@ rule headmerge_plots:
             caption="../report/headmerge_histograms.rst",
         ),
         # Per threshold: original vs merged vs the random control, and the merged pairs by layer.
-        thresholds_figures=[path for t in config["headmerge"]["thresholds"] for stem in headmerge_threshold_stems(t)
-                            for path in figure(stem, category="{model}", subcategory="head merging per threshold",
-                                               caption="../report/headmerge_threshold.rst")],
-    params:
-        plot_layers=HEADMERGE["plot_layers"],
-        formats=FORMATS,
-        code=code("headmerge_plots"),
+        thresholds_figures=[
+            path
+            for t in config["headmerge"]["thresholds"]
+            for stem in headmerge_threshold_stems(t)
+            for path in figure(
+                stem,
+                category="{model}",
+                subcategory="head merging per threshold",
+                caption="../report/headmerge_threshold.rst",
+            )
+        ],
     log:
         "logs/{model}/headmerge_plots.log",
     benchmark:
         benchmark("headmerge_plots")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        plot_layers=HEADMERGE["plot_layers"],
+        formats=FORMATS,
+        code=code("headmerge_plots"),
     script:
         "../workflow_scripts/headmerge_plots.py"

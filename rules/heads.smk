@@ -1,5 +1,6 @@
 # Per model: the deep-dive heads (table, then plot). The per-unit heads table is rule anatomy's.
 
+
 rule head_deep_dive:
     input:
         tensors=layer_file("tensors"),
@@ -7,20 +8,19 @@ rule head_deep_dive:
         dims=layout.MODEL_JSON,
     output:
         layout.DEEP_DIVE.replace("{ext}", "parquet"),
-    params:
-        # True when the user named this pair in heads.deep_dive: a pair that names no head is then
-        # their error; the default pair (middle layer, head 0) gets an empty table and a placeholder.
-        user_set=lambda w: [int(w.layer), int(w.head)] in [
-            [int(layer), int(head)] for layer, head in config["heads"]["deep_dive"]
-        ],
-        selected=lambda w: selected(w.model).get(layout.layer_unit(int(w.layer)), []),
-        code=code("head_deep_dive"),
     log:
         "logs/{model}/heads/deep_dive_layer_{layer}_head_{head}.log",
     benchmark:
         benchmark("head_deep_dive", "layer_{layer}_head_{head}")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        # True when the user named this pair in heads.deep_dive: a pair that names no head is then
+        # their error; the default pair (middle layer, head 0) gets an empty table and a placeholder.
+        user_set=lambda w: [int(w.layer), int(w.head)]
+        in [[int(layer), int(head)] for layer, head in config["heads"]["deep_dive"]],
+        selected=lambda w: selected(w.model).get(layout.layer_unit(int(w.layer)), []),
+        code=code("head_deep_dive"),
     script:
         "../workflow_scripts/head_deep_dive.py"
 
@@ -37,13 +37,13 @@ rule head_deep_dive_plot:
             subcategory="attention heads",
             caption="../report/head_deep_dive.rst",
         ),
-    params:
-        code=code("head_deep_dive_plot"),
     log:
         "logs/{model}/heads/deep_dive_plot_layer_{layer}_head_{head}.log",
     benchmark:
         benchmark("head_deep_dive_plot", "layer_{layer}_head_{head}")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        code=code("head_deep_dive_plot"),
     script:
         "../workflow_scripts/head_deep_dive_plot.py"

@@ -1,6 +1,7 @@
 # Input functions: the selection's units, the manifests read after the inventory checkpoint,
 # figure and table lists of the report, head-merge and compression inputs.
 
+
 def model_dims(model):
     """model.json of a model (evaluates the inventory checkpoint)."""
     with open(checkpoints.inventory.get(model=model).output.dims) as fh:
@@ -139,16 +140,25 @@ def model_plot_files(model, formats=None):
         *[layout.deep_dive(model, layer, head, "").removesuffix(".") for layer, head in deep_dive_heads(model)],
         layout.DOWN_PROJ_FIGURE.format(model=model),
     ]
-    folders = [f"{plots}/precision", layout.PRECISION_CATEGORIES.format(model=model),
-               *([layout.PRECISION_MATRICES.format(model=model)] if config["report"]["per_matrix_charts"] else [])] \
-        if EMBEDDED in formats else []  # folders of figures, every format inside
+    folders = (
+        [
+            f"{plots}/precision",
+            layout.PRECISION_CATEGORIES.format(model=model),
+            *([layout.PRECISION_MATRICES.format(model=model)] if config["report"]["per_matrix_charts"] else []),
+        ]
+        if EMBEDDED in formats
+        else []
+    )  # folders of figures, every format inside
     return [path for stem in stems for path in figure_files(stem, formats)] + folders
 
 
 def summary_plot_files(formats=None):
     """The cross-model figures, in `formats` (default: every report.formats)."""
-    return [path for metric in layout.PLOT_METRICS
-            for path in figure_files(f"{layout.SUMMARY}/plots/{metric}_by_depth", formats)]
+    return [
+        path
+        for metric in layout.PLOT_METRICS
+        for path in figure_files(f"{layout.SUMMARY}/plots/{metric}_by_depth", formats)
+    ]
 
 
 HEADMERGE = config["headmerge"]
@@ -159,8 +169,13 @@ def headmerge_dims(wildcards):
     layers = select.parse_layers(HEADMERGE.get("layers"))
     if layers:
         try:
-            select.check_layers(layers, model_dims(wildcards.model)["layers"], "headmerge.layers",
-                                model=wildcards.model, path="config.yaml")
+            select.check_layers(
+                layers,
+                model_dims(wildcards.model)["layers"],
+                "headmerge.layers",
+                model=wildcards.model,
+                path="config.yaml",
+            )
         except select.BlockscopeError as exc:
             print(f"ERROR {exc}", file=sys.stderr)
             raise
@@ -178,10 +193,17 @@ def headmerge_targets(model):
     return [
         *[f"results/{model}/headmerge/threshold_{t}.json" for t in HEADMERGE["thresholds"]],
         f"results/{model}/headmerge/summary.parquet",
-        *[path for name in layout.HEADMERGE_FIGURES
-          for path in figure_files(f"{layout.HEADMERGE.format(model=model)}/{name}")],
-        *[path for t in HEADMERGE["thresholds"] for stem in headmerge_threshold_stems(t)
-          for path in figure_files(stem.format(model=model))],
+        *[
+            path
+            for name in layout.HEADMERGE_FIGURES
+            for path in figure_files(f"{layout.HEADMERGE.format(model=model)}/{name}")
+        ],
+        *[
+            path
+            for t in HEADMERGE["thresholds"]
+            for stem in headmerge_threshold_stems(t)
+            for path in figure_files(stem.format(model=model))
+        ],
     ]
 
 
@@ -199,8 +221,11 @@ def compress_evaluation():
     base evaluation, an input; plans are scored on its first max_tokens), and when a base is too
     near chance to be worth perturbing."""
     keys = ("batch_size", "dtype", "bootstrap")
-    return {**{key: config["headmerge"][key] for key in keys}, "min_bits_over_chance": COMPRESS["min_bits_over_chance"],
-            "max_tokens": COMPRESS["gpu_max_tokens" if BACKEND == "cuda" else "max_tokens"]}
+    return {
+        **{key: config["headmerge"][key] for key in keys},
+        "min_bits_over_chance": COMPRESS["min_bits_over_chance"],
+        "max_tokens": COMPRESS["gpu_max_tokens" if BACKEND == "cuda" else "max_tokens"],
+    }
 
 
 def compress_variant(folder):
@@ -212,8 +237,11 @@ def compress_summaries(models):
     """Input: the experiments' summary tables of `models` (none when compress is off)."""
     if not COMPRESS["enabled"]:
         return []
-    return [f"{folder}/summary.parquet".format(model=m) for m in models
-            for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
+    return [
+        f"{folder}/summary.parquet".format(model=m)
+        for m in models
+        for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
+    ]
 
 
 def compress_targets(model):
@@ -223,10 +251,14 @@ def compress_targets(model):
     return [
         *[f"{layout.COMPRESS_QUANT}/{name}".format(model=model) for name in ("summary.parquet", "plans.json")],
         *[f"{layout.COMPRESS_PRUNE}/{name}".format(model=model) for name in ("summary.parquet", "allocations.parquet")],
-        *[path for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
-          for path in figure_files(f"{folder}/pareto".format(model=model))],
-        *([f"{folder}/variant".format(model=model) for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
-          if COMPRESS["save_variants"] else []),
+        *[
+            path
+            for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
+            for path in figure_files(f"{folder}/pareto".format(model=model))
+        ],
+        *(
+            [f"{folder}/variant".format(model=model) for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
+            if COMPRESS["save_variants"]
+            else []
+        ),
     ]
-
-

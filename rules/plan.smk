@@ -7,10 +7,6 @@ rule plan:
         dims=layout.MODEL_JSON,
     output:
         layout.PLAN,
-    params:
-        options=plan_options(),
-        selected=lambda w: selected(w.model),
-        code=code("plan"),
     log:
         "logs/{model}/plan.log",
     benchmark:
@@ -18,5 +14,9 @@ rule plan:
     priority: PLAN_PRIORITY  # as soon as the inventory is there: its total is printed before the heavy jobs run
     conda:
         "../envs/blockscope.yaml"
+    params:
+        options=plan_options(),
+        selected=lambda w: selected(w.model),
+        code=code("plan"),
     script:
         "../workflow_scripts/plan.py"

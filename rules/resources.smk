@@ -10,16 +10,22 @@ PLAN_DEVICE = None if BACKEND == "cpu" or gpu_visible() else PLAN["gpu"]
 
 def plan_options():
     """What a prediction depends on besides the inventory (the plan rule's params too)."""
-    return {"backend": BACKEND, "device": PLAN_DEVICE, "method": SVD_METHOD, "compute_dtype": config["compute_dtype"],
-            "precisions": config["precision"]["precisions"]}
+    return {
+        "backend": BACKEND,
+        "device": PLAN_DEVICE,
+        "method": SVD_METHOD,
+        "compute_dtype": config["compute_dtype"],
+        "precisions": config["precision"]["precisions"],
+    }
 
 
 @functools.cache
 def _predicted_jobs(model, stamp, whole=False):
     with open(layout.MODEL_JSON.format(model=model)) as fh:
         dims = json.load(fh)
-    return predicted_jobs(layout.INVENTORY.format(model=model), dims, None if whole else selected(model, dims),
-                          **plan_options())
+    return predicted_jobs(
+        layout.INVENTORY.format(model=model), dims, None if whole else selected(model, dims), **plan_options()
+    )
 
 
 def predicted_job(model, rule, unit):
@@ -34,9 +40,11 @@ def predicted_job(model, rule, unit):
 def predicted(rule, resource):
     """A per-unit rule's SLURM request (runtime in minutes or mem_mb): the cost model's
     prediction x plan.safety, growing with each retry (attempt 1, 2, ...)."""
+
     def request(wildcards, attempt):
         job = predicted_job(wildcards.model, rule, wildcards.unit)
         return slurm_request(job, attempt, PLAN["safety"])[resource]
+
     return request
 
 
@@ -51,11 +59,11 @@ PLAN_PRIORITY, MINUTES_LONG = 1e5, 1e4
 def longest_first(rule):
     """A per-unit rule's priority: the cost model's predicted seconds of the job; 0 while the
     inventory is not there (Snakemake asks again after the checkpoint has run)."""
+
     def priority(wildcards):
         try:
             return round(predicted_job(wildcards.model, rule, wildcards.unit).seconds, 3)
         except (IncompleteCheckpointException, FileNotFoundError):
             return 0
+
     return priority
-
-

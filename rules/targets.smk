@@ -3,8 +3,20 @@
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
 PER_UNIT_RULES = list(PRICED_RULES)
-PER_MODEL_RULES = ["fetch", "inventory", "selection", "plan", "embedding", "embedding_plots", "aggregate", "metric_plots",
-                   "head_and_precision_plots", "detail_tables", "down_proj_plot", "precision_category_plots"]
+PER_MODEL_RULES = [
+    "fetch",
+    "inventory",
+    "selection",
+    "plan",
+    "embedding",
+    "embedding_plots",
+    "aggregate",
+    "metric_plots",
+    "head_and_precision_plots",
+    "detail_tables",
+    "down_proj_plot",
+    "precision_category_plots",
+]
 
 
 def benchmark_files(model):
@@ -12,15 +24,19 @@ def benchmark_files(model):
     files = [benchmark(rule).replace("{model}", model) for rule in PER_MODEL_RULES]
     files += [benchmark(rule, unit).replace("{model}", model) for rule in PER_UNIT_RULES for unit in units(model)]
     files += [benchmark("esd_plot", f"layer_{layer}").replace("{model}", model) for layer in esd_layers(model)]
-    files += [benchmark(rule, f"layer_{layer}_head_{head}").replace("{model}", model)
-              for rule in ("head_deep_dive", "head_deep_dive_plot") for layer, head in deep_dive_heads(model)]
+    files += [
+        benchmark(rule, f"layer_{layer}_head_{head}").replace("{model}", model)
+        for rule in ("head_deep_dive", "head_deep_dive_plot")
+        for layer, head in deep_dive_heads(model)
+    ]
     if HEADMERGE["enabled"] or COMPRESS["enabled"]:
         files += [benchmark("evaluate_base").replace("{model}", model)]
     if HEADMERGE["enabled"]:
         files += [benchmark(rule).replace("{model}", model) for rule in ("headmerge", "headmerge_plots")]
     if COMPRESS["enabled"]:
-        files += [benchmark(rule).replace("{model}", model)
-                  for rule in ("compress_quant", "compress_prune", "compress_plots")]
+        files += [
+            benchmark(rule).replace("{model}", model) for rule in ("compress_quant", "compress_prune", "compress_plots")
+        ]
     return files
 
 
@@ -55,9 +71,13 @@ def inventoried_model_files(model):
 
 
 def per_model_targets(model):
-    return [layout.REPORT.format(model=model), layout.PLAN.format(model=model), *headmerge_targets(model),
-            *compress_targets(model),
-            *inventoried_model_files(model)]
+    return [
+        layout.REPORT.format(model=model),
+        layout.PLAN.format(model=model),
+        *headmerge_targets(model),
+        *compress_targets(model),
+        *inventoried_model_files(model),
+    ]
 
 
 def all_targets(wildcards):
@@ -67,5 +87,3 @@ def all_targets(wildcards):
         *summary_plot_files(),
         layout.SUMMARY_REPORT,
     ]
-
-

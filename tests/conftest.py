@@ -30,7 +30,8 @@ def run_workflow(workdir, config, *args, check=True, snakefile=ROOT / "Snakefile
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
     return result
 
 
@@ -40,7 +41,8 @@ def save_tiny(model_class_name, config, folder):
     import transformers
 
     torch.manual_seed(0)
-    config_class = transformers.AutoConfig.for_model(config["model_type"], **{k: v for k, v in config.items() if k != "model_type"})
+    config_class = transformers.AutoConfig.for_model(config["model_type"],
+                                                     **{k: v for k, v in config.items() if k != "model_type"})
     model = getattr(transformers, model_class_name)(config_class)
     model.save_pretrained(folder, safe_serialization=True)
     return model

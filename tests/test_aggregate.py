@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from blockscope import layout
 from blockscope.aggregation import model_tables as agg
 from blockscope.compression import hints as qh
-from blockscope import layout
 
 NAN = float("nan")
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,8 +313,7 @@ def test_quantization_presets_every_band_edge_both_sides(preset, value, expected
 
 
 def test_presets_are_what_config_resolves():
-    from blockscope.compression.presets import resolve_quantization
-    from blockscope.compression.presets import PRESETS
+    from blockscope.compression.presets import PRESETS, resolve_quantization
 
     assert resolve_quantization({}) == ALPHA_PRUNING
     assert resolve_quantization({"preset": "original_script"}) == ORIGINAL
@@ -355,7 +354,8 @@ def _hint_metrics():
         "param_name": ["m0", "m1", "m2", "m3", "w", "w", "ln.weight", "pos_ids"],
         "expert": pd.array([None, None, None, None, 0, 1, None, None], dtype="Int64"),
         "block_type": ["q_proj", "k_proj", "down_proj", "embedding", "moe_expert", "moe_expert", "norm", "other"],
-        "layer_index": [0, 0, 1, NAN, 1, 1, 1, NAN], "rows": [8, 4, 8, 16, 8, 8, 8, 1], "cols": [8, 8, 16, 8, 8, 8, NAN, 8],
+        "layer_index": [0, 0, 1, NAN, 1, 1, 1, NAN], "rows": [8, 4, 8, 16, 8, 8, 8, 1],
+        "cols": [8, 8, 16, 8, 8, 8, NAN, 8],
         "alpha": [2.0, 3.0, 6.0, NAN, 4.0, 9.0, NAN, NAN], "alpha_hill": [6.0, 4.0, 1.0, 3.0, 2.0, 2.0, NAN, NAN],
         "status": ["ok", "ok", "ok", "ok", "ok", "ok", layout.STATISTICS_ONLY,
                    "integer tensor (I64): not a weight matrix"],

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from blockscope.runtime.code_version import imported_modules, module_closure, module_file, own_name
+
 from conftest import ROOT
 
 PACKAGE = ROOT / "blockscope"

@@ -9,14 +9,15 @@ import pandas as pd
 import pytest
 from safetensors import SafetensorError, safe_open
 
-from blockscope.errors import BlockscopeError
-from blockscope.checkpoint.inventory import build_inventory
-from blockscope.layout import METRICS_COLUMNS, PRECISION_COLUMNS, STATISTICS_ONLY
-from blockscope.io.safetensors_file import read_header
-from blockscope.checkpoint.sources import fetch
-from blockscope.analysis.matrices import matrices_of
-from blockscope.io.tensors import extract_unit, write_unit
 from blockscope.analysis.anatomy import analyse_unit, precision_sweep
+from blockscope.analysis.matrices import matrices_of
+from blockscope.checkpoint.inventory import build_inventory
+from blockscope.checkpoint.sources import fetch
+from blockscope.errors import BlockscopeError
+from blockscope.io.safetensors_file import read_header
+from blockscope.io.tensors import extract_unit, write_unit
+from blockscope.layout import METRICS_COLUMNS, PRECISION_COLUMNS, STATISTICS_ONLY
+
 from conftest import TINY_LLAMA, save_tiny
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from blockscope.analysis.part_stamps import PART_MODULES
 from blockscope.runtime.code_version import UnresolvedImport, code_version, imported_modules, module_closure
+
 from conftest import ROOT
 
 SCRIPTS = ROOT / "workflow_scripts"

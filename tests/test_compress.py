@@ -7,13 +7,14 @@ import torch
 import yaml
 
 from blockscope.compression import experiments as compress
-from blockscope.reporting import compression_section
 from blockscope.compression import plans
+from blockscope.compression.formats import FORMATS, bits_per_weight, hint_format, quantize
 from blockscope.compression.hints import quantization_hint
+from blockscope.compression.pruning import achieved_sparsity, magnitude_prune
 from blockscope.config.validation import validate_config
 from blockscope.errors import BlockscopeError
-from blockscope.compression.pruning import achieved_sparsity, magnitude_prune
-from blockscope.compression.formats import FORMATS, bits_per_weight, hint_format, quantize
+from blockscope.reporting import compression_section
+
 from conftest import ROOT
 
 # --- formats: each round trip against a hand-computed example ---------------------------------------------

@@ -1,7 +1,6 @@
 """Embedding clustering: planted structure is found, results are deterministic, memory is chunked."""
 
 import numpy as np
-import pytest
 
 from blockscope.analysis.embedding import analyse_embedding, nearest_rows, sample_rows
 

@@ -9,6 +9,7 @@ from blockscope import layout
 from blockscope.errors import BlockscopeError
 from blockscope.evaluation import base_artifact, corpus, forward, kl
 from blockscope.evaluation.scores import perplexity_change_ci
+
 from conftest import TINY_LLAMA, save_tiny
 
 

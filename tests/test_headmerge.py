@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from blockscope.evaluation import head_merge as hm
 from blockscope import layout
+from blockscope.analysis.heads import AttentionWeights
+from blockscope.checkpoint.attention_layout import projection_names, read_projections, write_projections
 from blockscope.config.validation import validate_config
 from blockscope.errors import BlockscopeError
-from blockscope.checkpoint.attention_layout import projection_names, read_projections, write_projections
-from blockscope.analysis.heads import AttentionWeights
+from blockscope.evaluation import head_merge as hm
+
 from conftest import ROOT
 
 WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
@@ -17,7 +18,8 @@ WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
 def random_weights(heads=4, kv=2, d=4, hidden=16, seed=0):
     rng = np.random.default_rng(seed)
     return AttentionWeights(rng.standard_normal((heads * d, hidden)), rng.standard_normal((kv * d, hidden)),
-                            rng.standard_normal((kv * d, hidden)), rng.standard_normal((hidden, heads * d)), heads, kv, d)
+                            rng.standard_normal((kv * d, hidden)), rng.standard_normal((hidden, heads * d)),
+                            heads, kv, d)
 
 
 def test_kernel_similarities_equal_dense_cosines_and_are_invariant():
@@ -92,7 +94,8 @@ def _layer_arrays(model, layer):
     inventory = pd.DataFrame([{"param_name": n, "block_type": block_type(n), "shape": list(a.shape), "layout": "out_in"}
                               for n, a in state.items() if n.startswith(prefix)])
     names = projection_names(inventory)
-    return names, read_projections(state, names, {"heads": 4, "kv_heads": model.config.num_key_value_heads, "head_dim": 8})
+    return names, read_projections(state, names,
+                                   {"heads": 4, "kv_heads": model.config.num_key_value_heads, "head_dim": 8})
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
@@ -188,10 +191,11 @@ def test_thresholds_outside_the_cosine_range_are_refused(threshold):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """(model, slots, evaluator, base): the checkpoint read the workflow's way, scored on random ids."""
+    from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
     from blockscope.evaluation.corpus import windows
     from blockscope.evaluation.forward import Evaluator
     from blockscope.evaluation.head_merge_sweep import layer_slots
-    from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
+
     from conftest import TINY_LLAMA, save_tiny
 
     folder = tmp_path_factory.mktemp("tiny-llama")
@@ -209,9 +213,10 @@ def _parameters(model):
 
 
 def test_headmerge_layers_restricts_the_slots_to_those_layers(live, tmp_path):
+    from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
     from blockscope.errors import BlockscopeError
     from blockscope.evaluation.head_merge_sweep import layer_slots
-    from blockscope.checkpoint.inventory import build_inventory, model_dims, read_config
+
     from conftest import TINY_LLAMA, save_tiny
 
     model, *_ = live
@@ -313,8 +318,9 @@ def test_similarity_table_round_trips():
 
 
 def test_head_merging_is_skipped_without_a_tokenizer_or_causal_head(tmp_path):
-    from blockscope.evaluation.loading import skip_reason
     from blockscope.checkpoint.sources import fetch
+    from blockscope.evaluation.loading import skip_reason
+
     from conftest import TINY_LLAMA
 
     bare = tmp_path / "bare"

@@ -137,6 +137,29 @@ def test_editing_the_plots_reruns_only_the_plot_rule(merged, tmp_path):
     assert rerun == {"headmerge_plots"}
 
 
+@pytest.mark.parametrize("edited, planned", [
+    # rewording the report's sentences on the experiments, or its findings, reruns the reports alone
+    ("blockscope/reporting/compression_section.py", {"model_report", "summary_report", "all"}),
+    ("blockscope/reporting/findings.py", {"model_report", "summary_report", "all"}),
+    ("blockscope/reporting/markdown.py", {"model_report", "summary_report", "all"}),
+    # config validation runs at every DAG build; no rule's results depend on its code
+    ("blockscope/config/cross_keys.py", {"all"}),
+])
+def test_a_report_or_config_edit_reruns_no_computation(merged, tmp_path, edited, planned):
+    import yaml
+
+    work, workflow = tmp_path / "work", tmp_path / "workflow"
+    copy_tree(merged, work)
+    workflow.mkdir()
+    for part in ("Snakefile", "rules", "workflow_scripts", "schemas", "blockscope", "report", "profiles"):
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, workflow / part)
+    (workflow / edited).write_text((workflow / edited).read_text() + "\n# an edit\n")
+    result = run_workflow(work, yaml.safe_load((merged / "config.yaml").read_text()), "--dry-run", "all",
+                          snakefile=workflow / "Snakefile")
+    rerun = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
+    assert rerun - {"all"} == planned - {"all"}, rerun
+
+
 def test_a_model_without_a_tokenizer_skips_head_merging_and_the_run_completes(tmp_path):
     """A synthetic model from a bare config has no tokenizer: head merging writes why, the rest
     of its analysis completes, the run exits 0 (run_workflow checks it)."""
@@ -170,7 +193,8 @@ def test_quantisation_plans_are_evaluated_against_the_base(merged):
         ("base", 1), ("hint", 2), ("mirror", 2), ("random", 4), ("uniform", 2)]
     by_plan = quant.set_index("plan")
     # hidden 32 and ffn 64: one int4 group per 32 inputs, scale and zero point 20 bits -> 4.625
-    assert by_plan.loc["uniform_int4", "bits_per_weight"] == 4.625 and by_plan.loc["uniform_bf16", "bits_per_weight"] == 16
+    assert by_plan.loc["uniform_int4", "bits_per_weight"] == 4.625
+    assert by_plan.loc["uniform_bf16", "bits_per_weight"] == 16
     assert 0 < by_plan.loc["uniform_bf16", "kl_divergence"] < by_plan.loc["uniform_int4", "kl_divergence"]
     assert by_plan.loc["base", "kl_divergence"] == 0 and (quant["ci_low"] <= quant["ci_high"]).all()
     # compress.max_tokens 256: the first 8 of the base evaluation's 16 windows of 32, base row included

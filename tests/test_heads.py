@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockscope.checkpoint.attention_layout import projection_names, read_projections, split_qkv, write_projections
-from blockscope.errors import BlockscopeError
 from blockscope.analysis.factored import FactoredMatrix
 from blockscope.analysis.heads import AttentionWeights, attention_weights, head_rows, heads_table
 from blockscope.analysis.matrix_formulas import effective_rank
+from blockscope.checkpoint.attention_layout import projection_names, read_projections, split_qkv, write_projections
+from blockscope.errors import BlockscopeError
 
 
 def _dense_checks(fm: FactoredMatrix):
@@ -133,7 +133,8 @@ def test_grouped_query_attention_maps_heads_to_kv_heads():
     row = head_rows(weights)[5]
     k = tensors["model.layers.0.self_attn.k_proj.weight"][4:8]
     q = tensors["model.layers.0.self_attn.q_proj.weight"][20:24]
-    assert row["qk_effective_rank"] == pytest.approx(effective_rank(np.linalg.svd(q.T @ k, compute_uv=False)[:4]), rel=1e-4)
+    expected = effective_rank(np.linalg.svd(q.T @ k, compute_uv=False)[:4])
+    assert row["qk_effective_rank"] == pytest.approx(expected, rel=1e-4)
     phi3 = _tiny("phi3", "Phi3ForCausalLM", hidden_size=32, intermediate_size=64, num_attention_heads=4,
                  num_key_value_heads=2, pad_token_id=0)
     inventory, tensors = _inventory_of(phi3, "model.layers.0.")

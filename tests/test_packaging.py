@@ -155,3 +155,23 @@ def test_env_installs_blockscope_from_its_source_last():
     entries = env_pip_entries()
     assert entries[-1] == EDITABLE_SELF
     assert entries.count(EDITABLE_SELF) == 1
+
+
+def test_a_non_editable_install_ships_every_module(tmp_path):
+    """`pip install .` (not -e) installs what the wheel holds: every module of every subpackage."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "blockscope", source / "blockscope", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "--wheel-dir", str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("blockscope-*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.endswith(".py")}
+    modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "blockscope").rglob("*.py")
+               if "__pycache__" not in path.parts}
+    assert len(modules) > 60 and modules == shipped, sorted(modules ^ shipped)

@@ -3,9 +3,15 @@
 import pandas as pd
 import pytest
 
+from blockscope.checkpoint.selection import (
+    is_everything,
+    name_selected,
+    parse_layers,
+    resolve,
+    selected_units,
+    unselected_attention,
+)
 from blockscope.errors import BlockscopeError
-from blockscope.checkpoint.selection import (is_everything, name_selected, parse_layers, resolve, selected_units,
-                                  unselected_attention)
 
 
 @pytest.mark.parametrize("spec, layers", [
@@ -33,7 +39,8 @@ def test_names_are_searched_not_fullmatched():
     anchored = resolve({"include": ["^lm_head\\.weight$"]}, None)
     assert name_selected("lm_head.weight", None, anchored) and not name_selected("x.lm_head.weight", None, anchored)
     # the original --filter-layers patterns work unchanged
-    assert name_selected("model.layers.0.self_attn.k_proj.weight", 0, resolve({"include": [".*(q_proj|k_proj).*"]}, None))
+    assert name_selected("model.layers.0.self_attn.k_proj.weight", 0,
+                         resolve({"include": [".*(q_proj|k_proj).*"]}, None))
 
 
 def test_exclude_after_include_and_layers_only_restrict_layers():

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from blockscope import layout
+
 from conftest import TINY_LLAMA, mtimes, run_workflow
 
 pytestmark = pytest.mark.slow

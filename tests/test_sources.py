@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from blockscope.errors import BlockscopeError
 from blockscope.checkpoint.inventory import build_inventory
 from blockscope.checkpoint.sources import fetch
+from blockscope.errors import BlockscopeError
+
 from conftest import ROOT, TINY_LLAMA, save_tiny
 
 
@@ -60,11 +61,13 @@ def test_local_without_safetensors_is_refused(tmp_path):
         fetch("pickled", {"source": "local", "path": str(tmp_path / "ckpt")}, tmp_path / "out")
 
 
-@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"}])
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"},
+                                 {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"}])
 def test_hub_unreachable_names_model_repo_and_remedy(tmp_path, env):
     """The real huggingface_hub code runs; with no hub it must end in one clear line."""
     code = ("from blockscope.checkpoint.sources import fetch\n"
-            f"fetch('qwen', {{'source': 'hf', 'repo_id': 'Qwen/Qwen2.5-0.5B', 'revision': 'main'}}, {str(tmp_path / 'q')!r})")
+            f"fetch('qwen', {{'source': 'hf', 'repo_id': 'Qwen/Qwen2.5-0.5B', 'revision': 'main'}}, "
+            f"{str(tmp_path / 'q')!r})")
     secret = "hf_THIS_IS_NOT_A_REAL_TOKEN"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, **env, "HF_TOKEN": secret, "HF_HUB_CACHE": str(tmp_path / "cache")},
@@ -133,7 +136,8 @@ def hub_cache(tmp_path_factory):
     files = {p.name: p for p in ckpt.iterdir()}
     cache = (root / "cache").resolve()
     hub_cache_repo(cache, "Org/tiny", files, COMMIT)
-    hub_cache_repo(cache, "Org/tiny", {"config.json": ckpt / "config.json", "model.safetensors": ckpt / "model.safetensors"},
+    hub_cache_repo(cache, "Org/tiny",
+                   {"config.json": ckpt / "config.json", "model.safetensors": ckpt / "model.safetensors"},
                    OLD_COMMIT, ref=None)
     return cache
 
@@ -189,7 +193,8 @@ def test_hf_offline_pinned_commit(hub_cache, tmp_path):
     result = fetch_offline(hub_cache, "old", {"source": "hf", "repo_id": "Org/tiny", "revision": OLD_COMMIT}, dest)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors", "source.json"]
-    assert os.readlink(dest / "model.safetensors").startswith(str(hub_cache / "models--Org--tiny/snapshots" / OLD_COMMIT))
+    snapshot = hub_cache / "models--Org--tiny/snapshots" / OLD_COMMIT
+    assert os.readlink(dest / "model.safetensors").startswith(str(snapshot))
     source = json.loads((dest / "source.json").read_text())
     assert source["commit"] == OLD_COMMIT and source["revision"] == OLD_COMMIT
 

@@ -18,6 +18,7 @@ from blockscope.reporting.figures import heads as heads_figures
 from blockscope.reporting.figures import precision as precision_figures
 from blockscope.reporting.figures import spectra as spectra_figures
 from blockscope.reporting.model_report import model_report
+
 from conftest import run_workflow
 
 EMPTY = pd.DataFrame()  # what aggregate's stack() writes when no unit has a row
@@ -217,7 +218,8 @@ def flagged_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     config = {"models": {"llama-nan": {"source": "local", "path": str(llama_with_nan(root / "llama-nan"))},
                          "mystery": {"source": "local", "path": str(unknown_architecture(root / "mystery"))}},
-              "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False}, "compress": {"enabled": False}}
+              "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False},
+              "compress": {"enabled": False}}
     result = run_workflow(root / "work", config)  # raises unless snakemake exits 0
     return root / "work", config, result
 

@@ -5,14 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.linalg
+from test_metrics import matrix_with_eigenvalues, orthogonal, pareto
+from test_unit_analysis import _clustered_top, _f64_unit, _unit
 
 from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 from blockscope.analysis.gram import gram_floor, gram_matrix, singular_values_gram, two_stage_eigenvalues
 from blockscope.analysis.metrics_row import spectral_metrics
 from blockscope.analysis.round_trip import RoundTrip, cast_round_trip, round_trip_scale
 from blockscope.analysis.spectra import compute_spectra, svd_method_for
-from test_metrics import matrix_with_eigenvalues, orthogonal, pareto
-from test_unit_analysis import _clustered_top, _f64_unit, _unit
 
 SIGMA_RTOL = 1e-6            # sigma >= 1e-3 sigma_max against float64 gesdd
 METRIC_RTOL = 1e-4           # alpha, alpha-Hill, effective and stable rank
@@ -123,7 +123,8 @@ def test_auto_picks_gram_for_float32_long_or_large_matrices_only():
     assert svd_method_for("auto", (576, 576), np.float32) == "gram"         # small square: numpy's gesdd is slower
     assert svd_method_for("auto", (640, 640), np.float32) == "gesdd"        # mid square: scipy's gesdd
     assert svd_method_for("auto", (1536, 576), np.float64) == "gesdd"       # float64 keeps gesdd
-    assert svd_method_for("gram", (8, 8), np.float64) == "gram" and svd_method_for("gesdd", (9000, 8), np.float32) == "gesdd"
+    assert svd_method_for("gram", (8, 8), np.float64) == "gram"
+    assert svd_method_for("gesdd", (9000, 8), np.float32) == "gesdd"
 
 
 def test_torch_gram_equals_the_lapack_gram():
@@ -167,9 +168,10 @@ def test_rows_record_the_method_and_fp64_stays_float64_accurate(tmp_path):
 
 
 def test_config_key_svd_method():
+    from test_config import SCHEMA, with_llama
+
     from blockscope.config.validation import validate_config
     from blockscope.errors import BlockscopeError
-    from test_config import SCHEMA, with_llama
 
     assert validate_config(with_llama(), SCHEMA)["svd_method"] == "auto"  # the default, filled in
     assert validate_config(with_llama(svd_method="gram"), SCHEMA)["svd_method"] == "gram"

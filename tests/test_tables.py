@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from blockscope.analysis.anatomy import precision_table, unit_tables
 from blockscope.analysis.heads import NONFINITE_TAG, AttentionWeights, head_table_of
-from blockscope.layout import HEAD_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS
 from blockscope.io.tables import unit_inventory, write_table
 from blockscope.io.tensors import write_unit
-from blockscope.analysis.anatomy import precision_table, unit_tables
+from blockscope.layout import HEAD_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +43,8 @@ def test_tables_read_back_as_pandas_would_have_written_them(tmp_path):
     tensors, inventory_path = _unit(tmp_path)
     inventory = unit_inventory(inventory_path, "layer_000", ["mlp.experts.gate_up_proj", "attn.q_proj.weight",
                                                             "attn.broken.weight", "norm.weight", "attn.index"])
-    assert [row["param_name"] for row in inventory][-1] == "attn.index" and unit_inventory(inventory_path, "x", []) == []
+    assert [row["param_name"] for row in inventory][-1] == "attn.index"
+    assert unit_inventory(inventory_path, "x", []) == []
     metrics, spectra = unit_tables("m", "layer_000", tensors, inventory)
     sweep = precision_table("m", "layer_000", tensors, inventory, spectra, ["fp32", "bf16"])
     for name, table, columns in (("metrics", metrics, METRICS_COLUMNS), ("spectra", spectra, SPECTRA_COLUMNS),
@@ -103,8 +104,8 @@ write_unit(((name, "F32", array) for name, array in read_unit(tensors).items()),
 inventory = unit_inventory(inventory_path, "layer_000", ["attn.q_proj.weight", "mlp.experts.gate_up_proj",
                                                         "attn.broken.weight", "norm.weight", "attn.index"])
 metrics, spectra = unit_tables("m", "layer_000", tensors, inventory)
-run_part(Part("spectra", {"spectra": out + "/spectra.parquet", "metrics": out + "/metrics.parquet"}, {}, {"tensors": tensors},
-              lambda: {"spectra": spectra, "metrics": metrics}))
+run_part(Part("spectra", {"spectra": out + "/spectra.parquet", "metrics": out + "/metrics.parquet"}, {},
+              {"tensors": tensors}, lambda: {"spectra": spectra, "metrics": metrics}))
 sweep = precision_table("m", "layer_000", tensors, inventory, read_table(out + "/spectra.parquet", ["matrix", "sigma"]),
                         ["fp32", "bf16"])
 write_table(sweep, out + "/precision.parquet"); alpha_hill_grid(sweep.to_pylist(), ["fp32", "bf16"])
@@ -115,9 +116,9 @@ print("pandas" in sys.modules, "importlib.metadata" in sys.modules)
 
 
 def test_the_per_unit_jobs_never_import_pandas(tmp_path):
-    """The extract and anatomy jobs (spectra, precision sweep, heads) leave pandas out, imports and work alike: it would cost
-    every one of a model's hundreds of jobs about 0.25 CPU s (pyarrow imports it behind pa.array
-    and read_table, which is why blockscope.io.tables uses neither). importlib.metadata, ~20 ms, stays
+    """The extract and anatomy jobs (spectra, precision sweep, heads) leave pandas out, imports and work alike:
+    it would cost every one of a model's hundreds of jobs about 0.25 CPU s (pyarrow imports it behind
+    pa.array and read_table, which is why blockscope.io.tables uses neither). importlib.metadata, ~20 ms, stays
     out too: the tables' pandas metadata finds pandas' version without it."""
     for rule in ("extract", "anatomy"):  # the rule scripts' own top-level imports
         tree = ast.parse((ROOT / "workflow_scripts" / f"{rule}.py").read_text())

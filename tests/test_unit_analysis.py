@@ -4,10 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockscope.checkpoint.inventory import build_inventory
+from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 from blockscope.io.tensors import write_unit
 from blockscope.layout import METRICS_COLUMNS, STATISTICS_ONLY
-from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 
 
 def _unit(tmp_path, tensors: dict, layouts=None):
@@ -43,7 +42,8 @@ def test_fused_experts_are_split_and_bad_tensors_reported(tmp_path):
     sweep = precision_sweep("m", "layer_000", path, inventory, spectra, ["fp32", "bf16"])
     assert len(sweep) == 2 * (len(metrics) - 1) and "norm.weight" not in set(sweep["param_name"])
     q = sweep[sweep["param_name"] == "attn.q_proj.weight"].set_index("precision")["alpha_hill"]
-    assert np.isfinite(q["fp32"]) and q["fp32"] == pytest.approx(metrics.set_index("param_name").loc["attn.q_proj.weight", "alpha_hill"])
+    assert np.isfinite(q["fp32"])
+    assert q["fp32"] == pytest.approx(metrics.set_index("param_name").loc["attn.q_proj.weight", "alpha_hill"])
 
 
 def test_empty_unit_has_typed_empty_files(tmp_path):
@@ -75,6 +75,7 @@ def _clustered_top(rng, n=100):
 
 def test_fp64_row_is_computed_in_float64_and_differs_from_fp32(tmp_path):
     import scipy.linalg
+
     from blockscope.analysis.heavytail import alpha_hill, hill_k
 
     w = _clustered_top(np.random.default_rng(7))
@@ -205,12 +206,13 @@ def test_one_read_serves_the_spectra_and_the_sweep_and_exact_round_trips_are_not
     row = shared.set_index(["param_name", "precision"]).loc[("attn.q_proj.weight", "fp32")]
     assert row["backend"] == "spectra" and row["alpha_hill"] == pytest.approx(  # reused, not recomputed
         metrics.to_pandas().set_index("param_name").loc["attn.q_proj.weight", "alpha_hill"])
-    assert shared.set_index(["param_name", "precision"]).loc[("attn.broken.weight", "fp32"), "status"].startswith("fp32")
+    broken_status = shared.set_index(["param_name", "precision"]).loc[("attn.broken.weight", "fp32"), "status"]
+    assert broken_status.startswith("fp32")
 
 
 def test_round_trip_verdict_finds_overflow_and_unchanged_matrices():
-    from blockscope.analysis.round_trip import RoundTrip
     from blockscope.analysis.anatomy import round_trip_verdict
+    from blockscope.analysis.round_trip import RoundTrip
 
     rng = np.random.default_rng(5)
     matrix = rng.standard_normal((300, 20)).astype(np.float32)
@@ -229,8 +231,8 @@ def test_an_unchecked_verdict_rounds_a_few_rows_of_a_changed_matrix():
     """The sweep leaves the overflow check to the Gram product: its verdict then rounds only the
     first rows of a changed matrix (VERDICT_PROBE_ROWS), where a checked one rounds it all; an
     unchanged matrix is read whole either way."""
-    from blockscope.analysis.round_trip import RoundTrip
     from blockscope.analysis.anatomy import VERDICT_PROBE_ROWS, round_trip_verdict
+    from blockscope.analysis.round_trip import RoundTrip
 
     matrix = np.random.default_rng(8).standard_normal((1000, 1000)).astype(np.float32)  # one Gram block
 
@@ -257,8 +259,8 @@ def test_an_unchecked_verdict_rounds_a_few_rows_of_a_changed_matrix():
 def test_an_fp16_overflow_is_reported_on_the_gram_path_and_on_gesdd(tmp_path, svd_method):
     """The Gram path finds an overflow in its own product (NaN singular values, no pass of its
     own); gesdd is checked before it runs. Both rows say the same, and bf16 is unaffected."""
-    from blockscope.analysis.gram import singular_values_gram
     from blockscope.analysis.anatomy import UnitReader, precision_table, unit_tables
+    from blockscope.analysis.gram import singular_values_gram
 
     matrix = np.random.default_rng(9).standard_normal((600, 40)).astype(np.float32)
     matrix[599, 3] = 7e4  # above fp16's 65504: Inf after the round trip, in the last block

@@ -1,4 +1,4 @@
-"""The original notebook's and scripts' views: each statistic on hand-made tables whose answers
+"""The detail tables: each statistic on hand-made tables whose answers
 are worked out by hand, the report sections, the figures, and the config keys."""
 
 import numpy as np
@@ -125,7 +125,7 @@ def test_report_sections_name_their_tables():
               "down_projections": pd.DataFrame(columns=layout.DOWN_PROJECTION_COLUMNS),
               "phase_statistics": views.phase_statistics(metrics, 2)}
     text = "\n".join(view_sections(tables, metrics, ["plots/down_proj_variance.svg"], lambda p: p))
-    for heading in ("## Attention heads: the QK notebook's views", "### Deep dives: eigenvalue summary",
+    for heading in ("## Attention heads: detail tables", "### Deep dives: eigenvalue summary",
                     "## Down projections (W_down)", "## effective_rank by layer and weight type",
                     "## alpha by layer and weight type", "## Phase statistics"):
         assert heading in text, heading

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
+from blockscope import layout, read_unit
 from blockscope.planning.job_start import PER_UNIT_RULES
 from blockscope.planning.model_plan import predicted_jobs
 from blockscope.planning.slurm import slurm_request
-from blockscope import layout, read_unit
+
 from conftest import TINY_LLAMA, mtimes, run_workflow
 
 pytestmark = pytest.mark.slow
@@ -246,20 +247,22 @@ def test_tables_plots_and_reports(finished, tmp_path):
     for rule in ("extract", "anatomy"):
         assert re.search(rf"\| {rule}\s+\|\s+5 \|", costs), rule  # one job per unit, five units
     for png in ["plots/alpha_by_layer.png", "plots/esd_layer_0.png", "plots/esd_layer_1.png",
-                "plots/heads_heatmap.png", "plots/precision_distributions.png", "plots/precision_sensitivity.png", "plots/precision/layers_000-001.png"]:
+                "plots/heads_heatmap.png", "plots/precision_distributions.png", "plots/precision_sensitivity.png",
+                "plots/precision/layers_000-001.png"]:
         assert (model / png).stat().st_size > 10_000, png
     assert (finished / "results/summary/plots/alpha_by_depth.png").exists()
     check_notebook_views(model, metrics, report)
     # the browsable report, built by snakemake itself
-    result = run_workflow(finished, BASE, "--report", str(tmp_path / "report.html"))
+    run_workflow(finished, BASE, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text()
     assert "tiny-llama" in html and "across models" in html and "heads_heatmap.png" in html
 
 
 def check_notebook_views(model, metrics, report):
-    """The original notebook's and scripts' views: tables with their declared columns whose numbers
+    """The detail tables: tables with their declared columns whose numbers
     agree with the tables they come from, figures, and their report sections."""
-    views = {name: pd.read_csv(model / path.removeprefix("results/{model}/")) for name, path in layout.DETAIL_TABLES.items()}
+    views = {name: pd.read_csv(model / path.removeprefix("results/{model}/"))
+             for name, path in layout.DETAIL_TABLES.items()}
     for name, frame in views.items():
         assert list(frame.columns) == layout.TABLES[name], name
     assert len(views["heads_by_head"]) == 4 and set(views["heads_by_head"]["rank_class"]) <= {"LOW", "MID", "HIGH"}
@@ -277,7 +280,7 @@ def check_notebook_views(model, metrics, report):
                 "plots/precision_categories/category_down_proj.png"]:
         assert (model / png).stat().st_size > 10_000, png
     assert not (model / "plots/individual_layers").exists()  # report.per_matrix_charts is off by default
-    for heading in ("## Attention heads: the QK notebook's views", "### Deep dives: eigenvalue summary",
+    for heading in ("## Attention heads: detail tables", "### Deep dives: eigenvalue summary",
                     "## Down projections (W_down)", "## effective_rank by layer and weight type",
                     "## alpha by layer and weight type", "## Phase statistics"):
         assert heading in report, heading

@@ -15,13 +15,14 @@ from blockscope.runtime.run_step import run_step
 def main(snakemake):
     model, out = snakemake.wildcards.model, snakemake.output
     dims = json.loads(Path(snakemake.input.dims).read_text())
-    metrics = agg.with_provenance(agg.stack((pd.read_parquet(p) for p in snakemake.input.metrics), METRICS_COLUMNS), dims)
+    metrics = agg.stack((pd.read_parquet(p) for p in snakemake.input.metrics), METRICS_COLUMNS)
+    metrics = agg.with_provenance(metrics, dims)
     write_parquet(metrics, out.metrics)
     write_csv(metrics, out.metrics_csv)
     with atomic_path(out.metrics_json) as tmp:
         metrics.to_json(tmp, orient="records", indent=1)
-    write_parquet(agg.tag_heads_across_layers(agg.stack((pd.read_parquet(p) for p in snakemake.input.heads), HEAD_COLUMNS)),
-                  out.heads)
+    heads = agg.stack((pd.read_parquet(p) for p in snakemake.input.heads), HEAD_COLUMNS)
+    write_parquet(agg.tag_heads_across_layers(heads), out.heads)
     precision = agg.stack((pd.read_parquet(p) for p in snakemake.input.precision), PRECISION_COLUMNS)
     write_parquet(precision, out.precision)
     threshold = snakemake.params.sensitivity_threshold
@@ -35,7 +36,8 @@ def main(snakemake):
     hints = qh.quantization_hints(metrics, settings)
     write_csv(hints, out.hints)
     write_json(qh.quantization_config(model, hints, settings), out.hints_json)
-    print(f"[{model}] {len(metrics)} matrices; formats suggested: {hints['suggested_format'].value_counts(dropna=False).to_dict()}")
+    formats = hints["suggested_format"].value_counts(dropna=False).to_dict()
+    print(f"[{model}] {len(metrics)} matrices; formats suggested: {formats}")
     print(phases[phases["metric"] == "alpha"].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 

@@ -3,11 +3,11 @@ only when what it depends on changed (blockscope.analysis.part_stamps)."""
 
 import json
 
-from blockscope.analysis.part_stamps import Part, run_part
-from blockscope.runtime.gpu_slots import claim_gpu
-from blockscope.analysis.heads import unit_heads_table
-from blockscope.io.tables import read_rows, read_table, selected_rows, text_table, unit_inventory
 from blockscope.analysis.anatomy import UnitReader, alpha_hill_grid, precision_table, unit_tables
+from blockscope.analysis.heads import unit_heads_table
+from blockscope.analysis.part_stamps import Part, run_part
+from blockscope.io.tables import read_rows, read_table, selected_rows, text_table, unit_inventory
+from blockscope.runtime.gpu_slots import claim_gpu
 from blockscope.runtime.run_step import run_step
 
 
@@ -31,7 +31,8 @@ def main(snakemake):
 
     def compute_sweep():
         done = read_rows(out.metrics, columns=["matrix", "backend", "svd_method"])
-        table = precision_table(model, unit, files.tensors, inventory, read_table(out.spectra, columns=["matrix", "sigma"]),
+        table = precision_table(model, unit, files.tensors, inventory,
+                                read_table(out.spectra, columns=["matrix", "sigma"]),
                                 sweep["precisions"], compute_dtype=spectra["compute_dtype"],
                                 hill_fraction=sweep["hill_fraction"], backend=snakemake.params.backend,
                                 spectra_backend={row["matrix"]: row["backend"] for row in done},

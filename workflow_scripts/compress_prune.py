@@ -3,9 +3,9 @@
 import logging
 
 from blockscope.compression import experiments as compress
+from blockscope.compression.pruning import magnitude_prune
 from blockscope.io.atomic import write_json
 from blockscope.layout import COMPRESS_PRUNE_COLUMNS, PRUNE_ALLOCATION_COLUMNS
-from blockscope.compression.pruning import magnitude_prune
 from blockscope.runtime.run_step import run_step
 
 

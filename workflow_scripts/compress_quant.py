@@ -4,9 +4,9 @@ import logging
 
 from blockscope.compression import experiments as compress
 from blockscope.compression import plans
+from blockscope.compression.formats import quantize
 from blockscope.io.atomic import write_json
 from blockscope.layout import COMPRESS_QUANT_COLUMNS
-from blockscope.compression.formats import quantize
 from blockscope.runtime.run_step import run_step
 
 

@@ -1,16 +1,14 @@
 """rule embedding: k-means structure of the token embedding (and of an untied output head)."""
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from blockscope import read_unit
-from blockscope.io.atomic import atomic_path, write_json, write_parquet
 from blockscope.analysis.embedding import TOKEN_CLUSTER_COLUMNS, analyse_embedding
+from blockscope.io.atomic import atomic_path, write_json, write_parquet
 from blockscope.layout import EMBED, LM_HEAD
 from blockscope.runtime.run_step import run_step
-
 
 NOT_FOUND = ("no token embedding found: no 2-D tensor in the embed or lm_head unit that the naming rules "
              "call an embedding or output head")

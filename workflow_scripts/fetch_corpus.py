@@ -25,7 +25,8 @@ def main(snakemake):
                                       "headmerge.corpus.path to it") from None
         text, origin = "".join(rows), f"datasets:{corpus['dataset']}/{corpus['config']}/{corpus['split']}"
     else:
-        raise BlockscopeError("the corpus file does not exist", path=local, fix="set headmerge.corpus.path to a text file")
+        raise BlockscopeError("the corpus file does not exist", path=local,
+                              fix="set headmerge.corpus.path to a text file")
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(text, encoding="utf-8")
     print(f"corpus from {origin}: {len(text)} characters")

@@ -12,11 +12,11 @@ import pandas as pd
 import pyarrow as pa
 
 from blockscope import read_unit
-from blockscope.io.atomic import write_parquet
-from blockscope.errors import BlockscopeError
 from blockscope.analysis.heads import attention_weights, deep_dive_problem, eigenvalue_table, empty_eigenvalue_table
-from blockscope.layout import ATTENTION_BLOCK_TYPES
 from blockscope.checkpoint.selection import unselected_attention
+from blockscope.errors import BlockscopeError
+from blockscope.io.atomic import write_parquet
+from blockscope.layout import ATTENTION_BLOCK_TYPES
 from blockscope.runtime.run_step import run_step
 
 

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from blockscope.checkpoint.selection import parse_layers
 from blockscope.evaluation import head_merge_sweep as sweep
-from blockscope.io.atomic import write_json, write_parquet
-from blockscope.runtime.device import torch_device
 from blockscope.evaluation.base_artifact import load_base
 from blockscope.evaluation.forward import Evaluator
-from blockscope.evaluation.loading import load_causal_lm
-from blockscope.runtime.gpu_slots import claim_gpu
 from blockscope.evaluation.head_merge import similarity_table
-from blockscope.checkpoint.selection import parse_layers
+from blockscope.evaluation.loading import load_causal_lm
+from blockscope.io.atomic import write_json, write_parquet
+from blockscope.runtime.device import torch_device
+from blockscope.runtime.gpu_slots import claim_gpu
 from blockscope.runtime.run_step import run_step
 
 

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from blockscope.io.atomic import write_json, write_parquet
 from blockscope.checkpoint.inventory import build_inventory, model_dims, model_identity, read_config, unit_table
+from blockscope.io.atomic import write_json, write_parquet
 from blockscope.runtime.run_step import run_step
 
 

@@ -5,12 +5,12 @@ import os
 
 import pandas as pd
 
-from blockscope.reporting import findings as fd
 from blockscope import layout
 from blockscope.io.atomic import atomic_path
+from blockscope.layout import DETAIL_TABLES
+from blockscope.reporting import findings as fd
 from blockscope.reporting.compression_section import compress_findings, compress_section, planned_source_dtypes
 from blockscope.reporting.measured_costs import read_benchmarks
-from blockscope.layout import DETAIL_TABLES
 from blockscope.reporting.model_report import model_report
 from blockscope.runtime.run_step import run_step
 

@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 
-from blockscope.io.atomic import write_json
 from blockscope.checkpoint.selection import describe, is_everything, selected_units
+from blockscope.io.atomic import write_json
 from blockscope.runtime.run_step import run_step
 
 

@@ -7,8 +7,21 @@ import numpy as np
 import pandas as pd
 
 from blockscope.aggregation.model_tables import phase_of, series_stats, spectral_rows
-from blockscope.layout import ALL_TYPES, DEEP_DIVE_SUMMARY_COLUMNS, DOWN_PROJECTION_COLUMNS, ENERGY_COLUMNS, ENERGY_FRACTIONS, HEADS_BY_HEAD_COLUMNS, HEADS_BY_LAYER_COLUMNS, HEATMAP_STATISTICS_COLUMNS, MAGNITUDE_PERCENTILES, MAIN_METRICS, PHASE_STATISTICS_COLUMNS, SPREAD
 from blockscope.analysis.matrix_formulas import condition_number, energy_rank
+from blockscope.layout import (
+    ALL_TYPES,
+    DEEP_DIVE_SUMMARY_COLUMNS,
+    DOWN_PROJECTION_COLUMNS,
+    ENERGY_COLUMNS,
+    ENERGY_FRACTIONS,
+    HEADS_BY_HEAD_COLUMNS,
+    HEADS_BY_LAYER_COLUMNS,
+    HEATMAP_STATISTICS_COLUMNS,
+    MAGNITUDE_PERCENTILES,
+    MAIN_METRICS,
+    PHASE_STATISTICS_COLUMNS,
+    SPREAD,
+)
 
 HEAD_RANKS = ("qk_effective_rank", "ov_effective_rank")
 PHASES = ("early", "middle", "late")

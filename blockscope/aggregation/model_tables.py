@@ -6,8 +6,19 @@ import numpy as np
 import pandas as pd
 
 from blockscope.analysis.heads import NONFINITE_TAG, quartile_tags
-from blockscope.layout import CHECKPOINT, EXPORT_FIRST_COLUMNS, MAIN_METRICS, PLOT_METRICS, PRECISION_SENSITIVITY_COLUMNS, PRECISION_SUMMARY_COLUMNS, PRECISION_WIDE_COLUMNS, RELATIVE_RANGE_ROW, SENSITIVE_ROW, STATISTICS_ONLY
 from blockscope.analysis.precision_sensitivity import DEFAULT_THRESHOLD, precision_sensitivity
+from blockscope.layout import (
+    CHECKPOINT,
+    EXPORT_FIRST_COLUMNS,
+    MAIN_METRICS,
+    PLOT_METRICS,
+    PRECISION_SENSITIVITY_COLUMNS,
+    PRECISION_SUMMARY_COLUMNS,
+    PRECISION_WIDE_COLUMNS,
+    RELATIVE_RANGE_ROW,
+    SENSITIVE_ROW,
+    STATISTICS_ONLY,
+)
 
 
 def stack(frames, columns=()) -> pd.DataFrame:

@@ -9,18 +9,25 @@ import logging
 
 import numpy as np
 
-from blockscope.io.dtypes import numpy_dtype
-from blockscope.runtime.gpu_slots import NO_GPU
+from blockscope.analysis.gram import GRAM_OVERFLOW
 from blockscope.analysis.heavytail import alpha_hill, hill_k, tail_eigenvalues
-from blockscope.layout import ELEMENT_COLUMNS, METRICS_COLUMNS, PRECISION_COLUMNS, SPECTRA_COLUMNS, SPECTRAL_METRIC_COLUMNS, STATISTICS_ONLY
+from blockscope.analysis.matrices import Matrix, matrices_of, not_a_matrix, upcast
 from blockscope.analysis.matrix_formulas import SPARSITY_THRESHOLD, element_stats, sparsity
 from blockscope.analysis.metrics_row import check_matrix, matrix_metrics
-from blockscope.io.tables import is_missing, records, table_from_rows, table_of
-from blockscope.analysis.gram import GRAM_OVERFLOW
-from blockscope.analysis.matrices import Matrix, matrices_of, not_a_matrix, upcast
 from blockscope.analysis.round_trip import RoundTrip, round_trip_is_exact, svd_dtype
 from blockscope.analysis.spectra import compute_spectra, svd_method_for
+from blockscope.io.dtypes import numpy_dtype
+from blockscope.io.tables import is_missing, records, table_from_rows, table_of
 from blockscope.io.tensors import iter_unit
+from blockscope.layout import (
+    ELEMENT_COLUMNS,
+    METRICS_COLUMNS,
+    PRECISION_COLUMNS,
+    SPECTRA_COLUMNS,
+    SPECTRAL_METRIC_COLUMNS,
+    STATISTICS_ONLY,
+)
+from blockscope.runtime.gpu_slots import NO_GPU
 
 log = logging.getLogger(__name__)
 NO_METRICS = dict.fromkeys([*SPECTRAL_METRIC_COLUMNS, *ELEMENT_COLUMNS], float("nan"))
@@ -96,8 +103,8 @@ def vector_rows(model, unit, tensor_path, inventory_rows, sparsity_threshold=SPA
         whole = Matrix(name, None, np.zeros((0, 0)))
         rows.append({**_identity(model, unit, whole, info), "rows": int(values.size), "cols": None,
                      "design_rank": None, **NO_METRICS, **stats, "status": STATISTICS_ONLY, "warning": warning,
-                     "dtype": info["dtype"], "source_dtype": info["source_dtype"], "backend": "none", "svd_method": "none",
-                     "seconds": 0.0})
+                     "dtype": info["dtype"], "source_dtype": info["source_dtype"], "backend": "none",
+                     "svd_method": "none", "seconds": 0.0})
     return rows
 
 

@@ -35,7 +35,8 @@ def row_norm_stats(matrix: np.ndarray) -> dict:
     q = np.quantile(norms, [0.01, 0.25, 0.5, 0.75, 0.99])
     return {"rows": int(norms.size), "norm_mean": float(norms.mean()), "norm_std": float(norms.std()),
             "norm_min": float(norms.min()), "norm_p01": float(q[0]), "norm_q25": float(q[1]),
-            "norm_median": float(q[2]), "norm_q75": float(q[3]), "norm_p99": float(q[4]), "norm_max": float(norms.max())}
+            "norm_median": float(q[2]), "norm_q75": float(q[3]), "norm_p99": float(q[4]),
+            "norm_max": float(norms.max())}
 
 
 def fit_kmeans(sample: np.ndarray, k: int, seed: int, minibatch: bool):

@@ -11,11 +11,17 @@ from functools import cached_property
 
 import numpy as np
 
-from blockscope.checkpoint.attention_layout import projection_names, read_projections
 from blockscope.analysis.factored import FactoredMatrix
-from blockscope.layout import EIGENVALUE_COLUMNS, HEAD_COLUMNS, HEAD_ENERGY_FRACTIONS, HEAD_METRIC_COLUMNS, energy_column
 from blockscope.analysis.matrix_formulas import effective_rank, energy_rank
+from blockscope.checkpoint.attention_layout import projection_names, read_projections
 from blockscope.io.tables import table_from_rows
+from blockscope.layout import (
+    EIGENVALUE_COLUMNS,
+    HEAD_COLUMNS,
+    HEAD_ENERGY_FRACTIONS,
+    HEAD_METRIC_COLUMNS,
+    energy_column,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +203,9 @@ def unit_heads_table(model: str, unit: str, tensor_path, inventory_rows: list, d
     """The heads table of one unit (rule anatomy): its attention projections read from the tensor
     Parquet and head_table_of; empty, with the reason logged, for a unit that is no transformer
     block, has no q, k, v and o, or whose `select` leaves one of them out."""
-    from blockscope.layout import ATTENTION_BLOCK_TYPES, unit_layer
     from blockscope.checkpoint.selection import unselected_attention
     from blockscope.io.tensors import read_unit
+    from blockscope.layout import ATTENTION_BLOCK_TYPES, unit_layer
 
     weights, layer_index = None, unit_layer(unit)
     attention = [row for row in inventory_rows if row["block_type"] in ATTENTION_BLOCK_TYPES]

@@ -89,5 +89,6 @@ def matrix_metrics(matrix: np.ndarray, sigma, source_dtype: str, hill_fraction: 
     row.update(spectral_metrics(sigma, rows, cols, source_dtype, hill_fraction))
     row.update(mx.element_stats(values))
     row["sparsity"] = mx.sparsity(values, sparsity_threshold)
-    row["status"], row["warning"] = status_of(row, int(np.count_nonzero(np.asarray(sigma, np.float64) ** 2 > ht.EIGENVALUE_FLOOR)))
+    n_eigs = int(np.count_nonzero(np.asarray(sigma, np.float64) ** 2 > ht.EIGENVALUE_FLOOR))
+    row["status"], row["warning"] = status_of(row, n_eigs)
     return row

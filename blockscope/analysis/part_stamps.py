@@ -8,9 +8,9 @@ and for the sweep the stamp of the spectra it reuses), kept in the outputs' Parq
 Content, not modification times: Snakemake touches a SLURM group's outputs after the group, so
 a unit's tensors look newer than the anatomy that read them. A part whose outputs already carry
 the stamp it would write is kept, not recomputed: changing the precision list reruns the job but
-recomputes the sweep alone, an edit to heads.py the heads alone. The rule flags the outputs update() so that Snakemake leaves them in
-place for the job (and restores them if the job fails); to recompute a part whose stamp has not
-changed, delete its files.
+recomputes the sweep alone, an edit to heads.py the heads alone. The rule flags the outputs
+update() so that Snakemake leaves them in place for the job (and restores them if the job fails);
+to recompute a part whose stamp has not changed, delete its files.
 """
 
 import functools

@@ -11,8 +11,8 @@ BlockscopeError that names the model; "no attention here" is None, never an erro
 import numpy as np
 
 from blockscope.errors import BlockscopeError
-from blockscope.layout import ATTENTION_PARTS
 from blockscope.io.tables import records
+from blockscope.layout import ATTENTION_PARTS
 
 _FIX = "check num_attention_heads, num_key_value_heads and head_dim in config.json"
 

@@ -26,7 +26,8 @@ BLOCK_TYPE_RULES = [
     ("q_proj", r"(?:q_proj|\.query|\.wq)(?:\.weight|\.bias|$)"),
     ("k_proj", r"(?:k_proj|\.key|\.wk)(?:\.weight|\.bias|$)"),
     ("v_proj", r"(?:v_proj|\.value|\.wv)(?:\.weight|\.bias|$)"),
-    ("o_proj", r"(?:o_proj|out_proj|(?:attn|attention|self_attn)\.(?:c_proj|dense)|attention\.output\.dense|\.wo)(?:\.weight|\.bias|$)"),
+    ("o_proj", r"(?:o_proj|out_proj|(?:attn|attention|self_attn)\.(?:c_proj|dense)|attention\.output\.dense|\.wo)"
+               r"(?:\.weight|\.bias|$)"),
     ("gate_proj", r"(?:gate_proj|\.w1)(?:\.weight|\.bias|$)"),
     ("up_proj", r"(?:up_proj|c_fc|fc1|dense_h_to_4h|intermediate\.dense|\.w3)(?:\.weight|\.bias|$)"),
     ("down_proj", r"(?:down_proj|mlp\.c_proj|fc2|dense_4h_to_h|output\.dense|\.w2)(?:\.weight|\.bias|$)"),

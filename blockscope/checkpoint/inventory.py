@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from blockscope.errors import BlockscopeError
-from blockscope.layout import INVENTORY_COLUMNS, LM_HEAD, all_units, unit_order
 from blockscope.checkpoint.block_types import block_type, is_conv1d, layer_index, unit_of
+from blockscope.errors import BlockscopeError
 from blockscope.io.safetensors_file import checkpoint_files, origin, read_header
+from blockscope.layout import INVENTORY_COLUMNS, LM_HEAD, all_units, unit_order
 
 # config.json spellings across families, first present wins.
 DIM_KEYS = {
@@ -128,6 +128,7 @@ def unit_table(inventory: pd.DataFrame) -> pd.DataFrame:
         "matrices": grouped["shape"].apply(lambda s: sum(len(x) >= 2 for x in s)),
         "dtypes": grouped["dtype"].apply(lambda s: ",".join(sorted(set(s)))),
         "MiB": grouped["nbytes"].sum() / 2**20,
-        "largest": grouped.apply(lambda g: "x".join(map(str, g.loc[g["nbytes"].idxmax(), "shape"])), include_groups=False),
+        "largest": grouped.apply(lambda g: "x".join(map(str, g.loc[g["nbytes"].idxmax(), "shape"])),
+                                 include_groups=False),
     })
     return table.loc[sorted(table.index, key=unit_order)]

@@ -17,8 +17,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from blockscope.io.atomic import atomic_dir, remove_stale_temporaries
 from blockscope.errors import BlockscopeError
+from blockscope.io.atomic import atomic_dir, remove_stale_temporaries
 
 HUB_PATTERNS = [
     "*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",

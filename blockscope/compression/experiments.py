@@ -17,15 +17,15 @@ import numpy as np
 import pandas as pd
 
 from blockscope.compression import plans
+from blockscope.compression.formats import quantize
 from blockscope.compression.hints import DIRECTION_WORDS
+from blockscope.compression.presets import PRESETS
+from blockscope.compression.pruning import achieved_sparsity, magnitude_prune
 from blockscope.errors import BlockscopeError
-from blockscope.layout import COMPRESS_PRUNE_COLUMNS, COMPRESS_QUANT_COLUMNS
 from blockscope.evaluation.base_artifact import BaseEvaluation, load_base
 from blockscope.evaluation.forward import evaluate_variant
 from blockscope.evaluation.scores import WindowScores, perplexity_change_ci
-from blockscope.compression.pruning import achieved_sparsity, magnitude_prune
-from blockscope.compression.formats import quantize
-from blockscope.compression.presets import PRESETS
+from blockscope.layout import COMPRESS_PRUNE_COLUMNS, COMPRESS_QUANT_COLUMNS
 
 # --- the evaluation ------------------------------------------------------------------------------------
 # The base model was scored once by rule evaluate_base (results/{model}/eval/base.safetensors); every
@@ -283,8 +283,8 @@ def experiment_session(model_name: str, dims_path, checkpoint, metrics_path, bas
     scored on the base's first windows, evaluation["max_tokens"] tokens. The paths: model.json, the
     checkpoint folder, the metrics table and the base evaluation. The job's own GPU is claimed
     before torch loads."""
-    from blockscope.runtime.device import torch_device
     from blockscope.evaluation.loading import chance_reason, skip_reason
+    from blockscope.runtime.device import torch_device
     from blockscope.runtime.gpu_slots import claim_gpu
 
     dims = json.loads(Path(dims_path).read_text())

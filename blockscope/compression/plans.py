@@ -11,10 +11,10 @@ allocation is rescaled to the target after any reordering.
 import numpy as np
 import pandas as pd
 
+from blockscope.compression.formats import bits_per_weight, hint_format
 from blockscope.compression.hints import quantization_config, quantization_hints
 from blockscope.compression.presets import resolve_quantization
 from blockscope.errors import BlockscopeError
-from blockscope.compression.formats import bits_per_weight, hint_format
 
 PLANNED_BLOCK_TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_fused", "gate_proj", "up_proj", "gate_up_fused",
                        "down_proj")

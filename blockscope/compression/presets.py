@@ -34,7 +34,8 @@ def resolve_quantization(quant: dict) -> dict:
     quant.setdefault("preset", "alpha_pruning")
     if missing := missing_rule_keys(quant):
         raise BlockscopeError(f"quantization.preset is custom but quantization.{', quantization.'.join(missing)} "
-                              "is not set. Fix: set metric, direction, alpha_thresholds and formats, or choose a preset")
+                              "is not set. Fix: set metric, direction, alpha_thresholds and formats, "
+                              "or choose a preset")
     if quant["preset"] != "custom":
         for key, value in PRESETS[quant["preset"]].items():
             quant.setdefault(key, copy.deepcopy(value))

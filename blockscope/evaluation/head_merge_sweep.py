@@ -8,12 +8,12 @@ pairs per layer, once per seed; a paired bootstrap gives the perplexity change's
 import numpy as np
 import pandas as pd
 
-from blockscope.evaluation import head_merge as hm
+from blockscope.analysis.heads import AttentionWeights
 from blockscope.checkpoint.attention_layout import has_attention, projection_names, read_projections, write_projections
 from blockscope.errors import BlockscopeError
+from blockscope.evaluation import head_merge as hm
 from blockscope.evaluation.forward import Evaluator
 from blockscope.evaluation.scores import WindowScores, perplexity_change_ci
-from blockscope.analysis.heads import AttentionWeights
 
 REPORTED = ("perplexity", "accuracy")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from blockscope.io.dtypes import SAFETENSORS_TO_NUMPY, numpy_dtype
 from blockscope.errors import BlockscopeError
+from blockscope.io.dtypes import SAFETENSORS_TO_NUMPY, numpy_dtype
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 # dtypes of the safetensors format (0.8) that blockscope.io.dtypes has no numpy type for.

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from blockscope.errors import BlockscopeError
 from blockscope.io.atomic import atomic_path
 from blockscope.io.dtypes import numpy_dtype
-from blockscope.errors import BlockscopeError
 from blockscope.io.safetensors_file import origin, read_header, tensor_view
 from blockscope.io.tables import arrow_array, records
 

@@ -111,7 +111,8 @@ def compress_section(quant: pd.DataFrame | None, prune: pd.DataFrame | None, sou
                      figures=(), link=str) -> list:
     """Markdown lines of the report: the source format, per experiment its sentences, its plans
     (random controls summarised in the sentences) and its figure."""
-    lines = ["## Compression experiments (quantisation and pruning plans, evaluated)", "", source_note(source_dtypes), ""]
+    lines = ["## Compression experiments (quantisation and pruning plans, evaluated)", "",
+             source_note(source_dtypes), ""]
     if skipped:
         return lines + [f"Skipped: {skipped}.", ""]
     tokens = next((int(f["tokens_evaluated"].iloc[0]) for f in (quant, prune) if has(f, "tokens_evaluated")), None)

@@ -6,8 +6,8 @@ import os
 
 import pandas as pd
 
-from blockscope.reporting import findings as fd
 from blockscope.analysis.precision_sensitivity import precision_sensitivity
+from blockscope.reporting import findings as fd
 
 TABLES = ("metrics.parquet", "heads.parquet", "precision.parquet", "depth_comparison.csv")
 

@@ -6,10 +6,10 @@ import os
 
 import pandas as pd
 
+from blockscope.aggregation.detail_tables import layer_pivot
 from blockscope.layout import DETAIL_TABLES
 from blockscope.reporting.markdown import has
 from blockscope.reporting.markdown import table as markdown
-from blockscope.aggregation.detail_tables import layer_pivot
 
 PHASE_REPORT_METRICS = ("alpha", "effective_rank")  # the rest stay in phase_statistics.csv
 PIVOT_METRICS = ("effective_rank", "alpha")
@@ -38,7 +38,7 @@ def heads_section(views: dict) -> list:
     by_head, by_layer = views.get("heads_by_head"), views.get("heads_by_layer")
     if not has(by_head, "head"):
         return []
-    return ["## Attention heads: the QK notebook's views", "",
+    return ["## Attention heads: detail tables", "",
             f"Heatmap statistics over every (layer, head) ({table_link('heads_heatmap_statistics')}):", "",
             table(views.get("heads_heatmap_statistics", pd.DataFrame())), "",
             "Per head index across layers, QK effective rank: `rank_class` is LOW / MID / HIGH, "

@@ -160,7 +160,8 @@ def unusual_finding(metrics, threshold: float, link: dict) -> str | None:
 
 def precision_finding(sensitivity: pd.DataFrame | None, threshold: float, link: dict) -> str | None:
     """sensitivity: one row per matrix with `matrix`, `alpha_hill_relative_range`, `precision_sensitive`
-    (blockscope.analysis.precision_sensitivity.precision_sensitivity, or precision_alpha_hill.csv with layer_name as matrix)."""
+    (blockscope.analysis.precision_sensitivity.precision_sensitivity, or precision_alpha_hill.csv with
+    layer_name as matrix)."""
     if sensitivity is None or sensitivity.empty or "alpha_hill_relative_range" not in sensitivity:
         return None
     ranked = sensitivity.dropna(subset=["alpha_hill_relative_range"])

@@ -11,11 +11,11 @@ import re
 
 import pandas as pd
 
+from blockscope.analysis.heads import NONFINITE_TAG
+from blockscope.layout import ENERGY_COLUMNS, REPORT_METRICS, STATISTICS_ONLY, layer_unit
 from blockscope.reporting.findings import findings_section
 from blockscope.reporting.markdown import has, table
-from blockscope.analysis.heads import NONFINITE_TAG
 from blockscope.reporting.measured_costs import cost_by_rule, costliest_jobs
-from blockscope.layout import ENERGY_COLUMNS, REPORT_METRICS, STATISTICS_ONLY, layer_unit
 
 HEAD_REPORT_COLUMNS = ["layer_index", "head", "kv_head", "qk_effective_rank", "qk_eig_effective_rank", "qk_asymmetry",
                        "qk_complex_fraction", "qk_top_dhead_energy", "ov_effective_rank", "tag"]
@@ -204,10 +204,12 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
     lines += ["## Statistics by weight type", "",
               table(statistics[statistics["metric"].isin(REPORT_METRICS)] if has(statistics, "metric")
                     else pd.DataFrame()), ""]
-    lines += ["## Components reaching 50/75/90/95/99 % of the variance (Σσ²)", "", table(energy_components(metrics), 1), ""]
+    lines += ["## Components reaching 50/75/90/95/99 % of the variance (Σσ²)", "",
+              table(energy_components(metrics), 1), ""]
     lines += ["## Phase analysis (early / middle / late thirds of depth)", "", table(phases), ""]
     if has(heads, "layer_index", "head"):
-        lines += ["## Attention heads", "", "Per layer (means over heads):", "", table(head_summary_by_layer(heads)), "",
+        lines += ["## Attention heads", "", "Per layer (means over heads):", "",
+                  table(head_summary_by_layer(heads)), "",
                   "Per head (tag: lowest / highest quartile of mean effective rank over the whole model):", "",
                   table(heads[[c for c in HEAD_REPORT_COLUMNS if c in heads]]), ""]
     for name, frame in deep_dives.items():
