@@ -4,9 +4,10 @@
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 CORES ?= 8
 
-.PHONY: run test env clean-results
+.PHONY: run test lint env clean-results
 
 env: $(STAMP)
 
@@ -24,8 +25,18 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=1
 
-test: $(STAMP)
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(VENV)/bin/pip install --quiet --no-deps -r requirements-dev.txt
+	touch $@
+
+test: $(DEV_STAMP)
 	$(VENV)/bin/python -m pytest
+
+# ruff (pyflakes, pycodestyle, import order), snakefmt over the Snakefile and rules, Snakemake's own lint
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/snakefmt --check Snakefile rules
+	$(VENV)/bin/snakemake --lint --cores 1 --quiet
 
 clean-results:
 	rm -rf results logs .snakemake

@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/resources.smk"
 include: "rules/inputs.smk"
@@ -28,6 +31,6 @@ include: "rules/compress.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets,
-    default_target: True

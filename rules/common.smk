@@ -99,6 +99,7 @@ onerror:
 # Downloads need the network (login nodes) and aggregation is light: keep them off the queue.
 localrules:
     all,
+    finished_reports,
     selection,
     plan,
     fetch,

@@ -15,15 +15,15 @@ rule metric_plots:
             )
             for metric in layout.PLOT_METRICS
         },
-    params:
-        metrics=layout.PLOT_METRICS,
-        code=code("metric_plots"),
     log:
         "logs/{model}/plots/metrics.log",
     benchmark:
         benchmark("metric_plots")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        metrics=layout.PLOT_METRICS,
+        code=code("metric_plots"),
     script:
         "../workflow_scripts/metric_plots.py"
 
@@ -39,14 +39,14 @@ rule esd_plot:
             subcategory="eigenvalue spectra",
             caption="../report/esd.rst",
         ),
-    params:
-        code=code("esd_plot"),
     log:
         "logs/{model}/plots/esd_layer_{layer}.log",
     benchmark:
         benchmark("esd_plot", "layer_{layer}")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        code=code("esd_plot"),
     script:
         "../workflow_scripts/esd_plot.py"
 
@@ -80,18 +80,18 @@ rule head_and_precision_plots:
             subcategory="precision",
             caption="../report/precision_pages.rst",
         ),
-    params:
-        distribution_kind=config["report"]["distribution_kind"],
-        layers_per_page=config["report"]["layers_per_page"],
-        formats=FORMATS,
-        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
-        code=code("head_precision_plots"),
     log:
         "logs/{model}/plots/heads_precision.log",
     benchmark:
         benchmark("head_and_precision_plots")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        distribution_kind=config["report"]["distribution_kind"],
+        layers_per_page=config["report"]["layers_per_page"],
+        formats=FORMATS,
+        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
+        code=code("head_precision_plots"),
     script:
         "../workflow_scripts/head_precision_plots.py"
 
@@ -117,18 +117,23 @@ rule model_report:
         files=lambda w: model_files(w.model),
         compress=lambda w: compress_targets(w.model),
     output:
-        layout.REPORT,
-    params:
-        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
-        findings=config["report"]["findings"],
-        embedded=EMBEDDED,
-        code=code("model_report"),
+        report=report(
+            layout.REPORT,
+            category="Findings",
+            labels={"model": "{model}"},
+            caption="../report/model_findings.rst",
+        ),
     log:
         "logs/{model}/report.log",
     benchmark:
         benchmark("model_report")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
+        findings=config["report"]["findings"],
+        embedded=EMBEDDED,
+        code=code("model_report"),
     script:
         "../workflow_scripts/model_report.py"
 
@@ -145,15 +150,15 @@ rule summary_plots:
             )
             for metric in layout.PLOT_METRICS
         },
-    params:
-        metrics=layout.PLOT_METRICS,
-        code=code("summary_plots"),
     log:
         "logs/summary/plots.log",
     benchmark:
         layout.SUMMARY_BENCHMARK.format(rule="summary_plots")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        metrics=layout.PLOT_METRICS,
+        code=code("summary_plots"),
     script:
         "../workflow_scripts/summary_plots.py"
 
@@ -168,18 +173,30 @@ rule summary_report:
         plots=summary_plot_files([EMBEDDED]),  # linked from the report
         other_formats=summary_plot_files(OTHER_FORMATS),
     output:
-        layout.SUMMARY_REPORT,
-    params:
-        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
-        findings=config["report"]["findings"],
-        embedded=EMBEDDED,
-        controls=CONTROLS,
-        code=code("summary_report"),
+        report=report(
+            layout.SUMMARY_REPORT,
+            category="Findings",
+            labels={"model": "all models"},
+            caption="../report/summary_findings.rst",
+        ),
     log:
         "logs/summary/report.log",
     benchmark:
         layout.SUMMARY_BENCHMARK.format(rule="summary_report")
     conda:
         "../envs/blockscope.yaml"
+    params:
+        sensitivity_threshold=config["precision"]["sensitivity_threshold"],
+        findings=config["report"]["findings"],
+        embedded=EMBEDDED,
+        controls=CONTROLS,
+        code=code("summary_report"),
     script:
         "../workflow_scripts/summary_report.py"
+
+
+# `snakemake --report report.html finished_reports`: the HTML report of what finished, when some
+# model did not (the default target would ask for the missing files and refuse).
+rule finished_reports:
+    input:
+        lambda wildcards: finished_reports(),

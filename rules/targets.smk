@@ -1,4 +1,4 @@
-# What rule all asks for: every model's files up to its report, and the benchmark files.
+# The default target's files: every model's files up to its report, and the benchmark files.
 
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
@@ -87,3 +87,12 @@ def all_targets(wildcards):
         *summary_plot_files(),
         layout.SUMMARY_REPORT,
     ]
+
+
+def finished_reports():
+    """The report.md of every model that has one, and the cross-model report when every model has
+    one: the target of an HTML report after a partial run (a missing report or figure flagged for
+    the report fails `snakemake --report` as a whole)."""
+    reports = [layout.REPORT.format(model=model) for model in MODELS]
+    done = [path for path in reports if os.path.exists(path)]
+    return done + ([layout.SUMMARY_REPORT] if len(done) == len(reports) else [])

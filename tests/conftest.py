@@ -19,6 +19,14 @@ TINY_LLAMA = {
 }
 
 
+TINY_GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 128}
+# The finished run most workflow tests read (or clone and change): two tiny models, no evaluation.
+WORKFLOW_BASE = {"models": {"tiny-llama": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0},
+                            "tiny-gpt2": {"source": "synthetic", "config": TINY_GPT2, "seed": 0}},
+                 "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False},
+                 "compress": {"enabled": False}}
+
+
 def run_workflow(workdir, config, *args, check=True, snakefile=ROOT / "Snakefile", cores=2):
     """Run the real Snakefile in workdir with config written to workdir/config.yaml."""
     workdir = Path(workdir)
@@ -46,6 +54,15 @@ def save_tiny(model_class_name, config, folder):
     model = getattr(transformers, model_class_name)(config_class)
     model.save_pretrained(folder, safe_serialization=True)
     return model
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """WORKFLOW_BASE run once for the whole session: tests that only read a finished run's
+    outputs share it; a test that changes anything works on a copy (copy_tree)."""
+    workdir = tmp_path_factory.mktemp("finished")
+    run_workflow(workdir, WORKFLOW_BASE)
+    return workdir
 
 
 @pytest.fixture

@@ -13,14 +13,11 @@ from blockscope.planning.job_start import PER_UNIT_RULES
 from blockscope.planning.model_plan import predicted_jobs
 from blockscope.planning.slurm import slurm_request
 
-from conftest import TINY_LLAMA, mtimes, run_workflow
+from conftest import TINY_LLAMA, WORKFLOW_BASE, mtimes, run_workflow
 
 pytestmark = pytest.mark.slow
 
-TINY_GPT2 = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": 128}
-BASE = {"models": {"tiny-llama": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0},
-                   "tiny-gpt2": {"source": "synthetic", "config": TINY_GPT2, "seed": 0}},
-        "device": "cpu", "embedding": {"k_max": 6}, "headmerge": {"enabled": False}, "compress": {"enabled": False}}
+BASE = WORKFLOW_BASE
 
 
 def jobs_run(result):
@@ -30,11 +27,9 @@ def jobs_run(result):
     return {(rule, dict(kv.split("=") for kv in wc.split(", "))["model"]) for rule, wc in rules}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("finished")
-    run_workflow(workdir, BASE)
-    return workdir
+@pytest.fixture
+def finished(finished_run):
+    return finished_run
 
 
 def clone(finished, tmp_path):
