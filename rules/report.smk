@@ -108,7 +108,7 @@ rule model_report:
         precision_csv="results/{model}/precision_alpha_hill.csv",
         embedding="results/{model}/embedding/summary.json",
         deep_dive=lambda w: deep_dive_files(w.model, "parquet"),
-        views=list(layout.DETAIL_TABLES.values()),
+        details=list(layout.DETAIL_TABLES.values()),
         control=control_metrics,
         headmerge=lambda w: headmerge_summaries([w.model]),
         plots=lambda w: model_plot_files(w.model, [EMBEDDED]),  # linked from report.md

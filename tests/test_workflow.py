@@ -246,30 +246,30 @@ def test_tables_plots_and_reports(finished, tmp_path):
                 "plots/precision/layers_000-001.png"]:
         assert (model / png).stat().st_size > 10_000, png
     assert (finished / "results/summary/plots/alpha_by_depth.png").exists()
-    check_notebook_views(model, metrics, report)
+    check_detail_tables(model, metrics, report)
     # the browsable report, built by snakemake itself
     run_workflow(finished, BASE, "--report", str(tmp_path / "report.html"))
     html = (tmp_path / "report.html").read_text()
     assert "tiny-llama" in html and "across models" in html and "heads_heatmap.png" in html
 
 
-def check_notebook_views(model, metrics, report):
+def check_detail_tables(model, metrics, report):
     """The detail tables: tables with their declared columns whose numbers
     agree with the tables they come from, figures, and their report sections."""
-    views = {name: pd.read_csv(model / path.removeprefix("results/{model}/"))
+    details = {name: pd.read_csv(model / path.removeprefix("results/{model}/"))
              for name, path in layout.DETAIL_TABLES.items()}
-    for name, frame in views.items():
+    for name, frame in details.items():
         assert list(frame.columns) == layout.TABLES[name], name
-    assert len(views["heads_by_head"]) == 4 and set(views["heads_by_head"]["rank_class"]) <= {"LOW", "MID", "HIGH"}
-    assert views["heads_by_layer"]["heads"].tolist() == [4, 4]
+    assert len(details["heads_by_head"]) == 4 and set(details["heads_by_head"]["rank_class"]) <= {"LOW", "MID", "HIGH"}
+    assert details["heads_by_layer"]["heads"].tolist() == [4, 4]
     head_dim = pd.read_json(model / "model.json", typ="series")["head_dim"]  # d_head eigenvalues
-    assert views["deep_dive_summary"][["layer", "head", "eigenvalues"]].values.tolist() == [[1, 0, head_dim]]
-    down = views["down_projections"].set_index("matrix")
+    assert details["deep_dive_summary"][["layer", "head", "eigenvalues"]].values.tolist() == [[1, 0, head_dim]]
+    down = details["down_projections"].set_index("matrix")
     stored = metrics[metrics["block_type"] == "down_proj"].set_index("matrix")
     assert sorted(down.index) == sorted(stored.index) and down["layer_index"].tolist() == [0, 1]
     for column in ("sigma_max", "condition_number", *layout.ENERGY_COLUMNS):  # the spectra agree with metrics
         assert np.allclose(down[column], stored.loc[down.index, column], rtol=1e-6), column
-    phases = views["phase_statistics"]
+    phases = details["phase_statistics"]
     assert set(phases["phase"]) == {"early", "middle", "late"} and layout.ALL_TYPES in set(phases["block_type"])
     for png in ["plots/down_proj_variance.png", "plots/precision_categories/category_q_proj.png",
                 "plots/precision_categories/category_down_proj.png"]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from blockscope.aggregation import detail_tables as views
+from blockscope.aggregation import detail_tables as details
 from blockscope.io.atomic import write_csv
 from blockscope.runtime.run_step import run_step
 
@@ -24,16 +24,16 @@ def main(snakemake):
     model, inp, out = snakemake.wildcards.model, snakemake.input, snakemake.output
     metrics, heads = pd.read_parquet(inp.metrics), pd.read_parquet(inp.heads)
     dims = json.loads(Path(inp.dims).read_text())
-    write_csv(views.heatmap_statistics(heads), out.heads_heatmap_statistics)
-    by_head = views.heads_by_head(heads)
+    write_csv(details.heatmap_statistics(heads), out.heads_heatmap_statistics)
+    by_head = details.heads_by_head(heads)
     write_csv(by_head, out.heads_by_head)
-    write_csv(views.heads_by_layer(heads), out.heads_by_layer)
+    write_csv(details.heads_by_layer(heads), out.heads_by_layer)
     tables = {tuple(pair): pd.read_parquet(path) for pair, path in zip(snakemake.params.pairs, inp.deep_dive)}
-    write_csv(views.deep_dive_summaries(tables), out.deep_dive_summary)
+    write_csv(details.deep_dive_summaries(tables), out.deep_dive_summary)
     down_matrices = metrics.loc[metrics["block_type"] == "down_proj", "matrix"].tolist() if len(metrics) else []
-    down = views.down_projections(read_down_spectra(inp.spectra, down_matrices), metrics)
+    down = details.down_projections(read_down_spectra(inp.spectra, down_matrices), metrics)
     write_csv(down, out.down_projections)
-    write_csv(views.phase_statistics(metrics, dims["layers"]), out.phase_statistics)
+    write_csv(details.phase_statistics(metrics, dims["layers"]), out.phase_statistics)
     print(f"[{model}] heads by index: {by_head['rank_class'].value_counts().to_dict()}; "
           f"{len(down)} down projections; {len(tables)} deep dives")
 

@@ -63,7 +63,7 @@ def main(snakemake):
         {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
         list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks), list(inp.files),
         precision_wide=precision_wide, sensitivity_threshold=snakemake.params.sensitivity_threshold,
-        views=dict(zip(DETAIL_TABLES, map(read_csv, inp.views))),
+        details=dict(zip(DETAIL_TABLES, map(read_csv, inp.details))),
         compress=compress_lines(snakemake.wildcards.model, metrics, inp.compress, os.path.dirname(snakemake.output[0]),
                                 snakemake.params.embedded),
         findings=findings(snakemake, metrics, precision_wide))

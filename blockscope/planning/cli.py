@@ -105,9 +105,11 @@ def main(argv=None):
                              "none: this machine only)")
     parser.add_argument("--method", choices=(*METHODS, "auto"), default=DEFAULT_METHOD,
                         help=f"svd_method (default {DEFAULT_METHOD}, the workflow's)")
-    parser.add_argument("--precisions", default="fp32,fp16,bf16")
-    parser.add_argument("--compute-dtype", default="float32")
-    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--precisions", default="fp32,fp16,bf16",
+                        help="the precision sweep's formats, comma-separated (config precision.precisions)")
+    parser.add_argument("--compute-dtype", default="float32", help="the SVD's dtype (config compute_dtype)")
+    parser.add_argument("--cores", type=int, default=os.cpu_count(),
+                        help="cores the jobs share, for the wall-time estimate (default: this machine's)")
     parser.add_argument("--json", "--out", nargs="?", const="-", metavar="PATH",
                         help="write the full plan (plan.json's format, every job) to PATH, or to stdout without one")
     args = parser.parse_args(argv)
@@ -131,7 +133,8 @@ def main(argv=None):
           f"{', '.join(precisions)}; compute dtype {args.compute_dtype})", file=out)
     print("\n".join(describe(label, doc) for label, doc in documents.items()) + "\n", file=out)
     print(plan_table(plans), file=out)
-    print("(s: the predicted seconds of a rule's jobs, summed; peak MB: its largest job's memory)\n", file=out)
+    print("(s: the predicted seconds of a rule's jobs, summed; peak MB: its largest job's host memory, "
+          "what Snakemake's mem_mb requests)\n", file=out)
     print("\n".join(total_lines(label, plans[label], doc, args.cores) for label, doc in documents.items()), file=out)
     if to_stdout:
         sys.stdout.write(json.dumps(document, indent=1, default=str) + "\n")

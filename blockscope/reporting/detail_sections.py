@@ -33,14 +33,14 @@ def figure_link(plots, stem: str, link) -> str:
     return f" Figure: [{os.path.basename(found[0])}]({link(found[0])})." if found else ""
 
 
-def heads_section(views: dict) -> list:
+def heads_section(details: dict) -> list:
     """The heads heatmap in numbers, heads per head index (with LOW / MID / HIGH), per layer."""
-    by_head, by_layer = views.get("heads_by_head"), views.get("heads_by_layer")
+    by_head, by_layer = details.get("heads_by_head"), details.get("heads_by_layer")
     if not has(by_head, "head"):
         return []
     return ["## Attention heads: detail tables", "",
             f"Heatmap statistics over every (layer, head) ({table_link('heads_heatmap_statistics')}):", "",
-            table(views.get("heads_heatmap_statistics", pd.DataFrame())), "",
+            table(details.get("heads_heatmap_statistics", pd.DataFrame())), "",
             "Per head index across layers, QK effective rank: `rank_class` is LOW / MID / HIGH, "
             "below the 25 % / above the 75 % quantile of these per-head means (else MID). The per-(layer, head) "
             "`tag` of the section Attention heads is different: the lowest / highest quartile of the mean of QK and OV "
@@ -50,9 +50,9 @@ def heads_section(views: dict) -> list:
             table(by_layer if by_layer is not None else pd.DataFrame()), ""]
 
 
-def deep_dive_section(views: dict) -> list:
+def deep_dive_section(details: dict) -> list:
     """Each deep-dive head's |lambda| percentiles, real / imaginary ranges, sign counts and milestones."""
-    summary = views.get("deep_dive_summary")
+    summary = details.get("deep_dive_summary")
     if not has(summary, "layer", "head"):
         return []
     return ["### Deep dives: eigenvalue summary", "",
@@ -62,9 +62,9 @@ def deep_dive_section(views: dict) -> list:
             table(summary, 4), ""]
 
 
-def down_projection_section(views: dict, plots, link) -> list:
+def down_projection_section(details: dict, plots, link) -> list:
     """The W_down analysis for every layer."""
-    down = views.get("down_projections")
+    down = details.get("down_projections")
     if down is None:
         return []
     return ["## Down projections (W_down)", "",
@@ -83,9 +83,9 @@ def pivot_section(metrics: pd.DataFrame) -> list:
     return lines
 
 
-def phase_statistics_section(views: dict) -> list:
+def phase_statistics_section(details: dict) -> list:
     """Per-phase statistics of a few metrics per weight type and over all types."""
-    phases = views.get("phase_statistics")
+    phases = details.get("phase_statistics")
     if not has(phases, "metric"):
         return []
     shown = phases[phases["metric"].isin(PHASE_REPORT_METRICS) & (phases["count"] > 0)]  # no empty phase
@@ -95,8 +95,8 @@ def phase_statistics_section(views: dict) -> list:
             table(shown), ""]
 
 
-def view_sections(views: dict, metrics: pd.DataFrame, plots, link) -> list:
-    """Every section of this module, in report order. views: DETAIL_TABLES name -> table."""
-    return [*heads_section(views), *deep_dive_section(views),
-            *down_projection_section(views, plots, link), *pivot_section(metrics),
-            *phase_statistics_section(views)]
+def detail_report_sections(details: dict, metrics: pd.DataFrame, plots, link) -> list:
+    """Every section of this module, in report order. details: DETAIL_TABLES name -> table."""
+    return [*heads_section(details), *deep_dive_section(details),
+            *down_projection_section(details, plots, link), *pivot_section(metrics),
+            *phase_statistics_section(details)]

@@ -13,6 +13,7 @@ import pandas as pd
 
 from blockscope.analysis.heads import NONFINITE_TAG
 from blockscope.layout import ENERGY_COLUMNS, REPORT_METRICS, STATISTICS_ONLY, layer_unit
+from blockscope.reporting.detail_sections import detail_report_sections
 from blockscope.reporting.findings import findings_section
 from blockscope.reporting.markdown import has, table
 from blockscope.reporting.measured_costs import cost_by_rule, costliest_jobs
@@ -181,11 +182,9 @@ def svd_methods(metrics: pd.DataFrame) -> str:
 def model_report(model, dims, metrics, heads, statistics, phases, hints, precision_summary, embedding,
                  deep_dives: dict, plots: list, target_dir, jobs: pd.DataFrame | None = None,
                  files=(), precision_wide: pd.DataFrame | None = None, sensitivity_threshold: float = 0.05,
-                 views: dict | None = None, compress: list = (), findings=()) -> str:
+                 details: dict | None = None, compress: list = (), findings=()) -> str:
     """findings: the sentences of blockscope.reporting.findings that open the report; compress: the lines of
     the compression experiments' section (blockscope.reporting.compression_section.compress_section)."""
-    from blockscope.reporting.detail_sections import view_sections  # imported here: it reuses this module's helpers
-
     link = lambda path: os.path.relpath(path, target_dir)  # noqa: E731
     lines = [f"# {model}: spectral anatomy", "", *findings_section(findings)]
     keys = ["source", "model_type", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
@@ -226,7 +225,7 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
                   f"k = {info['k']} by {info['knee_method']} ({info['algorithm']}, seed {info['seed']}); "
                   f"silhouette at k: {info['silhouette_at_k']:.3f}; row norms: mean {info['norm_mean']:.3f}, "
                   f"median {info['norm_median']:.3f}, max {info['norm_max']:.3f}.", ""]
-    lines += view_sections(views or {}, metrics, plots, link)
+    lines += detail_report_sections(details or {}, metrics, plots, link)
     lines += list(compress)
     lines += ["## Plots", ""] + [f"- [{os.path.basename(p)}]({link(p)})" for p in plots] + [""]
     lines += files_section(list(files), target_dir)
