@@ -22,6 +22,7 @@ import yaml
 from blockscope.layout import all_units
 
 ROOT = Path(__file__).resolve().parent.parent
+FIGURE_FOLDERS = ("precision", "precision_categories", "individual_layers")  # directory() outputs
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
@@ -37,7 +38,12 @@ def prepare(work: Path, models: int, layers: int) -> dict:
         (checkpoint / "source.json").write_text(json.dumps({"source": "synthetic", "seed": m}))
         results = work / "results" / slug
         results.mkdir(parents=True)
-        pd.DataFrame({"param_name": [f"{u}.weight" for u in units], "unit": units, "nbytes": 1 << 20}).to_parquet(
+        pd.DataFrame({"param_name": [f"{u}.weight" for u in units], "unit": units,
+                      "layer_index": pd.array([int(u[6:]) if u.startswith("layer_") else None for u in units],
+                                              dtype="Int64"),
+                      "block_type": ["embedding" if u == "embed" else "other" for u in units],
+                      "shape": [[16, 16]] * len(units), "dtype": "F32", "source_dtype": "F32", "nbytes": 1 << 20,
+                      "file": "model.safetensors", "layout": "out_in"}).to_parquet(
             results / "inventory.parquet")
         (results / "model.json").write_text(json.dumps({"model": slug, "layers": layers, "units": units,
                                                         "architectures": ["LlamaForCausalLM"]}))
@@ -57,11 +63,11 @@ def measure(models, layers):
     prepare(work, models, layers)
     _, planned = snakemake(work, "--dry-run")
     for line in planned.stdout.splitlines():  # create every planned output, empty
-        if line.strip().startswith("output:"):
+        if line.strip().startswith(("output:", "benchmark:")):
             for name in line.split(":", 1)[1].split(","):
-                path = work / name.strip()
+                path = work / name.strip().removesuffix(" (update)")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                if path.name == "precision" and path.parent.name == "plots":
+                if path.parent.name == "plots" and path.name in FIGURE_FOLDERS:
                     path.mkdir(exist_ok=True)
                 else:
                     path.touch()

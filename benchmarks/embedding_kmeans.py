@@ -28,7 +28,7 @@ t = time.perf_counter()
 """
 OURS = SETUP + """
 from blockscope.analysis.embedding import analyse_embedding
-elbow, clusters, points, summary = analyse_embedding(matrix, range(2, 17), seed=0)
+elbow, clusters, points, summary, _tokens = analyse_embedding(matrix, range(2, 17), seed=0)
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base, summary['k'])
 """
 PEER = SETUP + """
