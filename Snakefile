@@ -2,11 +2,12 @@
 # Layout and contracts: see README.md and docs/. This file only wires the stages together.
 
 from snakemake.utils import min_version
+from blockscope.config.config_files import readable_config  # not UTF-8: one line, not a traceback
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: readable_config("config.yaml")
 
 
 report: "report/workflow.rst"
@@ -16,6 +17,7 @@ include: "rules/common.smk"
 include: "rules/resources.smk"
 include: "rules/inputs.smk"
 include: "rules/targets.smk"
+include: "rules/run.smk"
 include: "rules/fetch.smk"
 include: "rules/extract.smk"
 include: "rules/plan.smk"

@@ -134,7 +134,7 @@ REPORT_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "svd_9
 # --- declared columns ---------------------------------------------------------------------------
 
 INVENTORY_COLUMNS = ["param_name", "unit", "layer_index", "block_type", "shape", "dtype", "source_dtype",
-                     "nbytes", "file", "layout"]
+                     "nbytes", "file", "layout", "checksum"]
 IDENTITY_COLUMNS = ["model", "unit", "param_name", "expert", "matrix", "layer_index", "block_type"]
 SPECTRA_COLUMNS = ["model", "unit", "param_name", "expert", "matrix", "index", "sigma"]
 # What a metrics row measures, in order (blockscope.analysis.metrics_row computes exactly these).

@@ -79,23 +79,6 @@ def fetch_inputs(wildcards):
     return {"like": layout.CHECKPOINT.format(model=like)} if like else {}
 
 
-# The run's last lines say which models finished and, for the others, why not.
-RUN_STARTED = time.time()
-
-
-def report_outcomes():
-    for line in summary_lines(MODELS, RUN_STARTED):
-        print(line)
-
-
-onsuccess:
-    report_outcomes()
-
-
-onerror:
-    report_outcomes()
-
-
 # Downloads need the network (login nodes) and aggregation is light: keep them off the queue.
 localrules:
     all,

@@ -1,5 +1,5 @@
 # Per causal LM: the quantisation and pruning plans the spectra suggest, applied and evaluated on
-# the head-merge corpus windows against uniform, mirrored and random controls of the same budget.
+# the base evaluation's corpus windows against uniform, mirrored and random controls of the same budget.
 
 
 rule compress_quant:

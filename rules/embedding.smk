@@ -3,8 +3,7 @@
 
 rule embedding:
     input:
-        embed=layout.per_unit("tensors", "{model}", layout.EMBED),
-        lm_head=layout.per_unit("tensors", "{model}", layout.LM_HEAD),
+        unpack(embedding_inputs),
         inventory=layout.INVENTORY,
         checkpoint=layout.CHECKPOINT,
     output:

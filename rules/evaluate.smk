@@ -1,7 +1,8 @@
 # Per causal LM: the base model scored once on the corpus windows; head merging (and the
 # compression experiments) score their variants against this, never running the base again.
 
-# The keys that change the base evaluation reach it, no others: a new threshold never reruns it.
+# The eval keys that change the base evaluation reach it, no others: a new threshold never
+# reruns it. A model the evaluation cannot score needs no corpus (evaluation_corpus).
 BASE_EVAL_KEYS = (
     "seq_len",
     "max_tokens",
@@ -18,7 +19,7 @@ rule evaluate_base:
     input:
         checkpoint=layout.CHECKPOINT,
         dims=layout.MODEL_JSON,
-        corpus=layout.CORPUS,
+        corpus=evaluation_corpus,
     output:
         base=layout.EVAL_BASE,
         windows=layout.EVAL_BASE_WINDOWS,
@@ -34,7 +35,7 @@ rule evaluate_base:
         gpu=GPU_CLAIM,
         mem_mb=12000,
     params:
-        settings={key: config["headmerge"][key] for key in BASE_EVAL_KEYS},
+        settings={key: EVALUATION[key] for key in BASE_EVAL_KEYS},
         device=BACKEND,
         code=code("evaluate_base"),
     script:

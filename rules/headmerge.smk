@@ -1,4 +1,5 @@
-# Per causal LM: merge similar heads at each threshold, evaluate on WikiText-2 against controls.
+# Per causal LM: merge similar heads at each threshold, evaluate on the corpus (eval) against
+# controls. fetch_corpus runs only when some model will be evaluated (evaluation_corpus).
 
 
 rule fetch_corpus:
@@ -11,7 +12,7 @@ rule fetch_corpus:
     conda:
         "../envs/blockscope.yaml"
     params:
-        corpus=config["headmerge"]["corpus"],
+        corpus=EVALUATION["corpus"],
         code=code("fetch_corpus"),
     script:
         "../workflow_scripts/fetch_corpus.py"
@@ -40,11 +41,14 @@ rule headmerge:
     params:
         # headmerge.layers only when set: runs from before the key existed stay up to date;
         # kl_cache_mb no more (the base evaluation's file replaced that cache); plot_layers
-        # only chooses what headmerge_plots draws
+        # only chooses what headmerge_plots draws; of the eval keys, those it scores with
         settings={
-            k: v
-            for k, v in config["headmerge"].items()
-            if (k != "layers" or v is not None) and k not in ("kl_cache_mb", "plot_layers")
+            **{
+                k: v
+                for k, v in HEADMERGE.items()
+                if (k != "layers" or v is not None) and k not in ("kl_cache_mb", "plot_layers")
+            },
+            **{key: EVALUATION[key] for key in ("batch_size", "dtype", "bootstrap")},
         },
         device=BACKEND,
         code=code("headmerge"),

@@ -1,11 +1,53 @@
 # Input functions: the selection's units, the manifests read after the inventory checkpoint,
 # figure and table lists of the report, head-merge and compression inputs.
+from blockscope.errors import BlockscopeError
+from blockscope.io.manifests import read_inventory, read_model_json
+
+# A model's manifests (model.json, inventory.parquet) are read here only, once per change of
+# either file, and checked: a damaged one is named once, with its fix, and costs only its model
+# (rule all leaves the model out), never the DAG of the others.
+BROKEN_MANIFESTS = {}  # model -> its BlockscopeError
+
+
+def manifest_stamp(model):
+    """(mtime_ns, size) of both manifest files; FileNotFoundError while either is missing."""
+    paths = (layout.MODEL_JSON.format(model=model), layout.INVENTORY.format(model=model))
+    return tuple((stat.st_mtime_ns, stat.st_size) for stat in map(os.stat, paths))
+
+
+@functools.cache
+def _read_manifest(model, stamp):
+    dims = read_model_json(layout.MODEL_JSON.format(model=model), model)
+    return dims, read_inventory(layout.INVENTORY.format(model=model), model)
+
+
+def read_manifest(model):
+    """(model.json, the inventory as an Arrow table) of a model, checked (blockscope.io.manifests).
+    FileNotFoundError while either is not written; BlockscopeError for a damaged one, printed once."""
+    try:
+        return _read_manifest(model, manifest_stamp(model))
+    except BlockscopeError as exc:
+        if model not in BROKEN_MANIFESTS:
+            print(f"ERROR {exc}", file=sys.stderr)
+        BROKEN_MANIFESTS[model] = exc
+        raise
+
+
+def broken_manifest(model):
+    """The error of a model whose manifests are written but damaged; None if they are fine or not written."""
+    try:
+        read_manifest(model)
+    except FileNotFoundError:
+        return None
+    except BlockscopeError as exc:
+        return exc
+    return None
 
 
 def model_dims(model):
     """model.json of a model (evaluates the inventory checkpoint)."""
-    with open(checkpoints.inventory.get(model=model).output.dims) as fh:
-        return json.load(fh)
+    checkpoints.inventory.get(model=model)
+    return read_manifest(model)[0]
 
 
 def model_selection(model):
@@ -15,10 +57,7 @@ def model_selection(model):
 
 @functools.cache
 def _selected(model, stamp, layers):
-    import pyarrow.parquet as pq
-
-    path = layout.INVENTORY.format(model=model)
-    inventory = pq.read_table(path, columns=["param_name", "unit", "layer_index"]).to_pandas()
+    inventory = read_manifest(model)[1].select(["param_name", "unit", "layer_index", "shape"]).to_pandas()
     try:
         return select.selected_units(inventory, model_selection(model), layers, model=model, path="config.yaml")
     except select.BlockscopeError as exc:
@@ -31,7 +70,7 @@ def selected(model, dims=None):
     when the selection names a missing layer or matches nothing. dims: the model's model.json when
     read without the checkpoint (rule all), else the checkpoint is evaluated."""
     dims = dims or model_dims(model)
-    return _selected(model, os.path.getmtime(layout.INVENTORY.format(model=model)), dims["layers"])
+    return _selected(model, manifest_stamp(model), dims["layers"])
 
 
 def units(model, dims=None):
@@ -59,6 +98,17 @@ def layer_file(kind):
     return lambda wildcards: layout.per_unit(kind, wildcards.model, layout.layer_unit(int(wildcards.layer)))
 
 
+def embedding_inputs(wildcards):
+    """Input: the tensors of the units that hold what the embedding analysis reads (the token
+    embedding, an untied output head), whatever the selection; none of a unit without such a
+    tensor (an encoder's or a tied model's lm_head), so the DAG asks for no job it has no use for."""
+    model = wildcards.model
+    model_dims(model)  # evaluates the inventory checkpoint
+    columns = ["param_name", "unit", "block_type", "shape", "nbytes"]
+    inventory = read_manifest(model)[1].select(columns).to_pandas()
+    return {unit: layout.per_unit("tensors", model, unit) for unit in select.embedding_tensors(inventory)}
+
+
 def deep_dive_heads(model, dims=None):
     """[layer, head] pairs of the deep dive: the config's, else the middle layer's head 0; with a
     selection, only pairs of selected layers (the default: the middle selected layer)."""
@@ -79,7 +129,9 @@ CONTROLS = {m: s["like"] for m, s in MODELS.items() if s["source"] == "synthetic
 
 
 def control_metrics(wildcards):
-    return [layout.METRICS.format(model=twin) for twin, of in CONTROLS.items() if of == wildcards.model][:1]
+    """The random twin's metrics; none while the twin's manifest is damaged (it costs only the twin)."""
+    twins = [twin for twin, of in CONTROLS.items() if of == wildcards.model][:1]
+    return [layout.METRICS.format(model=twin) for twin in twins if not broken_manifest(twin)]
 
 
 FORMATS = config["report"]["formats"]
@@ -162,6 +214,18 @@ def summary_plot_files(formats=None):
 
 
 HEADMERGE = config["headmerge"]
+EVALUATION = config["eval"]  # the corpus and windows the base evaluation, head merging and compression share
+
+
+def evaluation_corpus(wildcards):
+    """Input of evaluate_base: the corpus, for a model the evaluation can score. A model it cannot
+    (an encoder, no tokenizer: loading.skip_reason, known once its checkpoint is inventoried)
+    writes its skipped record without it, so it never waits on fetch_corpus, and a corpus that
+    cannot be fetched (offline, no file) costs only the models that need it."""
+    from blockscope.evaluation.loading import skip_reason
+
+    dims = model_dims(wildcards.model)
+    return [] if skip_reason(dims, layout.CHECKPOINT.format(model=wildcards.model)) else layout.CORPUS
 
 
 def headmerge_dims(wildcards):
@@ -222,7 +286,7 @@ def compress_evaluation():
     near chance to be worth perturbing."""
     keys = ("batch_size", "dtype", "bootstrap")
     return {
-        **{key: config["headmerge"][key] for key in keys},
+        **{key: EVALUATION[key] for key in keys},
         "min_bits_over_chance": COMPRESS["min_bits_over_chance"],
         "max_tokens": COMPRESS["gpu_max_tokens" if BACKEND == "cuda" else "max_tokens"],
     }

@@ -1,4 +1,5 @@
 # Resource requests and priorities of the per-unit jobs, from the cost model's prediction.
+import errno
 
 # What each per-unit job will cost (blockscope.planning): priced from the inventory with this
 # machine's measured throughput (cached per machine), or for device cuda without a visible GPU
@@ -20,26 +21,27 @@ def plan_options():
 
 
 @functools.cache
-def _predicted_jobs(model, stamp, whole=False):
-    with open(layout.MODEL_JSON.format(model=model)) as fh:
-        dims = json.load(fh)
-    return predicted_jobs(
-        layout.INVENTORY.format(model=model), dims, None if whole else selected(model, dims), **plan_options()
-    )
+def _predicted_jobs(model, stamp):
+    dims = read_manifest(model)[0]
+    return predicted_jobs(layout.INVENTORY.format(model=model), dims, selected(model, dims), **plan_options())
 
 
 def predicted_job(model, rule, unit):
     """The cost model's Job (seconds, mem_mb) of one per-unit job (re-priced when the inventory
-    changes). A job outside `select` (the embedding analysis extracts `embed` whatever the
-    selection) is priced on the whole unit."""
-    stamp = os.path.getmtime(layout.INVENTORY.format(model=model))
-    jobs = _predicted_jobs(model, stamp)
-    return jobs[unit, rule] if (unit, rule) in jobs else _predicted_jobs(model, stamp, whole=True)[unit, rule]
+    changes). Every unit of the model has a price (predicted_jobs): a unit outside `select` (the
+    embedding analysis extracts embed and lm_head whatever the selection) is priced whole."""
+    try:
+        stamp = manifest_stamp(model)
+    except FileNotFoundError:  # not inventoried yet, or a manifest deleted to be rebuilt: Snakemake's <TBD>
+        # for an input not there yet (the inventory is one of every priced job), priced once it is
+        raise FileNotFoundError(errno.ENOENT, "not inventoried yet", layout.INVENTORY.format(model=model)) from None
+    return _predicted_jobs(model, stamp)[unit, rule]
 
 
 def predicted(rule, resource):
     """A per-unit rule's SLURM request (runtime in minutes or mem_mb): the cost model's
-    prediction x plan.safety, growing with each retry (attempt 1, 2, ...)."""
+    prediction x plan.safety, growing with each retry (attempt 1, 2, ...); <TBD> while the model
+    is not inventoried (Snakemake asks again when the job is ready to start)."""
 
     def request(wildcards, attempt):
         job = predicted_job(wildcards.model, rule, wildcards.unit)

@@ -1,4 +1,5 @@
 # The default target's files: every model's files up to its report, and the benchmark files.
+from blockscope.io.tables import damaged, parquet_damage
 
 # Rules that run once per unit, and once per model, with a benchmark file each (the report's
 # "where the time went" reads them all).
@@ -62,15 +63,37 @@ def inventoried_model_files(model):
     never is). A model still to be inventoried needs no file list here: its report reaches
     every file through its own inputs. An inventoried one lists them, so that a deleted
     intermediate file is made again (Snakemake does not rebuild the missing inputs of a job
-    that is up to date)."""
-    path = layout.MODEL_JSON.format(model=model)
-    if not (os.path.exists(path) and os.path.exists(layout.INVENTORY.format(model=model))):
+    that is up to date), and a damaged one is named (name_damaged_files)."""
+    try:
+        dims = read_manifest(model)[0]
+    except FileNotFoundError:
         return []
-    with open(path) as fh:
-        return model_files(model, json.load(fh))
+    files = model_files(model, dims)
+    name_damaged_files(files)
+    return files
+
+
+NAMED_DAMAGED = set()
+
+
+def name_damaged_files(files):
+    """One line, once, for each of `files` that is there but cannot be a whole Parquet file (its
+    first and last bytes: cheap enough for every file of every model): the job that reads it
+    fails on it, and a file that no job of this run reads would otherwise stay unnoticed."""
+    for path in files:
+        try:
+            why = path.endswith(".parquet") and path not in NAMED_DAMAGED and parquet_damage(path)
+        except FileNotFoundError:
+            continue
+        if why:
+            NAMED_DAMAGED.add(path)
+            print(f"ERROR {damaged(path, why)}", file=sys.stderr)
 
 
 def per_model_targets(model):
+    """A model's targets; none while its manifest is damaged (read_manifest names the file and the fix)."""
+    if broken_manifest(model):
+        return []
     return [
         layout.REPORT.format(model=model),
         layout.PLAN.format(model=model),
@@ -81,12 +104,16 @@ def per_model_targets(model):
 
 
 def all_targets(wildcards):
-    return [target for model in MODELS for target in per_model_targets(model)] + [
+    """Every model's targets, and the cross-model files unless a model's manifest is damaged (they
+    read every model's tables)."""
+    cross = [
         f"{layout.SUMMARY}/metrics.parquet",
         f"{layout.SUMMARY}/depth_comparison.csv",
         *summary_plot_files(),
         layout.SUMMARY_REPORT,
     ]
+    broken = [model for model in MODELS if broken_manifest(model)]
+    return [target for model in MODELS for target in per_model_targets(model)] + ([] if broken else cross)
 
 
 def finished_reports():

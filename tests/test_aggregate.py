@@ -15,7 +15,10 @@ import yaml
 
 from blockscope import layout
 from blockscope.aggregation import model_tables as agg
+from blockscope.analysis.anatomy import unit_tables
 from blockscope.compression import hints as qh
+from blockscope.io.tables import write_table
+from blockscope.io.tensors import write_unit
 
 NAN = float("nan")
 ROOT = Path(__file__).resolve().parent.parent
@@ -585,3 +588,45 @@ def test_depth_comparison_bins_every_layer_by_exact_arithmetic(layers):
     for layer in range(layers):
         expected.setdefault(min(10 * layer // layers, 9) / 10, []).append(float(layer))
     assert dict(zip(got["depth_bin"], got["alpha"])) == {b: np.mean(v) for b, v in expected.items()}
+
+
+# --- a model with no weight matrix: every table with its headers, no KeyError ---------------------
+
+def _statistics_only_metrics(tmp_path):
+    """A real per-unit metrics file of 1-D parameters only (the anatomy's tables on written tensors),
+    read back as rule aggregate reads it."""
+    tensors = {"model.layers.0.input_layernorm.weight": np.ones(8, np.float32),
+               "model.layers.0.mlp.up_proj.bias": np.linspace(-1, 1, 8).astype(np.float32)}
+    path = tmp_path / "layer_000.tensors.parquet"
+    write_unit(((name, "F32", array) for name, array in tensors.items()), path)
+    inventory = pd.DataFrame({"param_name": list(tensors), "unit": "layer_000", "layer_index": 0,
+                              "block_type": ["norm", "up_proj"], "shape": [[8], [8]], "dtype": "F32",
+                              "source_dtype": "F32", "layout": "out_in"})
+    metrics, spectra = unit_tables("m", "layer_000", path, inventory)
+    assert spectra.num_rows == 0  # nothing has a spectrum
+    write_table(metrics, tmp_path / "layer_000.parquet")
+    return pd.read_parquet(tmp_path / "layer_000.parquet")
+
+
+@pytest.mark.parametrize("kind", ["1-D parameters only", "no row at all"])
+def test_a_metrics_table_without_a_spectral_row_gives_every_table_with_its_headers(tmp_path, kind):
+    """What rule aggregate writes for a model with no weight matrix: the statistics and phase tables
+    empty with their declared columns (the line that printed the alpha phases read `metric`), and
+    every 1-D row kept as stored, with no format suggested."""
+    frames = [_statistics_only_metrics(tmp_path)] if kind == "1-D parameters only" else []
+    dims = {"model": "m", "model_id": "m", "revision": None, "layers": 2}
+    metrics = agg.with_provenance(agg.stack(frames, layout.METRICS_COLUMNS), dims)
+    assert len(metrics) == (2 if frames else 0) and set(metrics["status"]) <= {layout.STATISTICS_ONLY}
+    statistics = agg.statistics_by_type(metrics)
+    phases = agg.phase_analysis(metrics, dims["layers"])
+    assert statistics.columns.tolist() == STATISTICS_COLUMNS and len(statistics) == 0
+    assert phases.columns.tolist() == PHASE_COLUMNS and len(phases) == 0
+    assert len(phases[phases["metric"] == "alpha"]) == 0
+    hints = qh.quantization_hints(metrics, ALPHA_PRUNING)
+    assert list(hints["decision"]) == ["keep"] * len(metrics)
+    assert list(hints["reason"]) == [layout.STATISTICS_ONLY] * len(metrics)
+    assert hints["suggested_format"].isna().all()
+    exported = json.loads(json.dumps(qh.quantization_config("m", hints, ALPHA_PRUNING), allow_nan=False))
+    assert [entry["format"] for entry in exported["parameters"].values()] == [None] * len(metrics)
+    across = metrics.assign(relative_depth=agg.relative_depth(metrics, {"m": 2}))
+    assert len(agg.depth_comparison(across)) == 0

@@ -1,24 +1,30 @@
 """Issue #11, nothing wrong passes as a number: crafted safetensors headers, tensors that hold
-no weight matrix, local checkpoints that change or break, temporary folders of killed fetches."""
+no weight matrix, local checkpoints that change or break, temporary folders of killed fetches.
+Issue #26: a checkpoint edited in place with its mtime set back, config.json against the stored
+tensors, errors that name the user's config.json."""
 
+import hashlib
 import json
+import os
 import struct
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 from safetensors import SafetensorError, safe_open
 
+from blockscope import read_unit
 from blockscope.analysis.anatomy import analyse_unit, precision_sweep
 from blockscope.analysis.matrices import matrices_of
-from blockscope.checkpoint.inventory import build_inventory
-from blockscope.checkpoint.sources import fetch
+from blockscope.checkpoint.inventory import build_inventory, config_file, model_dims, read_config
+from blockscope.checkpoint.sources import fetch, local_fingerprint
 from blockscope.errors import BlockscopeError
-from blockscope.io.safetensors_file import read_header
+from blockscope.io.safetensors_file import read_header, tensor_view
 from blockscope.io.tensors import extract_unit, write_unit
 from blockscope.layout import METRICS_COLUMNS, PRECISION_COLUMNS, STATISTICS_ONLY
 
-from conftest import TINY_LLAMA, save_tiny
+from conftest import TINY_GPT2, TINY_LLAMA, save_tiny
 
 
 def write_safetensors(path, header, data: bytes):
@@ -266,7 +272,137 @@ def test_extract_checks_the_file_against_the_inventory(local_checkpoint, tmp_pat
         extract_unit(canonical, rows, tmp_path / "unit.parquet", model="mine")
     message = str(info.value)
     assert message.startswith(f"[mine] {user / 'model.safetensors'}: tensor ")
-    assert "the file changed after the inventory" in message and not (tmp_path / "unit.parquet").exists()
+    assert message.endswith(": the checkpoint changed since the inventory. Fix: delete "
+                            "results/mine/inventory.parquet and rerun, so that the whole model is recomputed from "
+                            "the current file.")
+    assert not (tmp_path / "unit.parquet").exists()
+
+
+# --- a checkpoint edited in place, its mtime set back (#26) -----------------------------------
+
+def edit_in_place(path, offset: int, data: bytes):
+    """Overwrite bytes of `path` at `offset` and set its atime and mtime back, as `touch -r` or
+    rsync -t would: its size and mtime stay those the fetch saw."""
+    before = path.stat()
+    time.sleep(0.02)  # file times tick with the kernel's clock: let the edit's ctime differ from the save's
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def blake2b_64(data: bytes) -> str:
+    """The inventory's checksum of a tensor of at most 64 KiB, computed here from its bytes."""
+    return hashlib.blake2b(len(data).to_bytes(8, "little") + data, digest_size=8).hexdigest()
+
+
+def test_an_edit_with_its_mtime_set_back_is_seen_and_never_mixed(local_checkpoint, tmp_path):
+    user, canonical = local_checkpoint
+    weights, name = user / "model.safetensors", "model.layers.0.self_attn.q_proj.weight"
+    inventory = build_inventory(canonical, model="mine")
+    fetched = json.loads((canonical / "source.json").read_text())["fingerprint"]
+    assert local_fingerprint(user) == fetched
+    info = read_header(weights)[name]
+    stored = np.array(tensor_view(weights, info))
+    edited = stored + np.float32(1)
+    edit_in_place(weights, info.begin, edited.tobytes())
+    # the DAG sees it: the fetch param (name, size, mtime, ctime) moves, so this model is fetched again
+    assert local_fingerprint(user) != fetched
+    # without that rerun (a run started before the edit, --rerun-triggers mtime), extraction refuses
+    recorded = inventory.set_index("param_name").loc[name, "checksum"]
+    assert recorded == blake2b_64(stored.tobytes())
+    rows = inventory[inventory["unit"] == "layer_000"]
+    with pytest.raises(BlockscopeError) as raised:
+        extract_unit(canonical, rows, tmp_path / "layer_000.parquet", model="mine",
+                     inventory="results/mine/inventory.parquet")
+    assert str(raised.value) == (
+        f"[mine] {weights}: tensor '{name}' does not hold the bytes the inventory recorded (checksum "
+        f"{blake2b_64(edited.tobytes())}, recorded {recorded}): the checkpoint changed since the inventory. "
+        "Fix: delete results/mine/inventory.parquet and rerun, so that the whole model is recomputed from the "
+        "current file.")
+    assert not (tmp_path / "layer_000.parquet").exists()  # nothing half-written, nothing mixed
+    # a unit the edit did not touch extracts as before
+    extract_unit(canonical, inventory[inventory["unit"] == "layer_001"], tmp_path / "layer_001.parquet", model="mine")
+    # the fix: a new inventory, from which the unit holds the edited bytes
+    fresh = build_inventory(canonical, model="mine")
+    extract_unit(canonical, fresh[fresh["unit"] == "layer_000"], tmp_path / "layer_000.parquet", model="mine")
+    assert np.array_equal(read_unit(tmp_path / "layer_000.parquet", names=[name])[name], edited)
+
+
+def test_the_checksum_of_a_large_tensor_samples_it_end_to_end(tmp_path):
+    """A tensor over 64 KiB: 32 blocks of 2 KiB from its first byte to its last; an edit of its
+    first or last bytes, or of 1/31 of it anywhere, is refused."""
+    from safetensors.numpy import save_file
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((620, 600)).astype(np.float32)  # 1,488,000 bytes
+    save_file({"model.layers.0.mlp.down_proj.weight": weight}, tmp_path / "model.safetensors")
+    path, name = tmp_path / "model.safetensors", "model.layers.0.mlp.down_proj.weight"
+    inventory = build_inventory(tmp_path, model="m")
+    data, last = weight.tobytes(), weight.nbytes - 2048
+    sampled = b"".join(data[i * last // 31:i * last // 31 + 2048] for i in range(32))
+    assert inventory.loc[0, "checksum"] == hashlib.blake2b(weight.nbytes.to_bytes(8, "little") + sampled,
+                                                           digest_size=8).hexdigest()
+    begin = read_header(path)[name].begin
+    for offset, size in [(0, 4), (weight.nbytes - 4, 4), (300 * 2400, 20 * 2400)]:  # 20 of 620 rows > 1/31
+        edit_in_place(path, begin + offset, bytes(size))
+        with pytest.raises(BlockscopeError, match="the checkpoint changed since the inventory"):
+            extract_unit(tmp_path, inventory, tmp_path / "unit.parquet", model="m")
+        edit_in_place(path, begin + offset, data[offset:offset + size])  # restored: extraction passes again
+        extract_unit(tmp_path, inventory, tmp_path / "unit.parquet", model="m")
+    assert np.array_equal(read_unit(tmp_path / "unit.parquet")[name], weight)
+
+
+# --- config.json against the tensors as stored (#26) ------------------------------------------
+
+def test_a_tied_config_with_a_stored_head_is_reported_and_the_tensors_win(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    user = tmp_path / "user ckpt"
+    save_tiny("LlamaForCausalLM", TINY_LLAMA, user)  # tie_word_embeddings false: its own lm_head.weight
+    config = json.loads((user / "config.json").read_text())
+    (user / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    canonical = tmp_path / "resources/models/mine"
+    fetch("mine", {"source": "local", "path": str(user)}, canonical)
+    inventory = build_inventory(canonical, model="mine")
+    dims = model_dims(read_config(canonical, "mine"), inventory, model="mine", path=config_file(canonical))
+    assert config_file(canonical) == user / "config.json"  # the user's file, not the copy
+    assert dims["tied_embeddings"] is False and "lm_head" in dims["units"]
+    assert dims["warnings"] == [
+        "config.json sets tie_word_embeddings: true, but the checkpoint stores its own output head lm_head.weight "
+        "(not a copy of the embedding model.embed_tokens.weight: transformers, too, keeps such a head untied); "
+        "blockscope analyses the tensors as stored: the head is analysed as unit lm_head and model.json says "
+        "tied_embeddings: false"]
+    # a head saved as a copy of the embedding: the same bytes, by the checksums
+    weights = load_file(user / "model.safetensors")
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"].copy()
+    save_file(weights, user / "model.safetensors")
+    dims = model_dims(read_config(canonical), build_inventory(canonical), model="mine")
+    assert dims["warnings"][0].startswith(
+        "config.json sets tie_word_embeddings: true, but the checkpoint stores its own output head lm_head.weight "
+        "(the same bytes as the embedding model.embed_tokens.weight, by the inventory's checksums); ")
+    # config and tensors agree: no warning (an untied head; a tied GPT-2 stores no head)
+    (canonical / "config.json").write_text(json.dumps(config))  # as fetch copies the user's
+    assert model_dims(read_config(canonical), build_inventory(canonical))["warnings"] == []
+    save_tiny("GPT2LMHeadModel", TINY_GPT2, tmp_path / "gpt2")
+    gpt2 = model_dims(read_config(tmp_path / "gpt2"), build_inventory(tmp_path / "gpt2"))
+    assert gpt2["warnings"] == [] and gpt2["tied_embeddings"] is True
+
+
+def test_a_config_missing_a_dimension_names_the_users_config(local_checkpoint):
+    user, canonical = local_checkpoint
+    config = json.loads((canonical / "config.json").read_text())
+    del config["num_hidden_layers"]
+    (canonical / "config.json").write_text(json.dumps(config))  # the copy fetch made of the user's file
+    with pytest.raises(BlockscopeError) as raised:
+        model_dims(read_config(canonical, "mine"), build_inventory(canonical, model="mine"), model="mine",
+                   path=config_file(canonical))
+    assert str(raised.value) == (
+        f"[mine] {user / 'config.json'}: config.json lacks layers (num_hidden_layers or n_layer or num_layers or "
+        "n_layers). Fix: use the model's original transformers config.json.")
 
 
 # --- a killed fetch leaves no temporary folder ------------------------------------------------
@@ -347,6 +483,53 @@ def test_a_changed_local_checkpoint_reruns_that_model_alone(tmp_path):
     assert np.array_equal(read_unit(work / "results/mine/tensors/layer_000.parquet", names=[name])[name], weights[name])
     source = json.loads((work / "resources/models/mine/source.json").read_text())
     assert source["fingerprint"] == local_fingerprint(user)
+
+    # #26: an edit in place with size and mtime kept is seen too (the fetch param holds the ctime)
+    path = user / "model.safetensors"
+    edited = weights[name] + 1
+    edit_in_place(path, read_header(path)[name].begin, edited.tobytes())
+    assert planned() == {("fetch", "mine"), ("inventory", "mine"), ("extract", "mine")}
+    # a run that does not refetch (--rerun-triggers mtime) and re-extracts one unit refuses to mix
+    (work / "results/mine/tensors/layer_000.parquet").unlink()
+    failed = run_workflow(work, config, *targets, "--rerun-triggers", "mtime", check=False)
+    error = (f"ERROR [mine] {path}: tensor '{name}' does not hold the bytes the inventory recorded (checksum "
+             f"{blake2b_64(edited.tobytes())}, recorded {blake2b_64(weights[name].tobytes())}): the checkpoint "
+             "changed since the inventory. Fix: delete results/mine/inventory.parquet and rerun, so that the whole "
+             "model is recomputed from the current file.")
+    assert failed.returncode != 0 and error in failed.stderr.splitlines()
+    assert not (work / "results/mine/tensors/layer_000.parquet").exists()
+    # the fix the line gives
+    (work / "results/mine/inventory.parquet").unlink()
+    run_workflow(work, config, *targets)
+    assert planned() == set()
+    assert np.array_equal(read_unit(work / "results/mine/tensors/layer_000.parquet", names=[name])[name], edited)
+
+
+@pytest.mark.slow
+def test_the_inventory_names_the_users_config_in_its_warnings_and_errors(tmp_path):
+    """#26, in a real run: a tied config with a stored head gets a WARNING line in the inventory
+    log and in model.json; a config that lacks a dimension fails with the user's config.json."""
+    from conftest import run_workflow
+
+    tied, broken = tmp_path / "tied ckpt", tmp_path / "broken ckpt"
+    for folder, change in [(tied, {"tie_word_embeddings": True}), (broken, {"num_hidden_layers": None})]:
+        save_tiny("LlamaForCausalLM", TINY_LLAMA, folder)
+        config = {**json.loads((folder / "config.json").read_text()), **change}
+        (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    config = {"models": {"tied": {"source": "local", "path": str(tied)},
+                         "broken": {"source": "local", "path": str(broken)}},
+              "device": "cpu", "headmerge": {"enabled": False}, "compress": {"enabled": False}}
+    work = tmp_path / "work"
+    run = run_workflow(work, config, "results/tied/model.json", "results/broken/model.json", check=False)
+    assert run.returncode != 0
+    assert (f"ERROR [broken] {broken / 'config.json'}: config.json lacks layers (num_hidden_layers or n_layer or "
+            "num_layers or n_layers). Fix: use the model's original transformers config.json.") in run.stderr
+    dims = json.loads((work / "results/tied/model.json").read_text())
+    assert dims["tied_embeddings"] is False and len(dims["warnings"]) == 1
+    log = (work / "logs/tied/inventory.log").read_text().splitlines()
+    assert f"WARNING [tied] {tied / 'config.json'}: {dims['warnings'][0]}" in log
+    assert dims["warnings"][0].startswith("config.json sets tie_word_embeddings: true, but the checkpoint stores "
+                                          "its own output head lm_head.weight (not a copy of the embedding ")
 
 
 def test_a_symlinked_file_outside_a_fetched_checkpoint_is_named_where_it_leads(tmp_path):

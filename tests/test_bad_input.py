@@ -81,3 +81,92 @@ def test_defaults_are_filled_per_source():
     assert config["device"] == "auto" and config["precision"]["precisions"] == ["fp32", "fp16", "bf16"]
     assert config["models"]["a"] == {"source": "hf", "repo_id": "x/y", "revision": "main"}
     assert config["models"]["b"]["seed"] == 0 and "revision" not in config["models"]["b"]
+
+
+# --- issue 26: a key given twice, a config that is not UTF-8, typed --config values -------------
+
+def _dry_run(workdir, *args):
+    """snakemake --dry-run of the real Snakefile in workdir, on whatever config.yaml it holds."""
+    import os
+    import subprocess
+
+    from conftest import SNAKEMAKE
+
+    command = [str(SNAKEMAKE), "--dry-run", *args, "--snakefile", str(ROOT / "Snakefile"), "--directory",
+               str(workdir), "--cores", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return result.returncode, (result.stdout + result.stderr).splitlines()
+
+
+def _base_yaml():
+    import yaml
+
+    from conftest import WORKFLOW_BASE
+
+    return yaml.safe_dump(WORKFLOW_BASE, sort_keys=False)
+
+
+@pytest.mark.slow
+def test_two_models_blocks_stop_the_run_with_one_line(tmp_path):
+    text = _base_yaml()
+    (tmp_path / "config.yaml").write_text(text + "models:\n  other:\n    source: hf\n    repo_id: x/y\n")
+    second = len(text.splitlines()) + 1
+    returncode, lines = _dry_run(tmp_path)
+    assert returncode != 0
+    assert (f"config.yaml: config key models is given twice (lines 1 and {second}); YAML keeps only the last, so "
+            "what line 1 set is silently dropped. Fix: keep one models: entry at that level (merge the two if both "
+            "hold settings you want).") in lines, lines
+
+
+@pytest.mark.slow
+def test_a_latin1_config_stops_the_run_with_one_line(tmp_path):
+    text = _base_yaml()
+    (tmp_path / "config.yaml").write_bytes((text + "# résumé of the run\n").encode("latin-1"))
+    returncode, lines = _dry_run(tmp_path)
+    assert returncode != 0
+    assert (f"config.yaml: line {len(text.splitlines()) + 1}, column 4 is not UTF-8 (byte 0xe9); Snakemake reads "
+            "config files as UTF-8. Fix: save it as UTF-8 (from latin-1: iconv -f latin1 -t utf-8 config.yaml > "
+            "config.yaml.utf8 && mv config.yaml.utf8 config.yaml).") in lines, lines
+    assert not any("UnicodeDecodeError" in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_nested_config_values_take_the_schema_types(finished_run, tmp_path):
+    """--config 'embedding={k_max: 6}' is the run's own 6, not the text '6': it plans what the file alone plans
+    (nothing, in a tree nobody edits); 'embedding={k_max: 5}' plans what k_max: 5 in the file plans."""
+    import shutil
+
+    import yaml
+
+    from conftest import WORKFLOW_BASE
+
+    def planned(*args):
+        returncode, lines = _dry_run(work, *args)
+        assert returncode == 0, lines
+        return sorted(line for line in lines if line.startswith("rule "))
+
+    def write_k_max(k_max):
+        config = {**WORKFLOW_BASE, "embedding": {"k_max": k_max}}
+        (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    work = tmp_path / "work"
+    shutil.copytree(finished_run, work, symlinks=True)
+    assert planned("--config", "embedding={k_max: 6}") == planned()
+    write_k_max(5)
+    five_in_file = planned()
+    write_k_max(6)
+    assert planned("--config", "embedding={k_max: 5}") == five_in_file
+    assert five_in_file.count("rule embedding:") == 2  # params changed: one job per model
+    returncode, lines = _dry_run(work, "--config", "embedding={k_max: 6x}")
+    assert returncode != 0
+    assert ("--config on the command line: config key embedding.k_max: '6x' is not an integer. Fix: give an integer "
+            "in the --config value, e.g. --config 'embedding={k_max: 8}'.") in lines, lines
+
+
+@pytest.mark.slow
+def test_a_dotted_config_key_is_refused_by_snakemake_itself(tmp_path):
+    """What docs/configuration.md says: Snakemake's parser refuses embedding.k_max=8 before blockscope runs."""
+    (tmp_path / "config.yaml").write_text(_base_yaml())
+    returncode, lines = _dry_run(tmp_path, "--config", "embedding.k_max=8")
+    assert returncode != 0
+    assert "ValueError: Invalid config definition: Config entry must start with a valid identifier." in lines, lines

@@ -409,3 +409,184 @@ def test_a_selection_global_and_per_model_is_valid():
 def test_a_bad_selection_names_the_key(config, message):
     got = refusal(config)
     assert got == message if message.endswith(".") else message in got, got
+
+
+# --- 8. the raw files: a key given twice, text that is not UTF-8 --------------------------------
+
+LLAMA_YAML = "    source: synthetic\n    config: {model_type: llama, hidden_size: 64, num_hidden_layers: 2}\n"
+
+
+def _refused_file(tmp_path, monkeypatch, name, text) -> str:
+    """The refusal of the config that Snakemake reads from file `name` (PyYAML: the last of two keys wins)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).write_text(text)
+    config = yaml.safe_load(text)
+    return refusal(config, configfiles=[name])
+
+
+def test_two_models_blocks_are_refused_with_their_lines(tmp_path, monkeypatch):
+    text = f"models:\n  tiny:\n{LLAMA_YAML}embedding:\n  k_max: 8\nmodels:\n  other:\n{LLAMA_YAML}"
+    assert list(yaml.safe_load(text)["models"]) == ["other"]  # what PyYAML alone does: tiny is gone
+    assert _refused_file(tmp_path, monkeypatch, "config.yaml", text) == (
+        "config.yaml: config key models is given twice (lines 1 and 7); YAML keeps only the last, so what line 1 "
+        "set is silently dropped. Fix: keep one models: entry at that level (merge the two if both hold settings "
+        "you want).")
+
+
+def test_a_key_given_twice_deep_in_a_model_names_the_model(tmp_path, monkeypatch):
+    text = f"models:\n  tiny:\n    seed: 1\n{LLAMA_YAML}    seed: 2\n"
+    assert _refused_file(tmp_path, monkeypatch, "config.yaml", text).startswith(
+        "[tiny] config.yaml: config key models.tiny.seed is given twice (lines 3 and 6);")
+
+
+def test_a_key_given_twice_in_a_json_configfile(tmp_path, monkeypatch):
+    import json
+
+    model = json.dumps({"source": "synthetic", "config": dict(TINY_LLAMA)})
+    text = f'{{"models": {{"a": {model}}},\n "device": "cpu",\n "models": {{"b": {model}}}}}'
+    assert list(json.loads(text)["models"]) == ["b"]  # Snakemake reads JSON first: the same loss
+    assert _refused_file(tmp_path, monkeypatch, "run.json", text).startswith(
+        "run.json: config key models is given twice (lines 1 and 3);")
+
+
+def test_keys_repeated_only_across_mappings_or_over_a_merge_are_valid(tmp_path, monkeypatch):
+    """The same name in two mappings, and a key set next to `<<: *anchor` (YAML's override), are no duplicates."""
+    monkeypatch.chdir(tmp_path)
+    text = (f"models:\n  tiny: &tiny\n{LLAMA_YAML}    seed: 0\n  twin:\n    <<: *tiny\n    seed: 1\n"
+            "embedding: {seed: 3}\n")
+    (tmp_path / "config.yaml").write_text(text)
+    config = validate_config(yaml.safe_load(text), SCHEMA, configfiles=["config.yaml"])
+    assert config["models"]["twin"]["seed"] == 1 and config["embedding"]["seed"] == 3
+
+
+def test_the_demo_config_has_no_key_twice():
+    from blockscope.config.config_files import check_config_files
+
+    check_config_files([ROOT / "config.yaml"])
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path, monkeypatch):
+    from blockscope.config.config_files import readable_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_bytes("models:\n  tiny:\n    # café\n".encode("latin-1"))
+    with pytest.raises(UnicodeDecodeError):
+        (tmp_path / "config.yaml").read_text(encoding="utf-8")  # how Snakemake opens it
+    with pytest.raises(BlockscopeError) as info:
+        readable_config("config.yaml")
+    assert str(info.value) == (
+        "config.yaml: line 3, column 10 is not UTF-8 (byte 0xe9); Snakemake reads config files as UTF-8. "
+        "Fix: save it as UTF-8 (from latin-1: iconv -f latin1 -t utf-8 config.yaml > config.yaml.utf8 && "
+        "mv config.yaml.utf8 config.yaml).")
+    assert readable_config("absent.yaml") == "absent.yaml"  # Snakemake decides what a missing file means
+
+
+# --- 9. --config text read as the schema's types ------------------------------------------------
+
+def test_command_line_text_is_read_as_the_schema_types():
+    """Snakemake's --config 'embedding={k_max: 8}' gives text; the schema's type decides what it is."""
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    command_line = parse_config(["embedding={k_max: 8, k_min: '3'}", "headmerge={enabled: false, thresholds: [0.5, 1]}",
+                                 "compress={max_tokens: null}", "models={tiny: {seed: 7, config: {hidden_size: 64}}}",
+                                 "select={layers: ~}"])
+    assert command_line["embedding"] == {"k_max": "8", "k_min": "3"}  # what Snakemake hands over
+    config = with_llama()
+    update_config(config, command_line)  # as Snakemake merges it: the lists are the command line's own objects
+    validate_config(config, SCHEMA, command_line=command_line)
+    assert config["embedding"]["k_max"] == 8 and type(config["embedding"]["k_max"]) is int
+    assert config["embedding"]["k_min"] == 3
+    assert config["headmerge"]["enabled"] is False and config["headmerge"]["thresholds"] == [0.5, 1]
+    assert config["compress"]["max_tokens"] is None and config["select"]["layers"] is None  # YAML's null, text or not
+    assert config["models"]["tiny"]["seed"] == 7
+    assert config["models"]["tiny"]["config"]["hidden_size"] == "64"  # untyped by the schema: stays text (docs)
+    assert command_line["headmerge"]["thresholds"] == ["0.5", "1"]  # Snakemake's own record is left as it was
+
+
+@pytest.mark.parametrize("value, message", [
+    ("embedding={k_max: 8x}", "--config on the command line: config key embedding.k_max: '8x' is not an integer. "
+                              "Fix: give an integer in the --config value, e.g. --config 'embedding={k_max: 8}'."),
+    ("headmerge={thresholds: [0.5, half]}", "--config on the command line: config key headmerge.thresholds.1: 'half' "
+     "is not a number. Fix: give a number in the --config value, e.g. --config 'headmerge={thresholds: [0.5]}'."),
+    ("headmerge={enabled: yes please}", "--config on the command line: config key headmerge.enabled: 'yes please' is "
+     "not true or false. Fix: give true or false in the --config value, e.g. --config 'headmerge={enabled: true}'."),
+    ("compress={max_tokens: all}", "--config on the command line: config key compress.max_tokens: 'all' is not an "
+     "integer or null. Fix: give an integer or null in the --config value, e.g. --config 'compress={max_tokens: 8}'."),
+])
+def test_command_line_text_of_the_wrong_type_is_one_line(value, message):
+    from snakemake.cli import parse_config
+
+    command_line = parse_config([value])
+    assert refusal(_merged(with_llama(), command_line), command_line=command_line) == message
+
+
+def test_command_line_text_where_the_schema_takes_text_stays_text():
+    command_line = {"device": "cpu", "select": {"layers": "0-1"}, "headmerge": {"similarity": "ov"}}
+    config = validate_config(_merged(with_llama(), command_line), SCHEMA, command_line=command_line)
+    assert config["select"]["layers"] == "0-1" and config["headmerge"]["similarity"] == "ov"
+
+
+# --- the eval section, and its keys' place under headmerge before 0.3.0 ----------------------
+
+OLD_EVALUATION = {"corpus": {"source": "file", "path": "/x/wiki.test.raw"}, "seq_len": 64, "max_tokens": 512,
+                  "gpu_seq_len": 1024, "gpu_max_tokens": 4096, "batch_size": 4, "bootstrap": 200,
+                  "dtype": "bfloat16", "kl_top_k": 16, "kl_tail_samples": 8}
+
+
+def test_the_old_headmerge_evaluation_keys_mean_the_same_with_a_warning_each(capsys):
+    new = validate_config(with_llama(eval=copy.deepcopy(OLD_EVALUATION), headmerge={"thresholds": [0.5]}),
+                          SCHEMA)
+    assert capsys.readouterr().err == ""
+    old = validate_config(with_llama(headmerge={"thresholds": [0.5], **copy.deepcopy(OLD_EVALUATION)}), SCHEMA)
+    assert old == new and old["eval"]["corpus"]["dataset"] == "Salesforce/wikitext"  # defaults filled
+    assert set(old["headmerge"]) == {"enabled", "similarity", "thresholds", "random_seeds", "kl_cache_mb", "layers",
+                                     "plot_layers"}
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"WARNING config.yaml: config key headmerge.{key} is deprecated and read as eval.{key} "
+                     f"until 0.4.0, which refuses it. Fix: rename it to eval.{key}." for key in OLD_EVALUATION]
+
+
+def test_the_old_keys_are_checked_under_their_own_names():
+    assert refusal(with_llama(headmerge={"seq_len": "long"})) == (
+        "config.yaml: config key headmerge.seq_len: 'long' is not of type 'integer'. "
+        "Fix: edit config.yaml (every key is described in schemas/config.schema.yaml).")
+    assert refusal(with_llama(headmerge={"corpus": {"paht": "x"}})).startswith(
+        "config.yaml: config key headmerge.corpus.paht is not known; did you mean 'path'?")
+    # the rules across keys name the key where the config set it
+    assert refusal(with_llama(headmerge={"seq_len": 512}, eval={"max_tokens": 256})).startswith(
+        "config.yaml: config key eval.max_tokens (256) is below headmerge.seq_len (512): not one window fits.")
+    assert refusal(with_llama(eval={"seq_len": 512, "max_tokens": 256})) == (
+        "config.yaml: config key eval.max_tokens (256) is below eval.seq_len (512): not one window fits. "
+        "Fix: make max_tokens at least seq_len, or null for the whole split.")
+    assert refusal(with_llama(eval={"corpus": {"source": "file"}})) == (
+        "config.yaml: config key eval.corpus.source is file but eval.corpus.path is not set. "
+        "Fix: set eval.corpus.path to a raw text file, or source: datasets.")
+
+
+def test_old_and_new_keys_in_one_file_must_agree(capsys):
+    assert refusal(with_llama(headmerge={"seq_len": 128}, eval={"seq_len": 256})) == (
+        "config.yaml: config key headmerge.seq_len (its name before 0.3.0) and eval.seq_len are both set, "
+        "to different values. Fix: delete headmerge.seq_len and keep eval.seq_len.")
+    config = validate_config(with_llama(headmerge={"seq_len": 128}, eval={"seq_len": 128}), SCHEMA)
+    assert config["eval"]["seq_len"] == 128 and "headmerge.seq_len is deprecated" in capsys.readouterr().err
+
+
+def test_between_old_and_new_keys_the_file_read_last_wins(tmp_path, monkeypatch, capsys):
+    """A --configfile written before 0.3.0 over a config.yaml written after it (and the reverse)."""
+    monkeypatch.chdir(tmp_path)
+    new = _write(tmp_path / "config.yaml", with_llama(eval={"seq_len": 256, "max_tokens": 4096}))
+    old = _write(tmp_path / "mine.yaml", {"headmerge": {"seq_len": 128, "max_tokens": 4096}})
+    layers = [yaml.safe_load(f.read_text()) for f in (new, old)]
+    config = validate_config(_merged(*layers), SCHEMA, configfiles=["config.yaml", old.resolve()],
+                             cli_configfiles=[old.resolve()])
+    assert config["eval"]["seq_len"] == 128 and "seq_len" not in config["headmerge"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"WARNING mine.yaml: config key headmerge.{key} is deprecated and read as eval.{key} until 0.4.0, "
+        f"which refuses it. Fix: rename it to eval.{key}." for key in ("seq_len", "max_tokens")]
+    config = validate_config(_merged(*layers[::-1]), SCHEMA, configfiles=["mine.yaml", new.resolve()],
+                             cli_configfiles=[new.resolve()])
+    assert config["eval"]["seq_len"] == 256
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "WARNING mine.yaml: config key headmerge.seq_len is deprecated and ignored: eval.seq_len in "
+        "config.yaml takes precedence. Fix: delete headmerge.seq_len.")

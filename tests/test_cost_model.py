@@ -23,7 +23,7 @@ from blockscope.planning.config_inventory import inventory_from_config
 from blockscope.planning.devices import DEVICES
 from blockscope.planning.flops import eigh_flops, gesdd_flops, gram_flops
 from blockscope.planning.job_start import JOB_MODULES, PER_UNIT_RULES
-from blockscope.planning.model_plan import plan_document, plan_model
+from blockscope.planning.model_plan import plan_document, plan_model, predicted_jobs
 from blockscope.planning.pricing import (
     DEFAULT_METHOD,
     METHODS,
@@ -163,6 +163,30 @@ def test_a_plan_from_a_real_inventory_prices_every_unit_and_rule(speed, tiny):
     json.dumps(document)  # plan.json is plain JSON
     only = plan_model(inventory, dims, speed[0], selected={"layer_001": ["model.layers.1.mlp.up_proj.weight"]})
     assert set(only["unit"]) == {"layer_001"} and only["seconds"].sum() < jobs["seconds"].sum()
+
+
+@pytest.mark.slow  # builds a real model
+def test_every_unit_the_workflow_may_ask_for_has_a_price(speed, tiny, tmp_path):
+    """The resource requests and priorities: every unit of the model priced, inside the selection or
+    not; extract on its whole unit (it writes every tensor of it), anatomy on the selected tensors."""
+    inventory, dims, _ = tiny
+    path = tmp_path / "inventory.parquet"
+    inventory[inventory["unit"] != "lm_head"].to_parquet(path)  # as an encoder: no lm_head tensor
+    up = "model.layers.1.mlp.up_proj.weight"
+    jobs = predicted_jobs(path, dims, {"layer_001": [up]}, method="gesdd")
+    units = ["embed", "layer_000", "layer_001", "lm_head", "other"]
+    assert set(jobs) == {(unit, rule) for unit in units for rule in PER_UNIT_RULES}
+
+    def priced(rows, rule):
+        return asdict(predict_unit(rows, rule, speed[0], "gesdd", precisions=["fp32"], dims=dims))
+
+    layer = inventory[inventory["unit"] == "layer_001"]
+    assert asdict(jobs["layer_001", "extract"]) == pytest.approx(priced(layer, "extract"))
+    assert asdict(jobs["layer_001", "anatomy"]) == pytest.approx(priced(layer[layer["param_name"] == up], "anatomy"))
+    assert priced(layer, "extract")["seconds"] > priced(layer[layer["param_name"] == up], "extract")["seconds"]
+    embed = inventory[inventory["unit"] == "embed"]  # outside the selection: the whole unit
+    assert asdict(jobs["embed", "anatomy"]) == pytest.approx(priced(embed, "anatomy"))
+    assert jobs["lm_head", "extract"].seconds == pytest.approx(speed[0].start_s["extract"])  # a job start, no bytes
 
 
 @pytest.mark.slow  # builds a real model

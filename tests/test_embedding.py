@@ -62,15 +62,40 @@ def test_non_finite_rows_are_left_out_and_counted(caplog):
     assert not nearest & set(bad) and max(nearest) < 300
 
 
-def test_too_few_finite_rows_skip_the_matrix_with_a_reason():
+def test_too_few_finite_rows_skip_the_matrix_with_a_reason(caplog):
     matrix = blobs(10, 2, 4, 4)
-    matrix[3:] = np.nan  # 3 finite rows, k up to 6
-    elbow, clusters, points, summary, _ = analyse_embedding(matrix, range(2, 7))
-    assert summary["status"] == "skipped" and summary["dropped_rows"] == 17
-    assert summary["reason"] == "3 finite rows of 20 (17 with NaN or Inf): k-means up to k = 6 needs more"
+    matrix[2:] = np.nan  # 2 finite rows: even the smallest k (2) needs 3
+    with caplog.at_level("WARNING"):
+        elbow, clusters, points, summary, _ = analyse_embedding(matrix, range(2, 7))
+    assert summary["status"] == "skipped" and summary["dropped_rows"] == 18
+    assert summary["reason"] == "2 finite rows of 20 (18 with NaN or Inf): k-means with k = 2 needs at least 3 rows"
+    assert f"skipped: {summary['reason']}" in caplog.text
     assert len(elbow) == len(clusters) == len(points) == 0 and "k" not in summary
     all_nan = analyse_embedding(np.full((50, 4), np.nan, np.float32), range(2, 4))[3]
     assert all_nan["status"] == "skipped" and all_nan["finite_rows"] == 0
+    assert all_nan["reason"] == "0 finite rows of 50 (50 with NaN or Inf): k-means with k = 2 needs at least 3 rows"
+
+
+def test_k_max_above_the_rows_is_lowered_to_what_they_allow(caplog):
+    """embedding.k_max 16 on a 12-row embedding: k runs 2..11 (a silhouette needs a cluster of
+    two rows), the log and the summary say so, and the planted clusters are found."""
+    matrix = blobs(4, 3, 8, 5)  # 12 rows in 3 well-separated clusters
+    with caplog.at_level("WARNING"):
+        elbow, clusters, points, summary, tokens = analyse_embedding(matrix, range(2, 17), seed=0, nearest=4)
+    sentence = "k_max 16 lowered to 11: k-means on 12 rows allows k up to 11"
+    assert summary["status"] == "ok" and summary["k_clamped"] == sentence and sentence in caplog.text
+    assert summary["k_tried"] == [2, 11] and elbow["k"].tolist() == list(range(2, 12))
+    assert summary["k"] == 3 and sorted(clusters["size"]) == [4, 4, 4] and (tokens["cluster"] >= 0).all()
+    assert all(len(set(np.array(rows) // 4)) == 1 for rows in clusters["nearest_rows"])  # each cluster one blob
+    # k_step: the largest k of the range that fits; NaN rows count out of what is clustered
+    matrix[[0, 5]] = np.nan
+    summary = analyse_embedding(matrix, range(2, 17, 4), seed=0)[3]  # k in 2, 6, 10, 14 on 10 finite rows
+    assert summary["k_clamped"] == "k_max 14 lowered to 6: k-means on 10 rows allows k up to 9"
+    assert summary["k_tried"] == [2, 6] and summary["finite_rows"] == 10
+    # three rows: one k is left, no knee to look for
+    assert analyse_embedding(blobs(3, 1, 4, 6), range(2, 7))[3]["k"] == 2
+    unclamped = analyse_embedding(blobs(30, 2, 4, 3), range(2, 4), sample_size=500, silhouette_sample=50)[3]
+    assert unclamped["k_clamped"] is None and unclamped["k_tried"] == [2, 3]
 
 
 def _capture_fits(monkeypatch):

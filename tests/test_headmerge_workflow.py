@@ -1,5 +1,6 @@
 """The head-merge stage in the real workflow: a tiny causal LM with a real tokenizer, and an encoder."""
 
+import copy
 import json
 import re
 import shutil
@@ -7,7 +8,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import ROOT, copy_tree, run_workflow, save_tiny
+from conftest import ROOT, WORKFLOW_BASE, copy_tree, run_workflow, save_tiny
 
 pytestmark = pytest.mark.slow
 WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
@@ -46,8 +47,8 @@ def merged(tmp_path_factory):
     config = {"models": {"tiny-lm": {"source": "local", "path": str(root / "lm")},
                          "tiny-bert": {"source": "local", "path": str(root / "enc")}},
               "device": "cpu", "embedding": {"k_max": 4},
-              "headmerge": {"thresholds": [0.001, 0.99], "seq_len": 32, "max_tokens": 512, "random_seeds": 2,
-                            "bootstrap": 200, "corpus": {"path": str(WIKITEXT)}},
+              "eval": {"seq_len": 32, "max_tokens": 512, "bootstrap": 200, "corpus": {"path": str(WIKITEXT)}},
+              "headmerge": {"thresholds": [0.001, 0.99], "random_seeds": 2},
               # the tiny LM is a random init, at chance: 0 runs the experiments on it all the same
               "compress": {"random_seeds": 2, "save_variants": True, "quant": {"formats": ["bf16", "int4"]},
                            "min_bits_over_chance": 0, "max_tokens": 256}}
@@ -160,28 +161,88 @@ def test_a_report_or_config_edit_reruns_no_computation(merged, tmp_path, edited,
     assert rerun - {"all"} == planned - {"all"}, rerun
 
 
-def test_a_model_without_a_tokenizer_skips_head_merging_and_the_run_completes(tmp_path):
-    """A synthetic model from a bare config has no tokenizer: head merging writes why, the rest
-    of its analysis completes, the run exits 0 (run_workflow checks it)."""
-    if not WIKITEXT.exists():
-        pytest.skip("shared WikiText-2 copy not present")
-    config = {"models": {"bare": {"source": "synthetic", "seed": 0, "config": {
-                  "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                  "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64}}},
-              "device": "cpu", "embedding": {"k_max": 4},
-              "headmerge": {"thresholds": [0.5, 0.9], "seq_len": 16, "max_tokens": 64, "random_seeds": 1,
-                            "bootstrap": 100, "corpus": {"path": str(WIKITEXT)}}}
+def planned_jobs(result) -> set:
+    return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
+
+
+def test_models_without_a_tokenizer_get_their_reports_offline_without_a_corpus(finished_run, tmp_path, monkeypatch):
+    """Synthetic models from a bare config have no tokenizer, so nothing of them can be evaluated:
+    offline, with no corpus file, head merging and compression on, each writes why it was skipped
+    and gets its report; the corpus is never fetched. The same config with the evaluation keys
+    under headmerge (their place before 0.3.0) is read the same, with a warning per key."""
+    from blockscope import layout
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # HF_HUB_OFFLINE is set by run_workflow
     work = tmp_path / "work"
-    run_workflow(work, config, "all")
-    for t in (0.5, 0.9):
-        skipped = json.loads((work / f"results/bare/headmerge/threshold_{t}.json").read_text())
-        assert skipped["threshold"] == t and skipped["skipped"].startswith("no tokenizer in the checkpoint")
-    assert "skipped: no tokenizer" in (work / "logs/bare/headmerge.log").read_text()
-    assert all((work / f"results/bare/headmerge/{name}.png").exists() for name in PLOTS)
-    assert (work / "results/bare/report.md").exists() and len(pd.read_parquet(work / "results/bare/heads.parquet")) == 4
-    for experiment in ("quant", "prune"):
-        plans = json.loads((work / f"results/bare/compress/{experiment}/plans.json").read_text())
-        assert plans["skipped"].startswith("no tokenizer in the checkpoint")
+    copy_tree(finished_run, work)
+    config = copy.deepcopy(WORKFLOW_BASE)
+    evaluation = {"corpus": {"path": str(tmp_path / "absent/wiki.test.raw")}, "seq_len": 16, "max_tokens": 64,
+                  "bootstrap": 100}
+    config.update(eval=evaluation, headmerge={"thresholds": [0.5, 0.9], "random_seeds": 1},
+                  compress={"random_seeds": 1, "quant": {"formats": ["int8"]}})
+    result = run_workflow(work, config, "all")  # exits 0
+    assert {"evaluate_base", "headmerge", "compress_quant", "model_report"} <= planned_jobs(result)
+    assert "fetch_corpus" not in planned_jobs(result) and not (work / layout.CORPUS).exists()
+    assert "blockscope: 2 of 2 models finished" in result.stdout + result.stderr
+    models = list(WORKFLOW_BASE["models"])
+    for model in models:
+        results = work / "results" / model
+        assert json.loads((results / "eval/base.json").read_text())["skipped"].startswith(
+            "no tokenizer in the checkpoint")
+        for t in (0.5, 0.9):
+            skipped = json.loads((results / f"headmerge/threshold_{t}.json").read_text())
+            assert skipped["threshold"] == t and skipped["skipped"].startswith("no tokenizer in the checkpoint")
+        assert "skipped: no tokenizer" in (work / f"logs/{model}/headmerge.log").read_text()
+        assert all((results / f"headmerge/{name}.png").exists() for name in PLOTS)
+        for experiment in ("quant", "prune"):
+            plans = json.loads((results / f"compress/{experiment}/plans.json").read_text())
+            assert plans["skipped"].startswith("no tokenizer in the checkpoint")
+        report = results / "report.md"
+        assert report.stat().st_mtime > (finished_run / "results" / model / "report.md").stat().st_mtime
+        assert "no tokenizer in the checkpoint" in report.read_text()
+
+    # the evaluation keys where they were before 0.3.0: the same params, so nothing reruns
+    old = copy.deepcopy(config)
+    old["headmerge"].update(old.pop("eval"))
+    result = run_workflow(work, old, "--dry-run", "all")
+    assert planned_jobs(result) <= {"all"}, planned_jobs(result)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING config.yaml")]
+    assert warnings == [f"WARNING config.yaml: config key headmerge.{key} is deprecated and read as eval.{key} "
+                        f"until 0.4.0, which refuses it. Fix: rename it to eval.{key}." for key in evaluation]
+
+
+def test_a_missing_corpus_costs_only_the_models_that_need_it(merged, tmp_path, monkeypatch):
+    """Offline with no corpus, the causal LM with a tokenizer cannot be evaluated: fetch_corpus
+    fails in one line naming eval.corpus, and the encoder beside it, which needs no corpus,
+    is evaluated (skipped), merged, compressed and reported all the same."""
+    import yaml
+
+    from blockscope import layout
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    work = tmp_path / "work"
+    copy_tree(merged, work)
+    # no corpus, and tiny-lm as if new (no report yet): its outcome is then the run's to tell
+    for path in (work / layout.CORPUS, work / "results/tiny-lm/report.md"):
+        path.unlink()
+    before = {name: (work / f"results/tiny-bert/{name}").stat().st_mtime for name in ("eval/base.json", "report.md")}
+    config = yaml.safe_load((merged / "config.yaml").read_text())
+    absent = tmp_path / "absent/wiki.test.raw"
+    config["eval"].update(corpus={"path": str(absent)}, seq_len=16)  # new windows: every base evaluation reruns
+    result = run_workflow(work, config, "all", check=False)
+    assert result.returncode == 1
+    log = (work / "logs/corpus.log").read_text().strip().splitlines()
+    assert log[-1] == (
+        "ERROR eval.corpus: cannot load Salesforce/wikitext/wikitext-2-raw-v1 through datasets "
+        f"(ConnectionError) and eval.corpus.path {absent} does not exist. Fix: check the network, or place "
+        "wiki.test.raw somewhere and set eval.corpus.path to it.")
+    assert json.loads((work / "results/tiny-bert/eval/base.json").read_text())["skipped"].startswith(
+        "not a causal LM (BertForMaskedLM)")
+    assert all((work / f"results/tiny-bert/{name}").stat().st_mtime > mtime for name, mtime in before.items())
+    assert json.loads((work / "results/tiny-lm/eval/base.json").read_text())["seq_len"] == 32  # not rerun
+    assert not (work / "results/tiny-lm/report.md").exists()
+    out = result.stdout + result.stderr
+    assert "blockscope: 1 of 2 models finished (tiny-bert)" in out and "NOT FINISHED tiny-lm: not reached" in out
 
 
 # --- the compression experiments on the same run ---------------------------------------------------------

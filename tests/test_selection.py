@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from blockscope.checkpoint.selection import (
+    embedding_tensors,
     is_everything,
     name_selected,
     parse_layers,
@@ -66,6 +67,7 @@ INVENTORY = pd.DataFrame({
                    "model.layers.1.mlp.up_proj.weight", "model.norm.weight"],
     "unit": ["embed", "layer_000", "layer_000", "layer_001", "layer_001", "other"],
     "layer_index": pd.array([None, 0, 0, 1, 1, None], dtype="Int64"),
+    "shape": [[256, 64], [64, 64], [32, 64], [64, 64], [128, 64], [64]],
 })
 
 
@@ -92,3 +94,56 @@ def test_a_selection_of_nothing_or_a_missing_layer_is_one_line():
 def test_unselected_attention():
     assert unselected_attention(["a.q", "a.k", "a.v", "a.o"], ["a.q", "a.k", "a.v"]) == ["a.o"]
     assert unselected_attention(["a.q"], ["a.q", "b"]) == []
+
+
+NORMS = pd.DataFrame({
+    "param_name": ["model.layers.0.input_layernorm.weight", "model.layers.0.self_attn.q_proj.weight",
+                   "model.layers.0.self_attn.q_proj.bias", "model.layers.1.input_layernorm.weight",
+                   "model.layers.1.self_attn.q_proj.weight", "model.norm.weight"],
+    "unit": ["layer_000", "layer_000", "layer_000", "layer_001", "layer_001", "other"],
+    "layer_index": pd.array([0, 0, 0, 1, 1, None], dtype="Int64"),
+    "shape": [[64], [64, 64], [64], [64], [64, 64], [64]],
+})
+
+
+def test_a_selection_of_only_1d_parameters_is_refused_in_one_line_naming_a_matrix_to_keep():
+    with pytest.raises(BlockscopeError) as info:
+        selected_units(NORMS, resolve({"include": ["norm"]}, None), 2, model="m", path="config.yaml")
+    assert str(info.value) == (
+        "[m] config.yaml: select keeps only 1-D parameters (3, e.g. model.layers.0.input_layernorm.weight): "
+        "norm weights and biases have no spectrum, so no weight matrix is left to analyse (include=['norm']). "
+        "Fix: widen select to keep a weight matrix (a 2-D tensor such as model.layers.0.self_attn.q_proj.weight), "
+        "or remove select for this model.")
+    # norms and biases of layer 1 only: the matrix named is one of layer 1
+    with pytest.raises(BlockscopeError) as info:
+        selected_units(NORMS, resolve({"include": ["norm|bias"], "layers": "1"}, None), 2, model="m")
+    assert "(include=['norm|bias'], layers=[1])" in str(info.value)
+    assert "such as model.layers.1.self_attn.q_proj.weight" in str(info.value)
+    # one matrix beside the norms is enough
+    assert selected_units(NORMS, resolve({"include": ["norm|q_proj.weight"], "layers": "1"}, None), 2) == {
+        "layer_001": ["model.layers.1.input_layernorm.weight", "model.layers.1.self_attn.q_proj.weight"],
+        "other": ["model.norm.weight"]}
+    # no selection is never refused, whatever the model holds
+    assert len(selected_units(NORMS[NORMS["param_name"].str.contains("norm")], resolve(None, None), 2)) == 5
+
+
+def _embedding_inventory(rows):
+    return pd.DataFrame(rows, columns=["param_name", "unit", "block_type", "shape", "nbytes"])
+
+
+def test_the_embedding_analysis_reads_the_token_embedding_and_an_untied_head_only():
+    # a BERT encoder: no lm_head at all; position and token-type tables beside the word embedding
+    bert = _embedding_inventory([
+        ("embeddings.position_embeddings.weight", "embed", "position_embedding", [512, 32], 512 * 32 * 4),
+        ("embeddings.token_type_embeddings.weight", "embed", "embedding", [2, 32], 2 * 32 * 4),
+        ("embeddings.word_embeddings.weight", "embed", "embedding", [128, 32], 128 * 32 * 4),
+        ("embeddings.LayerNorm.weight", "other", "norm", [32], 32 * 4),
+        ("pooler.dense.weight", "other", "other", [32, 32], 32 * 32 * 4)])
+    assert embedding_tensors(bert) == {"embed": "embeddings.word_embeddings.weight"}
+    untied = _embedding_inventory([("model.embed_tokens.weight", "embed", "embedding", [256, 64], 65536),
+                                   ("lm_head.weight", "lm_head", "output", [256, 64], 65536)])
+    assert embedding_tensors(untied) == {"embed": "model.embed_tokens.weight", "lm_head": "lm_head.weight"}
+    # a unit of no embedding or output matrix (an unknown architecture): nothing to read there
+    assert embedding_tensors(_embedding_inventory([("w", "embed", "other", [4, 4], 64),
+                                                   ("b", "lm_head", "output", [4], 16)])) == {}
+

@@ -10,8 +10,11 @@ import pandas as pd
 import pytest
 
 from blockscope import layout
+from blockscope.planning.model_plan import predicted_jobs
+from blockscope.planning.pricing import predict_unit
+from blockscope.planning.throughput_cache import throughput
 
-from conftest import TINY_LLAMA, mtimes, run_workflow
+from conftest import TINY_LLAMA, mtimes, run_workflow, save_tiny
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +119,54 @@ def test_a_selection_of_nothing_fails_before_any_job_in_one_line(finished, tmp_p
     text = result.stdout + result.stderr
     assert "ERROR [tiny-llama] config.yaml: select matches no tensor of the model (include=['no_such_tensor']). " \
            "Fix: widen select (include, exclude, layers) for this model." in text
+
+
+def test_a_selection_of_only_1d_parameters_fails_before_any_job_in_one_line(finished, tmp_path):
+    """Norms alone leave no matrix: refused when the DAG is built, as a selection of nothing is,
+    rather than run to an aggregation with no spectrum to aggregate."""
+    work = clone(finished, tmp_path)
+    result = run_workflow(work, with_select("tiny-llama", {"include": ["norm"]}), "-n", check=False)
+    assert result.returncode != 0 and not jobs(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR ")]
+    assert errors == [
+        "ERROR [tiny-llama] config.yaml: select keeps only 1-D parameters (5, e.g. "
+        "model.layers.0.input_layernorm.weight): norm weights and biases have no spectrum, so no weight matrix is "
+        "left to analyse (include=['norm']). Fix: widen select to keep a weight matrix (a 2-D tensor such as "
+        "model.layers.0.mlp.down_proj.weight), or remove select for this model."]
+
+
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "vocab_size": 128}
+QK = r".*attention\.self\.(query|key)\.weight"
+
+
+def test_a_selection_on_an_encoder_plans_and_prices_every_job_it_asks_for(tmp_path):
+    """A BERT encoder has no lm_head: the embedding analysis asks for the embed unit only, and every
+    job the DAG holds has a price (the dry run failed on the priority of an lm_head extract before)."""
+    save_tiny("BertModel", TINY_BERT, tmp_path / "encoder")
+    config = {"models": {"tiny-bert": {"source": "local", "path": str(tmp_path / "encoder"),
+                                       "select": {"include": [QK], "layers": "0-1"}}},
+              "device": "cpu", "embedding": {"k_max": 4}, "headmerge": {"enabled": False},
+              "compress": {"enabled": False}}
+    work = tmp_path / "work"
+    run_workflow(work, config, layout.INVENTORY.format(model="tiny-bert"))
+    result = run_workflow(work, config, "-n")
+    planned = {(rule, unit) for rule, model, unit in jobs(result) if rule in PER_UNIT}
+    assert planned == {("extract", "embed"), ("extract", "layer_000"), ("extract", "layer_001"),
+                       ("anatomy", "layer_000"), ("anatomy", "layer_001")}
+    priority = dict(re.findall(r"^rule extract:\n(?:.*\n)*?\s+wildcards: model=tiny-bert, unit=(\w+)\n"
+                               r"\s+priority: ([\d.]+)", result.stdout, re.M))
+    inventory = pd.read_parquet(work / layout.INVENTORY.format(model="tiny-bert"))
+    dims = json.loads((work / layout.MODEL_JSON.format(model="tiny-bert")).read_text())
+    qk = {f"layer_00{i}": [f"encoder.layer.{i}.attention.self.{p}.weight" for p in ("key", "query")] for i in (0, 1)}
+    prices = predicted_jobs(work / layout.INVENTORY.format(model="tiny-bert"), dims, qk, method="auto",
+                            precisions=["fp32", "fp16", "bf16"])  # the defaults of config.yaml
+    assert {unit for unit, _ in prices} == {"embed", "layer_000", "layer_001", "lm_head", "other"}
+    speed = throughput("cpu")
+    for unit in ("embed", "layer_000", "layer_001"):  # extract writes the whole unit: priced on all of it
+        whole = predict_unit(inventory[inventory["unit"] == unit], "extract", speed)
+        assert prices[unit, "extract"].seconds == pytest.approx(whole.seconds)
+        assert float(priority[unit]) == pytest.approx(whole.seconds, abs=1e-3)
+    embedding = re.search(r"^rule embedding:\n\s+input: (.*)$", result.stdout, re.M).group(1).split(", ")
+    assert [path for path in embedding if "/tensors/" in path] == [layout.per_unit("tensors", "tiny-bert", "embed")]
+

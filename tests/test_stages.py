@@ -275,3 +275,13 @@ def test_a_deep_dive_the_user_set_on_no_head_is_one_line_error(flagged_run, tmp_
     assert result.returncode != 0
     assert ("ERROR [mystery] config.yaml: no head 0 in layer 0: the layer has no attention projections (q, k, v, o) "
             "that the naming rules recognise. Fix: fix heads.deep_dive.") in result.stdout + result.stderr
+
+
+def test_the_inventorys_warnings_are_listed_as_flagged(tmp_path):
+    """A disagreement the inventory found (model.json's warnings) reaches the report's flagged section."""
+    warning = "config.json sets tie_word_embeddings: true, but the checkpoint stores its own output head lm_head.weight"
+    text = model_report("m", {**DIMS, "warnings": [warning]}, EMPTY, EMPTY, EMPTY, EMPTY, EMPTY, EMPTY,
+                        {"model": "m", "matrices": {}}, {}, [], str(tmp_path))
+    flagged = text[text.index("## Missing or flagged"):]
+    assert f"- {warning}." in flagged
+    assert "Nothing: every matrix" not in flagged

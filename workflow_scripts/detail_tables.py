@@ -8,13 +8,14 @@ import pandas as pd
 
 from blockscope.aggregation import detail_tables as details
 from blockscope.io.atomic import write_csv
+from blockscope.io.tables import read_frame
 from blockscope.runtime.run_step import run_step
 
 
 def read_down_spectra(paths, matrices) -> pd.DataFrame:
     """The spectra rows of the down projections only (a unit without matrices has an untyped,
     empty file: filtered after reading, not by a Parquet filter)."""
-    frames = [pd.read_parquet(p, columns=["matrix", "sigma"]) for p in paths] if matrices else []
+    frames = [read_frame(p, columns=["matrix", "sigma"]) for p in paths] if matrices else []
     frames = [f[f["matrix"].isin(matrices)] for f in frames]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["matrix", "sigma"])

@@ -4,6 +4,7 @@
 import pandas as pd
 
 from blockscope.aggregation.model_tables import spectral_rows
+from blockscope.io.tables import read_frame
 from blockscope.reporting.figures.canvas import short_name
 from blockscope.reporting.figures.spectra import down_proj_variance
 from blockscope.runtime.run_step import run_step
@@ -15,7 +16,7 @@ def main(snakemake):
     down = metrics[metrics["block_type"] == "down_proj"]
     spectra = {}  # legend label -> sigma: "layer L", or the matrix's name where a layer has several
     for layer, path in zip(snakemake.params.layers, snakemake.input.spectra):
-        table = pd.read_parquet(path, columns=["matrix", "sigma"])
+        table = read_frame(path, columns=["matrix", "sigma"], model=snakemake.wildcards.model)
         matrices = down.loc[down["layer_index"] == layer, "matrix"].tolist()
         for matrix in matrices:
             sigma = table.loc[table["matrix"] == matrix, "sigma"].to_numpy()

@@ -6,8 +6,8 @@ import pandas as pd
 
 from blockscope import read_unit
 from blockscope.analysis.embedding import TOKEN_CLUSTER_COLUMNS, analyse_embedding
+from blockscope.checkpoint.selection import embedding_tensors
 from blockscope.io.atomic import atomic_path, write_json, write_parquet
-from blockscope.layout import EMBED, LM_HEAD
 from blockscope.runtime.run_step import run_step
 
 NOT_FOUND = ("no token embedding found: no 2-D tensor in the embed or lm_head unit that the naming rules "
@@ -30,13 +30,9 @@ def main(snakemake):
     inventory = pd.read_parquet(snakemake.input.inventory)
     ks = range(settings["k_min"], settings["k_max"] + 1, settings["k_step"])
     decode = token_decoder(Path(snakemake.input.checkpoint))
-    matrices = {}
-    for unit, path in ((EMBED, snakemake.input.embed), (LM_HEAD, snakemake.input.lm_head)):
-        rows = inventory[(inventory["unit"] == unit) & inventory["block_type"].isin(["embedding", "output"])
-                         & (inventory["shape"].map(len) == 2)]
-        if len(rows):  # the token embedding (largest) and, when untied, the output head
-            name = rows.loc[rows["nbytes"].idxmax(), "param_name"]
-            matrices[name] = read_unit(path, names=[name])[name]
+    matrices = {}  # the token embedding and, when untied, the output head (the rule's inputs: the same units)
+    for unit, name in embedding_tensors(inventory).items():
+        matrices[name] = read_unit(snakemake.input[unit], names=[name])[name]
     elbows, points, summary, clusters, tokens = {}, {}, {}, [], []
     for name, matrix in matrices.items():
         elbow, table, pts, info, labels = analyse_embedding(
@@ -50,8 +46,9 @@ def main(snakemake):
         elbows[name], points[name] = elbow.assign(matrix=name), pts
         clusters.append(table.assign(matrix=name))
         dropped = f"; {info['dropped_rows']} rows with NaN or Inf left out" if info["dropped_rows"] else ""
+        clamped = f"; {info['k_clamped']}" if info["k_clamped"] else ""
         print(f"[{model}] {name} {matrix.shape}: k = {info['k']} ({info['algorithm']}), "
-              f"silhouette {info['silhouette_at_k']:.3f}{dropped}")
+              f"silhouette {info['silhouette_at_k']:.3f}{dropped}{clamped}")
         print(table[["cluster", "size", "nearest_tokens"]].to_string(index=False))
     result = {"model": model, "matrices": summary}
     if not matrices:

@@ -2,16 +2,17 @@
 spectrum (non-finite weights, ...) gets a panel with its status."""
 
 import numpy as np
-import pandas as pd
 
 from blockscope.aggregation.model_tables import spectral_rows
+from blockscope.io.tables import read_frame
 from blockscope.reporting.figures.spectra import esd
 from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):
-    spectra = pd.read_parquet(snakemake.input.spectra)
-    metrics = spectral_rows(pd.read_parquet(snakemake.input.metrics))  # no 1-D statistics-only rows
+    model = snakemake.wildcards.model
+    spectra = read_frame(snakemake.input.spectra, model=model)
+    metrics = spectral_rows(read_frame(snakemake.input.metrics, model=model))  # no 1-D statistics-only rows
     sigma = {name: group["sigma"].to_numpy(np.float64) for name, group in spectra.groupby("matrix", sort=False)} \
         if len(spectra) else {}
     panels = [(".".join(row.matrix.removesuffix(".weight").split(".")[-3:]), sigma.get(row.matrix, np.zeros(0)) ** 2,

@@ -13,7 +13,7 @@ def main(snakemake):
     inventory = unit_inventory(snakemake.input.inventory, unit)
     started = time.perf_counter()
     nbytes = extract_unit(snakemake.input.checkpoint, inventory, snakemake.output[0],
-                          model=snakemake.wildcards.model)
+                          model=snakemake.wildcards.model, inventory=snakemake.input.inventory)
     seconds = time.perf_counter() - started
     size = os.path.getsize(snakemake.output[0])
     print(f"[{snakemake.wildcards.model}] {unit}: {len(inventory)} tensors, {nbytes / 2**20:.2f} MiB -> "

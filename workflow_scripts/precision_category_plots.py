@@ -6,6 +6,7 @@ import re
 
 import pandas as pd
 
+from blockscope.io.atomic import atomic_dir
 from blockscope.layout import figure_files
 from blockscope.reporting.figures.canvas import short_name
 from blockscope.reporting.figures.precision import precision_category, precision_matrix
@@ -20,16 +21,19 @@ def file_stem(name: str) -> str:
 def main(snakemake):
     model, out, formats = snakemake.wildcards.model, snakemake.output, snakemake.params.formats
     precision = pd.read_parquet(snakemake.input.precision)
-    os.makedirs(out.categories, exist_ok=True)
-    for kind, part in precision.groupby("block_type") if len(precision) else []:
-        precision_category(part, f"{model}: α-Hill of {kind} by layer, per precision",
-                           figure_files(os.path.join(out.categories, f"category_{file_stem(kind)}"), formats))
+    # Each folder is drawn beside its final name and renamed into place whole: the next run would keep
+    # a killed job's half folder (Snakemake checks for incomplete outputs only the jobs it finds before
+    # evaluating the checkpoints, and this one comes after).
+    with atomic_dir(out.categories) as folder:
+        for kind, part in precision.groupby("block_type") if len(precision) else []:
+            precision_category(part, f"{model}: α-Hill of {kind} by layer, per precision",
+                               figure_files(os.path.join(folder, f"category_{file_stem(kind)}"), formats))
     if "matrices" in out.keys():
-        os.makedirs(out.matrices, exist_ok=True)
-        for matrix, part in precision.groupby("matrix", sort=False) if len(precision) else []:
-            alphas = dict(zip(part["precision"], part["alpha_hill"]))
-            precision_matrix(alphas, f"{model}: {short_name(matrix)}",
-                             figure_files(os.path.join(out.matrices, file_stem(matrix)), formats))
+        with atomic_dir(out.matrices) as folder:
+            for matrix, part in precision.groupby("matrix", sort=False) if len(precision) else []:
+                alphas = dict(zip(part["precision"], part["alpha_hill"]))
+                precision_matrix(alphas, f"{model}: {short_name(matrix)}",
+                                 figure_files(os.path.join(folder, file_stem(matrix)), formats))
     print(f"[{model}] {precision['block_type'].nunique() if len(precision) else 0} category charts")
 
 

@@ -12,7 +12,7 @@ from blockscope.runtime.run_step import run_step
 def main(snakemake):
     model, selection = snakemake.wildcards.model, snakemake.params.selection
     dims = json.loads(open(snakemake.input.dims).read())
-    inventory = pd.read_parquet(snakemake.input.inventory, columns=["param_name", "unit", "layer_index"])
+    inventory = pd.read_parquet(snakemake.input.inventory, columns=["param_name", "unit", "layer_index", "shape"])
     chosen = selected_units(inventory, selection, dims["layers"], model=model, path="config.yaml")
     record = {"model": model, "selection": selection, "everything": is_everything(selection),
               "selected_units": list(chosen), "selected_tensors": sum(map(len, chosen.values())),

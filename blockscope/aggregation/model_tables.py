@@ -20,6 +20,13 @@ from blockscope.layout import (
     STATISTICS_ONLY,
 )
 
+# The columns of statistics_by_type.csv and phase_analysis.csv (docs/outputs.md): declared, so
+# that a model without a spectrum (only 1-D parameters, or every matrix refused) gets them with headers.
+STATISTICS_COLUMNS = ["block_type", "metric", "count", "min", "max", "mean", "median", "std", "range", "first",
+                      "last", "variance", "cv"]
+PHASE_COLUMNS = ["block_type", "metric", "early", "middle", "late", "trend", "largest_drop", "largest_drop_at_layer",
+                 "largest_jump", "largest_jump_at_layer"]
+
 
 def stack(frames, columns=()) -> pd.DataFrame:
     """The non-empty frames one under the other; with none, an empty frame of `columns`."""
@@ -61,7 +68,7 @@ def statistics_by_type(metrics: pd.DataFrame, columns=MAIN_METRICS) -> pd.DataFr
     ordered = spectral_rows(metrics).sort_values(["layer_index", "param_name"], na_position="first")
     rows = [{"block_type": kind, "metric": metric, **series_stats(group[metric])}
             for kind, group in ordered.groupby("block_type") for metric in columns if metric in group]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
 
 
 def phase_of(layer: pd.Series, layers: int) -> pd.Series:
@@ -108,7 +115,7 @@ def phase_analysis(metrics: pd.DataFrame, layers: int, columns=MAIN_METRICS) -> 
         for metric in columns:
             if metric in part and part[metric].notna().any():
                 rows.append({"block_type": kind, "metric": metric, **phase_row(part, metric)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=PHASE_COLUMNS)
 
 
 def precision_wide(precision: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:

@@ -3,8 +3,9 @@
 Large vocabularies are fitted with MiniBatchKMeans on a fixed random sample of rows and then
 every row is assigned in chunks, so memory stays at the sample plus one chunk. Every random
 choice uses `seed`: the same inputs give the same clusters. Rows with a NaN or Inf are left out
-(counted in the summary); a matrix with too few finite rows for the largest k is skipped, with
-its reason in the summary instead of clusters.
+(counted in the summary). k stops at one less than the rows clustered (the silhouette needs a
+cluster with two rows): a larger k_max is lowered to that, and said so; a matrix with too few
+finite rows for the smallest k is skipped, with its reason in the summary instead of clusters.
 """
 
 import logging
@@ -49,11 +50,13 @@ def fit_kmeans(sample: np.ndarray, k: int, seed: int, minibatch: bool):
 
 def knee(ks, inertias) -> int:
     """The elbow by the Kneedle method (Satopää et al. 2011) on the convex, decreasing curve;
-    the middle k when the curve has no knee."""
+    the middle k when the curve has no knee or fewer than three points (a k_max lowered to what
+    a few rows allow)."""
     from kneed import KneeLocator
 
-    found = KneeLocator(list(ks), list(inertias), curve="convex", direction="decreasing").knee
-    return int(found) if found is not None else int(list(ks)[len(ks) // 2])
+    ks = list(ks)
+    found = KneeLocator(ks, list(inertias), curve="convex", direction="decreasing").knee if len(ks) >= 3 else None
+    return int(found) if found is not None else int(ks[len(ks) // 2])
 
 
 def elbow_table(sample, ks, seed, minibatch, silhouette_sample):
@@ -139,13 +142,23 @@ def empty_results(summary: dict, tokens: pd.DataFrame) -> tuple:
             pd.DataFrame(columns=["row", "pc1", "pc2", "cluster"]), summary, tokens)
 
 
+def k_max_clamp(ks, usable, rows: int):
+    """The sentence saying k_max was lowered to the largest of `ks` that `rows` clustered rows allow
+    (usable), or None when every k is usable."""
+    if len(usable) == len(ks):
+        return None
+    return f"k_max {max(ks)} lowered to {max(usable)}: k-means on {rows} rows allows k up to {rows - 1}"
+
+
 def analyse_embedding(matrix, ks, seed=0, sample_size=20000, silhouette_sample=5000, nearest=8,
                       minibatch_above=20000, decode=None):
     """Everything the embedding stage writes: (elbow, clusters, points, summary, tokens).
 
     summary["status"] is "ok" or "skipped" (then summary["reason"] says why and the tables are
-    empty); summary["dropped_rows"] counts the rows left out for a NaN or Inf. Row numbers in
-    the tables are those of the full matrix.
+    empty); summary["dropped_rows"] counts the rows left out for a NaN or Inf; summary["k_tried"]
+    is the first and last k fitted, and summary["k_clamped"] the sentence saying k_max was lowered
+    to what the rows allow (None when it was not). Row numbers in the tables are those of the
+    full matrix.
     """
     ks = list(ks)
     finite = finite_rows(matrix)
@@ -154,14 +167,20 @@ def analyse_embedding(matrix, ks, seed=0, sample_size=20000, silhouette_sample=5
     if counts["dropped_rows"]:
         log.warning("%d of %d rows have NaN or Inf values: left out of the clustering", counts["dropped_rows"], total)
         matrix = np.asarray(matrix[kept])  # a copy of the finite rows only
-    if not ks or kept.size <= max(ks):
-        reason = (f"{kept.size} finite rows of {total} ({counts['dropped_rows']} with NaN or Inf): "
-                  f"k-means up to k = {max(ks, default=0)} needs more")
+    index = sample_rows(kept.size, sample_size, seed)
+    usable = [k for k in ks if k < len(index)]  # the most clusters the sampled rows allow: one row fewer
+    if not usable:
+        nan = f" ({counts['dropped_rows']} with NaN or Inf)" if counts["dropped_rows"] else ""
+        reason = (f"{kept.size} finite rows of {total}{nan}: k-means with k = {min(ks, default=0)} needs at least "
+                  f"{min(ks, default=0) + 1} rows")
         log.warning("skipped: %s", reason)
         return empty_results({"status": "skipped", "reason": reason, **counts},
                              token_clusters(total, kept, None, None, decode))
+    clamped = k_max_clamp(ks, usable, len(index))
+    if clamped:
+        log.warning("%s", clamped)
+    ks = usable
     original = lambda rows: kept[np.asarray(rows, dtype=int)]  # noqa: E731  row numbers in the full matrix
-    index = sample_rows(matrix.shape[0], sample_size, seed)
     sample = np.asarray(matrix[index], dtype=np.float32)
     minibatch = matrix.shape[0] > minibatch_above
     elbow, models = elbow_table(sample, ks, seed, minibatch, silhouette_sample)
@@ -180,6 +199,7 @@ def analyse_embedding(matrix, ks, seed=0, sample_size=20000, silhouette_sample=5
     points = pd.DataFrame({"row": original(index), "pc1": coords[:, 0], "pc2": coords[:, 1],
                            "cluster": fitted.predict(sample)})
     summary = {"status": "ok", "k": k, "knee_method": "Kneedle (Satopää et al. 2011) on k-means inertia, via kneed",
+               "k_tried": [int(ks[0]), int(ks[-1])], "k_clamped": clamped,
                "algorithm": "MiniBatchKMeans" if minibatch else "KMeans", "seed": seed,
                "sample_rows": int(len(index)), "silhouette_rows": int(min(silhouette_sample, len(index))),
                "silhouette_at_k": float(elbow.set_index("k").loc[k, "silhouette"]), **counts,

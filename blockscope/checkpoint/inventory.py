@@ -1,4 +1,5 @@
-"""Inventory of a canonical checkpoint from safetensors headers and config.json alone."""
+"""Inventory of a canonical checkpoint from safetensors headers, a checksum of a small sample of
+each tensor's bytes, and config.json."""
 
 import json
 from pathlib import Path
@@ -7,8 +8,8 @@ import pandas as pd
 
 from blockscope.checkpoint.block_types import block_type, is_conv1d, layer_index, unit_of
 from blockscope.errors import BlockscopeError
-from blockscope.io.safetensors_file import checkpoint_files, origin, read_header
-from blockscope.layout import INVENTORY_COLUMNS, LM_HEAD, all_units, unit_order
+from blockscope.io.safetensors_file import checkpoint_files, file_checksums, origin, read_header
+from blockscope.layout import EMBED, INVENTORY_COLUMNS, LM_HEAD, all_units, unit_order
 
 # config.json spellings across families, first present wins.
 DIM_KEYS = {
@@ -28,6 +29,12 @@ def _first(config: dict, keys):
         if config.get(key) is not None:
             return config[key]
     return None
+
+
+def config_file(folder) -> Path:
+    """The config.json to name in a message about a checkpoint's config: the user's file for a
+    `local` source (the canonical folder holds a copy; source.json says where it came from)."""
+    return Path(origin(Path(folder) / "config.json")[0])
 
 
 def read_config(folder, model=None) -> dict:
@@ -69,11 +76,40 @@ def model_dims(config: dict, inventory: pd.DataFrame, model=None, path=None) -> 
     dims["tied_embeddings"] = bool(tied) if tied is not None else not has_head
     if has_head:  # an output head in the checkpoint is untied whatever the config says
         dims["tied_embeddings"] = False
+    dims["warnings"] = [note for note in [tied_head_disagreement(config, inventory)] if note]
     dims["model_type"] = config.get("model_type", "unknown")
     dims["architectures"] = config.get("architectures") or []
     dims["num_experts"] = _first(config, ("num_local_experts", "num_experts", "n_routed_experts"))
     dims["units"] = all_units(dims["layers"], present=inventory["unit"])
     return dims
+
+
+def _largest_matrix(inventory: pd.DataFrame, unit: str):
+    """The inventory row of the largest 2-D tensor of `unit`, or None."""
+    rows = inventory[(inventory["unit"] == unit) & (inventory["shape"].map(len) == 2)]
+    return rows.loc[rows["nbytes"].idxmax()] if len(rows) else None
+
+
+def tied_head_disagreement(config: dict, inventory: pd.DataFrame):
+    """The sentence for a config.json that says the output head is the embedding
+    (tie_word_embeddings: true) while the checkpoint stores an lm_head tensor, else None.
+
+    The stored tensors win: they are what is analysed, and transformers too keeps a stored head
+    that differs from the embedding. Equal checksums (same shape and dtype) mark a stored copy."""
+    head = _largest_matrix(inventory, LM_HEAD)
+    if config.get("tie_word_embeddings") is not True or head is None:
+        return None
+    embed = _largest_matrix(inventory, EMBED)
+    relation = ""
+    if embed is not None and all(isinstance(row.get("checksum"), str) for row in (head, embed)):
+        same = (head["checksum"], head["dtype"], list(head["shape"])) == \
+            (embed["checksum"], embed["dtype"], list(embed["shape"]))
+        relation = (f" (the same bytes as the embedding {embed['param_name']}, by the inventory's checksums)" if same
+                    else f" (not a copy of the embedding {embed['param_name']}: transformers, too, keeps such a head "
+                         "untied)")
+    return (f"config.json sets tie_word_embeddings: true, but the checkpoint stores its own output head "
+            f"{head['param_name']}{relation}; blockscope analyses the tensors as stored: the head is analysed as "
+            "unit lm_head and model.json says tied_embeddings: false")
 
 
 def model_identity(source: dict) -> dict:
@@ -85,7 +121,8 @@ def model_identity(source: dict) -> dict:
 
 
 def build_inventory(folder, model=None, source_dtypes: dict | None = None) -> pd.DataFrame:
-    """One row per tensor of every *.safetensors file in folder; reads headers only."""
+    """One row per tensor of every *.safetensors file in folder; reads the headers and, for each
+    tensor's checksum, at most 64 KiB of its bytes."""
     folder = Path(folder)
     files = checkpoint_files(folder)
     if not files:
@@ -93,18 +130,24 @@ def build_inventory(folder, model=None, source_dtypes: dict | None = None) -> pd
                               fix="check the model's source; blockscope reads safetensors only")
     model_type = read_config(folder, model).get("model_type", "")
     source_dtypes = source_dtypes or {}
-    rows = [inventory_row(info.name, list(info.shape), info.dtype, source_dtypes.get(info.name, info.dtype),
-                          info.nbytes, info.file, model_type)
-            for path in files for info in read_header(path, model=model).values()]
+    rows = []
+    for path in files:
+        tensors = read_header(path, model=model)
+        checksums = file_checksums(path, tensors)  # a 64 KiB sample per tensor, for extraction to check
+        rows += [inventory_row(info.name, list(info.shape), info.dtype, source_dtypes.get(info.name, info.dtype),
+                               info.nbytes, info.file, model_type, checksums[info.name])
+                 for info in tensors.values()]
     return inventory_frame(rows)
 
 
-def inventory_row(name, shape, dtype, source_dtype, nbytes, file, model_type) -> dict:
-    """One tensor's inventory row: its unit, layer and block type from its name."""
+def inventory_row(name, shape, dtype, source_dtype, nbytes, file, model_type, checksum=None) -> dict:
+    """One tensor's inventory row: its unit, layer and block type from its name; checksum: its
+    sample_checksum (None where no bytes exist, as in a plan from a config alone)."""
     return {"param_name": name, "unit": unit_of(name), "layer_index": layer_index(name),
             "block_type": block_type(name), "shape": list(shape), "dtype": dtype, "source_dtype": source_dtype,
             "nbytes": nbytes, "file": file,
-            "layout": "in_out" if is_conv1d(name, model_type) and len(shape) == 2 else "out_in"}
+            "layout": "in_out" if is_conv1d(name, model_type) and len(shape) == 2 else "out_in",
+            "checksum": checksum}
 
 
 def inventory_frame(rows: list) -> pd.DataFrame:

@@ -12,14 +12,16 @@ model's own `select` overrides it key by key:
   alone keeps them; add an exclude such as "embed|lm_head|norm" to drop them).
 
 An empty selection selects everything, including units that hold no tensor, exactly as before.
+The per-model embedding analysis reads its tensors whatever the selection (embedding_tensors).
 """
 
 import re
 
 from blockscope.errors import BlockscopeError
-from blockscope.layout import all_units, unit_order
+from blockscope.layout import EMBED, LM_HEAD, all_units, unit_order
 
 KEYS = ("include", "exclude", "layers")
+EMBEDDING_BLOCK_TYPES = ("embedding", "output")  # the token embedding and an output head
 
 
 def parse_layers(spec) -> list | None:
@@ -120,7 +122,9 @@ def unselected_attention(attention_names, selected) -> list:
 
 def selected_units(inventory, selection: dict, layers: int, model: str = None, path=None) -> dict:
     """unit -> selected parameter names. Every unit of the model (empty ones too: the full DAG)
-    when the selection is empty; else the units with a selected tensor, BlockscopeError when none."""
+    when the selection is empty; else the units with a selected tensor. BlockscopeError when a
+    selection keeps no tensor, or no weight matrix (check_keeps_a_matrix). inventory rows:
+    param_name, unit, layer_index, shape."""
     check_layers(selection["layers"], layers, "select.layers", model, path)
     chosen = selected_params(inventory, selection)
     if is_everything(selection):
@@ -128,7 +132,34 @@ def selected_units(inventory, selection: dict, layers: int, model: str = None, p
     if not chosen:
         raise BlockscopeError(f"select matches no tensor of the model ({describe(selection)})", model=model,
                               path=path, fix="widen select (include, exclude, layers) for this model")
+    check_keeps_a_matrix(inventory, chosen, selection, model, path)
     return chosen
+
+
+def check_keeps_a_matrix(inventory, chosen: dict, selection: dict, model: str = None, path=None):
+    """BlockscopeError when the selected tensors (chosen: unit -> names) are all 1-D parameters
+    (norm weights, biases) or scalars: they have statistics but no spectrum, so the model would
+    have no matrix to measure, compare or report on. The fix names a matrix of the model."""
+    shapes = dict(zip(inventory["param_name"], inventory["shape"]))
+    names = [name for unit_names in chosen.values() for name in unit_names]
+    if any(len(shapes[name]) >= 2 for name in names):
+        return
+    kinds = "1-D parameters" if all(len(shapes[name]) == 1 for name in names) else "1-D parameters and scalars"
+    raise BlockscopeError(
+        f"select keeps only {kinds} ({len(names)}, e.g. {names[0]}): norm weights and biases have no spectrum, "
+        f"so no weight matrix is left to analyse ({describe(selection)})", model=model, path=path,
+        fix=f"widen select to keep a weight matrix ({example_matrix(inventory, selection)}), "
+            "or remove select for this model")
+
+
+def example_matrix(inventory, selection: dict) -> str:
+    """A 2-D tensor of the model to name in a fix: of a selected layer (else any block) when there is one."""
+    matrices = [(name, _index(layer)) for name, layer, shape in
+                zip(inventory["param_name"], inventory["layer_index"], inventory["shape"]) if len(shape) == 2]
+    in_layers = [name for name, layer in matrices if layer is not None and
+                 (selection["layers"] is None or layer in selection["layers"])]
+    found = in_layers or [name for name, _ in matrices]
+    return f"a 2-D tensor such as {found[0]}" if found else "a 2-D tensor"
 
 
 def describe(selection: dict) -> str:
@@ -146,3 +177,18 @@ def chosen_layers(requested, available) -> list:
     """The requested layers that exist (sorted); with none requested, first / middle / last."""
     available = sorted(set(available))
     return sorted(set(requested) & set(available)) if requested else first_middle_last(available)
+
+
+def embedding_tensors(inventory) -> dict:
+    """unit -> the tensor the per-model embedding analysis reads there, whatever the selection:
+    the largest 2-D tensor of block type embedding or output, in embed (the token embedding) and
+    in lm_head (an untied output head). A unit without one is left out, so that nothing asks for
+    its tensors: an encoder has no lm_head, a tied head no tensor of its own. inventory rows:
+    param_name, unit, block_type, shape, nbytes."""
+    found = {}
+    for unit in (EMBED, LM_HEAD):
+        rows = inventory[(inventory["unit"] == unit) & inventory["block_type"].isin(EMBEDDING_BLOCK_TYPES)
+                         & (inventory["shape"].map(len) == 2)]
+        if len(rows):
+            found[unit] = rows.loc[rows["nbytes"].idxmax(), "param_name"]
+    return found

@@ -173,17 +173,22 @@ def local_files(src) -> list:
 
 
 def local_fingerprint(path) -> str:
-    """Name, size and mtime (ns) of every file a local source takes, as one short hash: the
-    fetch rule's param, computed when Snakemake builds the DAG, so that replacing, rewriting or
-    touching a file of the user's checkpoint reruns that model (and only it). "missing" when the
-    folder does not exist (fetch then fails with a clear message)."""
+    """Name, size, mtime and ctime (ns) of every file a local source takes, as one short hash:
+    the fetch rule's param, computed when Snakemake builds the DAG, so that replacing, rewriting
+    or touching a file of the user's checkpoint reruns that model (and only it). "missing" when
+    the folder does not exist (fetch then fails with a clear message).
+
+    The ctime (inode change time) is what catches a file edited in place with its size kept and
+    its mtime set back (os.utime, `touch -r`, rsync -t, cp -p): any write, and setting the mtime
+    itself, moves it to now, and no call sets it back. (A chmod or a new hard link moves it too:
+    that model is then recomputed once, never mixed.)"""
     src = Path(path).expanduser()
     if not src.is_dir():
         return "missing"
     digest = hashlib.sha256()
     for file in local_files(src):
         stat = file.stat()  # follows symlinks: the bytes that would be read
-        digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 

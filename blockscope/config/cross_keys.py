@@ -1,6 +1,7 @@
 """Config rules that run across keys, where a schema cannot reach: model slugs and `like`
 references, synthetic model types, `select` regexes and layers (within a synthetic model's
-blocks), embedding k bounds, quantization bands, the findings' alpha range, head-merge windows."""
+blocks), embedding k bounds, quantization bands, the findings' alpha range (the evaluation windows:
+evaluation_keys.py)."""
 
 from blockscope.checkpoint.selection import parse_layers, pattern_error
 from blockscope.compression.presets import missing_rule_keys, resolve_quantization
@@ -146,20 +147,6 @@ def _check_alpha_range(findings, origins):
              f"[{low}, {high}]: its low end must be below its high end", "give [low, high], e.g. [2, 6]")
 
 
-def _check_headmerge(merge, origins):
-    """Token budgets that hold at least one window; a file corpus names its file."""
-    for length, budget in (("seq_len", "max_tokens"), ("gpu_seq_len", "gpu_max_tokens")):
-        if merge[budget] is not None and merge[budget] < merge[length]:
-            fail(origins, ("headmerge", budget), f"config key headmerge.{budget} ({merge[budget]}) is below "
-                 f"headmerge.{length} ({merge[length]}): not one window fits",
-                 f"make {budget} at least {length}, or null for the whole split", also=[("headmerge", length)])
-    corpus = merge["corpus"]
-    if corpus["source"] == "file" and not corpus["path"]:
-        fail(origins, ("headmerge", "corpus", "path"), "config key headmerge.corpus.source is file but "
-             "headmerge.corpus.path is not set", "set headmerge.corpus.path to a raw text file, or source: datasets",
-             also=[("headmerge", "corpus", "source")])
-
-
 def check_cross_keys(config: dict, origins: Origins):
     """The rules across keys, in this order; the first broken one raises."""
     models = config["models"]
@@ -169,4 +156,3 @@ def check_cross_keys(config: dict, origins: Origins):
     _check_embedding(config["embedding"], origins)
     _check_quantization(config["quantization"], origins)
     _check_alpha_range(config["report"]["findings"], origins)
-    _check_headmerge(config["headmerge"], origins)

@@ -23,7 +23,8 @@ _short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlev
 
 # --- where a key came from ----------------------------------------------------------------------
 
-def _display(path) -> str:
+def display_path(path) -> str:
+    """A config file as an error names it: relative to the working directory when inside it."""
     path = Path(path)
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve())) if path.is_absolute() else str(path)
@@ -63,8 +64,8 @@ class Origins:
         """The label of the source that set the first of key_paths that any source sets (the one
         read last wins, as in Snakemake): the file's path, or COMMAND_LINE."""
         if not self.command_line and len(self.files) == 1:
-            return _display(self.files[0])
-        sources = [(COMMAND_LINE, self.command_line)] + [(_display(f), f) for f in reversed(self.files)]
+            return display_path(self.files[0])
+        sources = [(COMMAND_LINE, self.command_line)] + [(display_path(f), f) for f in reversed(self.files)]
         loaded = {}
         for keys in key_paths:
             for label, data in sources:
@@ -72,7 +73,7 @@ class Origins:
                     data = loaded[label] = loaded[label] if label in loaded else self._load(data)
                 if _holds(data, keys):
                     return label
-        return _display(self.files[-1])
+        return display_path(self.files[-1])
 
 
 # --- the one-line error -------------------------------------------------------------------------

@@ -88,10 +88,19 @@ def _schema_message(error) -> str:
     return message
 
 
+def _validator_of(schema_path):
+    path = Path(schema_path)
+    return _validator(str(path), path.stat().st_mtime)
+
+
+def load_schema(schema_path) -> dict:
+    """The schema at schema_path, read once per change of the file."""
+    return _validator_of(schema_path).schema
+
+
 def check_schema(config: dict, schema_path, origins: Origins):
     """Validate against the schema at schema_path, filling its defaults into config in place."""
-    path = Path(schema_path)
-    validator = _validator(str(path), path.stat().st_mtime)
+    validator = _validator_of(schema_path)
     errors = list(validator.iter_errors(config))
     if not errors:
         return

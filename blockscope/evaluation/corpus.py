@@ -32,8 +32,8 @@ def windows(token_ids: np.ndarray, seq_len: int, max_tokens: int | None, model=N
         count = min(count, max_tokens // seq_len)
     if count < 1:
         raise BlockscopeError(f"the corpus has {len(token_ids)} tokens, fewer than one window of {seq_len} "
-                              f"(or max_tokens < seq_len)", model=model, path="headmerge.corpus",
-                              fix="use a longer corpus, a smaller headmerge.seq_len or a larger max_tokens")
+                              f"(or max_tokens < seq_len)", model=model, path="eval.corpus",
+                              fix="use a longer corpus, a smaller eval.seq_len or a larger eval.max_tokens")
     return np.asarray(token_ids[: count * seq_len]).reshape(count, seq_len)
 
 

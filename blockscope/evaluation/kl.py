@@ -1,8 +1,8 @@
 """KL to the base from what the base keeps per prediction: its top-k log-probabilities, exact,
 and draws from the rest of its distribution (docs/metrics.md, "KL to the base")."""
 
-# Per prediction the base's top-k tokens are kept exactly (headmerge.kl_top_k) and the rest of
-# its distribution by samples drawn from it (headmerge.kl_tail_samples): an unbiased estimate of
+# Per prediction the base's top-k tokens are kept exactly (eval.kl_top_k) and the rest of
+# its distribution by samples drawn from it (eval.kl_tail_samples): an unbiased estimate of
 # the full KL at a fraction of its bytes.
 DEFAULT_TOP_K = 64
 DEFAULT_TAIL_SAMPLES = 32

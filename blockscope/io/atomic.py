@@ -64,22 +64,33 @@ def atomic_dir(target):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def stale_temporaries(dest) -> list:
-    """The temporary folders atomic_dir left beside `dest` when a fetch into it was killed:
-    `.<name>.XXXXXXXX.tmp` (tempfile.mkdtemp's 8 random characters), never another model's
-    (`.<name>.x.XXXXXXXX.tmp` is the folder of model `<name>.x`)."""
-    dest = Path(dest)
-    pattern = re.compile(rf"\.{re.escape(dest.name)}\.[a-z0-9_]{{8}}\.tmp")
-    if not dest.parent.is_dir():
-        return []
-    return sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name))
+# What atomic_path and atomic_dir name a temporary: `.<target name>.XXXXXXXX.tmp` (tempfile's 8 random characters).
+TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
 
 
-def remove_stale_temporaries(dest) -> list:
-    """Remove what stale_temporaries finds; the job that fetches `dest` owns them (Snakemake
-    runs one job per output at a time). Returns the paths removed."""
+def stale_temporaries(*targets) -> list:
+    """The temporary files and folders atomic_path and atomic_dir left beside `targets` when the job
+    writing them was killed, never another target's (`.<name>.x.XXXXXXXX.tmp` is the temporary of
+    `<name>.x`). One listing per folder."""
+    names = {}
+    for target in map(Path, targets):
+        names.setdefault(target.parent, set()).add(target.name)
+    found = []
+    for folder, wanted in names.items():
+        try:
+            entries = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        found += [folder / entry for entry in entries if (m := TEMPORARY.fullmatch(entry)) and m.group(1) in wanted]
+    return sorted(found)
+
+
+def remove_stale_temporaries(*targets) -> list:
+    """Remove what stale_temporaries finds. Only the job that writes the targets, or the run that
+    will, owns them (Snakemake runs one job per output at a time, and its lock keeps another run
+    off the outputs of this one). Returns the paths removed."""
     removed = []
-    for path in stale_temporaries(dest):
+    for path in stale_temporaries(*targets):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:

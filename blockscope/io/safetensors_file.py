@@ -7,10 +7,16 @@ dtype safetensors knows (bfloat16 and float8 through ml_dtypes), without torch.
 The header is checked against the file before any tensor byte is read: a header that claims
 more bytes than a tensor has, or two tensors sharing bytes, would otherwise give a matrix made
 of its neighbours' bytes (the safetensors library rejects such files too).
+
+Each tensor also gets a checksum of a fixed sample of its bytes: the inventory records it and
+extraction recomputes it from the bytes it reads, so a file edited in place after the inventory
+is refused instead of mixed into one model's results.
 """
 
+import hashlib
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +32,9 @@ FORMAT_ONLY_DTYPES = ("U16", "U32", "U64", "C64", "F4", "F6_E2M3", "F6_E3M2", "F
                       "F8_E5M2FNUZ")
 # A canonical checkpoint's provenance file, written by fetch beside the weights.
 SOURCE_JSON = "source.json"
+# The checksum's sample: a tensor of up to 64 KiB whole, a larger one in 32 blocks of 2 KiB spread
+# evenly from its first byte to its last, so the inventory reads 64 KiB per tensor at most.
+SAMPLE_BLOCKS, SAMPLE_BLOCK_BYTES = 32, 2048
 
 
 @dataclass(frozen=True)
@@ -173,6 +182,39 @@ def tensor_view(path, info: TensorInfo) -> np.ndarray:
         return np.zeros(info.shape, dtype=dtype)
     flat = np.memmap(path, dtype=dtype, mode="r", offset=info.begin, shape=(count,))
     return flat.reshape(info.shape)
+
+
+def sample_ranges(nbytes: int) -> list:
+    """(start, length) of the byte ranges of a tensor that its checksum covers."""
+    if nbytes <= SAMPLE_BLOCKS * SAMPLE_BLOCK_BYTES:
+        return [(0, nbytes)]
+    last = nbytes - SAMPLE_BLOCK_BYTES
+    return [(i * last // (SAMPLE_BLOCKS - 1), SAMPLE_BLOCK_BYTES) for i in range(SAMPLE_BLOCKS)]
+
+
+def sample_checksum(read, nbytes: int) -> str:
+    """blake2b-64 (hex) of a tensor's length and its sampled bytes; read(start, length) returns
+    the tensor's bytes from `start` (the file for the inventory, the memory map for extraction)."""
+    digest = hashlib.blake2b(nbytes.to_bytes(8, "little"), digest_size=8)
+    for start, length in sample_ranges(nbytes):
+        digest.update(read(start, length))
+    return digest.hexdigest()
+
+
+def file_checksums(path, tensors: dict) -> dict:
+    """Tensor name -> sample_checksum of each TensorInfo in `tensors` (read_header's map), read
+    from the file with one positioned read per block (a memory map would read ahead around each)."""
+    with open(path, "rb") as fh:
+        def reader(info):
+            return lambda start, length: os.pread(fh.fileno(), length, info.begin + start)
+
+        return {name: sample_checksum(reader(info), info.nbytes) for name, info in tensors.items()}
+
+
+def array_checksum(array: np.ndarray) -> str:
+    """sample_checksum of an array's bytes in C order (a tensor_view: only the sampled pages are read)."""
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    return sample_checksum(lambda start, length: flat[start:start + length].tobytes(), flat.size)
 
 
 def checkpoint_files(folder) -> list:

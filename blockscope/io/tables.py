@@ -6,20 +6,27 @@ Column types come from blockscope.layout (column_type); the table carries the pa
 pandas itself writes (https://pandas.pydata.org/docs/development/developer.html, "Storing pandas
 DataFrame objects in Apache Parquet format"), so pd.read_parquet gives Int64 for the nullable
 integer columns and str for the text ones.
+
+Read back, a damaged file (garbage, truncated, a page overwritten) raises one line naming the
+model, the file and the fix (`damaged`), never a pyarrow traceback.
 """
 
+import contextlib
 import functools
 import importlib.util
 import json
 import math
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from blockscope.errors import BlockscopeError
 from blockscope.io.atomic import atomic_path
-from blockscope.layout import column_type
+from blockscope.layout import MODEL_RESULTS, column_type
 
 ARROW_TYPES = {"str": pa.large_string(), "Int64": pa.int64(), "int64": pa.int64(), "float64": pa.float64()}
 PANDAS_TYPES = {"str": ("object", "str"), "Int64": ("int64", "Int64"), "int64": ("int64", "int64"),
@@ -142,10 +149,85 @@ def read_stamp(path) -> str | None:
     return stamp.decode() if stamp else None
 
 
-def read_table(path, columns=None) -> pa.Table:
-    """A Parquet file as an Arrow table. ParquetFile, not pq.read_table: read_table goes through
-    pyarrow.dataset, which imports pandas."""
-    return pq.ParquetFile(path).read(columns=columns)
+# Every file under results/ is written by a job from its inputs: a damaged one is deleted and made again.
+REBUILT = "delete it; the next run rebuilds it"
+_RESULTS_MODEL = re.compile("(?:^|/)" + re.escape(MODEL_RESULTS).replace(re.escape("{model}"), "([^/]+)") + "/")
+
+
+def results_model(path) -> str | None:
+    """The model whose results folder (layout.MODEL_RESULTS) holds `path`; None for another path."""
+    match = _RESULTS_MODEL.search(Path(path).as_posix())
+    return match.group(1) if match and match.group(1) != "summary" else None
+
+
+def damaged(path, reason: str, model=None) -> BlockscopeError:
+    """The one-line error of an unreadable result file: the model, the file, the fix (REBUILT)."""
+    reason = " ".join(str(reason).split())  # one line, whatever the reader said
+    return BlockscopeError(f"damaged ({reason})", model=model or results_model(path), path=path,
+                           fix=REBUILT)
+
+
+@contextlib.contextmanager
+def reading(path, model=None):
+    """Turn the Arrow or OS error of a damaged Parquet file read inside the block into `damaged`; a
+    missing or forbidden file keeps its own error (it is not damaged)."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        first = str(exc).split(". ")[0].rstrip(".")  # pyarrow's second sentence guesses at the cause
+        first = first.replace(f"Could not open Parquet input source '{path}': ", "")  # pandas names the file again
+        raise damaged(path, f"{type(exc).__name__}: {first}", model) from None
+
+
+def parquet_damage(path) -> str | None:
+    """Why `path` cannot be a whole Parquet file, from its first and last 4 bytes and its size (a
+    check cheap enough for every file while the DAG is built); None when it may be one."""
+    magic = b"PAR1"
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size < 12:  # magic, footer length, magic
+            return f"{size} bytes, too short for a Parquet file"
+        head = fh.read(4)
+        fh.seek(size - 4)
+        tail = fh.read(4)
+    if head != magic:
+        return "no Parquet header"
+    return None if tail == magic else "no Parquet footer: truncated or overwritten"
+
+
+def check_tables(paths, model=None):
+    """The cheap content check of a job's Parquet inputs before it reads them: each file's footer
+    (the schema and where every column lies) is parsed. Raises `damaged` for the first damaged file,
+    naming how many more there are, so that one run finds them all."""
+    found = []
+    for path in paths:
+        try:
+            with reading(path, model):
+                pq.read_metadata(path)
+        except BlockscopeError as exc:
+            found.append(exc)
+    if found:
+        first, others = found[0], [str(exc.path) for exc in found[1:]]
+        what = first.what + (f"; {len(others)} more damaged: {', '.join(others)}" if others else "")
+        raise BlockscopeError(what, model=first.model, path=first.path,
+                              fix=REBUILT if not others else "delete them; the next run rebuilds them")
+
+
+def read_table(path, columns=None, model=None) -> pa.Table:
+    """A Parquet file as an Arrow table; a damaged file raises `damaged`. ParquetFile, not
+    pq.read_table: read_table goes through pyarrow.dataset, which imports pandas."""
+    with reading(path, model):
+        return pq.ParquetFile(path).read(columns=columns)
+
+
+def read_frame(path, columns=None, model=None):
+    """A Parquet file as pandas reads it (pd.read_parquet); a damaged file raises `damaged`."""
+    import pandas as pd  # only the jobs that work in pandas pay for it
+
+    with reading(path, model):
+        return pd.read_parquet(path, columns=columns)
 
 
 def read_rows(path, columns=None, where=None) -> list:

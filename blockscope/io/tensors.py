@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from blockscope.errors import BlockscopeError
 from blockscope.io.atomic import atomic_path
 from blockscope.io.dtypes import numpy_dtype
-from blockscope.io.safetensors_file import origin, read_header, tensor_view
-from blockscope.io.tables import arrow_array, records
+from blockscope.io.safetensors_file import array_checksum, origin, read_header, tensor_view
+from blockscope.io.tables import arrow_array, reading, records
+from blockscope.layout import INVENTORY
 
 SCHEMA = pa.schema([
     ("param_name", pa.string()),
@@ -69,12 +70,22 @@ def write_unit(tensors, target, chunk_bytes: int = CHUNK_BYTES):
     return total
 
 
-def extract_unit(checkpoint, inventory_rows, target, model=None):
+def extract_unit(checkpoint, inventory_rows, target, model=None, inventory=None):
     """Write one unit's tensors from a canonical checkpoint folder, reading only that unit
-    (inventory_rows: a DataFrame or row dicts).
+    (inventory_rows: a DataFrame or row dicts; inventory: the inventory's path, for the fix).
 
-    Each file's header is checked again (read_header) before its bytes are read."""
+    Each file's header is checked again (read_header) before its bytes are read, and each
+    tensor's bytes against the checksum the inventory recorded: a checkpoint edited in place
+    since the inventory (its mtime restored or not) is refused, never mixed into one model's
+    results, and the target is not written."""
     headers = {}
+
+    def changed(path, what):
+        rebuild = inventory or (INVENTORY.format(model=model) if model else "the model's inventory.parquet")
+        return BlockscopeError(f"{what}: the checkpoint changed since the inventory", model=model,
+                               path=origin(path)[0],
+                               fix=f"delete {rebuild} and rerun, so that the whole model is recomputed from the "
+                                   "current file")
 
     def tensors():
         for row in records(inventory_rows):
@@ -84,12 +95,13 @@ def extract_unit(checkpoint, inventory_rows, target, model=None):
                 headers[path] = read_header(path, model=model)
             info = headers[path].get(name)
             if info is None or info.dtype != dtype or list(info.shape) != shape:
-                shown, _ = origin(path)
-                raise BlockscopeError(f"tensor {name!r} is not what the inventory recorded "
-                                      f"({dtype} {shape}): the file changed after the inventory",
-                                      model=model, path=shown, fix="rerun the workflow so that the inventory "
-                                      "is rebuilt from the current file")
-            yield name, dtype, tensor_view(path, info)
+                raise changed(path, f"tensor {name!r} is not what the inventory recorded ({dtype} {shape})")
+            view = tensor_view(path, info)
+            recorded = row.get("checksum")  # absent or null in an inventory written before checksums
+            if isinstance(recorded, str) and (found := array_checksum(view)) != recorded:
+                raise changed(path, f"tensor {name!r} does not hold the bytes the inventory recorded (checksum "
+                                    f"{found}, recorded {recorded})")
+            yield name, dtype, view
 
     return write_unit(tensors(), target)
 
@@ -114,7 +126,13 @@ def _row_group_name(parquet, index):
 
 
 def iter_unit(path, names=None):
-    """Yield (param_name, array) one tensor at a time; memory holds one tensor."""
+    """Yield (param_name, array) one tensor at a time; memory holds one tensor. A damaged file
+    raises the one-line error that names it and the fix (tables.damaged)."""
+    with reading(path):
+        yield from _iter_unit(path, names)
+
+
+def _iter_unit(path, names):
     parquet = pq.ParquetFile(path)
     wanted = None if names is None else set(names)
     current = None

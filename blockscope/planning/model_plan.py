@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 import pandas as pd
 
-from blockscope.layout import PLAN_JOB_COLUMNS, unit_order
+from blockscope.layout import PLAN_JOB_COLUMNS, all_units, unit_order
 from blockscope.planning.job_start import GPU_RULES, PER_UNIT_RULES
 from blockscope.planning.pricing import Job, predict_unit
 from blockscope.planning.throughput import Throughput
@@ -16,16 +16,16 @@ def plan_model(inventory: pd.DataFrame, dims: dict, t: Throughput, method: str =
                compute_dtype: str = "float32", precisions=("fp32", "fp16", "bf16"), selected: dict | None = None,
                rules=PER_UNIT_RULES) -> pd.DataFrame:
     """One row per (unit, rule): predicted seconds, mem_mb, gflops. selected: unit -> parameter
-    names (the workflow's selection); None: every unit whole."""
+    names (the workflow's selection) or None (the whole unit); None: every unit whole. Rule
+    extract is priced on the whole unit whatever the selection: it writes every tensor of its unit."""
     rows = []
     units = selected if selected is not None else {u: None for u in inventory["unit"].unique()}
     for unit in sorted(units, key=unit_order):
-        part = inventory[inventory["unit"] == unit]
-        if units[unit] is not None:
-            part = part[part["param_name"].isin(units[unit])]
+        whole = inventory[inventory["unit"] == unit]
+        part = whole if units[unit] is None else whole[whole["param_name"].isin(units[unit])]
         for rule in rules:
-            job = predict_unit(part, rule, t, method, compute_dtype=compute_dtype, precisions=list(precisions),
-                               dims=dims)
+            job = predict_unit(whole if rule == "extract" else part, rule, t, method, compute_dtype=compute_dtype,
+                               precisions=list(precisions), dims=dims)
             rows.append({"unit": unit, "rule": rule, "seconds": job.seconds, "mem_mb": job.mem_mb,
                          "gflops": job.flops / 1e9})
     return pd.DataFrame(rows, columns=PLAN_JOB_COLUMNS)
@@ -33,9 +33,14 @@ def plan_model(inventory: pd.DataFrame, dims: dict, t: Throughput, method: str =
 
 def predicted_jobs(inventory_path, dims: dict, selected: dict | None, backend="cpu", device=None, method="auto",
                    compute_dtype="float32", precisions=("fp32",)) -> dict:
-    """(unit, rule) -> Job for every per-unit job of a model (the workflow's resource requests)."""
-    jobs = plan_model(pd.read_parquet(inventory_path), dims, throughput(backend, device), method, compute_dtype,
-                      precisions, selected)
+    """(unit, rule) -> Job of every per-unit job the workflow may ask for (its resource requests and
+    priorities): every unit of the model (layout.all_units, empty ones too), a unit of `selected`
+    (unit -> parameter names, None: no selection) priced on its selected tensors, any other on the
+    whole unit (the embedding analysis extracts embed and lm_head whatever the selection)."""
+    inventory = pd.read_parquet(inventory_path)
+    units = {unit: None for unit in all_units(dims["layers"], present=set(inventory["unit"]))}
+    jobs = plan_model(inventory, dims, throughput(backend, device), method, compute_dtype, precisions,
+                      {**units, **(selected or {})})
     return {(r.unit, r.rule): Job(r.seconds, r.mem_mb, r.gflops * 1e9) for r in jobs.itertuples()}
 
 

@@ -100,6 +100,9 @@ def missing_section(metrics, heads, dims, embedding: dict, deep_dives: dict) -> 
                                     if len(flagged) > LISTED else [""])
     elif not has(metrics, "status"):
         lines += ["- No matrix was measured: the metrics table is empty.", ""]
+    lines += [f"- {warning.rstrip('.')}." for warning in dims.get("warnings", [])]  # the inventory's (model.json)
+    if dims.get("warnings"):
+        lines += [""]
     missing = layers_without_attention(heads, dims)
     if missing:
         lines += [f"- No attention heads in {len(missing)} of {dims.get('layers')} layers "
