@@ -28,12 +28,13 @@ def _predicted_jobs(model, stamp):
 
 def predicted_job(model, rule, unit):
     """The cost model's Job (seconds, mem_mb) of one per-unit job (re-priced when the inventory
-    changes). Every unit of the model has a price (predicted_jobs): a unit outside `select` (the
-    embedding analysis extracts embed and lm_head whatever the selection) is priced whole."""
+    changes). Every unit of the model has a price (predicted_jobs): a unit outside `select` that
+    the embedding analysis reads is priced whole."""
     try:
         stamp = manifest_stamp(model)
-    except FileNotFoundError:  # not inventoried yet, or a manifest deleted to be rebuilt: Snakemake's <TBD>
-        # for an input not there yet (the inventory is one of every priced job), priced once it is
+    except FileNotFoundError:
+        # Not inventoried yet, or a manifest deleted to be rebuilt. Snakemake shows <TBD> and asks
+        # again later only when the missing file is one of the job's inputs: name the inventory.
         raise FileNotFoundError(errno.ENOENT, "not inventoried yet", layout.INVENTORY.format(model=model)) from None
     return _predicted_jobs(model, stamp)[unit, rule]
 

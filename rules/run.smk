@@ -11,13 +11,13 @@ def report_outcomes():
         print(line)
 
 
-def start_run():
+def start_run(jobs):
     """Before any job: the temporaries that killed jobs left beside this run's outputs go (the run's
     lock makes those outputs its own, and none of its jobs has started), and a model left out for
     a damaged manifest gets that line in its log, for the run's last lines (report_outcomes)."""
     from blockscope.io.atomic import remove_stale_temporaries
 
-    outputs = [path for job in workflow.dag.needrun_jobs() for path in job.output]
+    outputs = [path for job in jobs for path in job.output]
     for path in remove_stale_temporaries(*outputs):
         print(f"blockscope: removed {path}, the temporary of a job that was killed", file=sys.stderr)
     for model in MODELS:
@@ -61,18 +61,18 @@ def one_line_when_blocked(execute):
 workflow.execute = one_line_when_blocked(workflow.execute)
 
 
-def refuse_read_only_outputs():
+def refuse_read_only_outputs(jobs):
     """Before any job: every file the jobs to run write (outputs, logs, benchmarks) can be written;
     else one line, where the first job would end in a PermissionError traceback."""
-    jobs = workflow.dag.needrun_jobs()
     paths = [path for job in jobs for path in (*job.output, *job.log, *filter(None, [job.benchmark]))]
     if line := read_only_error(paths):
         stop_run(line)
 
 
 onstart:
-    refuse_read_only_outputs()
-    start_run()
+    jobs = list(workflow.dag.needrun_jobs())
+    refuse_read_only_outputs(jobs)
+    start_run(jobs)
 
 
 onsuccess:
