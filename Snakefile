@@ -30,6 +30,7 @@ include: "rules/evaluate.smk"
 include: "rules/headmerge.smk"
 include: "rules/detail_tables.smk"
 include: "rules/compress.smk"
+include: "rules/sensitivity.smk"
 
 
 rule all:

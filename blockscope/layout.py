@@ -64,6 +64,11 @@ HEADMERGE_THRESHOLD_FIGURES = (HEADMERGE + "/comparison_{threshold}", HEADMERGE 
 # Quantisation and pruning plans applied and evaluated (rules compress_quant, compress_prune).
 COMPRESS_QUANT = "results/{model}/compress/quant"
 COMPRESS_PRUNE = "results/{model}/compress/prune"
+# Per-matrix ground truth (rule compress_sensitivity): one matrix alone quantised or pruned, its KL to the base.
+COMPRESS_SENSITIVITY = "results/{model}/compress/sensitivity"
+# Its figures (stems under COMPRESS_SENSITIVITY, rule compress_plots): every metric's rho with the measured KL,
+# and the best predictor against the KL per matrix.
+SENSITIVITY_FIGURES = ("correlations", "best_metric")
 MODEL_RESULTS = "results/{model}"
 INVENTORY = "results/{model}/inventory.parquet"
 MODEL_JSON = "results/{model}/model.json"
@@ -232,16 +237,57 @@ DOWN_PROJECTION_COLUMNS = ["matrix", "layer_index", "rows", "cols", "components"
 PHASE_STATISTICS_COLUMNS = ["block_type", "metric", "phase", "count", "mean", "std", "min", "max", "median",
                             "range", "cv"]
 ALL_TYPES = "all"  # block_type of the phase-statistics rows over every weight type
-# Compression experiments: one row per evaluated plan (and the base), metrics against the base.
+# Compression experiments: one row per evaluated plan (and the base), metrics against the base. An
+# encoder (blockscope.evaluation.variants.score_fields) fills embedding_cosine, retrieval_agreement,
+# kl_divergence (its embedding loss, 1 - cosine) and tokens_evaluated (sentences); the rest are NaN.
 COMPRESS_SCORE_COLUMNS = ["perplexity", "accuracy", "kl_divergence", "top1_agreement", "perplexity_change", "ci_low",
-                          "ci_high", "tokens_evaluated"]
+                          "ci_high", "tokens_evaluated", "embedding_cosine", "retrieval_agreement"]
+# predicted_kl: the additive model's KL of a quantisation plan (summed per-matrix sensitivity
+# estimates, blockscope.compression.oracle), NaN without them.
 COMPRESS_QUANT_COLUMNS = ["model", "plan", "kind", "of", "seed", "direction", "bits_per_weight", "format_counts",
-                          *COMPRESS_SCORE_COLUMNS]
+                          *COMPRESS_SCORE_COLUMNS, "predicted_kl"]
 COMPRESS_PRUNE_COLUMNS = ["model", "plan", "kind", "of", "seed", "direction", "target", "sparsity",
                           *COMPRESS_SCORE_COLUMNS]
+# Statistical comparisons of evaluated variants on the same windows (blockscope.evaluation.paired_tests):
+# one row per (plan, control); estimate, ci_low, ci_high: plan minus control in `metric` (mean NLL per
+# token in nats for causal LMs; negative: the plan is better); p_value: the plan's rank among the
+# random plans (against == "random"); verdict one of VERDICTS. Written as comparisons.parquet beside
+# each experiment's summary (compress/quant, compress/prune, headmerge). docs/metrics.md "Comparisons".
+COMPARISON_COLUMNS = ["model", "experiment", "plan", "against", "against_plan", "metric", "estimate", "ci_low",
+                      "ci_high", "level", "min_effect", "verdict", "p_value", "n_random", "windows", "tokens",
+                      "articles"]
+VERDICTS = ("better", "worse", "below minimum effect", "no detectable difference")
+# Per-matrix sensitivity: per perturbation, metric and block type (ALL_TYPES over every type), Spearman's
+# rho of the metric with the measured KL of perturbing one matrix alone, its percentile bootstrap interval
+# over matrices and p-value; matrices: the measured matrices it counts (below 5: NaN statistics).
+# blockscope.compression.metric_prediction; results/{model}/compress/sensitivity/metric_correlations.parquet.
+METRIC_CORRELATION_COLUMNS = ["model", "perturbation", "metric", "block_type", "matrices", "spearman", "ci_low",
+                              "ci_high", "p_value"]
 # One row per (plan, matrix): the sparsity allocated to it and the one pruning achieved.
 PRUNE_ALLOCATION_COLUMNS = ["model", "target", "plan", "param_name", "layer_index", "layer_alpha", "allocated",
                             "achieved"]
+# Per-matrix sensitivity (blockscope.compression.sensitivity), estimates.parquet: one row per (matrix,
+# perturbation: a format name or prune_<sparsity>), that matrix alone perturbed. kl_divergence and nll_change
+# are measured (NaN where measured is false); proxy is the output-error proxy Tr(dW S dW^T) / tokens;
+# estimated_kl the measured KL, else the proxy through the log-space calibration (agreement.json).
+SENSITIVITY_ESTIMATE_COLUMNS = ["model", "param_name", "block_type", "layer_index", "rows", "cols", "params",
+                                "perturbation", "measured", "kl_divergence", "nll_change", "weight_error", "proxy",
+                                "estimated_kl"]
+# matrices.parquet: one row per matrix, its spectral metrics (alpha_hill_relative_range: precision sensitivity),
+# then per perturbation p the columns sensitivity_columns(p): measured or not, KL (estimated_kl), NLL change,
+# weight error.
+SENSITIVITY_METRICS = ["alpha", "alpha_hill", "alpha_peak", "alpha_weighted", "stable_rank", "effective_rank",
+                       "spectral_norm", "alpha_hill_relative_range"]
+SENSITIVITY_MATRIX_COLUMNS = ["model", "param_name", "block_type", "layer_index", "rows", "cols", "params",
+                              *SENSITIVITY_METRICS]
+SENSITIVITY_PER_PERTURBATION = ("measured", "kl", "nll_change", "weight_error")
+
+
+def sensitivity_columns(perturbation: str) -> list:
+    """matrices.parquet's columns of perturbation p: `{p}_measured`, `{p}_kl`, `{p}_nll_change`, `{p}_weight_error`."""
+    return [f"{perturbation}_{name}" for name in SENSITIVITY_PER_PERTURBATION]
+
+
 BENCHMARK_COLUMNS = ["s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load",
                      "cpu_time"]
 
@@ -258,7 +304,9 @@ TABLES = {
     "heads_heatmap_statistics": HEATMAP_STATISTICS_COLUMNS, "deep_dive_summary": DEEP_DIVE_SUMMARY_COLUMNS,
     "down_projections": DOWN_PROJECTION_COLUMNS, "phase_statistics": PHASE_STATISTICS_COLUMNS,
     "compress_quant": COMPRESS_QUANT_COLUMNS, "compress_prune": COMPRESS_PRUNE_COLUMNS,
-    "prune_allocations": PRUNE_ALLOCATION_COLUMNS,
+    "prune_allocations": PRUNE_ALLOCATION_COLUMNS, "comparisons": COMPARISON_COLUMNS,
+    "sensitivity_estimates": SENSITIVITY_ESTIMATE_COLUMNS, "sensitivity_matrices": SENSITIVITY_MATRIX_COLUMNS,
+    "metric_correlations": METRIC_CORRELATION_COLUMNS,
 }
 
 

@@ -1,5 +1,19 @@
 # Per causal LM: the quantisation and pruning plans the spectra suggest, applied and evaluated on
-# the base evaluation's corpus windows against uniform, mirrored and random controls of the same budget.
+# the base evaluation's corpus windows against uniform, mirrored and random controls of the same budget,
+# and compared with them by window (comparisons.parquet).
+
+
+def compress_estimates_input(wildcards):
+    """The per-matrix sensitivity estimates (rule compress_sensitivity) when compress.sensitivity is
+    on: the oracle plans and every plan's predicted KL come from them; none otherwise."""
+    if not COMPRESS.get("sensitivity", {}).get("enabled", False):
+        return []
+    return f"{layout.COMPRESS_SENSITIVITY}/estimates.parquet".format(model=wildcards.model)
+
+
+def compress_comparison_settings():
+    """What the comparisons state beside the evaluation settings: the interval level and the minimum effect."""
+    return {**compress_evaluation(), **{key: EVALUATION[key] for key in ("min_effect", "confidence")}}
 
 
 rule compress_quant:
@@ -8,10 +22,13 @@ rule compress_quant:
         dims=layout.MODEL_JSON,
         metrics=layout.METRICS,
         base=layout.EVAL_BASE,
+        estimates=compress_estimates_input,
     output:
         **compress_variant(layout.COMPRESS_QUANT),
         summary=f"{layout.COMPRESS_QUANT}/summary.parquet",
         summary_csv=f"{layout.COMPRESS_QUANT}/summary.csv",
+        comparisons=f"{layout.COMPRESS_QUANT}/comparisons.parquet",
+        comparisons_csv=f"{layout.COMPRESS_QUANT}/comparisons.csv",
         plans=f"{layout.COMPRESS_QUANT}/plans.json",
         hints=[f"{layout.COMPRESS_QUANT}/hint_{preset}.json" for preset in COMPRESS_PRESETS],
     log:
@@ -25,9 +42,13 @@ rule compress_quant:
         gpu=GPU_CLAIM,
         mem_mb=12000,
     params:
-        settings={"quant": COMPRESS["quant"], "random_seeds": COMPRESS["random_seeds"]},
+        settings={
+            "quant": COMPRESS["quant"],
+            "random_seeds": COMPRESS["random_seeds"],
+            "budget_random_plans": COMPRESS["budget_random_plans"],
+        },
         group_size=config["quantization"]["group_size"],
-        evaluation=compress_evaluation(),
+        evaluation=compress_comparison_settings(),
         device=BACKEND,
         code=code("compress_quant"),
     script:
@@ -46,6 +67,8 @@ rule compress_prune:
         summary_csv=f"{layout.COMPRESS_PRUNE}/summary.csv",
         allocations=f"{layout.COMPRESS_PRUNE}/allocations.parquet",
         allocations_csv=f"{layout.COMPRESS_PRUNE}/allocations.csv",
+        comparisons=f"{layout.COMPRESS_PRUNE}/comparisons.parquet",
+        comparisons_csv=f"{layout.COMPRESS_PRUNE}/comparisons.csv",
         plans=f"{layout.COMPRESS_PRUNE}/plans.json",
     log:
         "logs/{model}/compress_prune.log",
@@ -63,11 +86,36 @@ rule compress_prune:
             "random_seeds": COMPRESS["random_seeds"],
         },
         targets=COMPRESS["prune"]["gpu_targets" if BACKEND == "cuda" else "targets"],
-        evaluation=compress_evaluation(),
+        evaluation=compress_comparison_settings(),
         device=BACKEND,
         code=code("compress_prune"),
     script:
         "../workflow_scripts/compress_prune.py"
+
+
+def sensitivity_plots_on():
+    """Whether the per-matrix sensitivity runs (compress and compress.sensitivity enabled)."""
+    return COMPRESS["enabled"] and COMPRESS.get("sensitivity", {}).get("enabled", False)
+
+
+def sensitivity_plot_inputs():
+    """compress_plots' inputs for the per-matrix sensitivity figures, when compress.sensitivity is on."""
+    if not sensitivity_plots_on():
+        return {}
+    return {"sensitivity_matrices": f"{layout.COMPRESS_SENSITIVITY}/matrices.parquet",
+            "correlations": f"{layout.COMPRESS_SENSITIVITY}/metric_correlations.parquet",
+            "sensitivity_agreement": f"{layout.COMPRESS_SENSITIVITY}/agreement.json"}
+
+
+def sensitivity_plot_outputs():
+    """The sensitivity figures: every metric's rho with the measured KL, the best one against it."""
+    if not sensitivity_plots_on():
+        return {}
+    return {
+        name: figure(f"{layout.COMPRESS_SENSITIVITY}/{name}", category="{model}", subcategory="compression",
+                     caption=f"../report/sensitivity_{name}.rst")
+        for name in layout.SENSITIVITY_FIGURES
+    }
 
 
 # Drawing only: an edit to the plots reruns this rule, never the evaluations.
@@ -77,6 +125,7 @@ rule compress_plots:
         quant_plans=f"{layout.COMPRESS_QUANT}/plans.json",
         prune=f"{layout.COMPRESS_PRUNE}/summary.parquet",
         prune_plans=f"{layout.COMPRESS_PRUNE}/plans.json",
+        **sensitivity_plot_inputs(),
     output:
         quant=figure(
             f"{layout.COMPRESS_QUANT}/pareto",
@@ -90,6 +139,7 @@ rule compress_plots:
             subcategory="compression",
             caption="../report/compress_prune.rst",
         ),
+        **sensitivity_plot_outputs(),
     log:
         "logs/{model}/compress_plots.log",
     benchmark:

@@ -1,5 +1,6 @@
-# Per causal LM: the base model scored once on the corpus windows; head merging (and the
-# compression experiments) score their variants against this, never running the base again.
+# Per causal LM: the base model scored once on the corpus windows (per encoder: its embeddings of the
+# corpus's sentences); head merging (and the compression experiments) score their variants against
+# this, never running the base again.
 
 # The eval keys that change the base evaluation reach it, no others: a new threshold never
 # reruns it. A model the evaluation cannot score needs no corpus (evaluation_corpus).
@@ -12,6 +13,10 @@ BASE_EVAL_KEYS = (
     "dtype",
     "kl_top_k",
     "kl_tail_samples",
+    "encoder_sentences",
+    "encoder_group",
+    "encoder_batch_size",
+    "encoder_per_article",
 )
 
 

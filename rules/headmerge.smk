@@ -27,6 +27,8 @@ rule headmerge:
     output:
         thresholds=expand("results/{{model}}/headmerge/threshold_{t}.json", t=config["headmerge"]["thresholds"]),
         summary="results/{model}/headmerge/summary.parquet",
+        comparisons="results/{model}/headmerge/comparisons.parquet",
+        comparisons_csv="results/{model}/headmerge/comparisons.csv",
         similarities="results/{model}/headmerge/similarities.parquet",
     log:
         "logs/{model}/headmerge.log",
@@ -41,14 +43,16 @@ rule headmerge:
     params:
         # headmerge.layers only when set: runs from before the key existed stay up to date;
         # kl_cache_mb no more (the base evaluation's file replaced that cache); plot_layers
-        # only chooses what headmerge_plots draws; of the eval keys, those it scores with
+        # only chooses what headmerge_plots draws; of the eval keys, those it scores and compares
+        # with; report.findings.ppl_tolerance chooses the headline threshold (summary `selected`)
         settings={
             **{
                 k: v
                 for k, v in HEADMERGE.items()
                 if (k != "layers" or v is not None) and k not in ("kl_cache_mb", "plot_layers")
             },
-            **{key: EVALUATION[key] for key in ("batch_size", "dtype", "bootstrap")},
+            **{key: EVALUATION[key] for key in ("batch_size", "dtype", "bootstrap", "min_effect", "confidence")},
+            "ppl_tolerance": config["report"]["findings"]["ppl_tolerance"],
         },
         device=BACKEND,
         code=code("headmerge"),

@@ -218,14 +218,14 @@ EVALUATION = config["eval"]  # the corpus and windows the base evaluation, head 
 
 
 def evaluation_corpus(wildcards):
-    """Input of evaluate_base: the corpus, for a model the evaluation can score. A model it cannot
-    (an encoder, no tokenizer: loading.skip_reason, known once its checkpoint is inventoried)
-    writes its skipped record without it, so it never waits on fetch_corpus, and a corpus that
-    cannot be fetched (offline, no file) costs only the models that need it."""
+    """Input of evaluate_base: the corpus, for a model the evaluation can score (a causal LM or an
+    encoder). A model it cannot (not one of those, no tokenizer: loading.skip_reason, known once its
+    checkpoint is inventoried) writes its skipped record without it, so it never waits on
+    fetch_corpus, and a corpus that cannot be fetched (offline, no file) costs only the models that need it."""
     from blockscope.evaluation.loading import skip_reason
 
     dims = model_dims(wildcards.model)
-    return [] if skip_reason(dims, layout.CHECKPOINT.format(model=wildcards.model)) else layout.CORPUS
+    return [] if skip_reason(dims, layout.CHECKPOINT.format(model=wildcards.model), encoders=True) else layout.CORPUS
 
 
 def headmerge_dims(wildcards):

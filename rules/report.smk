@@ -1,6 +1,34 @@
 # Plots and reports, per model and across models. All read tables; none recomputes a spectrum.
 
 
+def compress_comparisons(models):
+    """Input: the experiments' comparisons tables of `models` (none when compress is off)."""
+    if not COMPRESS["enabled"]:
+        return []
+    return [
+        f"{folder}/comparisons.parquet".format(model=m)
+        for m in models
+        for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
+    ]
+
+
+def sensitivity_report_files(models, figures=True):
+    """Input: the per-matrix sensitivity tables (and figures) the reports read, when compress and
+    compress.sensitivity are enabled; none otherwise."""
+    if not (COMPRESS["enabled"] and COMPRESS.get("sensitivity", {}).get("enabled", False)):
+        return []
+    names = ["matrices.parquet", "metric_correlations.parquet", "agreement.json"]
+    return [
+        *[f"{layout.COMPRESS_SENSITIVITY}/{name}".format(model=m) for m in models for name in names],
+        *[
+            path
+            for m in (models if figures else [])
+            for name in layout.SENSITIVITY_FIGURES
+            for path in figure_files(f"{layout.COMPRESS_SENSITIVITY}/{name}".format(model=m))
+        ],
+    ]
+
+
 rule metric_plots:
     input:
         metrics=layout.METRICS,
@@ -116,6 +144,8 @@ rule model_report:
         benchmarks=lambda w: benchmark_files(w.model),
         files=lambda w: model_files(w.model),
         compress=lambda w: compress_targets(w.model),
+        comparisons=lambda w: compress_comparisons([w.model]),
+        sensitivity=lambda w: sensitivity_report_files([w.model]),
     output:
         report=report(
             layout.REPORT,
@@ -133,6 +163,8 @@ rule model_report:
         sensitivity_threshold=config["precision"]["sensitivity_threshold"],
         findings=config["report"]["findings"],
         embedded=EMBEDDED,
+        group_size=config["quantization"]["group_size"],
+        level=EVALUATION["confidence"],
         code=code("model_report"),
     script:
         "../workflow_scripts/model_report.py"
@@ -169,6 +201,8 @@ rule summary_report:
         precision=f"{layout.SUMMARY}/precision.parquet",
         headmerge=headmerge_summaries(MODELS),
         compress=compress_summaries(MODELS),
+        comparisons=compress_comparisons(MODELS),
+        sensitivity=sensitivity_report_files(MODELS, figures=False),
         reports=expand(layout.REPORT, model=MODELS),
         plots=summary_plot_files([EMBEDDED]),  # linked from the report
         other_formats=summary_plot_files(OTHER_FORMATS),
@@ -190,6 +224,7 @@ rule summary_report:
         findings=config["report"]["findings"],
         embedded=EMBEDDED,
         controls=CONTROLS,
+        level=EVALUATION["confidence"],
         code=code("summary_report"),
     script:
         "../workflow_scripts/summary_report.py"

@@ -38,6 +38,8 @@ def benchmark_files(model):
         files += [
             benchmark(rule).replace("{model}", model) for rule in ("compress_quant", "compress_prune", "compress_plots")
         ]
+    if COMPRESS["enabled"] and SENSITIVITY["enabled"]:
+        files += [benchmark("compress_sensitivity").replace("{model}", model)]
     return files
 
 
@@ -99,6 +101,7 @@ def per_model_targets(model):
         layout.PLAN.format(model=model),
         *headmerge_targets(model),
         *compress_targets(model),
+        *compress_sensitivity_targets(model),
         *inventoried_model_files(model),
     ]
 

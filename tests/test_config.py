@@ -95,7 +95,7 @@ def test_a_key_of_another_source_is_refused():
 
 @pytest.mark.parametrize("spec, fragment", [
     ({"source": "local", "path": "/p", "revison": "x"},
-     "models.m.revison is not known (a local model takes: source, path, select)"),
+     "models.m.revison is not known (a local model takes: source, path, package, select)"),
     ({"source": "gguf", "package": "p", "fille": "f"}, "models.m.fille is not known; did you mean 'file'?"),
     ({"source": "hf", "repo_id": "x/y", "revsion": "v1"}, "did you mean 'revision'?"),
     ({"source": "synthetic", "like": "m2", "dtpye": "float16"}, "did you mean 'dtype'?"),
@@ -544,7 +544,7 @@ def test_the_old_headmerge_evaluation_keys_mean_the_same_with_a_warning_each(cap
                                      "plot_layers"}
     lines = capsys.readouterr().err.splitlines()
     assert lines == [f"WARNING config.yaml: config key headmerge.{key} is deprecated and read as eval.{key} "
-                     f"until 0.4.0, which refuses it. Fix: rename it to eval.{key}." for key in OLD_EVALUATION]
+                     f"until 0.5.0, which refuses it. Fix: rename it to eval.{key}." for key in OLD_EVALUATION]
 
 
 def test_the_old_keys_are_checked_under_their_own_names():
@@ -582,7 +582,7 @@ def test_between_old_and_new_keys_the_file_read_last_wins(tmp_path, monkeypatch,
                              cli_configfiles=[old.resolve()])
     assert config["eval"]["seq_len"] == 128 and "seq_len" not in config["headmerge"]
     assert capsys.readouterr().err.splitlines() == [
-        f"WARNING mine.yaml: config key headmerge.{key} is deprecated and read as eval.{key} until 0.4.0, "
+        f"WARNING mine.yaml: config key headmerge.{key} is deprecated and read as eval.{key} until 0.5.0, "
         f"which refuses it. Fix: rename it to eval.{key}." for key in ("seq_len", "max_tokens")]
     config = validate_config(_merged(*layers[::-1]), SCHEMA, configfiles=["mine.yaml", new.resolve()],
                              cli_configfiles=[new.resolve()])

@@ -91,6 +91,20 @@ def test_the_unchanged_model_scores_as_the_base(tiny):
     assert perplexity_change_ci(base, again, samples=200) == pytest.approx((0.0, 0.0), abs=1e-4)
 
 
+def exact_bootstrap_interval(base, variant, level=0.95):
+    """The 2.5 % and 97.5 % points of perplexity(variant) - perplexity(base) over every one of the
+    n^n equally likely resamples of n windows (itertools.product), as numpy's default quantile."""
+    import itertools
+
+    nll_b, nll_v, tokens = (np.asarray(x, float) for x in (base.nll, variant.nll, base.tokens))
+    n = len(tokens)
+    changes = [np.exp(nll_v[list(pick)].sum() / tokens[list(pick)].sum())
+               - np.exp(nll_b[list(pick)].sum() / tokens[list(pick)].sum())
+               for pick in itertools.product(range(n), repeat=n)]
+    tail = (1 - level) / 2
+    return float(np.quantile(changes, tail)), float(np.quantile(changes, 1 - tail))
+
+
 def test_a_perturbed_model_diverges_and_its_kl_estimate_matches_the_exact_kl(tiny):
     model, batches, base = tiny
     variant = perturbed(model)
@@ -99,8 +113,11 @@ def test_a_perturbed_model_diverges_and_its_kl_estimate_matches_the_exact_kl(tin
     exact = exact_kl(model, variant, batches)
     assert sum(scores.kl) == pytest.approx(exact, rel=0.05)  # k = 16 of 256 tokens, the rest sampled
     assert summary["top1_agreement"] < 1 and summary["perplexity"] != base.summary()["perplexity"]
-    low, high = perplexity_change_ci(base, scores, samples=200)
-    assert low <= high and high > 0
+    # the paired bootstrap against its exact distribution: all 5^5 resamples of the 5 windows
+    low, high = perplexity_change_ci(base, scores, samples=20000)
+    exact_low, exact_high = exact_bootstrap_interval(base, scores)
+    spread = exact_high - exact_low
+    assert low == pytest.approx(exact_low, abs=0.05 * spread) and high == pytest.approx(exact_high, abs=0.05 * spread)
     # with every token of the vocabulary kept it is the exact KL, up to the float32 logsumexp
     # (about 1e-6 nats per prediction; the peer works in float64)
     whole = forward.evaluate_base(model, batches, top_k=TINY_LLAMA["vocab_size"])

@@ -73,24 +73,58 @@ def test_precision_finding_counts_the_flagged_matrices():
     assert "(precision_alpha_hill.csv)" in sentence
 
 
-def headmerge_table(perplexities, pairs, thresholds=(0.5, 0.9, 0.99), base=10.0):
-    return pd.DataFrame({"threshold": thresholds, "similarity": "qk", "merged_pairs": pairs, "perplexity": perplexities,
-                         "base_perplexity": base, "random_perplexity_mean": [p * 2 for p in perplexities]})
+def headmerge_table(**columns):
+    """A hand-built head-merge summary: the selection half (select_*) and the held-out half (heldout_*)
+    disagree on the best threshold (A: 0.7; B, within 5 %: 0.5)."""
+    table = {"threshold": [0.5, 0.7, 0.9], "similarity": "qk", "merged_pairs": [9, 5, 2], "heads_removed": [6, 4, 2],
+             "level": 0.95, "min_effect": 0.002, "selected_on": "even", "reported_on": "odd",
+             "select_ci_high": [0.08, 0.03, 0.01], "heldout_ci_high": [0.02, 0.06, 0.01],
+             "heldout_nll_change": [0.01, 0.05, 0.004], "heldout_ci_low": [0.0, 0.04, -0.002],
+             "random_controls": 5, "heldout_vs_random": [-0.01, 0.03, 0.0005],
+             "heldout_vs_random_low": [-0.02, 0.02, -0.004], "heldout_vs_random_high": [0.0, 0.04, 0.005],
+             "heldout_p_value": [0.33, 1.0, 0.5],
+             "heldout_verdict": ["no detectable difference", "worse", "no detectable difference"],
+             "heldout_windows": 8, "heldout_tokens": 2040, "heldout_articles": 3}
+    return pd.DataFrame({**table, **columns})
 
 
-def test_headmerge_headline_is_the_largest_merge_within_tolerance():
-    summary = headmerge_table([20.0, 10.4, 10.1], [30, 12, 2])
-    best = fd.headmerge_headline(summary, 0.05)
-    assert best["threshold"] == 0.9  # 10.4 <= 10.5; 20 is not
+def test_headmerge_finding_chooses_on_one_half_and_reports_the_other():
+    summary = headmerge_table()
+    assert fd.headmerge_headline(summary, 0.05)["threshold"] == 0.7  # 0.08 > log(1.05) = 0.0488 on A
+    on_b = summary.assign(select_ci_high=summary["heldout_ci_high"])
+    assert fd.headmerge_headline(on_b, 0.05)["threshold"] == 0.5  # what choosing on B would have said
     sentence = fd.headmerge_finding(summary, 0.05, LINK)
-    assert "within 5 % of the base (10.00) down to threshold 0.9: 12 head pairs merged" in sentence
-    assert "perplexity 10.40 (+4.0 %)" in sentence and "20.80 (+108.0 %) for random merges" in sentence
-    assert "(headmerge/sweep.png)" in sentence
-    none = fd.headmerge_finding(headmerge_table([20.0, 15.0, 11.0], [30, 12, 2]), 0.05, LINK)
-    assert none.startswith("No qk threshold that merges heads keeps perplexity within 5 %")
-    assert "the mildest merge, threshold 0.99, merges 2 pairs for 11.00 (+10.0 %), against 22.00" in none
-    unmerged = fd.headmerge_finding(headmerge_table([10.0, 10.0, 12.0], [0, 0, 3]), 0.05, LINK)
-    assert "threshold 0.99, merges 3 pairs for 12.00 (+20.0 %)" in unmerged  # 0 pairs within 5 % is no answer
+    assert sentence.startswith("Merging heads by qk similarity: threshold 0.7, chosen on the even windows as the "
+                               "largest merge (most heads removed) with its perplexity change's 95 % upper bound "
+                               "within 5 % of the base, removes 4 heads (5 similar pairs)")
+    # B's numbers for A's choice: e^0.05 - 1 = 5.1 %, e^0.04 - 1 = 4.1 %, e^0.06 - 1 = 6.2 %
+    assert ("on the held-out odd windows (8 windows, 2040 tokens from 3 WikiText articles) perplexity changes by "
+            "+5.1 % (95 % CI +4.1 % to +6.2 %)") in sentence
+    assert ("against 5 random merges that remove as many heads per layer, +0.0300 nats per token (95 % CI +0.0200 "
+            "to +0.0400), rank p = 1.00: worse than the controls") in sentence
+    assert "(headmerge/sweep.png)" in sentence and "threshold 0.5" not in sentence and "+1.0 %" not in sentence
+
+
+def test_headmerge_finding_says_no_detectable_difference_and_names_no_winner():
+    summary = headmerge_table(select_ci_high=[0.08, 0.06, 0.01])  # on A only 0.9 is within 5 %
+    sentence = fd.headmerge_finding(summary, 0.05, LINK)
+    assert "threshold 0.9, chosen on the even windows" in sentence and "removes 2 heads" in sentence
+    assert "perplexity changes by +0.4 % (95 % CI -0.2 % to +1.0 %)" in sentence
+    assert sentence.endswith("+0.0005 nats per token (95 % CI -0.0040 to +0.0050), rank p = 0.50: no detectable "
+                             "difference at 8 windows / 2040 tokens ([head-merge sweep](headmerge/sweep.png), "
+                             "[headmerge/summary.parquet](headmerge/summary.parquet)).")
+    assert "better" not in sentence and "worse" not in sentence
+
+
+def test_headmerge_finding_without_a_merge_within_tolerance():
+    none = fd.headmerge_finding(headmerge_table(select_ci_high=[0.08, 0.06, 0.05]), 0.05, LINK)
+    assert none.startswith("No qk threshold that merges heads has, on the even windows, its perplexity change's "
+                           "95 % upper bound within 5 % of the base; the mildest merge, threshold 0.9 (2 heads "
+                           "removed): on the held-out odd windows")
+    unmerged = fd.headmerge_finding(headmerge_table(heads_removed=0, merged_pairs=0), 0.05, LINK)
+    assert unmerged.startswith("No qk threshold merges a single head pair")
+    # a summary from before the half split gives no finding rather than a wrong one
+    assert fd.headmerge_finding(pd.DataFrame({"threshold": [0.5], "perplexity": [10.0]}), 0.05, LINK) is None
 
 
 def test_model_findings_skip_what_has_no_table_and_append_extras():

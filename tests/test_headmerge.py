@@ -1,5 +1,7 @@
 """Head merging: similarity measures, GQA merge semantics, merged models that run, evaluation."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -50,9 +52,62 @@ def test_pairs_components_and_random_controls():
     assert [p[:2] for p in pairs] == [[0, 1], [1, 3]]
     assert hm.components(5, pairs) == [[0, 1, 3]]
     assert hm.pairs_above(sim, 0.99) == [] and hm.components(5, []) == []
+
+
+def heads_left_after_merging(groups, heads, seed=0):
+    """Independently of heads_removed: merge random weights by these groups (MHA) and count the
+    distinct Q slices left; heads minus that is the heads the merge removed."""
+    d, hidden = 2, 5
+    rng = np.random.default_rng(seed)
+    arrays = {"q": rng.standard_normal((heads * d, hidden)), "k": rng.standard_normal((heads * d, hidden)),
+              "v": rng.standard_normal((heads * d, hidden)), "o": rng.standard_normal((hidden, heads * d))}
+    q = hm.merge_groups(arrays, groups, heads, heads, d)["q"]
+    return len({q[h * d:(h + 1) * d].tobytes() for h in range(heads)})
+
+
+def test_relabelled_controls_remove_as_many_heads_per_layer_as_the_plan():
+    # a 4-clique: its 6 pairs merge heads 0, 2, 5, 7 of 9 into one, removing 3; another layer merges a pair
+    clique = [[a, b, 0.9] for a, b in itertools.combinations([0, 2, 5, 7], 2)]
+    plan = {0: hm.components(9, clique), 3: hm.components(9, [[1, 4, 0.95]])}
+    assert plan[0] == [[0, 2, 5, 7]] and 9 - heads_left_after_merging(plan[0], 9) == 3
+    controls = hm.relabelled_controls(plan, 9, 5, seed=0)
+    assert len(controls) == 5
+    assert len({hm.plan_key(c) for c in controls} | {hm.plan_key(plan)}) == 6  # distinct, none is the plan
+    for control in controls:
+        assert sorted(control) == [0, 3]
+        assert [9 - heads_left_after_merging(control[layer], 9) for layer in (0, 3)] == [3, 1]
+        assert [sorted(map(len, control[layer])) for layer in (0, 3)] == [[4], [2]]
+        assert all(0 <= h < 9 for groups in control.values() for g in groups for h in g)
+    assert hm.relabelled_controls(plan, 9, 5, seed=0) == controls  # seeded
+    # what the old control did instead: as many random pairs (6) among the 9 heads remove ~5.7
     rng = np.random.default_rng(0)
-    random = hm.random_pairs(5, 2, rng)
-    assert len(random) == 2 and len({tuple(p[:2]) for p in random}) == 2
+    pairs = np.array(list(itertools.combinations(range(9), 2)))
+    removed = [9 - heads_left_after_merging(hm.components(9, pairs[rng.choice(len(pairs), 6, replace=False)]), 9)
+               for _ in range(300)]
+    assert 5.4 < np.mean(removed) < 6.0
+
+
+@pytest.mark.parametrize("groups, heads", [([[0, 1]], 3), ([[0, 1, 2]], 5), ([[0, 1], [2, 3]], 5),
+                                           ([[0, 1], [2, 3, 4]], 6), ([[0, 1, 2]], 3), ([[0, 3], [1, 2]], 4)])
+def test_distinct_relabellings_match_enumeration(groups, heads):
+    every = {tuple(tuple(g) for g in hm.relabel(groups, p)) for p in itertools.permutations(range(heads))}
+    assert hm.distinct_relabellings(groups, heads) == len(every)
+    plan = {0: groups, 1: groups}
+    assert hm.possible_controls(plan, heads) == len(every) ** 2 - 1
+
+
+def test_fewer_controls_when_fewer_relabellings_exist():
+    # a pair among 3 heads: 3 relabellings, one of them the plan itself, so 2 controls at most
+    controls = hm.relabelled_controls({0: [[0, 1]]}, 3, 5)
+    assert sorted(c[0] for c in controls) == [[[0, 2]], [[1, 2]]]
+    assert hm.relabelled_controls({0: [[0, 1, 2]]}, 3, 5) == []  # every head in one group: no other labelling
+    assert hm.relabelled_controls({}, 3, 5) == []  # nothing merged: no control
+    from blockscope.evaluation.head_merge_sweep import control_summary
+
+    summary = control_summary([{"perplexity": 10.0, "accuracy": 0.5}, {"perplexity": 12.0, "accuracy": 0.3}], 5, 2)
+    assert summary["distinct"] == 2
+    assert summary["fewer"] == "2 of 5: only 2 distinct relabellings other than the plan exist"
+    assert (summary["perplexity_min"], summary["perplexity_max"], summary["perplexity_mean"]) == (10.0, 12.0, 11.0)
 
 
 def test_gqa_merge_semantics():
@@ -256,15 +311,33 @@ def test_merged_heads_share_their_q_slices_and_others_stay(live):
         slots[0].restore()
 
 
+def counting(evaluator):
+    """The same evaluator (a real one), counting the variants it scores: one forward pass over the windows each."""
+    from blockscope.evaluation.forward import Evaluator
+
+    class Counting(Evaluator):
+        passes = 0
+
+        def score(self, model, base=False):
+            self.passes += 1
+            return super().score(model, base)
+
+    return Counting.of(evaluator.base, batch_size=evaluator.batch_size)
+
+
 def test_a_threshold_above_every_similarity_leaves_the_model_unchanged(live):
-    from blockscope.evaluation.head_merge_sweep import evaluate_plan, layer_similarities, threshold_result
+    from blockscope.evaluation.head_merge_sweep import PlanScorer, evaluate_plan, layer_similarities, threshold_result
 
     model, slots, evaluator, base = live
     before = _parameters(model)
     sims = layer_similarities(slots)
-    result = threshold_result(evaluator, model, slots, sims, base, 1.0, "qk", 1, 50)
-    assert result["total_merged_pairs"] == 0 and result["merged_metrics"] == result["original_metrics"]
+    counted = counting(evaluator)
+    run = threshold_result(PlanScorer(counted, model, slots, base), sims, 4, base, 1.0, "qk", 3, 50)
+    result = run.result
+    assert result["total_merged_pairs"] == 0 and result["heads_removed"] == 0
+    assert result["merged_metrics"] == result["original_metrics"]
     assert result["kl_divergence"] == 0.0 and result["perplexity_change_ci95"] == [0.0, 0.0]
+    assert counted.passes == 0 and run.controls == [] and result["random_control"]["distinct"] == 0  # nothing scored
     # an empty plan, scored for real: the base model again, KL 0
     again = evaluate_plan(evaluator, model, slots, {}).summary()
     assert again["perplexity"] == pytest.approx(base.summary()["perplexity"], rel=1e-6)
@@ -272,18 +345,35 @@ def test_a_threshold_above_every_similarity_leaves_the_model_unchanged(live):
     assert all(np.array_equal(before[n].numpy(), p.detach().numpy()) for n, p in model.named_parameters())
 
 
-def test_random_control_plans_have_the_same_pairs_per_layer():
-    from blockscope.evaluation.head_merge_sweep import random_pairs_like
-
-    pairs = {0: [[0, 1, 0.9], [2, 3, 0.8]], 1: [], 2: [[1, 5, 0.95]]}
-    for seed in range(3):
-        control = random_pairs_like(pairs, 6, np.random.default_rng(seed))
-        assert {layer: len(p) for layer, p in control.items()} == {0: 2, 2: 1}
-        assert all(0 <= i < j < 6 for p in control.values() for i, j, _ in p)
+def one_pair_thresholds(sims, measure="qk"):
+    """Two thresholds between the largest and the second largest similarity: both merge that one pair."""
+    values = np.sort(np.concatenate([hm.upper_triangle(s[measure]) for s in sims.values()]))
+    second, top = values[-2], values[-1]
+    return [float(second + (top - second) / 3), float(second + 2 * (top - second) / 3)]
 
 
-SWEEP_KEYS = {"threshold", "original_metrics", "merged_metrics", "total_merged_pairs", "layer_results", "similarity",
-              "tokens_evaluated", "kl_divergence", "top1_agreement", "perplexity_change_ci95", "random_control"}
+def test_identical_plans_are_scored_once(live):
+    from blockscope.evaluation.head_merge_sweep import layer_similarities, sweep
+
+    model, slots, evaluator, base = live
+    sims = layer_similarities(slots)
+    counted = counting(evaluator)
+    runs = list(sweep(counted, model, slots, base, [*one_pair_thresholds(sims), 1.0], "qk", random_seeds=2,
+                      bootstrap=50, sims=sims))
+    assert [r.result["heads_removed"] for r in runs] == [1, 1, 0]
+    assert [r.result["random_control"]["distinct"] for r in runs] == [2, 2, 0]
+    # the plan and its two controls, each once: the second threshold merges the same pair, the third nothing
+    assert counted.passes == 3
+    assert runs[1].merged is runs[0].merged and all(a is b for a, b in zip(runs[1].controls, runs[0].controls))
+    layer = next(k for k, r in runs[0].result["layer_results"].items() if r["num_pairs"])
+    for control in runs[0].result["random_control"]["runs"]:  # one pair in the plan's layer, another pair
+        assert list(control["groups"]) == [layer] and len(control["groups"][layer]) == 1
+        assert control["groups"][layer] != runs[0].result["layer_results"][layer]["groups"]
+
+
+SWEEP_KEYS = {"threshold", "original_metrics", "merged_metrics", "total_merged_pairs", "heads_removed", "layer_results",
+              "similarity", "tokens_evaluated", "kl_divergence", "top1_agreement", "perplexity_change_ci95",
+              "random_control", "metric"}
 
 
 def test_the_sweep_returns_one_documented_result_per_threshold(live):
@@ -293,18 +383,105 @@ def test_the_sweep_returns_one_documented_result_per_threshold(live):
 
     model, slots, evaluator, base = live
     before = _parameters(model)
-    results = list(sweep(evaluator, model, slots, base, [-0.5, 1.0], "qk", random_seeds=2, bootstrap=50))
-    assert [r["threshold"] for r in results] == [-0.5, 1.0]
-    low, high = results
-    assert set(low) == SWEEP_KEYS and set(low["layer_results"]) == {"0", "1"}
+    runs = list(sweep(evaluator, model, slots, base, [-0.5, 1.0], "qk", random_seeds=2, bootstrap=50))
+    assert [r.result["threshold"] for r in runs] == [-0.5, 1.0]
+    low, high = (r.result for r in runs)
+    assert set(low) == SWEEP_KEYS and set(low["layer_results"]) == {"0", "1"} and low["metric"] == "nll"
     assert low["total_merged_pairs"] == 2 * 6 and low["layer_results"]["0"]["groups"] == [[0, 1, 2, 3]]
+    assert low["heads_removed"] == 2 * 3 and low["layer_results"]["1"]["heads_removed"] == 3
     assert low["kl_divergence"] > 0 and low["tokens_evaluated"] == 4 * 15
     low_ci, high_ci = low["perplexity_change_ci95"]
-    assert len(low["random_control"]["runs"]) == 2 and low_ci <= high_ci
+    assert low_ci <= high_ci
+    # every head of a layer in one group: no other relabelling exists, so no control, and it says so
+    assert low["random_control"]["distinct"] == 0 and runs[0].controls == []
+    assert low["random_control"]["fewer"] == "0 of 2: only 0 distinct relabellings other than the plan exist"
     assert high["total_merged_pairs"] == 0 and high["original_metrics"] == low["original_metrics"]
     row = summary_row("tiny", low)
-    assert row["merged_pairs"] == 12 and row["pairs_layer_0"] == row["pairs_layer_1"] == 6
+    assert row["merged_pairs"] == 12 and row["heads_removed"] == 6 and row["pairs_layer_0"] == row["pairs_layer_1"] == 6
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # the sweep restores
+
+
+def t_interval(d, level=0.95):
+    """By hand: mean, and mean -+ t_{(1+level)/2, n-1} sd / sqrt(n)."""
+    from scipy import stats
+
+    d = np.asarray(d, dtype=float)
+    half = stats.t.ppf((1 + level) / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return d.mean(), d.mean() - half, d.mean() + half
+
+
+def test_comparisons_and_halves_match_a_hand_computation(live):
+    from blockscope.evaluation.head_merge_sweep import layer_similarities, sweep, sweep_tables
+
+    model, slots, evaluator, base = live
+    sims = layer_similarities(slots)
+    threshold = one_pair_thresholds(sims)[0]
+    runs = list(sweep(evaluator, model, slots, base, [threshold, 1.0], "qk", random_seeds=3, bootstrap=50, sims=sims))
+    summary, comparisons = sweep_tables("tiny", runs, base, 0.95, 0.002, ppl_tolerance=100.0)
+    per_window = lambda s: np.asarray(s.nll) / np.asarray(s.tokens)  # noqa: E731
+    merged, controls = runs[0].merged, runs[0].controls
+    vs_base = per_window(merged) - per_window(base)
+    vs_random = per_window(merged) - np.mean([per_window(c) for c in controls], axis=0)
+    assert list(comparisons.columns) == layout.COMPARISON_COLUMNS
+    assert list(zip(comparisons["plan"], comparisons["against"])) == [
+        (f"threshold_{threshold}", "base"), (f"threshold_{threshold}", "random"), ("threshold_1.0", "base")]
+    rows = comparisons.to_dict("records")
+    assert (rows[0]["estimate"], rows[0]["ci_low"], rows[0]["ci_high"]) == pytest.approx(t_interval(vs_base))
+    assert (rows[1]["estimate"], rows[1]["ci_low"], rows[1]["ci_high"]) == pytest.approx(t_interval(vs_random))
+    assert rows[0]["windows"] == 4 and rows[0]["tokens"] == 4 * 15 and rows[0]["experiment"] == "headmerge"
+    mean_nll = lambda s: sum(s.nll) / sum(s.tokens)  # noqa: E731
+    assert rows[1]["p_value"] == (1 + sum(mean_nll(c) <= mean_nll(merged) for c in controls)) / 4
+    assert rows[1]["n_random"] == 3 and rows[1]["against_plan"] == "mean of 3 random plans"
+    assert rows[2]["estimate"] == 0.0 and rows[2]["verdict"] == "no detectable difference"
+    # the headline is chosen on the even windows and reported on the odd ones alone
+    first = summary.iloc[0]
+    assert first["select_ci_high"] == pytest.approx(t_interval(vs_base[0::2])[2])
+    assert (first["heldout_nll_change"], first["heldout_ci_low"], first["heldout_ci_high"]) == pytest.approx(
+        t_interval(vs_base[1::2]))
+    assert (first["heldout_vs_random"], first["heldout_vs_random_low"], first["heldout_vs_random_high"]) == \
+        pytest.approx(t_interval(vs_random[1::2]))
+    held = [window_nll / tokens for window_nll, tokens in zip(merged.nll[1::2], merged.tokens[1::2])]
+    held_controls = [np.sum(c.nll[1::2]) / np.sum(c.tokens[1::2]) for c in controls]
+    assert first["heldout_p_value"] == (1 + sum(v <= np.mean(held) for v in held_controls)) / 4
+    assert first["heldout_windows"] == 2 and first["heldout_tokens"] == 2 * 15
+    assert list(summary["selected"]) == [True, False]  # a tolerance of 100x: the only merge is chosen
+    strict, _ = sweep_tables("tiny", runs, base, 0.95, 0.002, ppl_tolerance=0.0)
+    assert strict["selected"].iloc[0] == bool(t_interval(vs_base[0::2])[2] <= 0)
+    assert not strict["selected"].iloc[1]  # a threshold that merges nothing is never the headline
+
+
+def test_window_subsets_and_articles_of_a_half():
+    from blockscope.evaluation.base_artifact import BaseEvaluation
+    from blockscope.evaluation.head_merge_sweep import articles_of, window_halves, window_subset
+    from blockscope.evaluation.scores import WindowScores
+
+    scores = WindowScores(nll=[1.0, 2.0, 3.0, 4.0, 5.0], correct=[1, 0, 1, 0, 1], tokens=[10] * 5,
+                          kl=[0.1, 0.2, 0.3, 0.4, 0.5], agree=[9, 8, 7, 6, 5])
+    halves = window_halves(5)
+    assert list(halves["even"]) == [0, 2, 4] and list(halves["odd"]) == [1, 3]
+    odd = window_subset(scores, halves["odd"])
+    assert (odd.nll, odd.correct, odd.tokens, odd.kl, odd.agree) == ([2.0, 4.0], [0, 0], [10, 10], [0.2, 0.4], [8, 6])
+    assert window_subset(WindowScores(nll=[1.0, 2.0], correct=[1, 1], tokens=[3, 3]), [1]).kl == []
+    base = BaseEvaluation(nll=scores.nll, correct=scores.correct, tokens=scores.tokens,
+                          settings={"window_articles": [[0, 0], [0, 1], [1, 1], [2, 3], [3, 3]]})
+    assert articles_of(base, halves["odd"]) == 4 and articles_of(base, halves["even"]) == 3  # {0..3}, {0, 1, 3}
+    assert articles_of(BaseEvaluation(nll=[1.0], tokens=[1]), [0]) is None
+
+
+def test_the_headline_is_chosen_on_the_selection_half_alone():
+    import pandas as pd
+
+    # A (select_*) and B (heldout_*) disagree: on A, 0.5 is above 5 %, so 0.7 (4 heads) is the largest
+    # merge within it; on B, 0.5 (6 heads) would be
+    summary = pd.DataFrame({"threshold": [0.5, 0.7, 0.9, 0.95, 0.99], "heads_removed": [6, 4, 4, 2, 0],
+                            "select_ci_high": [0.06, 0.04, 0.01, 0.0, 0.0],
+                            "heldout_ci_high": [0.02, 0.09, 0.01, 0.0, 0.0]})
+    assert np.log(1.05) == pytest.approx(0.0488, abs=1e-4)
+    assert hm.headline_index(summary, 0.05) == 1  # 0.7: ties with 0.9 on heads removed, the lower threshold
+    on_b = summary.assign(select_ci_high=summary["heldout_ci_high"])
+    assert hm.headline_index(on_b, 0.05) == 0
+    assert hm.headline_index(summary, 0.001) == 3  # only upper bounds <= log(1.001): 0.95 (2 heads), not 0.99 (0)
+    assert hm.headline_index(summary.iloc[4:], 0.05) is None
 
 
 def test_similarity_table_round_trips():

@@ -1,11 +1,22 @@
-"""rule compress_plots: the Pareto figures of the quantisation and pruning experiments, from their tables."""
+"""rule compress_plots: the Pareto figures of the quantisation and pruning experiments, from their
+tables; and, when the per-matrix sensitivity was measured, what predicts it."""
 
 import json
 
 import pandas as pd
 
 from blockscope.reporting.figures.compression import compress_pareto
+from blockscope.reporting.figures.sensitivity import best_metric_scatter, correlation_dots
 from blockscope.runtime.run_step import run_step
+
+
+def sensitivity_figures(model, inp, out):
+    """The correlation dot plot and the best metric's scatter (compress.sensitivity on)."""
+    matrices, correlations = pd.read_parquet(inp.sensitivity_matrices), pd.read_parquet(inp.correlations)
+    reason = json.loads(open(inp.sensitivity_agreement).read()).get("skipped") or "no matrix was measured"
+    correlation_dots(correlations, f"{model}: what predicts per-matrix sensitivity", out.correlations, reason)
+    best_metric_scatter(matrices, correlations, f"{model}: per-matrix sensitivity against its best predictor",
+                        out.best_metric, reason)
 
 
 def main(snakemake):
@@ -17,6 +28,8 @@ def main(snakemake):
              "achieved sparsity of the planned matrices (parameter-weighted)", "pruning plans")):
         reason = json.loads(open(plans).read()).get("skipped") or "the experiment has no rows"
         compress_pareto(pd.read_parquet(table), x, label, f"{model}: {title}", target, reason=reason)
+    if "correlations" in out.keys():
+        sensitivity_figures(model, inp, out)
 
 
 run_step(snakemake, main)

@@ -9,9 +9,15 @@ from blockscope import layout
 from blockscope.io.atomic import atomic_path
 from blockscope.layout import DETAIL_TABLES
 from blockscope.reporting import findings as fd
-from blockscope.reporting.compression_section import compress_findings, compress_section, planned_source_dtypes
+from blockscope.reporting.compression_section import (
+    compress_findings,
+    compress_section,
+    planned_source_dtypes,
+    sensitivity_report_findings,
+)
 from blockscope.reporting.measured_costs import read_benchmarks
 from blockscope.reporting.model_report import model_report
+from blockscope.reporting.sensitivity_section import sensitivity_section
 from blockscope.runtime.run_step import run_step
 
 
@@ -23,18 +29,37 @@ def read_csv(path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def compress_lines(model, metrics, paths, target_dir, embedded) -> list:
-    """The compression section, when the experiments ran (compress.enabled)."""
+def compress_lines(model, metrics, paths, target_dir, embedded, group_size) -> list:
+    """The compression section, when the experiments ran (compress.enabled): the summaries, their
+    comparisons, the quantisation plans (group size, what each format was evaluated as)."""
     paths = set(map(str, paths))
-    quant, prune = (f"{folder.format(model=model)}/summary.parquet" for folder in (layout.COMPRESS_QUANT,
-                                                                                   layout.COMPRESS_PRUNE))
-    if quant not in paths:
+    folders = [folder.format(model=model) for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
+    if f"{folders[0]}/summary.parquet" not in paths:
         return []
-    skipped = json.loads(open(f"{layout.COMPRESS_QUANT.format(model=model)}/plans.json").read()).get("skipped")
+    quant, prune = (pd.read_parquet(f"{folder}/summary.parquet") for folder in folders)
+    comparisons = {kind: pd.read_parquet(f"{folder}/comparisons.parquet")
+                   for kind, folder in zip(("quant", "prune"), folders) if f"{folder}/comparisons.parquet" in paths}
+    quant_plans = json.loads(open(f"{folders[0]}/plans.json").read())
     figures = [(os.path.relpath(p, layout.MODEL_RESULTS.format(model=model)), p)
                for p in sorted(paths) if p.endswith(f"pareto.{embedded}")]
-    return compress_section(pd.read_parquet(quant), pd.read_parquet(prune), planned_source_dtypes(metrics),
-                            skipped, figures, link=lambda p: os.path.relpath(p, target_dir))
+    return compress_section(quant, prune, planned_source_dtypes(metrics), quant_plans.get("skipped"), figures,
+                            link=lambda p: os.path.relpath(p, target_dir), comparisons=comparisons,
+                            quant_plans=quant_plans, group_size=group_size)
+
+
+def sensitivity_lines(model, paths, target_dir, embedded, level) -> list:
+    """The per-matrix sensitivity section, when its tables are inputs (compress.sensitivity on)."""
+    paths, folder = set(map(str, paths)), layout.COMPRESS_SENSITIVITY.format(model=model)
+    matrices, correlations, agreement = (f"{folder}/{name}" for name in
+                                         ("matrices.parquet", "metric_correlations.parquet", "agreement.json"))
+    if matrices not in paths:
+        return []
+    figures = [(os.path.relpath(p, layout.MODEL_RESULTS.format(model=model)), p)
+               for p in sorted(paths) if p.endswith(f".{embedded}")]
+    return sensitivity_section(pd.read_parquet(matrices),
+                               pd.read_parquet(correlations) if correlations in paths else None,
+                               json.loads(open(agreement).read()) if agreement in paths else None,
+                               lambda p: os.path.relpath(p, target_dir), figures, level)
 
 
 def read_parquet(paths) -> pd.DataFrame | None:
@@ -49,23 +74,32 @@ def findings(snakemake, metrics, precision_wide) -> list:
     return fd.model_findings(metrics, params.findings, fd.links("", params.embedded), control=read_parquet(inp.control),
                              sensitivity=sensitivity, sensitivity_threshold=params.sensitivity_threshold,
                              headmerge=read_parquet(inp.headmerge),
-                             extra=compress_findings(snakemake.wildcards.model, inp.compress,
-                                                     os.path.dirname(snakemake.output[0])))
+                             extra=compression_findings(snakemake))
+
+
+def compression_findings(snakemake) -> list:
+    """The compression experiments' findings, then the per-matrix sensitivity's (when they ran)."""
+    model, report_dir = snakemake.wildcards.model, os.path.dirname(snakemake.output[0])
+    inp = snakemake.input
+    return [*compress_findings(model, [*inp.compress, *inp.comparisons], report_dir),
+            *sensitivity_report_findings(model, inp.sensitivity, report_dir, snakemake.params.level)]
 
 
 def main(snakemake):
-    inp = snakemake.input
+    inp, params, model = snakemake.input, snakemake.params, snakemake.wildcards.model
+    target_dir = os.path.dirname(snakemake.output[0])
     metrics, precision_wide = pd.read_parquet(inp.metrics), read_csv(inp.precision_csv)
     text = model_report(
-        snakemake.wildcards.model, json.load(open(inp.dims)), metrics,
+        model, json.load(open(inp.dims)), metrics,
         pd.read_parquet(inp.heads), read_csv(inp.statistics), read_csv(inp.phases), read_csv(inp.hints),
         read_csv(inp.precision_summary), json.load(open(inp.embedding)),
         {os.path.basename(p).removesuffix(".parquet"): pd.read_parquet(p) for p in inp.deep_dive},
-        list(inp.plots), os.path.dirname(snakemake.output[0]), read_benchmarks(inp.benchmarks), list(inp.files),
-        precision_wide=precision_wide, sensitivity_threshold=snakemake.params.sensitivity_threshold,
+        list(inp.plots), target_dir, read_benchmarks(inp.benchmarks), list(inp.files),
+        precision_wide=precision_wide, sensitivity_threshold=params.sensitivity_threshold,
         details=dict(zip(DETAIL_TABLES, map(read_csv, inp.details))),
-        compress=compress_lines(snakemake.wildcards.model, metrics, inp.compress, os.path.dirname(snakemake.output[0]),
-                                snakemake.params.embedded),
+        compress=[*compress_lines(model, metrics, [*inp.compress, *inp.comparisons], target_dir, params.embedded,
+                                  params.group_size),
+                  *sensitivity_lines(model, inp.sensitivity, target_dir, params.embedded, params.level)],
         findings=findings(snakemake, metrics, precision_wide))
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(text)

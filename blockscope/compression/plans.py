@@ -3,9 +3,10 @@
 A plan is a pandas Series indexed by param_name: a format name (quantisation) or a sparsity in
 [0, 1) (pruning). Plans cover the linear matrices of the transformer blocks (attention and MLP
 projections, not expert stacks) that have a usable spectrum; embeddings, the LM head, norms and
-matrices without one stay as stored in every plan. Controls keep the budget exactly: a mirror or a
-random permutation moves formats only between matrices of the same shape, and a pruning
-allocation is rescaled to the target after any reordering.
+matrices without one stay as stored in every plan. A mirror or a random permutation moves
+formats only between matrices of the same shape (the budget kept exactly), and a pruning
+allocation is rescaled to the target after any reordering. The control plans drawn from these
+(random ones drawn distinct, budget-matched ones across shapes): blockscope.compression.controls.
 """
 
 import numpy as np
@@ -102,9 +103,49 @@ def average_bits(plan: pd.Series, matrices: pd.DataFrame, group_size: int) -> fl
     return float(np.dot(bits, params) / params.sum())
 
 
+def stored_bits(fmt: str, rows: int, cols: int, group_size: int) -> int:
+    """A matrix's stored bits in `fmt`, scales and zero points included: an integer (rows x cols
+    x bits_per_weight), so that budgets compare exactly."""
+    return int(round(rows * cols * bits_per_weight(fmt, int(cols), group_size)))
+
+
+def plan_stored_bits(plan: pd.Series, matrices: pd.DataFrame, group_size: int) -> int:
+    """A plan's stored bits over its matrices (average_bits times their parameters, exactly)."""
+    shapes = matrices.loc[plan.index]
+    return sum(stored_bits(f, int(r), int(c), group_size) for f, r, c in zip(plan, shapes["rows"], shapes["cols"]))
+
+
 def format_counts(plan: pd.Series) -> str:
     """"int4: 60, fp8-e4m3: 150" (matrices per format)."""
     return ", ".join(f"{fmt}: {n}" for fmt, n in plan.value_counts().items())
+
+
+def plan_formats(names) -> list:
+    """The simulated formats of a rule's format names (hint_format), each once, in order."""
+    return list(dict.fromkeys(hint_format(name) for name in names))
+
+
+# What each simulated format is (blockscope.compression.formats), for plans.json's simulated_as.
+SIMULATIONS = {
+    "bf16": "bf16 (round to nearest even)",
+    "fp16": "fp16 (round to nearest even)",
+    "fp8-e4m3": "fp8-e4m3 with one fp16 scale per output row",
+    "int8": "symmetric int8 with one fp16 scale per output row",
+    "int4": "asymmetric int4, one fp16 scale and a 4-bit zero point per group of {group_size} inputs",
+}
+
+
+def simulated_as(names, group_size: int) -> dict:
+    """name -> what is evaluated for it: a name like fp8/int8 (the hints bill fp8 with per-row
+    scales) is evaluated as its first format only, and says so."""
+    out = {}
+    for name in names:
+        fmt = hint_format(name)
+        text = SIMULATIONS[fmt].format(group_size=group_size)
+        if "/" in str(name):
+            text += f"; {name} names more than one format and only {fmt} is evaluated"
+        out[str(name)] = text
+    return out
 
 
 # --- pruning allocations (AlphaPruning) ---------------------------------------------------------------
@@ -137,17 +178,28 @@ def check_allocation(allocation: pd.Series, model: str = None):
                               path="compress.prune", fix="lower compress.prune.eps or the target sparsities")
 
 
-def prune_allocations(layers: pd.DataFrame, target: float, eps: float, seeds: int) -> dict:
-    """Per-layer sparsity of each allocation: uniform, alpha (AlphaPruning), mirror (reversed alpha
-    ranks), random_{seed} (the alpha allocation shuffled over layers); each rescaled to the target."""
+def prune_allocations(layers: pd.DataFrame, target: float, eps: float) -> dict:
+    """Per-layer sparsity of the named allocations: uniform, alpha (AlphaPruning), mirror (reversed
+    alpha ranks); each rescaled to the target. The random ones: controls.random_allocations."""
     params = layers["params"].to_numpy(float)
     alpha = pd.Series(alpha_allocation(layers["alpha"], params, target, eps), index=layers.index)
-    one_group = pd.Series(0, index=layers.index)
     out = {"uniform": pd.Series(target, index=layers.index, dtype=float), "alpha": alpha,
-           "mirror": reversed_order(alpha, layers["alpha"], one_group)}
-    for seed in range(seeds):
-        out[f"random_{seed}"] = permuted(alpha, one_group, np.random.default_rng(seed))
-    return {name: pd.Series(rescaled(a.to_numpy(), params, target), index=layers.index) for name, a in out.items()}
+           "mirror": reversed_order(alpha, layers["alpha"], one_group(layers))}
+    return {name: rescaled_allocation(a, layers, target) for name, a in out.items()}
+
+
+def one_group(layers: pd.DataFrame) -> pd.Series:
+    """Every layer in one group: a pruning allocation is reordered over all layers."""
+    return pd.Series(0, index=layers.index)
+
+
+def rescaled_allocation(allocation: pd.Series, layers: pd.DataFrame, target: float) -> pd.Series:
+    return pd.Series(rescaled(allocation.to_numpy(float), layers["params"].to_numpy(float), target), index=layers.index)
+
+
+def random_allocation(alpha: pd.Series, layers: pd.DataFrame, target: float, seed: int) -> pd.Series:
+    """The alpha allocation shuffled over layers (seeded), rescaled to the target."""
+    return rescaled_allocation(permuted(alpha, one_group(layers), np.random.default_rng(seed)), layers, target)
 
 
 def matrix_sparsity(allocation: pd.Series, matrices: pd.DataFrame) -> pd.Series:

@@ -50,6 +50,9 @@ def _check_model(slug, spec, models, origins):
     if spec["source"] == "gguf" and "path" in spec and {"package", "file"} & set(spec):
         fail(origins, ("models", slug), f"config key models.{slug}: a gguf model takes either path, or "
              "package + file, not both", "keep path, or package and file")
+    if spec["source"] == "local" and "path" in spec and "package" in spec:
+        fail(origins, ("models", slug), f"config key models.{slug}: a local model takes either path, or "
+             "package, not both", "keep path, or package")
     if spec["source"] == "synthetic":
         if "like" in spec:
             _check_like(slug, spec["like"], models, origins)

@@ -1,7 +1,7 @@
 """The eval section (the evaluation's corpus and windows) and the place its keys had before 0.3.0.
 
 The corpus and the window settings serve the base evaluation, head merging and the compression
-experiments alike, so they moved from `headmerge` to `eval`. Until 0.4.0 the old keys are
+experiments alike, so they moved from `headmerge` to `eval`. Until 0.5.0 the old keys are
 read as the new ones, with one warning line per key naming both and the file; the rules across
 the evaluation keys then name each key as the config spelled it.
 """
@@ -14,7 +14,7 @@ from blockscope.config.origins import COMMAND_LINE, Origins, dotted, fail
 OLD, NEW = "headmerge", "eval"
 MOVED = ("corpus", "seq_len", "max_tokens", "gpu_seq_len", "gpu_max_tokens", "batch_size", "bootstrap", "dtype",
          "kl_top_k", "kl_tail_samples")
-REFUSED_FROM = "0.4.0"
+REFUSED_FROM = "0.5.0"
 
 
 def given_keys(config: dict) -> set:

@@ -16,6 +16,8 @@ import numpy as np
 
 from blockscope import layout
 from blockscope.errors import BlockscopeError
+from blockscope.evaluation.corpus import articles_in, spread_indices
+from blockscope.evaluation.encoder_base import ENCODER_FIELDS, ENCODER_KIND, EncoderBase
 from blockscope.evaluation.kl import rest_mass
 from blockscope.evaluation.scores import WindowScores
 from blockscope.io.atomic import atomic_path
@@ -37,7 +39,8 @@ class BaseEvaluation(WindowScores):
     tail_ids      (n, seq_len - 1, s) int32, s tokens drawn from the base's distribution outside
                   its top k (systematic sampling, seed 0)
     tail_logprobs (n, seq_len - 1, s) float32, their log-probabilities
-    settings      how it was made: seq_len, top_k, device, dtype, corpus_sha256, ...
+    settings      how it was made: seq_len, top_k, device, dtype, corpus_sha256, window_articles
+                  ([first, last] WikiText article per window), ...
     skipped       why the model was not evaluated (an encoder, no tokenizer): then all is empty
     """
     windows: object = None
@@ -57,16 +60,32 @@ class BaseEvaluation(WindowScores):
         """Per prediction, the base probability outside its top k (the KL truncation's weight)."""
         return rest_mass(self.top_logprobs).numpy()
 
-    def first_windows(self, max_tokens: int | None) -> "BaseEvaluation":
-        """The evaluation restricted to its first windows, at most max_tokens tokens (at least one
-        window; None: all): variants scored against it see only those windows."""
+    def spread_windows(self, max_tokens: int | None) -> "BaseEvaluation":
+        """The evaluation restricted to at most max_tokens tokens of its windows (at least one
+        window; None: all), chosen evenly over them (corpus.spread_indices), as the windows
+        themselves are spread over the corpus: a CPU sample of the plans reads as many articles
+        as it can. Variants scored against it see only those windows."""
         if self.skipped or not max_tokens:
             return self
         count = max(1, max_tokens // self.windows.shape[1])
         if count >= len(self.nll):
             return self
-        return BaseEvaluation(**{name: getattr(self, name)[:count] for name in (*WINDOW_FIELDS, *PREDICTION_FIELDS)},
-                              settings={**self.settings, "windows_scored": count})
+        keep = spread_indices(len(self.nll), count)
+        settings = {**self.settings, "windows_scored": count, "windows_kept": keep.tolist()}
+        for key in ("window_articles", "window_offsets"):
+            if key in settings:
+                settings[key] = [settings[key][i] for i in keep]
+        per_window = {name: [getattr(self, name)[i] for i in keep] for name in WINDOW_FIELDS}
+        per_prediction = {name: getattr(self, name)[keep] for name in PREDICTION_FIELDS}
+        return BaseEvaluation(**per_window, **per_prediction, settings=settings)
+
+
+def articles_covered(base: BaseEvaluation) -> int | None:
+    """The distinct WikiText articles the evaluation's windows cover (after spread_windows: the
+    windows kept); None when its settings do not record them (an evaluation from before they did,
+    or a slow tokenizer without character offsets)."""
+    ranges = base.settings.get("window_articles")
+    return None if ranges is None else articles_in(ranges)
 
 
 def skipped_base(reason: str, settings: dict = None) -> BaseEvaluation:
@@ -74,15 +93,17 @@ def skipped_base(reason: str, settings: dict = None) -> BaseEvaluation:
     return BaseEvaluation(settings=settings or {}, skipped=reason)
 
 
-def save_base(base: BaseEvaluation, path):
-    """Write a BaseEvaluation as one safetensors file (atomically): the per-window sums and the
-    per-prediction tensors, settings and skip reason as JSON metadata."""
+def save_base(base: BaseEvaluation | EncoderBase, path):
+    """Write a BaseEvaluation (or an encoder's EncoderBase, settings "kind": "encoder") as one
+    safetensors file (atomically): the per-window sums and the per-prediction (per-sentence)
+    tensors, settings and skip reason as JSON metadata."""
     import torch
     from safetensors.torch import save_file
 
     tensors = {}
     if not base.skipped:
-        tensors = {name: torch.as_tensor(getattr(base, name)).contiguous() for name in PREDICTION_FIELDS}
+        kept = ENCODER_FIELDS if isinstance(base, EncoderBase) else PREDICTION_FIELDS
+        tensors = {name: torch.as_tensor(getattr(base, name)).contiguous() for name in kept}
         tensors |= {name: torch.tensor(getattr(base, name), dtype=torch.float64 if name == "nll" else torch.int64)
                     for name in WINDOW_FIELDS}
     metadata = {"blockscope": json.dumps({"settings": base.settings, "skipped": base.skipped})}
@@ -90,9 +111,10 @@ def save_base(base: BaseEvaluation, path):
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_base(path) -> BaseEvaluation:
-    """The BaseEvaluation that save_base wrote (results/{model}/eval/base.safetensors); a skipped
-    model's has `skipped` set and nothing else. BlockscopeError for a file that is not one."""
+def load_base(path) -> BaseEvaluation | EncoderBase:
+    """The BaseEvaluation (an EncoderBase for settings "kind": "encoder") that save_base wrote
+    (results/{model}/eval/base.safetensors); a skipped model's has `skipped` set and nothing else.
+    BlockscopeError for a file that is not one."""
     from safetensors import safe_open
 
     try:
@@ -105,7 +127,8 @@ def load_base(path) -> BaseEvaluation:
     if meta["skipped"]:
         return skipped_base(meta["skipped"], meta["settings"])
     sums = {name: tensors.pop(name).tolist() for name in WINDOW_FIELDS}
-    return BaseEvaluation(**sums, **tensors, settings=meta["settings"])
+    kind = EncoderBase if meta["settings"].get("kind") == ENCODER_KIND else BaseEvaluation
+    return kind(**sums, **tensors, settings=meta["settings"])
 
 
 def base_windows_table(base: BaseEvaluation):
@@ -113,9 +136,11 @@ def base_windows_table(base: BaseEvaluation):
     import pandas as pd
 
     table = pd.DataFrame({name: getattr(base, name) for name in WINDOW_FIELDS})
-    seq_len = base.windows.shape[1] if base.windows is not None else 0
     table.insert(0, "window", range(len(table)))
-    table.insert(1, "first_token", table["window"] * seq_len)
+    if isinstance(base, EncoderBase):  # a group of sentences: its first sentence
+        table.insert(1, "first_token", base.group_starts())
+    else:
+        table.insert(1, "first_token", table["window"] * (base.windows.shape[1] if base.windows is not None else 0))
     table["loss"] = table["nll"] / table["tokens"]
     table["accuracy"] = table["correct"] / table["tokens"]
     return table[layout.EVAL_WINDOW_COLUMNS]
@@ -125,6 +150,9 @@ def base_record(base: BaseEvaluation, path=None) -> dict:
     """base.json: the summary, the settings, the KL truncation's weight and the artifact's size."""
     if base.skipped:
         return {"skipped": base.skipped, **base.settings}
+    if isinstance(base, EncoderBase):  # no KL truncation: embeddings are kept whole
+        return {**base.summary(), "windows": len(base.nll), **base.settings,
+                **({"bytes": Path(path).stat().st_size} if path else {})}
     rest = base.rest_mass()
     return {**base.summary(), "windows": len(base.nll), **base.settings,
             "rest_mass_mean": float(rest.mean()), "rest_mass_max": float(rest.max()),

@@ -13,7 +13,19 @@ sum_h W_O,h z_h keeps its scale once the heads compute the same z). K and V are 
 head: under grouped-query attention they are averaged only over key/value heads whose whole
 query group lies inside the merged group (no head outside the group changes); otherwise each
 head keeps reading its own K/V, and only Q and O merge. Head count and architecture stay.
+
+The random control of a merge plan is the same groups under a random relabelling of each layer's
+heads (a permutation per layer): group sizes, and so heads removed, per layer are the plan's.
+Random pairs would not be: similar pairs cluster (the 6 pairs of a 4-clique remove 3 heads; 6
+random pairs among 9 heads remove 5.7 on average), which would make the control harsher than
+the plan.
+
+The headline threshold (headline_index) is chosen on one half of the windows and reported on the
+other (evaluation.head_merge_sweep.half_columns).
 """
+
+import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -98,11 +110,55 @@ def components(heads: int, pairs) -> list:
     return sorted(sorted(g) for g in groups.values() if len(g) > 1)
 
 
-def random_pairs(heads: int, count: int, rng: np.random.Generator) -> list:
-    """`count` distinct random head pairs (the control for a similarity-driven merge)."""
-    i, j = np.triu_indices(heads, k=1)
-    chosen = rng.choice(i.size, size=min(count, i.size), replace=False)
-    return [[int(i[c]), int(j[c]), float("nan")] for c in sorted(chosen)]
+def heads_removed(groups) -> int:
+    """Heads a layer's merge removes: a group of k heads computes one head's function, k - 1 gone."""
+    return sum(len(group) - 1 for group in groups)
+
+
+def relabel(groups, permutation) -> list:
+    """The same groups with head h renamed permutation[h], in components()'s sorted form."""
+    return sorted(sorted(int(permutation[h]) for h in group) for group in groups)
+
+
+def distinct_relabellings(groups, heads: int) -> int:
+    """How many different group sets relabelling a layer's groups gives (the groups themselves
+    included): H! / ((H - k)! prod_g s_g! prod_s m_s!), k heads in groups of sizes s_g, m_s groups
+    of size s (groups of one size are interchangeable, as are the heads inside a group)."""
+    sizes = [len(group) for group in groups]
+    denominator = math.factorial(heads - sum(sizes))
+    for size in sizes:
+        denominator *= math.factorial(size)
+    for multiplicity in Counter(sizes).values():
+        denominator *= math.factorial(multiplicity)
+    return math.factorial(heads) // denominator
+
+
+def plan_key(plan: dict) -> tuple:
+    """A merge plan (layer -> groups) in one hashable form: equal keys merge the same heads."""
+    return tuple(sorted((int(layer), tuple(tuple(sorted(g)) for g in sorted(groups)))
+                        for layer, groups in plan.items() if groups))
+
+
+def possible_controls(plan: dict, heads: int) -> int:
+    """Distinct relabelled controls a plan has: every relabelling of every layer, less the plan."""
+    return math.prod(distinct_relabellings(groups, heads) for groups in plan.values()) - 1
+
+
+def relabelled_controls(plan: dict, heads: int, count: int, seed: int = 0) -> list:
+    """Up to `count` distinct random controls of a merge plan (layer -> groups): each layer's groups
+    under a random permutation of its heads, never the plan itself; seeded; fewer when fewer
+    exist (possible_controls)."""
+    wanted = min(count, possible_controls(plan, heads))
+    rng = np.random.default_rng(seed)
+    seen, controls = {plan_key(plan)}, []
+    for _ in range(1000 * max(count, 1)):  # rejection of repeats: a few draws unless nearly all are taken
+        if len(controls) >= wanted:
+            break
+        control = {layer: relabel(plan[layer], rng.permutation(heads)) for layer in sorted(plan)}
+        if plan_key(control) not in seen:
+            seen.add(plan_key(control))
+            controls.append(control)
+    return controls
 
 
 def merge_groups(arrays: dict, groups: list, heads: int, kv_heads: int, head_dim: int) -> dict:
@@ -131,3 +187,26 @@ def merge_groups(arrays: dict, groups: list, heads: int, kv_heads: int, head_dim
                     for g in whole:
                         out[name][rows(g)] = mean
     return out
+
+
+# --- the headline threshold (the headmerge rule's `selected`, and the report's finding) -----------------
+
+def nll_tolerance(ppl_tolerance: float) -> float:
+    """A perplexity ratio within 1 + tolerance as a mean NLL difference: log(1 + tolerance) nats per token."""
+    return float(np.log1p(ppl_tolerance))
+
+
+def within_tolerance(summary: pd.DataFrame, ppl_tolerance: float) -> pd.Series:
+    """Thresholds whose merged minus base NLL on the selection half has its interval's upper end
+    (select_ci_high) within nll_tolerance: perplexity within (1 + tolerance) x the base's."""
+    return summary["select_ci_high"] <= nll_tolerance(ppl_tolerance)
+
+
+def headline_index(summary: pd.DataFrame, ppl_tolerance: float):
+    """The headline threshold's row label, chosen on the selection half alone: of the thresholds
+    that remove a head and are within_tolerance, the one removing the most heads (ties: the lowest
+    threshold); None when none is."""
+    kept = summary[(summary["heads_removed"] > 0) & within_tolerance(summary, ppl_tolerance)]
+    if kept.empty:
+        return None
+    return kept.sort_values(["heads_removed", "threshold"], ascending=[False, True], kind="stable").index[0]

@@ -34,7 +34,8 @@ def summary_report(models, metrics, precision, headmerge: dict, controls: dict, 
                    embedded: str, plots, target_dir, compressed: dict = None) -> str:
     """models: every model of the config, in order; headmerge: model -> its head-merge summary
     table (absent when head merging is off); plots: the figures in the embedded format;
-    compressed: model -> the compression experiments' findings (compression_section.compress_findings)."""
+    compressed: model -> the compression experiments' findings and the per-matrix sensitivity's
+    (compression_section.compress_findings, sensitivity_report_findings)."""
     lines = ["# All models: findings", "", f"{len(models)} models; each one's findings come first, then the "
              "cross-model figures and tables (relative depth = layer / layers).", "", "## Findings", ""]
     for model in models:

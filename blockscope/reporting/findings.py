@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from blockscope.aggregation.model_tables import spectral_rows
+from blockscope.evaluation.head_merge import headline_index, nll_tolerance
 from blockscope.layout import HEADMERGE_FIGURES
 
 DEFAULTS = {"alpha_range": [2.0, 6.0], "zscore": 3.5, "ppl_tolerance": 0.05}
@@ -174,50 +175,118 @@ def precision_finding(sensitivity: pd.DataFrame | None, threshold: float, link: 
             f"{top['alpha_hill_relative_range']:.3f} ({link['precision_figure']}, {link['precision']}).")
 
 
+# --- what a comparison measures ------------------------------------------------------------------------
+
+EMBEDDING_LOSS = "embedding_loss"  # an encoder's comparisons (evaluation.variants.comparison_metric)
+
+
+def metric_words(metric: str) -> dict:
+    """How the report speaks of a comparison's metric (layout.COMPARISON_COLUMNS' `metric`): `unit`
+    after a difference, `what` the quantity is, `windows` and `items` for its sample. "nll": mean
+    NLL per token in nats (a perplexity ratio alongside); "embedding_loss" (an encoder): mean
+    1 - cosine to the base model's sentence embedding, per sentence, over groups of sentences."""
+    if metric == EMBEDDING_LOSS:
+        return {"unit": "in embedding loss", "windows": "windows (groups of sentences)", "items": "sentences",
+                "what": "mean embedding loss per sentence (1 - cosine to the base model's sentence embedding)"}
+    return {"unit": "nats per token", "windows": "windows", "items": "tokens", "what": "mean NLL per token (nats)"}
+
+
+def table_metric(frame: pd.DataFrame | None) -> str:
+    """The metric a summary table's plans were compared in: "embedding_loss" where its
+    embedding_cosine is filled (an encoder's), else "nll"."""
+    filled = frame is not None and "embedding_cosine" in frame and frame["embedding_cosine"].notna().any()
+    return EMBEDDING_LOSS if filled else "nll"
+
+
 # --- head merging -----------------------------------------------------------------------------------
 
-def within_tolerance(summary: pd.DataFrame, tolerance: float) -> pd.Series:
-    """Thresholds whose merged perplexity is at most (1 + tolerance) x the base model's."""
-    return summary["perplexity"] <= summary["base_perplexity"] * (1 + tolerance)
-
-
 def headmerge_headline(summary: pd.DataFrame | None, tolerance: float):
-    """The row of the threshold that merges the most head pairs while keeping perplexity within
-    tolerance of the base (ties: the lowest threshold); None when none does or nothing ran."""
-    if summary is None or summary.empty or not {"perplexity", "base_perplexity"} <= set(summary):
+    """The row of the headline threshold, chosen on the selection half alone (head_merge.headline_index:
+    the most heads removed within tolerance, ties: the lowest threshold); None when no merge is
+    within it, nothing ran, or the summary predates the half split."""
+    if summary is None or summary.empty or not {"heads_removed", "select_ci_high"} <= set(summary):
         return None
-    kept = summary[within_tolerance(summary, tolerance)]
-    if kept.empty:
-        return None
-    return kept.sort_values(["merged_pairs", "threshold"], ascending=[False, True], kind="stable").iloc[0]
+    chosen = headline_index(summary, tolerance)
+    return None if chosen is None else summary.loc[chosen]
 
 
-def change(value: float, base: float) -> str:
-    return f"{100 * (value / base - 1):+.1f} %"
+def percent_change(nll_difference: float) -> str:
+    """A mean NLL difference (nats per token) as the perplexity change it means: 100 (e^d - 1) %."""
+    return f"{100 * np.expm1(nll_difference):+.1f} %"
+
+
+def against_controls(row, metric: str = "nll") -> str:
+    """The held-out comparison with the random controls, named better or worse only per its verdict."""
+    words = metric_words(metric)
+    windows, items = int(row["heldout_windows"]), f"{int(row['heldout_tokens'])} {words['items']}"
+    if not row.get("random_controls") or pd.isna(row.get("heldout_verdict")):
+        return f"no random control (no other relabelling of its groups exists); {windows} windows, {items}"
+    level, min_effect = 100 * row["level"], row["min_effect"]
+    outcome = {"better": "better than the controls", "worse": "worse than the controls",
+               "below minimum effect": f"a difference below the minimum effect of {min_effect:g} {words['unit']}",
+               "no detectable difference": f"no detectable difference at {windows} windows / {items}",
+               }[row["heldout_verdict"]]
+    return (f"against {int(row['random_controls'])} random merges that remove as many heads per layer, "
+            f"{row['heldout_vs_random']:+.4f} {words['unit']} ({level:g} % CI {row['heldout_vs_random_low']:+.4f} to "
+            f"{row['heldout_vs_random_high']:+.4f}), rank p = {row['heldout_p_value']:.2f}: {outcome}")
+
+
+def change_words(row, metric: str) -> str:
+    """What merging did to the model on the held-out half, with its interval: the perplexity change,
+    or an encoder's embedding loss (1 - cosine) and, over every sentence, its retrieval agreement."""
+    level = f"{100 * row['level']:g} % CI"
+    if metric == EMBEDDING_LOSS:
+        retrieval = row.get("retrieval_agreement")
+        retrieval = "" if retrieval is None or pd.isna(retrieval) else \
+            f", and the top-1 retrieval agreement with the base over all sentences is {100 * retrieval:.1f} %"
+        return (f"the embedding loss (1 - cosine to the base model's sentence embedding) changes by "
+                f"{row['heldout_nll_change']:+.4f} per sentence ({level} {row['heldout_ci_low']:+.4f} to "
+                f"{row['heldout_ci_high']:+.4f}){retrieval}")
+    return (f"perplexity changes by {percent_change(row['heldout_nll_change'])} ({level} "
+            f"{percent_change(row['heldout_ci_low'])} to {percent_change(row['heldout_ci_high'])})")
+
+
+def held_out(row, metric: str = "nll") -> str:
+    """A threshold's numbers on the held-out half: the change against the base with its interval
+    (change_words), the comparison with the controls, and how many windows, tokens (sentences) and
+    articles."""
+    articles = row.get("heldout_articles")
+    articles = "" if articles is None or pd.isna(articles) else f" from {int(articles)} WikiText articles"
+    return (f"on the held-out {row['reported_on']} windows ({int(row['heldout_windows'])} windows, "
+            f"{int(row['heldout_tokens'])} {metric_words(metric)['items']}{articles}) {change_words(row, metric)}; "
+            f"{against_controls(row, metric)}")
+
+
+def tolerance_words(level: float, tolerance: float, metric: str) -> str:
+    """The headline's bound in words: a causal LM's perplexity within tolerance of the base's; an
+    encoder's embedding loss within the same bound, log(1 + tolerance) (head_merge.nll_tolerance)."""
+    if metric == EMBEDDING_LOSS:
+        bound = nll_tolerance(tolerance)
+        return (f"its embedding loss's {100 * level:g} % upper bound within {bound:.3f} (a mean cosine to the base "
+                f"model's sentence embeddings of at least {1 - bound:.3f})")
+    return f"its perplexity change's {100 * level:g} % upper bound within {100 * tolerance:g} % of the base"
 
 
 def headmerge_finding(summary, tolerance: float, link: dict) -> str | None:
-    if summary is None or summary.empty or "perplexity" not in summary:
+    if summary is None or summary.empty or not {"heads_removed", "select_ci_high"} <= set(summary):
         return None
-    base = float(summary["base_perplexity"].iloc[0])
     measure = summary["similarity"].iloc[0] if "similarity" in summary else "similarity"
+    first, metric = summary.iloc[0], table_metric(summary)
+    bound = tolerance_words(first["level"], tolerance, metric)
     best = headmerge_headline(summary, tolerance)
     sources = f"({link['headmerge_figure']}, {link['headmerge']})"
-    if best is None or best["merged_pairs"] == 0:
-        merging = summary[summary["merged_pairs"] > 0]
+    if best is None:
+        merging = summary[summary["heads_removed"] > 0]
         if merging.empty:
             return f"No {measure} threshold merges a single head pair {sources}."
-        mildest = merging.sort_values(["merged_pairs", "threshold"], ascending=[True, False], kind="stable").iloc[0]
-        return (f"No {measure} threshold that merges heads keeps perplexity within {100 * tolerance:g} % of the base "
-                f"({base:.2f}): the mildest merge, threshold {mildest['threshold']:g}, merges "
-                f"{int(mildest['merged_pairs'])} pairs for {mildest['perplexity']:.2f} "
-                f"({change(mildest['perplexity'], base)}), against {mildest['random_perplexity_mean']:.2f} "
-                f"({change(mildest['random_perplexity_mean'], base)}) for random merges of as many pairs {sources}.")
-    random = best["random_perplexity_mean"]
-    return (f"Merging heads by {measure} similarity keeps perplexity within {100 * tolerance:g} % of the base "
-            f"({base:.2f}) down to threshold {best['threshold']:g}: {int(best['merged_pairs'])} head pairs merged, "
-            f"perplexity {best['perplexity']:.2f} ({change(best['perplexity'], base)}), against "
-            f"{random:.2f} ({change(random, base)}) for random merges of as many pairs {sources}.")
+        mildest = merging.sort_values(["heads_removed", "threshold"], ascending=[True, False], kind="stable").iloc[0]
+        return (f"No {measure} threshold that merges heads has, on the {first['selected_on']} windows, {bound}; "
+                f"the mildest merge, threshold {mildest['threshold']:g} ({int(mildest['heads_removed'])} heads "
+                f"removed): {held_out(mildest, metric)} {sources}.")
+    return (f"Merging heads by {measure} similarity: threshold {best['threshold']:g}, chosen on the "
+            f"{best['selected_on']} windows as the largest merge (most heads removed) with {bound}, removes "
+            f"{int(best['heads_removed'])} heads ({int(best['merged_pairs'])} similar pairs); "
+            f"{held_out(best, metric)} {sources}.")
 
 
 # --- the section ------------------------------------------------------------------------------------

@@ -7,26 +7,60 @@ import numpy as np
 from blockscope.reporting.figures.canvas import lacks, nothing_to_plot, plt, save
 
 
+def control_range(summary, metric="perplexity"):
+    """The random controls' (low, high) per row: their min and max perplexity, NaN where a row has
+    none or the summary predates them (no spread is invented from a few controls' sd)."""
+    columns = [f"random_{metric}_min", f"random_{metric}_max"]
+    if not all(c in summary for c in columns):
+        return np.full(len(summary), np.nan), np.full(len(summary), np.nan)
+    return (np.asarray(summary[c], dtype=np.float64) for c in columns)
+
+
+# The two panels of a summary: a causal LM's perplexity and accuracy; an encoder's (its perplexity
+# NaN) mean cosine to the base's sentence embeddings and top-1 retrieval agreement, 1 for the base.
+PANELS = {"next-token": (("perplexity", "perplexity (WikiText-2, log scale)"), ("accuracy", "next-token accuracy")),
+          "encoder": (("embedding_cosine", "mean cosine to the base's sentence embeddings"),
+                      ("retrieval_agreement", "top-1 retrieval agreement with the base"))}
+
+
+def panels(summary) -> tuple:
+    """PANELS of the summary's kind (a row dict or a table)."""
+    cosine = summary.get("embedding_cosine") if hasattr(summary, "get") else None
+    filled = cosine is not None and np.isfinite(np.asarray(cosine, dtype=np.float64)).any()
+    return PANELS["encoder" if filled else "next-token"]
+
+
+def base_value(summary, metric):
+    """The base model's value of a panel's metric: its base_ column, 1 for an encoder's (itself)."""
+    if f"base_{metric}" in summary:
+        values = summary[f"base_{metric}"]
+        return values if np.ndim(values) == 0 else values.iloc[0]
+    return 1.0
+
+
 def headmerge_sweep(summary, title, target, reason="the head-merge summary has no rows"):
-    """Perplexity and accuracy against threshold: merged, base, and the random control band."""
+    """Perplexity and accuracy (an encoder: embedding cosine and retrieval agreement) against
+    threshold: merged, base, and the random controls (that remove as many heads per layer) as
+    their min-max range and mean, where the summary has them."""
     if lacks(summary, "threshold", "perplexity", "accuracy"):
         return nothing_to_plot(reason, title, target)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, metric, label in ((axes[0], "perplexity", "perplexity (WikiText-2, log scale)"),
-                              (axes[1], "accuracy", "next-token accuracy")):
+    for ax, (metric, label) in zip(axes, panels(summary)):
         t = summary["threshold"]
         ax.plot(t, summary[metric], "o-", color="C0", label="similarity merge")
-        ax.axhline(summary[f"base_{metric}"].iloc[0], color="k", ls=":", label="base model")
+        ax.axhline(base_value(summary, metric), color="k", ls=":", label="base model")
         if metric == "perplexity":
-            mean, std = summary["random_perplexity_mean"], summary["random_perplexity_std"]
-            ax.fill_between(t, mean - std, mean + std, color="C3", alpha=0.25, label="random merge (mean ± sd)")
-            ax.plot(t, mean, "--", color="C3")
+            low, high = control_range(summary)
+            ax.fill_between(t, low, high, color="C3", alpha=0.25, label="random controls (min-max)")
+            ax.plot(t, summary["random_perplexity_mean"], "--", color="C3", label="random controls (mean)")
             ax.set_yscale("log")
-        else:
-            ax.plot(t, summary["random_accuracy_mean"], "--", color="C3", label="random merge (mean)")
-        for x, pairs, y in zip(t, summary["merged_pairs"], summary[metric]):
-            ax.annotate(f"{pairs}", (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
-        ax.set(xlabel="similarity threshold (labels: merged pairs)", ylabel=label)
+        elif metric == "accuracy":  # (an encoder's controls are in its comparisons table)
+            ax.plot(t, summary["random_accuracy_mean"], "--", color="C3", label="random controls (mean)")
+        removed = summary["heads_removed"] if "heads_removed" in summary else summary["merged_pairs"]
+        for x, count, y in zip(t, removed, summary[metric]):
+            ax.annotate(f"{count}", (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+        what = "heads removed" if "heads_removed" in summary else "merged pairs"
+        ax.set(xlabel=f"similarity threshold (labels: {what})", ylabel=label)
         ax.legend(fontsize=8)
     fig.suptitle(title)
     save(fig, target)
@@ -81,22 +115,28 @@ def relative_change(value, base) -> str:
 
 
 def headmerge_comparison(row: dict, title, target):
-    """One threshold: perplexity and next-token accuracy of the original model, the merged one
-    and the random control (mean ± sd over seeds, sd where the summary has it)."""
+    """One threshold: perplexity and next-token accuracy (an encoder: embedding cosine and
+    retrieval agreement) of the original model, the merged one and the random controls (their
+    mean; for perplexity, whiskers to their min and max)."""
     if lacks(row, "perplexity", "accuracy", "base_perplexity", "base_accuracy"):
         return nothing_to_plot("the head-merge summary has no row for this threshold", title, target)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    labels = ["original", "merged", "random control\n(mean ± sd)"]
-    for ax, metric in zip(axes, ("perplexity", "accuracy")):
-        values = [row[f"base_{metric}"], row[metric], row.get(f"random_{metric}_mean", np.nan)]
-        errors = [0, 0, row.get(f"random_{metric}_std", 0) or 0]
-        bars = ax.bar(labels, values, yerr=np.nan_to_num(errors), capsize=4, color=["grey", "C0", "C3"])
+    controls = row.get("random_controls")
+    controls = "random controls" if controls is None else f"{int(controls)} random controls"
+    for ax, (metric, label) in zip(axes, panels(row)):
+        values = [base_value(row, metric), row[metric], row.get(f"random_{metric}_mean", np.nan)]
+        low, high = (row.get(f"random_{metric}_{end}", np.nan) for end in ("min", "max"))
+        spread = ", min-max" if np.isfinite(np.asarray([low, high], dtype=np.float64)).all() else ""
+        labels = ["original", "merged", f"{controls}\n(mean{spread})"]
+        whiskers = np.nan_to_num([[0, 0, values[2] - low], [0, 0, high - values[2]]])
+        bars = ax.bar(labels, values, yerr=whiskers, capsize=4, color=["grey", "C0", "C3"])
         changes = ["", *(relative_change(v, values[0]) for v in values[1:])]
         texts = [f"{v:.4g}" + (f"\n({change})" if change else "") for v, change in zip(values, changes)]
         ax.bar_label(bars, labels=texts, fontsize=8, padding=3)
         ax.margins(y=0.15)
-        ax.set(ylabel=f"{metric} (WikiText-2)" if metric == "perplexity" else "next-token accuracy", title=metric)
-    fig.suptitle(f"{title}: {int(row.get('merged_pairs', 0))} head pairs merged")
+        ax.set(ylabel=f"{metric} (WikiText-2)" if metric == "perplexity" else label, title=metric.replace("_", " "))
+    removed = f", {int(row['heads_removed'])} heads removed" if "heads_removed" in row else ""
+    fig.suptitle(f"{title}: {int(row.get('merged_pairs', 0))} head pairs merged{removed}")
     fig.tight_layout()
     save(fig, target)
 
