@@ -277,7 +277,7 @@ def headmerge_threshold_stems(t):
 
 
 COMPRESS = config["compress"]
-COMPRESS_PRESETS = list(QUANTIZATION_PRESETS)
+COMPRESS_PRESETS = COMPRESS["quant"].get("presets", list(QUANTIZATION_PRESETS))
 
 
 def compress_evaluation():

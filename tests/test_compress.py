@@ -530,3 +530,11 @@ def test_pruning_experiment_with_too_few_layers_for_random_orders(tiny_session):
     assert out.loc["random", "against_plan"] == "no distinct random plan" and pd.isna(out.loc["random", "verdict"])
     d = (np.asarray(outcome.scores["alpha_0.5"].nll) - np.asarray(outcome.scores["uniform_0.5"].nll)) / 16
     assert out.loc["uniform", "estimate"] == pytest.approx(d.mean()) and out.loc["uniform", "articles"] == 3
+
+
+def test_only_the_configured_presets_are_planned():
+    matrices = plans.plan_matrices(metrics_table())
+    specs, hints, _ = controls.quant_plans(matrices, ["int4"], 32, 2, 2, presets=["alpha_pruning"])
+    assert set(hints) == {"alpha_pruning"}
+    assert {s["of"] for s in specs if s["kind"] != "uniform"} == {"alpha_pruning"}
+    assert not [s for s in specs if "original_script" in s["plan"]]

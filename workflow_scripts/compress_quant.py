@@ -47,7 +47,8 @@ def main(snakemake):
                                               snakemake.params.group_size)
     outcome = compress.quant_experiment(
         session.scorer(evaluation["bootstrap"]), session.matrices, settings["quant"]["formats"], group_size,
-        settings["random_seeds"], settings["budget_random_plans"], model_name, sensitivity_estimates(inputs))
+        settings["random_seeds"], settings["budget_random_plans"], model_name, sensitivity_estimates(inputs),
+        settings["quant"]["presets"])
     table = outcome.table
     logging.info("[%s] %d plans scored:\n%s", model_name, len(table), table.to_string(max_cols=12))
     comparisons = quant_comparisons(table, outcome.scores, model_name, evaluation["confidence"],

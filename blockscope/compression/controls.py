@@ -174,15 +174,16 @@ def oracle_spec(preset: str, hint: pd.Series, settings: dict, matrices: pd.DataF
 
 
 def quant_plans(matrices: pd.DataFrame, formats, group_size: int, seeds: int, budget_seeds: int,
-                estimates: pd.DataFrame = None) -> tuple:
+                estimates: pd.DataFrame = None, presets=tuple(PRESETS)) -> tuple:
     """(specs [{plan, kind, of, seed, direction, formats, simulated_as}], {preset: (settings, hint
     table)}, {(plan, against): why a control is missing}): uniform at each format; per preset its
-    hint plan, the mirror, the oracle (estimates given), distinct random and budget_random plans."""
+    hint plan, the mirror, the oracle (estimates given), distinct random and budget_random plans;
+    presets: which of blockscope.compression.presets (compress.quant.presets)."""
     specs = [quant_spec(f"uniform_{fmt}", "uniform", plans.uniform_plan(matrices, fmt),
                         plans.simulated_as([fmt], group_size)) for fmt in formats]
     taken = {format_key(s["formats"]): s["formats"] for s in specs}
     hints, missing = {}, {}
-    for preset in PRESETS:
+    for preset in presets:
         settings = plans.preset_settings(preset, group_size)
         hint, table = plans.hint_plan(matrices, settings)
         hints[preset] = (settings, table)

@@ -22,6 +22,7 @@ import pandas as pd
 from blockscope.compression import controls, plans
 from blockscope.compression.formats import quantize
 from blockscope.compression.oracle import predicted_kl
+from blockscope.compression.presets import PRESETS
 from blockscope.compression.pruning import achieved_sparsity, magnitude_prune
 from blockscope.errors import BlockscopeError
 from blockscope.evaluation.base_artifact import BaseEvaluation, load_base
@@ -172,12 +173,14 @@ def round_trip_budget(device: str) -> int:
 
 
 def quant_experiment(scorer: Scorer, matrices: pd.DataFrame, formats, group_size: int, seeds: int,
-                     budget_seeds: int, model_name: str, estimates: pd.DataFrame = None) -> Outcome:
+                     budget_seeds: int, model_name: str, estimates: pd.DataFrame = None,
+                     presets=tuple(PRESETS)) -> Outcome:
     """The plans of controls.quant_plans scored. Outcome.plans: {plan: {param: format}};
     details: {"hints": {preset: (settings, hint table)}, "simulated_as": {plan: {name: what is
     evaluated}}}. With per-matrix sensitivity estimates, the oracle plans and every plan's
     predicted_kl (the additive model), else predicted_kl NaN."""
-    specs, hints, missing = controls.quant_plans(matrices, formats, group_size, seeds, budget_seeds, estimates)
+    specs, hints, missing = controls.quant_plans(matrices, formats, group_size, seeds, budget_seeds, estimates,
+                                                   presets)
     round_trip = RoundTrips(group_size, round_trip_budget(scorer.device))
     rows = [{"model": model_name, "plan": "base", "kind": "base", "bits_per_weight": np.nan, **base_row(scorer.base)}]
     kept, scores = [], {}
