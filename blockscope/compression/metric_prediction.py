@@ -173,6 +173,12 @@ def excludes_zero(low, high) -> bool:
     return bool(np.isfinite(low) and np.isfinite(high) and (low > 0 or high < 0))
 
 
+def bonferroni(p_value: float, tests: int) -> float:
+    """min(1, p x tests): the p-value of the best of `tests` metrics once the choice is counted
+    (Bonferroni; conservative for correlated metrics)."""
+    return min(1.0, float(p_value) * max(int(tests), 1))
+
+
 def best_predictor(correlations: pd.DataFrame, metrics=None, perturbation: str | None = None) -> str | None:
     """The metric with the largest |rho| over all matrices (block_type "all") among those whose
     interval excludes zero; None when none does. metrics / perturbation: only these rows."""

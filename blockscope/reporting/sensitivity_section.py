@@ -13,6 +13,7 @@ from blockscope.compression.metric_prediction import (
     BASELINES,
     SPECTRAL_METRICS,
     best_predictor,
+    bonferroni,
     measured_mask,
     metric_column,
     metric_label,
@@ -81,7 +82,8 @@ def sensitivity_section(matrices: pd.DataFrame | None, correlations: pd.DataFram
     lines += [f"Each of the {len(matrices)} analysed projection matrices was perturbed alone, everything else as "
               f"stored: {'; '.join(perturbation_words(p) for p in perturbations)}. Its sensitivity is the KL "
               "divergence of the next-token distribution to the base model's (nats per token) on the base "
-              "evaluation's windows. Matrices not measured are estimated from an output-error proxy "
+              "evaluation's windows (for an encoder: the mean embedding loss, 1 - cosine to the base's sentence "
+              "embeddings). Matrices not measured are estimated from an output-error proxy "
               "calibrated on the measured ones; the table gives the proxy's agreement with them.", "",
               table(measured_counts(matrices, agreement), 3), ""]
     model = model_of(correlations, matrices)
@@ -143,8 +145,13 @@ def perturbation_finding(correlations: pd.DataFrame, matrices: pd.DataFrame, per
         return (f"{lead}: no spectral metric's interval excludes zero; the plain baseline {metric_label(baseline)} "
                 f"does, {rho_words(row)} ({direction(row, baseline)}).")
     row = overall_row(correlations, perturbation, spectral)
+    tested = int(np.isfinite(rows[rows["metric"].isin(SPECTRAL_METRICS)]["spearman"]).sum())
+    adjusted = bonferroni(row["p_value"], tested)
+    chance = ("" if adjusted < 1 - level else
+              "; not beyond chance once the choice among them is counted")
     sentence = f"{lead}: {metric_label(spectral)} predicts it best of the spectral metrics, {rho_words(row)} " \
-               f"({direction(row, spectral)})"
+               f"({direction(row, spectral)}; p = {adjusted:.2g} after Bonferroni over the {tested} spectral " \
+               f"metrics tested{chance})"
     if baseline is None:
         return f"{sentence}; no plain baseline's interval excludes zero."
     other = overall_row(correlations, perturbation, baseline)
