@@ -44,7 +44,7 @@ rule headmerge:
         # headmerge.layers only when set: runs from before the key existed stay up to date;
         # kl_cache_mb no more (the base evaluation's file replaced that cache); plot_layers
         # only chooses what headmerge_plots draws; of the eval keys, those it scores and compares
-        # with; report.findings.ppl_tolerance chooses the headline threshold (summary `selected`)
+        # with (report.findings.ppl_tolerance chooses the headline in the report, not here)
         settings={
             **{
                 k: v
@@ -52,7 +52,6 @@ rule headmerge:
                 if (k != "layers" or v is not None) and k not in ("kl_cache_mb", "plot_layers")
             },
             **{key: EVALUATION[key] for key in ("batch_size", "dtype", "bootstrap", "min_effect", "confidence")},
-            "ppl_tolerance": config["report"]["findings"]["ppl_tolerance"],
         },
         device=BACKEND,
         code=code("headmerge"),

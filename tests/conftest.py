@@ -43,6 +43,20 @@ def run_workflow(workdir, config, *args, check=True, snakefile=ROOT / "Snakefile
     return result
 
 
+def word_tokenizer(folder, corpus_lines, vocab_size=2000):
+    """A real (word-level) tokenizer trained on the corpus, saved the transformers way; its size."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(corpus_lines, trainers.WordLevelTrainer(vocab_size=vocab_size,
+                                                                          special_tokens=["[UNK]"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
+    fast.save_pretrained(folder)
+    return len(fast)
+
+
 def save_tiny(model_class_name, config, folder):
     """Build a real transformers model from a tiny config and save_pretrained it."""
     import torch

@@ -9,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import ROOT, WORKFLOW_BASE, copy_tree, run_workflow, save_tiny
+from conftest import ROOT, WORKFLOW_BASE, copy_tree, run_workflow, save_tiny, word_tokenizer
 
 pytestmark = pytest.mark.slow
 WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
@@ -19,19 +19,6 @@ PLOTS = ("sweep", "pairs_per_layer", "similarity_matrices", "similarity_histogra
 def plot_targets(*models):
     # the figures by name (a dry run that asks for them alone)
     return [f"results/{m}/headmerge/{name}.png" for m in models for name in PLOTS]
-
-
-def word_tokenizer(folder, corpus_lines):
-    """A real (word-level) tokenizer trained on the corpus, saved the transformers way."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(corpus_lines, trainers.WordLevelTrainer(vocab_size=2000, special_tokens=["[UNK]"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
-    fast.save_pretrained(folder)
-    return len(fast)
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +75,12 @@ def test_threshold_json_format_and_controls(merged):
     assert high["original_metrics"] == low["original_metrics"]  # the base is evaluated once and reused
     summary = pd.read_parquet(merged / "results/tiny-lm/headmerge/summary.parquet")
     assert list(summary["threshold"]) == [0.001, 0.99]
-    assert list(summary["heads_removed"]) == [low["heads_removed"], 0] and summary["selected"].sum() <= 1
+    assert list(summary["heads_removed"]) == [low["heads_removed"], 0]
     assert set(summary["selected_on"]) == {"even"} and set(summary["reported_on"]) == {"odd"}
     assert list(summary["heldout_windows"]) == [8, 8] and list(summary["heldout_tokens"]) == [8 * 31, 8 * 31]
-    assert not summary["selected"].iloc[1]  # merging nothing is never the headline
+    from blockscope.evaluation.head_merge import headline_index
+
+    assert headline_index(summary, 100.0) in (0, None)  # merging nothing is never the headline
     assert (merged / "results/tiny-lm/headmerge/sweep.png").stat().st_size > 10_000
     for t in (0.001, 0.99):  # per threshold: original vs merged vs random, and the pairs by layer
         for name in (f"comparison_{t}", f"pairs_by_layer_{t}"):
@@ -137,6 +126,19 @@ def test_new_thresholds_rerun_head_merging_but_not_the_base_evaluation(merged, t
     result = run_workflow(work, config, "--dry-run", "all")
     rerun = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
     assert "headmerge" in rerun and "evaluate_base" not in rerun
+
+
+def test_a_new_headline_tolerance_rewrites_the_reports_alone(merged, tmp_path):
+    """The headline threshold is chosen when the report is written, from the summary's columns."""
+    import yaml
+
+    work = tmp_path / "work"
+    copy_tree(merged, work)
+    config = yaml.safe_load((merged / "config.yaml").read_text())
+    config.setdefault("report", {}).setdefault("findings", {})["ppl_tolerance"] = 0.5
+    result = run_workflow(work, config, "--dry-run", "all")
+    rerun = set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", result.stdout + result.stderr, re.M))
+    assert rerun - {"all"} == {"model_report", "summary_report"}, rerun
 
 
 def test_an_encoder_without_a_tokenizer_is_skipped_with_a_reason(merged):

@@ -16,7 +16,7 @@ from blockscope.compression.formats import FORMATS, bits_per_weight, quantize
 from blockscope.compression.output_error import collect_proxies, output_error_proxy, second_moments
 from blockscope.compression.proxy_calibration import calibrate, calibrated, leave_one_out, log_fit
 
-from conftest import ROOT, TINY_LLAMA, run_workflow, save_tiny
+from conftest import ROOT, TINY_LLAMA, run_workflow, save_tiny, word_tokenizer
 
 WIKITEXT = ROOT.parent / "shared/data/wikitext-2-raw/wiki.test.raw"
 
@@ -278,18 +278,6 @@ def test_calibrate_fills_unmeasured_rows_and_reports_agreement():
 
 # --- the rule on a tiny causal LM ---------------------------------------------------------------------------------
 
-def word_tokenizer(folder, lines):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(lines, trainers.WordLevelTrainer(vocab_size=1000, special_tokens=["[UNK]"]))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
-    fast.save_pretrained(folder)
-    return len(fast)
-
-
 SENSITIVITY_FILES = ("estimates.parquet", "estimates.csv", "matrices.parquet", "matrices.csv", "agreement.json")
 
 
@@ -300,7 +288,7 @@ def test_the_rule_writes_one_row_per_matrix_and_perturbation(tmp_path):
     from blockscope.evaluation.base_artifact import load_base
     from blockscope.evaluation.forward import evaluate_variant
 
-    vocab = word_tokenizer(tmp_path / "lm", WIKITEXT.read_text(encoding="utf-8").splitlines()[:300])
+    vocab = word_tokenizer(tmp_path / "lm", WIKITEXT.read_text(encoding="utf-8").splitlines()[:300], 1000)
     save_tiny("LlamaForCausalLM", {**TINY_LLAMA, "vocab_size": vocab}, tmp_path / "lm")
     config = {"models": {"tiny-lm": {"source": "local", "path": str(tmp_path / "lm")},
                          "tiny-llama": {"source": "synthetic", "config": TINY_LLAMA, "seed": 0}},

@@ -71,12 +71,8 @@ def main(snakemake):
                      f"{control[f'{quality}_min']:.4f}-{control[f'{quality}_max']:.4f}")
         if "fewer" in control:
             logging.info("[%s] threshold %g: random controls %s", model_name, result["threshold"], control["fewer"])
-    summary, comparisons = sweep.sweep_tables(model_name, runs, base, settings["confidence"], settings["min_effect"],
-                                              settings["ppl_tolerance"])
+    summary, comparisons = sweep.sweep_tables(model_name, runs, base, settings["confidence"], settings["min_effect"])
     write_tables(summary, comparisons, output)
-    chosen = summary[summary["selected"]] if not summary.empty else summary
-    logging.info("[%s] headline threshold (chosen on the %s windows): %s", model_name, sweep.SELECTION_HALF,
-                 chosen["threshold"].iloc[0] if len(chosen) else "none within report.findings.ppl_tolerance")
 
 
 run_step(snakemake, main)

@@ -333,15 +333,14 @@ def half_columns(run: ThresholdRun, base, level: float, min_effect: float) -> di
     return out
 
 
-def sweep_tables(model: str, runs: list, base, level: float, min_effect: float, ppl_tolerance: float) -> tuple:
+def sweep_tables(model: str, runs: list, base, level: float, min_effect: float) -> tuple:
     """(summary, comparisons) of a sweep's runs: one summary row per threshold (summary_row, the
-    half_columns, `selected`: the headline threshold; pairs per layer last) and the comparisons
-    on every window (layout.COMPARISON_COLUMNS)."""
+    half_columns; pairs per layer last) and the comparisons on every window
+    (layout.COMPARISON_COLUMNS). The headline threshold is chosen from the summary when the report
+    is written (head_merge.headline_index), so a new report.findings.ppl_tolerance reruns no merge."""
     summary = pd.DataFrame([{**summary_row(model, run.result), **half_columns(run, base, level, min_effect)}
                             for run in runs])
     if not summary.empty:
-        chosen = hm.headline_index(summary, ppl_tolerance)
-        summary["selected"] = [label == chosen for label in summary.index]
         layers = [c for c in summary.columns if c.startswith("pairs_layer_")]
         summary = summary[[c for c in summary.columns if c not in layers] + layers]
     articles = articles_covered(base)
