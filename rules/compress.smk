@@ -102,9 +102,11 @@ def sensitivity_plot_inputs():
     """compress_plots' inputs for the per-matrix sensitivity figures, when compress.sensitivity is on."""
     if not sensitivity_plots_on():
         return {}
-    return {"sensitivity_matrices": f"{layout.COMPRESS_SENSITIVITY}/matrices.parquet",
-            "correlations": f"{layout.COMPRESS_SENSITIVITY}/metric_correlations.parquet",
-            "sensitivity_agreement": f"{layout.COMPRESS_SENSITIVITY}/agreement.json"}
+    return {
+        "sensitivity_matrices": f"{layout.COMPRESS_SENSITIVITY}/matrices.parquet",
+        "correlations": f"{layout.COMPRESS_SENSITIVITY}/metric_correlations.parquet",
+        "sensitivity_agreement": f"{layout.COMPRESS_SENSITIVITY}/agreement.json",
+    }
 
 
 def sensitivity_plot_outputs():
@@ -112,8 +114,12 @@ def sensitivity_plot_outputs():
     if not sensitivity_plots_on():
         return {}
     return {
-        name: figure(f"{layout.COMPRESS_SENSITIVITY}/{name}", category="{model}", subcategory="compression",
-                     caption=f"../report/sensitivity_{name}.rst")
+        name: figure(
+            f"{layout.COMPRESS_SENSITIVITY}/{name}",
+            category="{model}",
+            subcategory="compression",
+            caption=f"../report/sensitivity_{name}.rst",
+        )
         for name in layout.SENSITIVITY_FIGURES
     }
 
@@ -121,12 +127,13 @@ def sensitivity_plot_outputs():
 # Drawing only: an edit to the plots reruns this rule, never the evaluations.
 rule compress_plots:
     input:
+        **sensitivity_plot_inputs(),
         quant=f"{layout.COMPRESS_QUANT}/summary.parquet",
         quant_plans=f"{layout.COMPRESS_QUANT}/plans.json",
         prune=f"{layout.COMPRESS_PRUNE}/summary.parquet",
         prune_plans=f"{layout.COMPRESS_PRUNE}/plans.json",
-        **sensitivity_plot_inputs(),
     output:
+        **sensitivity_plot_outputs(),
         quant=figure(
             f"{layout.COMPRESS_QUANT}/pareto",
             category="{model}",
@@ -139,7 +146,6 @@ rule compress_plots:
             subcategory="compression",
             caption="../report/compress_prune.rst",
         ),
-        **sensitivity_plot_outputs(),
     log:
         "logs/{model}/compress_plots.log",
     benchmark:

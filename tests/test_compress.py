@@ -331,6 +331,8 @@ def window_scores(nll, tokens=10):
 
 
 def test_quant_comparisons_by_hand():
+    from scipy import stats
+
     from blockscope.compression.comparisons import quant_comparisons
 
     table = pd.DataFrame([
@@ -367,13 +369,20 @@ def test_quant_comparisons_by_hand():
     assert uniform["verdict"] == "no detectable difference"
     # the random plans' per-window mean: 1.1, 6.4 / 3, 3.2, 4.1 -> hint minus it -0.1, -0.4 / 3, -0.2, -0.1
     random = out.loc[("hint_p", "random")]
+    # The interval is for the expected random plan: the windows' part s_w^2 / 4 plus the plans' part
+    # s_p^2 / 3 (their own means 2.625, 2.4, 2.875), Welch-Satterthwaite degrees of freedom.
     d = np.array([-0.1, -0.4 / 3, -0.2, -0.1])
-    half = T_975_3 * np.sqrt(((d - d.mean()) ** 2).sum() / 3) / 2
+    windows_part = ((d - d.mean()) ** 2).sum() / 3 / 4
+    means = np.array([2.625, 2.4, 2.875])
+    plans_part = ((means - means.mean()) ** 2).sum() / 2 / 3
+    df = (windows_part + plans_part) ** 2 / (windows_part ** 2 / 3 + plans_part ** 2 / 2)
+    half = stats.t.ppf(0.975, df) * np.sqrt(windows_part + plans_part)
     assert random["estimate"] == pytest.approx(-0.4 / 3)
     assert (random["ci_low"], random["ci_high"]) == pytest.approx((-0.4 / 3 - half, -0.4 / 3 + half))
     # the hint's mean NLL 2.5 against 2.625, 2.4, 2.875: one at or below it -> (1 + 1) / (3 + 1)
     assert random["p_value"] == 0.5 and random["n_random"] == 3 and random["against_plan"] == "mean of 3 random plans"
-    assert random["verdict"] == "better"
+    # the random plans spread more than the hint differs from them: no detectable difference
+    assert random["ci_low"] < 0 < random["ci_high"] and random["verdict"] == "no detectable difference"
     # no budget-matched plan for p; no uniform plan at or below 4.5 bits for q: rows that say so
     for key, why in ((("hint_p", "budget_random"), "no distinct budget-matched random plan"),
                      (("hint_q", "uniform"), "none at or below this budget")):
@@ -501,7 +510,10 @@ def test_comparisons_of_a_real_experiment_match_a_direct_computation(tiny_sessio
         hint = f"hint_{preset}"
         randoms = table[(table["of"] == preset) & (table["kind"] == "random")].index
         d = means(hint) - np.mean([means(r) for r in randoms], axis=0)
-        half = stats.t.ppf(0.95, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        # the windows' part and the random plans' own spread, Welch-Satterthwaite degrees of freedom
+        a, b = d.var(ddof=1) / len(d), np.var([means(r).mean() for r in randoms], ddof=1) / len(randoms)
+        df = (a + b) ** 2 / (a * a / (len(d) - 1) + b * b / (len(randoms) - 1))
+        half = stats.t.ppf(0.95, df) * np.sqrt(a + b)
         row = out.loc[(hint, "random")]
         assert (row["estimate"], row["ci_low"], row["ci_high"]) == pytest.approx((d.mean(), d.mean() - half,
                                                                                     d.mean() + half))

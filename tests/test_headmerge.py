@@ -401,6 +401,18 @@ def test_the_sweep_returns_one_documented_result_per_threshold(live):
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # the sweep restores
 
 
+def random_interval(d, plan_means, level=0.95):
+    """By hand, against the expected random plan: the windows' part var(d) / n plus the plans' part
+    var(plan means) / k, Welch-Satterthwaite degrees of freedom."""
+    from scipy import stats
+
+    d, m = np.asarray(d, dtype=float), np.asarray(plan_means, dtype=float)
+    a, b = d.var(ddof=1) / len(d), m.var(ddof=1) / len(m)
+    df = (a + b) ** 2 / (a * a / (len(d) - 1) + b * b / (len(m) - 1))
+    half = stats.t.ppf((1 + level) / 2, df) * np.sqrt(a + b)
+    return d.mean(), d.mean() - half, d.mean() + half
+
+
 def t_interval(d, level=0.95):
     """By hand: mean, and mean -+ t_{(1+level)/2, n-1} sd / sqrt(n)."""
     from scipy import stats
@@ -427,7 +439,8 @@ def test_comparisons_and_halves_match_a_hand_computation(live):
         (f"threshold_{threshold}", "base"), (f"threshold_{threshold}", "random"), ("threshold_1.0", "base")]
     rows = comparisons.to_dict("records")
     assert (rows[0]["estimate"], rows[0]["ci_low"], rows[0]["ci_high"]) == pytest.approx(t_interval(vs_base))
-    assert (rows[1]["estimate"], rows[1]["ci_low"], rows[1]["ci_high"]) == pytest.approx(t_interval(vs_random))
+    assert (rows[1]["estimate"], rows[1]["ci_low"], rows[1]["ci_high"]) == pytest.approx(
+        random_interval(vs_random, [per_window(c).mean() for c in controls]))
     assert rows[0]["windows"] == 4 and rows[0]["tokens"] == 4 * 15 and rows[0]["experiment"] == "headmerge"
     mean_nll = lambda s: sum(s.nll) / sum(s.tokens)  # noqa: E731
     assert rows[1]["p_value"] == (1 + sum(mean_nll(c) <= mean_nll(merged) for c in controls)) / 4
@@ -439,7 +452,7 @@ def test_comparisons_and_halves_match_a_hand_computation(live):
     assert (first["heldout_nll_change"], first["heldout_ci_low"], first["heldout_ci_high"]) == pytest.approx(
         t_interval(vs_base[1::2]))
     assert (first["heldout_vs_random"], first["heldout_vs_random_low"], first["heldout_vs_random_high"]) == \
-        pytest.approx(t_interval(vs_random[1::2]))
+        pytest.approx(random_interval(vs_random[1::2], [per_window(c)[1::2].mean() for c in controls]))
     held = [window_nll / tokens for window_nll, tokens in zip(merged.nll[1::2], merged.tokens[1::2])]
     held_controls = [np.sum(c.nll[1::2]) / np.sum(c.tokens[1::2]) for c in controls]
     assert first["heldout_p_value"] == (1 + sum(v <= np.mean(held) for v in held_controls)) / 4

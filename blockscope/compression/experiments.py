@@ -306,7 +306,7 @@ def experiment_session(model_name: str, dims_path, checkpoint, metrics_path, bas
     """(session, None) for one experiment's job, or (None, reason) for a model it skips: neither a
     causal LM nor an encoder, no tokenizer, or a causal LM that predicts at chance
     (evaluation["min_bits_over_chance"]; an encoder predicts no tokens). Plans are scored on the
-    base's first windows, evaluation["max_tokens"] tokens (an encoder: on all its sentences). The
+    base's windows, evaluation["max_tokens"] tokens chosen evenly among them (an encoder: on all its sentences). The
     paths: model.json, the checkpoint folder, the metrics table and the base evaluation. The job's
     own GPU is claimed before torch loads."""
     from blockscope.evaluation.loading import chance_reason, skip_reason

@@ -1,7 +1,8 @@
 """The oracle quantisation plan: formats allocated from the measured (or estimated) per-matrix
 sensitivities at a budget of bits per weight, by a greedy knapsack under the additive model (a
 plan's KL to the base is the sum of its matrices' KLs when each is quantised alone). It is the
-upper bound a spectral plan of the same budget is compared with; predicted_kl is the additive
+reference a spectral plan of the same budget is compared with: a bound only as good as the
+estimates (on the CPU most are a proxy's) and the greedy allocation; predicted_kl is the additive
 model's prediction, checked against the measured KL of every evaluated plan.
 docs/metrics.md "Per-matrix sensitivity and what predicts it".
 """

@@ -69,12 +69,39 @@ def per_window_differences(plan, other, field: str) -> tuple:
     return window_means(getattr(plan, field), plan.tokens) - control_means(other, field), tokens
 
 
+def welch_df(a: float, df_a: int, b: float, df_b: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of a variance a + b estimated from two parts:
+    (a + b)^2 / (a^2 / df_a + b^2 / df_b)."""
+    denominator = a * a / df_a + b * b / df_b
+    return (a + b) ** 2 / denominator if denominator > 0 else float(max(df_a, 1))
+
+
+def random_plans_t_interval(differences, plan_means, level: float = 0.95) -> tuple:
+    """Plan minus the expected random plan, not only these k: d̄ ∓ t_{df} · √(s_w²/n + s_p²/k), with
+    s_w the sd of the n per-window differences (paired_t_interval's part) and s_p the sd of the k
+    random plans' own means (the spread between draws, which a fixed set of plans would ignore);
+    df by Welch-Satterthwaite. k == 1: paired_t_interval."""
+    d, plan_means = np.asarray(differences, dtype=float), np.asarray(plan_means, dtype=float)
+    n, k = len(d), len(plan_means)
+    if k < 2 or n < 2:
+        return paired_t_interval(d, level)
+    windows_part, plans_part = d.var(ddof=1) / n, plan_means.var(ddof=1) / k
+    half = t_quantile(level, welch_df(windows_part, n - 1, plans_part, k - 1)) * math.sqrt(windows_part + plans_part)
+    estimate = float(d.mean())
+    return estimate, estimate - half, estimate + half
+
+
 def paired_difference(plan, other, level: float = 0.95, field: str = "nll") -> dict:
     """Plan minus control in mean `field` per token (nats for nll; negative: the plan is lower), with
     the paired t interval over windows (paired_t_interval on per-window mean differences).
-    other: a WindowScores, or a list of them (then their per-window mean: the random plans' mean)."""
+    other: a WindowScores, or a list of them: their per-window mean (the random plans' mean), the
+    interval then also counting the spread between the random plans (random_plans_t_interval)."""
     d, tokens = per_window_differences(plan, other, field)
-    estimate, low, high = paired_t_interval(d, level)
+    if isinstance(other, (list, tuple)) and len(other) > 1:
+        means = [window_means(getattr(c, field), c.tokens).mean() for c in other]
+        estimate, low, high = random_plans_t_interval(d, means, level)
+    else:
+        estimate, low, high = paired_t_interval(d, level)
     return {"estimate": estimate, "ci_low": low, "ci_high": high, "level": level, "windows": len(d),
             "tokens": int(tokens.sum())}
 

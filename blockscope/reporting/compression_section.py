@@ -69,7 +69,8 @@ def control_words(row) -> str:
     if against == "mirror":
         return f"its mirror {name}"
     if against == "oracle":
-        return f"the oracle plan {name} (from the measured per-matrix sensitivities, same budget)"
+        return (f"the oracle plan {name} (allocated at the same budget from the per-matrix sensitivities, measured "
+                "for a sample of matrices and estimated for the rest: see the sensitivity section)")
     if against == "uniform":
         return f"{name}, the {family(row)}"
     return f"{against} {name}"
@@ -396,7 +397,7 @@ def compress_section(quant: pd.DataFrame | None, prune: pd.DataFrame | None, sou
                   "retrieval neighbour among them all is the base's (retrieval agreement); no perplexity.", ""]
     elif tokens:
         lines += [f"Every plan, and the base row, is scored on the same {tokens} next-token predictions: the base "
-                  "evaluation's first windows, `compress.max_tokens` of them on the CPU.", ""]
+                  "evaluation's windows, `compress.max_tokens` of them chosen evenly among them on the CPU.", ""]
     for kind, frame, title in (("quant", quant, "Quantisation (simulated RTN)"),
                                ("prune", prune, "Unstructured magnitude pruning")):
         lines += [f"### {title}", ""]
