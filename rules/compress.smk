@@ -3,19 +3,6 @@
 # and compared with them by window (comparisons.parquet).
 
 
-def compress_estimates_input(wildcards):
-    """The per-matrix sensitivity estimates (rule compress_sensitivity) when compress.sensitivity is
-    on: the oracle plans and every plan's predicted KL come from them; none otherwise."""
-    if not COMPRESS.get("sensitivity", {}).get("enabled", False):
-        return []
-    return f"{layout.COMPRESS_SENSITIVITY}/estimates.parquet".format(model=wildcards.model)
-
-
-def compress_comparison_settings():
-    """What the comparisons state beside the evaluation settings: the interval level and the minimum effect."""
-    return {**compress_evaluation(), **{key: EVALUATION[key] for key in ("min_effect", "confidence")}}
-
-
 rule compress_quant:
     input:
         checkpoint=layout.CHECKPOINT,
@@ -91,37 +78,6 @@ rule compress_prune:
         code=code("compress_prune"),
     script:
         "../workflow_scripts/compress_prune.py"
-
-
-def sensitivity_plots_on():
-    """Whether the per-matrix sensitivity runs (compress and compress.sensitivity enabled)."""
-    return COMPRESS["enabled"] and COMPRESS.get("sensitivity", {}).get("enabled", False)
-
-
-def sensitivity_plot_inputs():
-    """compress_plots' inputs for the per-matrix sensitivity figures, when compress.sensitivity is on."""
-    if not sensitivity_plots_on():
-        return {}
-    return {
-        "sensitivity_matrices": f"{layout.COMPRESS_SENSITIVITY}/matrices.parquet",
-        "correlations": f"{layout.COMPRESS_SENSITIVITY}/metric_correlations.parquet",
-        "sensitivity_agreement": f"{layout.COMPRESS_SENSITIVITY}/agreement.json",
-    }
-
-
-def sensitivity_plot_outputs():
-    """The sensitivity figures: every metric's rho with the measured KL, the best one against it."""
-    if not sensitivity_plots_on():
-        return {}
-    return {
-        name: figure(
-            f"{layout.COMPRESS_SENSITIVITY}/{name}",
-            category="{model}",
-            subcategory="compression",
-            caption=f"../report/sensitivity_{name}.rst",
-        )
-        for name in layout.SENSITIVITY_FIGURES
-    }
 
 
 # Drawing only: an edit to the plots reruns this rule, never the evaluations.

@@ -326,3 +326,96 @@ def compress_targets(model):
             else []
         ),
     ]
+
+
+# --- compression's comparisons and per-matrix sensitivity (rules compress.smk, sensitivity.smk, report.smk)
+
+SENSITIVITY = COMPRESS["sensitivity"]
+SENSITIVITY_FILES = ("estimates.parquet", "estimates.csv", "matrices.parquet", "matrices.csv", "agreement.json")
+
+
+def compress_estimates_input(wildcards):
+    """The per-matrix sensitivity estimates (rule compress_sensitivity) when compress.sensitivity is
+    on: the oracle plans and every plan's predicted KL come from them; none otherwise."""
+    if not COMPRESS.get("sensitivity", {}).get("enabled", False):
+        return []
+    return f"{layout.COMPRESS_SENSITIVITY}/estimates.parquet".format(model=wildcards.model)
+
+
+def compress_comparison_settings():
+    """What the comparisons state beside the evaluation settings: the interval level and the minimum effect."""
+    return {**compress_evaluation(), **{key: EVALUATION[key] for key in ("min_effect", "confidence")}}
+
+
+def sensitivity_plots_on():
+    """Whether the per-matrix sensitivity runs (compress and compress.sensitivity enabled)."""
+    return COMPRESS["enabled"] and COMPRESS.get("sensitivity", {}).get("enabled", False)
+
+
+def sensitivity_plot_inputs():
+    """compress_plots' inputs for the per-matrix sensitivity figures, when compress.sensitivity is on."""
+    if not sensitivity_plots_on():
+        return {}
+    return {
+        "sensitivity_matrices": f"{layout.COMPRESS_SENSITIVITY}/matrices.parquet",
+        "correlations": f"{layout.COMPRESS_SENSITIVITY}/metric_correlations.parquet",
+        "sensitivity_agreement": f"{layout.COMPRESS_SENSITIVITY}/agreement.json",
+    }
+
+
+def sensitivity_plot_outputs():
+    """The sensitivity figures: every metric's rho with the measured KL, the best one against it."""
+    if not sensitivity_plots_on():
+        return {}
+    return {
+        name: figure(
+            f"{layout.COMPRESS_SENSITIVITY}/{name}",
+            category="{model}",
+            subcategory="compression",
+            caption=f"../report/sensitivity_{name}.rst",
+        )
+        for name in layout.SENSITIVITY_FIGURES
+    }
+
+
+def sensitivity_evaluation():
+    """compress_evaluation() with the sensitivity's own window budget (CPU: max_tokens; CUDA: gpu_max_tokens)."""
+    return {
+        **compress_evaluation(),
+        "max_tokens": SENSITIVITY["gpu_max_tokens" if BACKEND == "cuda" else "max_tokens"],
+    }
+
+
+def compress_sensitivity_targets(model):
+    """The sensitivity tables of a model, when compress and compress.sensitivity are enabled."""
+    if not (COMPRESS["enabled"] and SENSITIVITY["enabled"]):
+        return []
+    return [f"{layout.COMPRESS_SENSITIVITY}/{name}".format(model=model) for name in SENSITIVITY_FILES]
+
+
+def compress_comparisons(models):
+    """Input: the experiments' comparisons tables of `models` (none when compress is off)."""
+    if not COMPRESS["enabled"]:
+        return []
+    return [
+        f"{folder}/comparisons.parquet".format(model=m)
+        for m in models
+        for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
+    ]
+
+
+def sensitivity_report_files(models, figures=True):
+    """Input: the per-matrix sensitivity tables (and figures) the reports read, when compress and
+    compress.sensitivity are enabled; none otherwise."""
+    if not (COMPRESS["enabled"] and COMPRESS.get("sensitivity", {}).get("enabled", False)):
+        return []
+    names = ["matrices.parquet", "metric_correlations.parquet", "agreement.json"]
+    return [
+        *[f"{layout.COMPRESS_SENSITIVITY}/{name}".format(model=m) for m in models for name in names],
+        *[
+            path
+            for m in (models if figures else [])
+            for name in layout.SENSITIVITY_FIGURES
+            for path in figure_files(f"{layout.COMPRESS_SENSITIVITY}/{name}".format(model=m))
+        ],
+    ]

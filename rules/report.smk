@@ -1,34 +1,6 @@
 # Plots and reports, per model and across models. All read tables; none recomputes a spectrum.
 
 
-def compress_comparisons(models):
-    """Input: the experiments' comparisons tables of `models` (none when compress is off)."""
-    if not COMPRESS["enabled"]:
-        return []
-    return [
-        f"{folder}/comparisons.parquet".format(model=m)
-        for m in models
-        for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
-    ]
-
-
-def sensitivity_report_files(models, figures=True):
-    """Input: the per-matrix sensitivity tables (and figures) the reports read, when compress and
-    compress.sensitivity are enabled; none otherwise."""
-    if not (COMPRESS["enabled"] and COMPRESS.get("sensitivity", {}).get("enabled", False)):
-        return []
-    names = ["matrices.parquet", "metric_correlations.parquet", "agreement.json"]
-    return [
-        *[f"{layout.COMPRESS_SENSITIVITY}/{name}".format(model=m) for m in models for name in names],
-        *[
-            path
-            for m in (models if figures else [])
-            for name in layout.SENSITIVITY_FIGURES
-            for path in figure_files(f"{layout.COMPRESS_SENSITIVITY}/{name}".format(model=m))
-        ],
-    ]
-
-
 rule metric_plots:
     input:
         metrics=layout.METRICS,

@@ -2,24 +2,6 @@
 # lowest format, a harsher one) or pruned at the first target sparsity, scored against the base; on
 # the CPU a stratified sample is measured and the rest estimated from an output-error proxy.
 
-SENSITIVITY = COMPRESS["sensitivity"]
-SENSITIVITY_FILES = ("estimates.parquet", "estimates.csv", "matrices.parquet", "matrices.csv", "agreement.json")
-
-
-def sensitivity_evaluation():
-    """compress_evaluation() with the sensitivity's own window budget (CPU: max_tokens; CUDA: gpu_max_tokens)."""
-    return {
-        **compress_evaluation(),
-        "max_tokens": SENSITIVITY["gpu_max_tokens" if BACKEND == "cuda" else "max_tokens"],
-    }
-
-
-def compress_sensitivity_targets(model):
-    """The sensitivity tables of a model, when compress and compress.sensitivity are enabled."""
-    if not (COMPRESS["enabled"] and SENSITIVITY["enabled"]):
-        return []
-    return [f"{layout.COMPRESS_SENSITIVITY}/{name}".format(model=model) for name in SENSITIVITY_FILES]
-
 
 rule compress_sensitivity:
     input:
