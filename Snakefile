@@ -31,6 +31,7 @@ include: "rules/headmerge.smk"
 include: "rules/detail_tables.smk"
 include: "rules/compress.smk"
 include: "rules/sensitivity.smk"
+include: "rules/deltas.smk"
 
 
 rule all:

@@ -35,10 +35,10 @@ rule aggregate:
 
 rule summary:
     input:
-        metrics=expand(layout.METRICS, model=MODELS),
-        heads=expand(layout.HEADS, model=MODELS),
-        precision=expand(layout.PRECISION, model=MODELS),
-        dims=expand(layout.MODEL_JSON, model=MODELS),
+        metrics=expand(layout.METRICS, model=CHECKPOINTS),
+        heads=expand(layout.HEADS, model=CHECKPOINTS),
+        precision=expand(layout.PRECISION, model=CHECKPOINTS),
+        dims=expand(layout.MODEL_JSON, model=CHECKPOINTS),
     output:
         metrics=f"{layout.SUMMARY}/metrics.parquet",
         heads=f"{layout.SUMMARY}/heads.parquet",

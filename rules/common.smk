@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from blockscope.checkpoint import selection as select
 from blockscope.analysis.part_stamps import PART_MODULES
 from blockscope.runtime.code_version import code_version
 from blockscope.config.validation import validate_config
+from blockscope.config.model_pairs import adapter_only, compare_pairs
 from blockscope.runtime.device import backend_for, gpu_visible
 from blockscope.compression.presets import PRESETS as QUANTIZATION_PRESETS
 from blockscope.runtime.run_outcome import summary_lines
@@ -32,6 +34,20 @@ validate_config(
     command_line=workflow.config_settings.config,
 )
 MODELS = config["models"]
+# A model against another (rules/deltas.smk): bases, adapter-only models (source peft, merged false:
+# no weights of their own, so no anatomy), compare pairs (with each series' consecutive pairs), series.
+BASES = {slug: spec["base"] for slug, spec in MODELS.items() if spec.get("base")}
+ADAPTERS = [slug for slug, spec in MODELS.items() if adapter_only(spec)]
+CHECKPOINTS = [slug for slug in MODELS if slug not in ADAPTERS]  # models with weights of their own
+PAIRS = compare_pairs(config)
+SERIES = config["series"]
+DELTA_SETTINGS = {"subspace_k": config["deltas"]["subspace_k"], "hill_fraction": config["precision"]["k_fraction"]}
+# rule adapter_report writes the report.md of adapter-only models, model_report every other's
+ADAPTER_WILDCARD = "|".join(map(re.escape, ADAPTERS)) or "(?!)"
+# rule fetch_adapter fetches peft models (merged or not), fetch every other
+PEFT_WILDCARD = "|".join(re.escape(slug) for slug, spec in MODELS.items() if spec["source"] == "peft") or "(?!)"
+FETCHED_WILDCARD = "|".join(re.escape(slug) for slug, spec in MODELS.items() if spec["source"] != "peft") or "(?!)"
+CHECKPOINT_WILDCARD = "|".join(map(re.escape, CHECKPOINTS)) or "(?!)"
 LIBRARY = Path(workflow.basedir) / "blockscope"
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 # envs/blockscope.yaml installs this checkout's library (Snakemake copies env files elsewhere).
@@ -48,6 +64,8 @@ wildcard_constraints:
     unit=layout.UNIT_WILDCARD,
     layer="[0-9]+",
     head="[0-9]+",
+    other="(?!summary/)[a-z0-9][a-z0-9._-]*",
+    series="[a-z0-9][a-z0-9._-]*",
 
 
 def code(script):
@@ -70,13 +88,17 @@ def benchmark(rule, job="model"):
 
 def model_spec(model):
     """A model's own config slice: the only config its rules see (keeps reruns per model).
-    Its `select` is left out: what to analyse never refetches the checkpoint."""
-    return {key: value for key, value in MODELS[model].items() if key != "select"}
+    Its `select` is left out: what to analyse never refetches the checkpoint; so is its `base`,
+    except an adapter's (checked against, or merged into, the base's checkpoint when fetched)."""
+    spec = MODELS[model]
+    dropped = {"select"} if spec["source"] == "peft" else {"select", "base"}
+    return {key: value for key, value in spec.items() if key not in dropped}
 
 
 def fetch_inputs(wildcards):
-    like = model_spec(wildcards.model).get("like")
-    return {"like": layout.CHECKPOINT.format(model=like)} if like else {}
+    """A synthetic model `like` another copies its config."""
+    spec = model_spec(wildcards.model)
+    return {"like": layout.CHECKPOINT.format(model=spec["like"])} if spec.get("like") else {}
 
 
 # Downloads need the network (login nodes) and aggregation is light: keep them off the queue.
@@ -86,6 +108,7 @@ localrules:
     selection,
     plan,
     fetch,
+    fetch_adapter,
     fetch_corpus,
     aggregate,
     summary,
@@ -95,3 +118,11 @@ localrules:
     headmerge_plots,
     compress_plots,
     head_deep_dive_plot,
+    delta_pairing,
+    delta_tables,
+    delta_plots,
+    compare_tables,
+    compare_plots,
+    series,
+    series_plots,
+    adapter_report,

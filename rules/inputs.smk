@@ -419,3 +419,115 @@ def sensitivity_report_files(models, figures=True):
             for path in figure_files(f"{layout.COMPRESS_SENSITIVITY}/{name}".format(model=m))
         ],
     ]
+
+
+# --- a model against another (rules/deltas.smk) -------------------------------------------------
+
+
+def delta_units(model):
+    """The units of a model's delta jobs: its selected units; an adapter-only model (no inventory of
+    its own): every unit of its base."""
+    if model in ADAPTERS:
+        base = BASES[model]
+        dims = model_dims(base)
+        return layout.all_units(dims["layers"], present=set(read_manifest(base)[1].column("unit").to_pylist()))
+    return units(model)
+
+
+def delta_inputs(wildcards):
+    """The inputs of the deltas rule: the base's unit and inventory, and the model's (after the pairing check),
+    or an adapter-only model's fetched adapter folder."""
+    model, unit = wildcards.model, wildcards.unit
+    base = BASES[model]
+    files = {
+        "base_tensors": layout.TENSORS.format(model=base, unit=unit),
+        "base_inventory": layout.INVENTORY.format(model=base),
+    }
+    if model in ADAPTERS:
+        return {**files, "adapter": layout.CHECKPOINT.format(model=model)}
+    return {
+        **files,
+        "tensors": layout.TENSORS.format(model=model, unit=unit),
+        "inventory": layout.INVENTORY.format(model=model),
+        "pairing": layout.DELTA_PAIRING.format(model=model),
+    }
+
+
+def delta_selected_names(wildcards):
+    """Param: the unit's selected names (an adapter-only model: every adapted matrix, [])."""
+    return [] if wildcards.model in ADAPTERS else selected_names(wildcards)
+
+
+def delta_unit_files(wildcards):
+    return [layout.DELTAS_UNIT.format(model=wildcards.model, unit=unit) for unit in delta_units(wildcards.model)]
+
+
+def delta_plot_files(model, formats=None):
+    return [
+        path
+        for name in layout.DELTA_FIGURES
+        for path in figure_files(f"{layout.DELTA_PLOTS}/{name}".format(model=model), formats)
+    ]
+
+
+def delta_targets(model):
+    """A model's delta tables and figures, when it has a base."""
+    if model not in BASES:
+        return []
+    tables = (layout.DELTAS, layout.DELTAS_CSV, layout.DELTAS_BY_LAYER)
+    return [*(path.format(model=model) for path in tables), *delta_plot_files(model)]
+
+
+def delta_report_files(wildcards):
+    """model_report's delta inputs: the tables and figures of a model with a base; none otherwise."""
+    if wildcards.model not in BASES:
+        return []
+    return [layout.DELTAS.format(model=wildcards.model), layout.DELTAS_BY_LAYER.format(model=wildcards.model)]
+
+
+def pair_units(model, other):
+    """The units of a compare pair: the model's selected units that the other model has."""
+    theirs = set(units(other))
+    return [unit for unit in units(model) if unit in theirs]
+
+
+def distance_unit_files(wildcards):
+    return [
+        layout.COMPARE_UNIT.format(model=wildcards.model, other=wildcards.other, unit=unit)
+        for unit in pair_units(wildcards.model, wildcards.other)
+    ]
+
+
+def series_pairs(name):
+    """A series' consecutive pairs, the later member first (its distances from the one before)."""
+    members = SERIES[name]
+    return list(zip(members[1:], members[:-1]))
+
+
+def series_distance_files(name):
+    return [layout.COMPARE_DISTANCES.format(model=model, other=other) for model, other in series_pairs(name)]
+
+
+def compare_files(figures=True, formats=None):
+    """Every compare pair's tables (and figure)."""
+    return [
+        path
+        for model, other in PAIRS
+        for path in [
+            layout.COMPARE_DISTANCES.format(model=model, other=other),
+            layout.COMPARE_BY_LAYER.format(model=model, other=other),
+            *(figure_files(layout.COMPARE_FIGURE.format(model=model, other=other), formats) if figures else []),
+        ]
+    ]
+
+
+def series_files(figures=True, formats=None):
+    """Every series' table (and figure)."""
+    return [
+        path
+        for name in SERIES
+        for path in [
+            layout.SERIES_TABLE.format(series=name),
+            *(figure_files(layout.SERIES_FIGURE.format(series=name), formats) if figures else []),
+        ]
+    ]

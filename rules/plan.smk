@@ -15,7 +15,7 @@ rule plan:
     conda:
         "../envs/blockscope.yaml"
     params:
-        options=plan_options(),
+        options=lambda w: plan_options(w.model),
         selected=lambda w: selected(w.model),
         code=code("plan"),
     script:

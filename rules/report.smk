@@ -118,6 +118,8 @@ rule model_report:
         compress=lambda w: compress_targets(w.model),
         comparisons=lambda w: compress_comparisons([w.model]),
         sensitivity=lambda w: sensitivity_report_files([w.model]),
+        deltas=delta_report_files,
+        delta_plots=lambda w: delta_plot_files(w.model, [EMBEDDED]) if w.model in BASES else [],
     output:
         report=report(
             layout.REPORT,
@@ -129,6 +131,8 @@ rule model_report:
         "logs/{model}/report.log",
     benchmark:
         benchmark("model_report")
+    wildcard_constraints:
+        model=CHECKPOINT_WILDCARD,
     conda:
         "../envs/blockscope.yaml"
     params:
@@ -137,6 +141,7 @@ rule model_report:
         embedded=EMBEDDED,
         group_size=config["quantization"]["group_size"],
         level=EVALUATION["confidence"],
+        base=lambda w: BASES.get(w.model, ""),
         code=code("model_report"),
     script:
         "../workflow_scripts/model_report.py"
@@ -171,11 +176,14 @@ rule summary_report:
     input:
         metrics=f"{layout.SUMMARY}/metrics.parquet",
         precision=f"{layout.SUMMARY}/precision.parquet",
-        headmerge=headmerge_summaries(MODELS),
-        compress=compress_summaries(MODELS),
-        comparisons=compress_comparisons(MODELS),
-        sensitivity=sensitivity_report_files(MODELS, figures=False),
+        headmerge=headmerge_summaries(CHECKPOINTS),
+        compress=compress_summaries(CHECKPOINTS),
+        comparisons=compress_comparisons(CHECKPOINTS),
+        sensitivity=sensitivity_report_files(CHECKPOINTS, figures=False),
         reports=expand(layout.REPORT, model=MODELS),
+        compare=compare_files(formats=[EMBEDDED]),
+        series=series_files(formats=[EMBEDDED]),
+        deltas=[path.format(model=m) for m in BASES for path in (layout.DELTAS, layout.DELTAS_BY_LAYER)],
         plots=summary_plot_files([EMBEDDED]),  # linked from the report
         other_formats=summary_plot_files(OTHER_FORMATS),
     output:
@@ -197,6 +205,9 @@ rule summary_report:
         embedded=EMBEDDED,
         controls=CONTROLS,
         level=EVALUATION["confidence"],
+        pairs=PAIRS,
+        series=SERIES,
+        adapters=ADAPTERS,
         code=code("summary_report"),
     script:
         "../workflow_scripts/summary_report.py"

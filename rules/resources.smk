@@ -9,33 +9,44 @@ SVD_METHOD = config["svd_method"]
 PLAN_DEVICE = None if BACKEND == "cpu" or gpu_visible() else PLAN["gpu"]
 
 
-def plan_options():
-    """What a prediction depends on besides the inventory (the plan rule's params too)."""
+def plan_options(model):
+    """What a prediction of `model`'s jobs depends on besides the inventory (the plan rule's params
+    too): a model with a base also runs rule deltas; an adapter-only model runs it alone."""
     return {
         "backend": BACKEND,
         "device": PLAN_DEVICE,
         "method": SVD_METHOD,
         "compute_dtype": config["compute_dtype"],
         "precisions": config["precision"]["precisions"],
+        **({"deltas": True} if model in BASES else {}),
+        **({"adapter_only": True} if model in ADAPTERS else {}),
     }
+
+
+def priced_model(model):
+    """Whose inventory prices a model's jobs: an adapter-only model's base (no weights of its own)."""
+    return BASES[model] if model in ADAPTERS else model
 
 
 @functools.cache
 def _predicted_jobs(model, stamp):
-    dims = read_manifest(model)[0]
-    return predicted_jobs(layout.INVENTORY.format(model=model), dims, selected(model, dims), **plan_options())
+    priced = priced_model(model)
+    dims = read_manifest(priced)[0]
+    chosen = None if model in ADAPTERS else selected(model, dims)
+    return predicted_jobs(layout.INVENTORY.format(model=priced), dims, chosen, **plan_options(model))
 
 
 def predicted_job(model, rule, unit):
     """The cost model's Job (seconds, mem_mb) of one per-unit job (re-priced when the inventory
     changes). Every unit of the model has a price (predicted_jobs): a unit outside `select` that
     the embedding analysis reads is priced whole."""
+    priced = priced_model(model)
     try:
-        stamp = manifest_stamp(model)
+        stamp = manifest_stamp(priced)
     except FileNotFoundError:
         # Not inventoried yet, or a manifest deleted to be rebuilt. Snakemake shows <TBD> and asks
         # again later only when the missing file is one of the job's inputs: name the inventory.
-        raise FileNotFoundError(errno.ENOENT, "not inventoried yet", layout.INVENTORY.format(model=model)) from None
+        raise FileNotFoundError(errno.ENOENT, "not inventoried yet", layout.INVENTORY.format(model=priced)) from None
     return _predicted_jobs(model, stamp)[unit, rule]
 
 
@@ -70,3 +81,11 @@ def longest_first(rule):
             return 0
 
     return priority
+
+
+def predicted_delta(resource):
+    """Rule deltas' SLURM request (priced for a model with a base, an adapter from its base's inventory)."""
+    return predicted("deltas", resource)
+
+
+delta_priority = longest_first("deltas")

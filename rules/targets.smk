@@ -40,6 +40,9 @@ def benchmark_files(model):
         ]
     if COMPRESS["enabled"] and SENSITIVITY["enabled"]:
         files += [benchmark("compress_sensitivity").replace("{model}", model)]
+    if model in BASES:
+        files += [benchmark("deltas", unit).replace("{model}", model) for unit in delta_units(model)]
+        files += [benchmark(rule).replace("{model}", model) for rule in ("delta_tables", "delta_plots")]
     return files
 
 
@@ -94,9 +97,12 @@ def name_damaged_files(files):
 
 def per_model_targets(model):
     """A model's targets; none while its manifest is damaged (read_manifest names the file and the fix)."""
-    if broken_manifest(model):
+    if broken_manifest(model) or (model in BASES and broken_manifest(BASES[model])):
         return []
+    if model in ADAPTERS:  # no weights of its own: its update against the base, and the report on it
+        return [layout.REPORT.format(model=model), *delta_targets(model)]
     return [
+        *delta_targets(model),
         layout.REPORT.format(model=model),
         layout.PLAN.format(model=model),
         *headmerge_targets(model),
@@ -114,8 +120,10 @@ def all_targets(wildcards):
         f"{layout.SUMMARY}/depth_comparison.csv",
         *summary_plot_files(),
         layout.SUMMARY_REPORT,
+        *compare_files(),
+        *series_files(),
     ]
-    broken = [model for model in MODELS if broken_manifest(model)]
+    broken = [model for model in CHECKPOINTS if broken_manifest(model)]
     return [target for model in MODELS for target in per_model_targets(model)] + ([] if broken else cross)
 
 

@@ -83,19 +83,19 @@ def test_a_misspelt_model_key_names_the_model_and_the_nearest_key():
     config = {"models": {"tiny": {"source": "synthetic", "config": TINY_LLAMA, "sed": 7}}}
     assert refusal(config) == (
         "[tiny] config.yaml: config key models.tiny.sed is not known; did you mean 'seed'? "
-        "(a synthetic model takes: source, config, like, seed, dtype, select). Fix: rename it to seed.")
+        "(a synthetic model takes: source, config, like, seed, dtype, base, select). Fix: rename it to seed.")
 
 
 def test_a_key_of_another_source_is_refused():
     message = refusal({"models": {"q": {"source": "hf", "repo_id": "x/y", "path": "/data"}}})
     assert message == ("[q] config.yaml: config key models.q.path is not known (an hf model takes: source, repo_id, "
-                       "revision, select). Fix: delete it or correct its name (every key is described in "
+                       "revision, base, select). Fix: delete it or correct its name (every key is described in "
                        "schemas/config.schema.yaml).")
 
 
 @pytest.mark.parametrize("spec, fragment", [
     ({"source": "local", "path": "/p", "revison": "x"},
-     "models.m.revison is not known (a local model takes: source, path, package, select)"),
+     "models.m.revison is not known (a local model takes: source, path, package, base, select)"),
     ({"source": "gguf", "package": "p", "fille": "f"}, "models.m.fille is not known; did you mean 'file'?"),
     ({"source": "hf", "repo_id": "x/y", "revsion": "v1"}, "did you mean 'revision'?"),
     ({"source": "synthetic", "like": "m2", "dtpye": "float16"}, "did you mean 'dtype'?"),

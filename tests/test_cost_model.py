@@ -22,8 +22,8 @@ from blockscope.planning.cli import main
 from blockscope.planning.config_inventory import inventory_from_config
 from blockscope.planning.devices import DEVICES
 from blockscope.planning.flops import eigh_flops, gesdd_flops, gram_flops
-from blockscope.planning.job_start import JOB_MODULES, PER_UNIT_RULES
-from blockscope.planning.model_plan import plan_document, plan_model, predicted_jobs
+from blockscope.planning.job_start import DELTA_RULES, GPU_RULES, JOB_MODULES, PER_UNIT_RULES, PRICED_RULES
+from blockscope.planning.model_plan import one_gpu_wall_s, plan_document, plan_model, predicted_jobs
 from blockscope.planning.pricing import (
     DEFAULT_METHOD,
     METHODS,
@@ -69,7 +69,7 @@ def test_the_throughput_is_measured_once_and_then_read_from_its_cache(speed, mon
     again = throughput("cpu")
     assert again == first and path.stat().st_mtime_ns == stamp  # read back, not measured again
     assert all(rate > 0 for rate in first.rates.values())
-    assert set(first.start_s) >= set(PER_UNIT_RULES) and all(s > 0 for s in first.start_s.values())
+    assert set(first.start_s) >= set(PRICED_RULES) and all(s > 0 for s in first.start_s.values())
 
 
 def test_a_cache_of_another_machine_is_measured_again(speed, monkeypatch, tmp_path):
@@ -250,11 +250,20 @@ def rule_scripts() -> dict:
     return found
 
 
-@pytest.mark.parametrize("rule", PER_UNIT_RULES)
+def test_every_priced_rule_has_its_job_start_modules():
+    assert set(JOB_MODULES) == set(PRICED_RULES) == set(PER_UNIT_RULES) | set(DELTA_RULES)
+    assert not set(PER_UNIT_RULES) & set(DELTA_RULES) and set(GPU_RULES) <= set(PRICED_RULES)
+
+
+@pytest.mark.parametrize("rule", PRICED_RULES)
 def test_a_job_start_imports_what_its_rule_s_script_imports(rule):
     """calibration measures each per-unit rule's start by importing JOB_MODULES[rule]: the same
-    modules the script its rule runs imports at top level, so that the two cannot drift apart."""
-    script = rule_scripts()[rule]
+    modules the script its rule runs imports at top level, so that the two cannot drift apart.
+    A rule without a script (rules/*.smk) fails here, never skips."""
+    scripts = rule_scripts()
+    assert rule in scripts, f"no rule {rule!r} with a script: in rules/*.smk"
+    script = scripts[rule]
+    assert script.exists(), f"rule {rule!r} runs {script.relative_to(ROOT)}, which is missing"
     assert set(JOB_MODULES[rule]) == top_level_imports(script), f"JOB_MODULES[{rule!r}]: {script.name}'s imports"
 
 
@@ -348,3 +357,146 @@ def test_the_plan_s_default_method_is_the_workflow_s_and_json_goes_to_stdout(spe
     assert header == ["rule", "jobs", "here s", "here peak MB"]
     assert rows["total"]["here s"] == pytest.approx(sum(job["seconds"] for job in document["jobs"]),
                                                     abs=0.05 + 0.0005 * len(document["jobs"]))
+
+
+# --- rule deltas: a model against its base --------------------------------------------------
+
+
+def subspaces_formula(m, n, k, rates) -> float:
+    """Seconds of the top-k singular vectors of an m x n float64 matrix (m >= n) from its Gram matrix:
+    2mn^2 for the Gram product, 4n^3/3 for the tridiagonal reduction, 2n^2 per eigenvector
+    back-transformed (the top k from n = 512 up, LAPACK syevr by index; all n below, numpy's eigh),
+    2mnk for the other side's vectors."""
+    vectors = k if n >= 512 else n
+    return (2 * m * n**2 + 2 * n**2 * vectors + 2 * m * n * k) / rates["gemm64"] + 4 * n**3 / 3 / rates["eigh64"]
+
+
+def deltas_formula(shapes, t, host, stored_bytes, adapter_rank=None, k=10) -> float:
+    """A deltas job's seconds written out from the flop counts (docs/metrics.md, "Cost model"):
+    per matrix (m >= n) in float64 either dW's gesdd (QR first when m >= 11n/6, at t's rates: the
+    GPU's on cuda) or, for an adapter, QR + core of both rank-r factors and two m n r products on
+    the CPU; then the top-k subspaces of W and W_base on the CPU (`host` rates), dW's tail fit and
+    both matrices' element work."""
+    rates, sides = t.rates, 1 if adapter_rank else 2
+    seconds = t.start_s["deltas"] + sides * stored_bytes / t.read_bps
+    for rows, cols in shapes:
+        m, n = max(rows, cols), min(rows, cols)
+        if adapter_rank:
+            r = adapter_rank
+            for side in (rows, cols):  # tall side x r: QR, then the r x r R bidiagonalised
+                seconds += (2 * side * r**2 - 2 * r**3 / 3) / host["qr64"] + 8 * r**3 / 3 / host["bidiag64"]
+            seconds += 4 * m * n * r / host["gemm64"]
+        elif 6 * m >= 11 * n:
+            seconds += (2 * m * n**2 - 2 * n**3 / 3) / rates["qr64"] + 8 * n**3 / 3 / rates["bidiag64"]
+        else:
+            seconds += (4 * m * n**2 - 4 * n**3 / 3) / rates["bidiag64"]
+        seconds += 2 * subspaces_formula(m, n, min(k, n), host)
+        seconds += n**2 * t.eig2_s + sides * m * n * t.elements_s
+    return seconds
+
+
+@pytest.mark.parametrize("adapter_rank", [None, 8])
+def test_a_deltas_job_costs_its_flops_at_the_measured_float64_rates(speed, adapter_rank):
+    t = speed[0]
+    shapes = [(512, 512), (2048, 512), (256, 1536)]  # square, tall (QR first), wide (full eigh below 512)
+    rows = unit_rows(shapes)
+    options = {"adapter_only": True, "adapter_rank": adapter_rank} if adapter_rank else {}
+    job = predict_unit(rows, "deltas", t, **options)
+    assert job.seconds == pytest.approx(deltas_formula(shapes, t, t.rates, rows["nbytes"].sum(), adapter_rank),
+                                        rel=1e-9)
+    assert job.mem_mb > t.base_mb["deltas"] + (1 if adapter_rank else 2) * rows["nbytes"].max() / 1e6
+    # the method and compute dtype of the anatomy do not change it: deltas run in float64 by gesdd
+    assert predict_unit(rows, "deltas", t, "gram", compute_dtype="float32", **options) == job
+    wider = predict_unit(rows, "deltas", t, subspace_k=64, **options)  # more subspace vectors cost more
+    assert wider.seconds == pytest.approx(deltas_formula(shapes, t, t.rates, rows["nbytes"].sum(), adapter_rank, 64),
+                                          rel=1e-9)
+    assert wider.seconds > job.seconds
+
+
+def test_a_deltas_job_grows_with_the_cube_of_its_matrices_and_an_adapter_costs_less(speed):
+    """With no start, I/O or element work and k = n every term is cubic: doubling both sides
+    costs 8x."""
+    t = replace(speed[0], start_s={**speed[0].start_s, "deltas": 0.0}, read_bps=math.inf, elements_s=0.0,
+                eig2_s=0.0)
+    small, large = (predict_unit(unit_rows([(n, n)]), "deltas", t, subspace_k=10**9) for n in (512, 1024))
+    assert large.seconds == pytest.approx(8 * small.seconds) and large.flops == pytest.approx(8 * small.flops)
+    jobs = [predict_unit(unit_rows([shape]), "deltas", speed[0]) for shape in [(64, 64), (256, 64), (256, 256),
+                                                                               (1024, 256), (1024, 1024)]]
+    assert all(b.seconds > a.seconds and b.mem_mb > a.mem_mb and b.flops > a.flops for a, b in zip(jobs, jobs[1:]))
+    rows, n = unit_rows([(2048, 2048)]), 2048
+    dense = predict_unit(rows, "deltas", speed[0])
+    adapter = predict_unit(rows, "deltas", speed[0], adapter_only=True, adapter_rank=16)
+    assert adapter.seconds < dense.seconds and adapter.mem_mb < dense.mem_mb
+    assert adapter.seconds > 2 * subspaces_formula(n, n, 10, speed[0].rates)  # W's and W_base's subspaces remain
+
+
+def test_a_gpu_prices_a_deltas_job_s_svd_at_its_rates_and_its_subspaces_at_the_host_s(speed):
+    """On CUDA dW's SVD runs on the GPU and only dW travels there; the subspaces of W and W_base
+    run on the CPU (analysis.delta_unit), at the host's rates; the jobs queue on the one GPU."""
+    host = speed[0]
+    gpu = _on_gpu(host, "h100-sxm", time.perf_counter())
+    assert "deltas" in GPU_RULES and gpu.start_s["deltas"] > host.start_s["deltas"]  # torch and a CUDA context
+    assert gpu.rates["gemm64"] != host.rates["gemm64"]
+    shapes, n = [(4096, 4096)], 4096
+    rows = unit_rows(shapes)
+    on_gpu = predict_unit(rows, "deltas", gpu)
+    expected = deltas_formula(shapes, gpu, host.rates, rows["nbytes"].sum()) + n * n * 8 / 25e9
+    assert on_gpu.seconds == pytest.approx(expected, rel=1e-9)
+    adapter = predict_unit(rows, "deltas", gpu, adapter_only=True, adapter_rank=8)  # all on the CPU: no transfer
+    assert adapter.seconds == pytest.approx(deltas_formula(shapes, gpu, host.rates, rows["nbytes"].sum(), 8),
+                                            rel=1e-9)
+    jobs = pd.DataFrame([{"unit": "layer_000", "rule": "deltas", "seconds": on_gpu.seconds, "mem_mb": 1.0,
+                          "gflops": 0.0}] * 3)
+    assert one_gpu_wall_s(jobs, cores=3) == pytest.approx(3 * on_gpu.seconds)  # one at a time on the GPU
+
+
+def test_only_a_model_with_a_base_has_deltas_jobs_in_its_plan(speed, toy_results):
+    results, inventory = toy_results
+    dims = json.loads((results / "model.json").read_text())
+    t, units = speed[0], set(inventory["unit"])
+    alone = plan_document("toy", plan_model(inventory, dims, t), t, "gesdd")
+    assert {job["rule"] for job in alone["jobs"]} == set(PER_UNIT_RULES)  # no base: no deltas
+    based = plan_document("toy", plan_model(inventory, dims, t, deltas=True), t, "gesdd")
+    assert {(job["unit"], job["rule"]) for job in based["jobs"]} == {(u, r) for u in units for r in PRICED_RULES}
+    assert "deltas" in based["totals"]["per_rule_seconds"]
+    assert based["totals"]["seconds"] > alone["totals"]["seconds"]
+    json.dumps(based)
+    adapter = plan_model(inventory, dims, t, adapter_only=True)  # no weights of its own: its deltas alone
+    assert set(adapter["rule"]) == {"deltas"} and set(adapter["unit"]) == units
+    layer = inventory[inventory["unit"] == "layer_000"]
+    mine = adapter[adapter["unit"] == "layer_000"].iloc[0]
+    assert mine["seconds"] == pytest.approx(predict_unit(layer, "deltas", t, adapter_only=True).seconds)
+
+
+def test_the_deltas_of_a_selection_are_priced_on_its_tensors_and_an_adapter_s_on_whole_units(speed, toy_results,
+                                                                                              monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(speed[1]))
+    results, inventory = toy_results
+    dims = json.loads((results / "model.json").read_text())
+    up = "model.layers.1.mlp.up_proj.weight"
+    t, layer = speed[0], inventory[inventory["unit"] == "layer_001"]
+    plain = predicted_jobs(results / "inventory.parquet", dims, {"layer_001": [up]}, method="gesdd")
+    assert not any(rule == "deltas" for _, rule in plain)
+    jobs = predicted_jobs(results / "inventory.parquet", dims, {"layer_001": [up]}, method="gesdd", deltas=True)
+    assert {rule for _, rule in jobs} == set(PRICED_RULES)
+    assert asdict(jobs["layer_001", "deltas"]) == pytest.approx(
+        asdict(predict_unit(layer[layer["param_name"] == up], "deltas", t)))
+    adapter = predicted_jobs(results / "inventory.parquet", dims, {"layer_001": [up]}, adapter_only=True)
+    assert {rule for _, rule in adapter} == {"deltas"}
+    assert asdict(adapter["layer_001", "deltas"]) == pytest.approx(asdict(predict_unit(layer, "deltas", t,
+                                                                                       adapter_only=True)))
+
+
+def test_blockscope_plan_prices_the_deltas_on_request(speed, toy_results, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(speed[1]))
+    results, inventory = toy_results
+    assert main(["--results", str(results), "--device", "none", "--deltas", "--json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    header, rows = table_rows(captured.err)
+    assert list(rows) == [*PRICED_RULES, "total"]
+    deltas = [job for job in document["jobs"] if job["rule"] == "deltas"]
+    assert rows["deltas"]["jobs"] == len(deltas) == inventory["unit"].nunique()
+    assert rows["deltas"]["here s"] == pytest.approx(sum(job["seconds"] for job in deltas), abs=0.05)
+    assert main(["--results", str(results), "--device", "none", "--adapter-only", "--json"]) == 0
+    assert {job["rule"] for job in json.loads(capsys.readouterr().out)["jobs"]} == {"deltas"}

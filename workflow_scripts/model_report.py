@@ -15,6 +15,7 @@ from blockscope.reporting.compression_section import (
     planned_source_dtypes,
     sensitivity_report_findings,
 )
+from blockscope.reporting.delta_section import delta_findings, delta_section
 from blockscope.reporting.measured_costs import read_benchmarks
 from blockscope.reporting.model_report import model_report
 from blockscope.reporting.sensitivity_section import sensitivity_section
@@ -85,6 +86,30 @@ def compression_findings(snakemake) -> list:
             *sensitivity_report_findings(model, inp.sensitivity, report_dir, snakemake.params.level)]
 
 
+def delta_tables(snakemake):
+    """(deltas, by layer) of a model with a base; (None, None) otherwise."""
+    paths = list(snakemake.input.deltas)
+    if not paths:
+        return None, None
+    return pd.read_parquet(paths[0]), pd.read_csv(paths[1])
+
+
+def delta_report_findings(snakemake) -> list:
+    deltas, by_layer = delta_tables(snakemake)
+    return [] if deltas is None else delta_findings(deltas, by_layer, level=snakemake.params.level)
+
+
+def delta_lines(snakemake, target_dir) -> str:
+    """The section on the model against its base (a model with `base:`)."""
+    deltas, by_layer = delta_tables(snakemake)
+    if deltas is None:
+        return ""
+    figures = {os.path.basename(p).rsplit(".", 1)[0]: os.path.relpath(p, target_dir)
+               for p in snakemake.input.delta_plots}
+    return delta_section(deltas, by_layer, figures, snakemake.wildcards.model, snakemake.params.base,
+                         level=snakemake.params.level)
+
+
 def main(snakemake):
     inp, params, model = snakemake.input, snakemake.params, snakemake.wildcards.model
     target_dir = os.path.dirname(snakemake.output[0])
@@ -100,7 +125,8 @@ def main(snakemake):
         compress=[*compress_lines(model, metrics, [*inp.compress, *inp.comparisons], target_dir, params.embedded,
                                   params.group_size),
                   *sensitivity_lines(model, inp.sensitivity, target_dir, params.embedded, params.level)],
-        findings=findings(snakemake, metrics, precision_wide))
+        findings=findings(snakemake, metrics, precision_wide) + delta_report_findings(snakemake),
+        deltas=delta_lines(snakemake, target_dir))
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text(text)
 

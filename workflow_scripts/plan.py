@@ -20,7 +20,8 @@ def main(snakemake):
         dims = json.load(fh)
     speed = throughput(options["backend"], options["device"])
     jobs = plan_model(pd.read_parquet(snakemake.input.inventory), dims, speed, options["method"],
-                      options["compute_dtype"], options["precisions"], dict(snakemake.params.selected))
+                      options["compute_dtype"], options["precisions"], dict(snakemake.params.selected),
+                      deltas=options.get("deltas", False))
     document = plan_document(model, jobs, speed, options["method"], cores=os.cpu_count())
     write_json(document, snakemake.output[0])
     print(jobs.to_string(index=False, float_format=lambda x: f"{x:.2f}"))

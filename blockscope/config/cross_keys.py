@@ -1,10 +1,11 @@
 """Config rules that run across keys, where a schema cannot reach: model slugs and `like`
 references, synthetic model types, `select` regexes and layers (within a synthetic model's
-blocks), embedding k bounds, quantization bands, the findings' alpha range (the evaluation windows:
-evaluation_keys.py)."""
+blocks), embedding k bounds, quantization bands, the findings' alpha range (a model against
+another, base, peft, compare and series: model_pairs.py; the evaluation windows: evaluation_keys.py)."""
 
 from blockscope.checkpoint.selection import parse_layers, pattern_error
 from blockscope.compression.presets import missing_rule_keys, resolve_quantization
+from blockscope.config.model_pairs import check_model_pairs
 from blockscope.config.model_types import known_model_type, model_types_imported
 from blockscope.config.origins import Origins, dotted, fail, nearest, short_repr
 
@@ -155,6 +156,7 @@ def check_cross_keys(config: dict, origins: Origins):
     models = config["models"]
     for slug, spec in models.items():
         _check_model(slug, spec, models, origins)
+    check_model_pairs(config, origins)  # base, peft, compare, series (model_pairs.py)
     _check_selections(config, origins)
     _check_embedding(config["embedding"], origins)
     _check_quantization(config["quantization"], origins)

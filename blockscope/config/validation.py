@@ -12,8 +12,10 @@ stopping at its first failure with one short BlockscopeError that names the key,
 2. the schema (schema_check.py, draft 2020-12): unknown keys get the nearest valid name, long
    enums the nearest values, never the whole list;
 3. rules across keys (cross_keys.py): like references, synthetic model types, k_min <= k_max,
-   one more format than thresholds, ...; the evaluation keys (evaluation_keys.py): those still
-   under headmerge read as eval's with a warning, windows that fit in max_tokens.
+   one more format than thresholds, ...; a model's base, compare pairs and series (model_pairs.py,
+   which also names a peft model's missing base before the schema pass, with its fix); the
+   evaluation keys (evaluation_keys.py): those still under headmerge read as eval's with a
+   warning, windows that fit in max_tokens.
 
 It runs on every snakemake invocation, so the valid path reads no file but the config files
 (composed by libyaml, about a millisecond) and the schema, and imports nothing heavy
@@ -25,6 +27,7 @@ from blockscope.config.config_files import check_config_files
 from blockscope.config.credentials import check_no_credentials
 from blockscope.config.cross_keys import check_cross_keys
 from blockscope.config.evaluation_keys import check_evaluation, given_keys, move_deprecated_keys
+from blockscope.config.model_pairs import check_adapter_base
 from blockscope.config.origins import Origins
 from blockscope.config.schema_check import check_schema, load_schema
 
@@ -47,6 +50,7 @@ def validate_config(config: dict, schema_path, *, configfiles=("config.yaml",), 
     if command_line:  # nested --config values arrive as text: "8" -> 8 where the schema says integer
         coerce_command_line(config, command_line, load_schema(schema_path), origins)
     given = given_keys(config)
+    check_adapter_base(config, origins)  # a peft model without base, with a fix the schema's message lacks
     check_schema(config, schema_path, origins)
     read_from = move_deprecated_keys(config, given, origins)  # headmerge's keys of before 0.3.0, with a warning
     check_cross_keys(config, origins)

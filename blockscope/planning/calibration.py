@@ -17,7 +17,7 @@ from blockscope.analysis.gram import TWO_STAGE_MIN_N, two_stage_eigenvalues
 from blockscope.io.dtypes import PRECISION_TO_SAFETENSORS
 from blockscope.planning.devices import CUDA_START_EXTRA_S, DEFAULT_DEVICE, DEVICES, published_rates
 from blockscope.planning.flops import eigh_flops, gesdd_flops, gram_flops, heads_flops
-from blockscope.planning.job_start import GPU_RULES, PER_UNIT_RULES, job_starts
+from blockscope.planning.job_start import GPU_RULES, PRICED_RULES, job_starts
 from blockscope.planning.throughput import Throughput, cpu_model, machine_key
 
 
@@ -172,7 +172,7 @@ def calibrate(backend: str = "cpu", device: str | None = None, host: Throughput 
         rates = {**_measure_linear_algebra(), "heads": _measure_heads()}
         read, write = _measure_io()
         elementwise = _measure_elementwise()
-    starts, base = job_starts(PER_UNIT_RULES)
+    starts, base = job_starts(PRICED_RULES)
     return Throughput(backend=backend, device=cpu_model(), basis="measured", rates=rates, **elementwise,
                       read_bps=read, write_bps=write, start_s=starts, base_mb=base, key=machine_key(backend),
                       measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), calibration_s=time.perf_counter() - started)
@@ -187,6 +187,8 @@ def _on_gpu(host: Throughput, device: str | None, started: float) -> Throughput:
         device = device or DEFAULT_DEVICE
         rates, name, basis = published_rates(device), DEVICES[device]["name"], f"published:{device}"
     rates["eigh64_two_stage"] = rates["eigh64"]  # torch's eigvalsh at every size: no CPU rate carries over
+    # a GPU rule's job also computes on the CPU (rule deltas' subspaces): its host's rates, kept as host_<op>
+    rates |= {f"host_{op}": rate for op, rate in host.rates.items()}
     starts, base = job_starts(GPU_RULES, extra=["torch"])
     starts = {rule: seconds + CUDA_START_EXTRA_S for rule, seconds in starts.items()}
     return replace(host, backend="cuda", device=name, basis=basis, rates={**host.rates, **rates},

@@ -13,7 +13,7 @@ import pandas as pd
 
 from blockscope.io.atomic import write_json
 from blockscope.planning.devices import DEFAULT_DEVICE, DEVICES
-from blockscope.planning.job_start import GPU_RULES, PER_UNIT_RULES
+from blockscope.planning.job_start import GPU_RULES, PRICED_RULES
 from blockscope.planning.model_plan import hms, one_gpu_wall_s, plan_document, plan_model, rule_totals
 from blockscope.planning.pricing import DEFAULT_METHOD, METHODS
 from blockscope.planning.throughput_cache import cache_path, throughput
@@ -74,7 +74,7 @@ def describe(label: str, document: dict) -> str:
     if t["basis"] == "measured":
         what = f"{t['device']}, this machine ({document['backend']}, rates measured {t['measured_at']})"
     else:
-        on_cpu = ", ".join(rule for rule in PER_UNIT_RULES if rule not in GPU_RULES)
+        on_cpu = ", ".join(rule for rule in PRICED_RULES if rule not in GPU_RULES)
         what = f"{t['device']} (published peaks x stated efficiencies; {on_cpu} at this CPU's rates)"
     return f"  {label + ':':<{LABEL_WIDTH}} {what}"
 
@@ -108,6 +108,11 @@ def main(argv=None):
     parser.add_argument("--precisions", default="fp32,fp16,bf16",
                         help="the precision sweep's formats, comma-separated (config precision.precisions)")
     parser.add_argument("--compute-dtype", default="float32", help="the SVD's dtype (config compute_dtype)")
+    deltas = parser.add_mutually_exclusive_group()
+    deltas.add_argument("--deltas", action="store_true",
+                        help="price rule deltas too: the model against a base of the same shapes (config base:)")
+    deltas.add_argument("--adapter-only", action="store_true",
+                        help="price a peft adapter (merged false) on these shapes, the base's: its deltas jobs alone")
     parser.add_argument("--cores", type=int, default=os.cpu_count(),
                         help="cores the jobs share, for the wall-time estimate (default: this machine's)")
     parser.add_argument("--json", "--out", nargs="?", const="-", metavar="PATH",
@@ -122,8 +127,8 @@ def main(argv=None):
         else:
             speeds[args.device] = measured("cuda", args.device)
     precisions = args.precisions.split(",")
-    plans = {label: plan_model(inventory, dims, t, args.method, args.compute_dtype, precisions)
-             for label, t in speeds.items()}
+    plans = {label: plan_model(inventory, dims, t, args.method, args.compute_dtype, precisions,
+                               deltas=args.deltas, adapter_only=args.adapter_only) for label, t in speeds.items()}
     documents = {label: plan_document(model, plans[label], t, args.method, args.cores) for label, t in speeds.items()}
     document = {**documents[HERE], **({"gpu": documents[args.device]} if args.device in documents else {})}
     to_stdout = args.json == "-"

@@ -16,9 +16,13 @@ JOB_MODULES = {
     "extract": ("os", "time", "blockscope.io.tables", "blockscope.io.tensors", "blockscope.runtime.run_step"),
     "anatomy": ("json", "blockscope.analysis.part_stamps", "blockscope.runtime.gpu_slots", "blockscope.analysis.heads",
                 "blockscope.io.tables", "blockscope.analysis.anatomy", "blockscope.runtime.run_step"),
+    "deltas": ("json", "blockscope.analysis.delta_unit", "blockscope.checkpoint.adapters", "blockscope.io.tables",
+               "blockscope.runtime.gpu_slots", "blockscope.runtime.run_step"),
 }
-PER_UNIT_RULES = tuple(JOB_MODULES)
-GPU_RULES = ("anatomy",)  # the per-unit rules that compute with torch on CUDA
+PER_UNIT_RULES = ("extract", "anatomy")  # priced for every model with weights of its own
+DELTA_RULES = ("deltas",)  # priced only for a model with a base (an adapter-only model: these alone)
+PRICED_RULES = PER_UNIT_RULES + DELTA_RULES  # every per-unit rule the cost model prices, the order of its tables
+GPU_RULES = ("anatomy", "deltas")  # the per-unit rules that compute with torch on CUDA
 
 # What Snakemake sets for a one-thread job (snakemake/shell.py): OpenBLAS then starts no thread
 # pool at import, which halves numpy's import (0.19 -> 0.08 CPU s here).
@@ -39,8 +43,10 @@ def job_start(modules: list, repeats: int = 2) -> tuple:
     best, peak = math.inf, 0.0
     for _ in range(repeats):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env=job_environment())
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=job_environment())
+        if done.returncode:  # a module that cannot be imported: name it, never price a start without it
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"a job start importing {', '.join(modules)} failed: {last}")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         best = min(best, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         # VmHWM: the peak resident set of this process image (ru_maxrss would carry the parent's over exec)

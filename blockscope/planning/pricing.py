@@ -9,7 +9,8 @@
 
 and its memory as the process after imports plus the arrays the job holds at its peak (flops.py
 counts each operation; docs/metrics.md, "Cost model", gives each count with its source).
-`predict_unit(rows, rule, throughput, method)` prices one job.
+`predict_unit(rows, rule, throughput, method)` prices one job: extract, anatomy (its PARTS one
+after another) or deltas (a model against its base, predict_deltas).
 """
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from blockscope.analysis.distances import SUBSET_MIN_N
 from blockscope.analysis.gram import TWO_STAGE_MIN_N, gram_block_rows
 from blockscope.analysis.matrices import not_a_matrix
 from blockscope.analysis.round_trip import round_trip_is_exact, svd_dtype
@@ -177,12 +179,106 @@ def predict_anatomy(rows, t: Throughput, **options) -> Job:
                t.base_mb["anatomy"] + max(p.mem_mb for p in parts), sum(p.flops for p in parts))
 
 
-PREDICT = {"extract": predict_extract, "anatomy": predict_anatomy, "spectra": predict_spectra,
-           "precision": predict_precision, "heads": predict_heads}
+# Rule deltas: a model against its base, per matrix in float64 (blockscope.analysis.delta_unit).
+# A LoRA adapter's rank is not in the inventory: its factors are priced at a rank at the high end of
+# common ones (their part, O(mnr), is small beside the Gram eigendecompositions, O(mn^2), whatever r).
+ADAPTER_RANK = 64
+SUBSPACE_K = 10  # config deltas.subspace_k's default
+
+
+def host_rates(t: Throughput) -> dict:
+    """The host CPU's rates: a CPU throughput's own, a GPU one's copies of its host's (host_<op>,
+    calibration._on_gpu), for the work a GPU rule's job runs on the CPU."""
+    if t.backend == "cpu":
+        return t.rates
+    return {op.removeprefix("host_"): rate for op, rate in t.rates.items() if op.startswith("host_")}
+
+
+def back_transform_flops(n: int, vectors: int) -> float:
+    """`vectors` eigenvectors of a symmetric n x n matrix after its tridiagonal reduction: the n - 1
+    Householder reflectors applied to them, 2 n^2 per vector (LAPACK ormtr, blocked BLAS-3; Golub &
+    Van Loan 8.3.1). The tridiagonal eigenvectors themselves (divide and conquer, MRRR) are left out."""
+    return 2 * n**2 * vectors
+
+
+def subspace_flops(rows: int, cols: int, k: int) -> tuple:
+    """(BLAS-3 flops, tridiagonal-reduction flops) of one matrix's top-k singular vectors as
+    analysis.distances.top_singular_vectors computes them: the float64 Gram matrix of the short side
+    (2mn^2), its eigendecomposition (4n^3/3, then the back-transformation of the top k vectors from
+    distances.SUBSET_MIN_N up, LAPACK syevr by index, of all n below, numpy's full eigh) and the
+    other side's vectors W V / sigma (2mnk)."""
+    n, k = min(rows, cols), min(k, rows, cols)
+    vectors = k if n >= SUBSET_MIN_N else n
+    return gram_flops(rows, cols) + back_transform_flops(n, vectors) + 2 * rows * cols * k, eigh_flops(n)
+
+
+def subspace_seconds(rows: int, cols: int, k: int, rates: dict) -> float:
+    """Seconds of subspace_flops: BLAS-3 at gemm64, the reduction at eigh64 (never the two-stage
+    rate: LAPACK's two-stage solver has no eigenvectors)."""
+    blas3, reduction = subspace_flops(rows, cols, k)
+    return blas3 / rates["gemm64"] + reduction / rates["eigh64"]
+
+
+def low_rank_update_seconds(rows: int, cols: int, rank: int, rates: dict) -> tuple:
+    """(seconds, flops) of dW = scale B A from its factors (B: rows x r, A: r x cols), never dense:
+    a QR of each factor then the r x r core's singular values (gesdd of a tall matrix: QR first),
+    plus two rows x cols x r products (<dW, W_base> through B^T W_base, and W = W_base + dW for
+    the subspaces)."""
+    r = min(rank, rows, cols)
+    products = 2 * 2 * rows * cols * r
+    seconds = svd_seconds(rows, r, 64, "gesdd", rates) + svd_seconds(cols, r, 64, "gesdd", rates)
+    return seconds + products / rates["gemm64"], sum(gesdd_flops(rows, r)) + sum(gesdd_flops(cols, r)) + products
+
+
+def delta_workspace_bytes(rows: int, cols: int, adapter_only: bool) -> float:
+    """The float64 arrays one matrix's delta holds at its peak: W, W_base and dW (an adapter: W and
+    W_base), then the larger of dW's gesdd workspace and a Gram eigendecomposition's (the Gram
+    matrix, eigh's copy, its vectors)."""
+    n = min(rows, cols)
+    eigh = 8 * 3 * n * n
+    if adapter_only:
+        return 8 * 2 * rows * cols + eigh
+    return 8 * 3 * rows * cols + max(svd_workspace_bytes(rows, cols, 64, "gesdd"), eigh)
+
+
+def predict_deltas(rows, t: Throughput, adapter_only: bool = False, adapter_rank: int = ADAPTER_RANK,
+                   subspace_k: int = SUBSPACE_K, **_) -> Job:
+    """Rule deltas: one process start, then per matrix, in float64, dW = W - W_base and all its
+    singular values by gesdd (on the GPU for backend cuda; the job takes the Gram path instead where
+    the stored formats' rounding allows, which costs less: gesdd is the upper bound), the top-k
+    singular vectors of W and of W_base from their Gram matrices on the CPU (subspace_seconds at the
+    host's rates), dW's tail fit (eig2_s x n^2) and the element work of both matrices (the casts, dW,
+    the identity check, norms, the rounding level: priced as the element statistics of each). It
+    reads the model's tensors and the base's (the same tensors: the model's bytes twice), one tensor
+    of each in memory. An adapter-only model (source peft, merged false; `rows` are then its base's)
+    reads the base alone and prices dW from its factors on the CPU (low_rank_update_seconds) instead
+    of a dense SVD. Every selected matrix is priced as changed (an identical one skips its SVD and
+    its subspaces, which the inventory cannot tell)."""
+    shapes, host = matrix_shapes(rows), host_rates(t)
+    sides = 1 if adapter_only else 2  # the models read, their matrices cast
+    seconds = sides * _bytes(rows) / t.read_bps + sides * _elements(shapes) * t.elements_s
+    flops = workspace = 0.0
+    for r, c in shapes:
+        if adapter_only:
+            update, update_flops = low_rank_update_seconds(r, c, adapter_rank, host)
+        else:
+            update, update_flops = svd_seconds(r, c, 64, "gesdd", t.rates), sum(gesdd_flops(r, c))
+        seconds += update + 2 * subspace_seconds(r, c, subspace_k, host) + min(r, c) ** 2 * t.eig2_s
+        flops += update_flops + 2 * sum(subspace_flops(r, c, subspace_k))
+        workspace = max(workspace, delta_workspace_bytes(r, c, adapter_only))
+    if t.backend == "cuda" and not adapter_only:  # dW travels to the device, in float64
+        seconds += _elements(shapes) * 8 / HOST_TO_DEVICE
+    held = sides * float(rows["nbytes"].max()) if len(rows) else 0.0  # one stored tensor per model
+    return Job(t.start_s["deltas"] + seconds, t.base_mb["deltas"] + (held + workspace) / MB, flops)
+
+
+PREDICT = {"extract": predict_extract, "anatomy": predict_anatomy, "deltas": predict_deltas,
+           "spectra": predict_spectra, "precision": predict_precision, "heads": predict_heads}
 
 
 def predict_unit(rows: pd.DataFrame, rule: str, t: Throughput, method: str = "gesdd", **options) -> Job:
-    """Predicted seconds, peak MB and flops of one per-unit job, extract or anatomy (rows: the
-    unit's inventory rows, already restricted to what `select` chose), or of one of anatomy's
-    PARTS alone (its work and arrays, no process start). options: compute_dtype, precisions, dims."""
+    """Predicted seconds, peak MB and flops of one per-unit job, extract, anatomy or deltas (rows:
+    the unit's inventory rows, already restricted to what `select` chose), or of one of anatomy's
+    PARTS alone (its work and arrays, no process start). options: compute_dtype, precisions, dims,
+    adapter_only, adapter_rank, subspace_k (deltas)."""
     return PREDICT[rule](rows, t, method=method, **options)

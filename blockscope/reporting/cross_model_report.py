@@ -31,16 +31,25 @@ def model_section(model, metrics, precision, headmerge, controls: dict, settings
 
 
 def summary_report(models, metrics, precision, headmerge: dict, controls: dict, settings: dict, threshold: float,
-                   embedded: str, plots, target_dir, compressed: dict = None) -> str:
-    """models: every model of the config, in order; headmerge: model -> its head-merge summary
-    table (absent when head merging is off); plots: the figures in the embedded format;
-    compressed: model -> the compression experiments' findings and the per-matrix sensitivity's
-    (compression_section.compress_findings, sensitivity_report_findings)."""
-    lines = ["# All models: findings", "", f"{len(models)} models; each one's findings come first, then the "
-             "cross-model figures and tables (relative depth = layer / layers).", "", "## Findings", ""]
+                   embedded: str, plots, target_dir, compressed: dict = None, adapters: dict = None,
+                   sections=()) -> str:
+    """models: every model of the config with weights of its own, in order; headmerge: model -> its
+    head-merge summary table (absent when head merging is off); plots: the figures in the embedded
+    format; compressed: model -> the compression experiments' findings, the per-matrix sensitivity's
+    and those against its base (compression_section, delta_section); adapters: adapter-only model ->
+    its findings against its base; sections: Markdown of the compare pairs and series (delta_section,
+    series_section)."""
+    adapters = adapters or {}
+    lines = ["# All models: findings", "", f"{len(models) + len(adapters)} models; each one's findings come first, "
+             "then the compare pairs and series, then the cross-model figures and tables (relative depth = "
+             "layer / layers).", "", "## Findings", ""]
     for model in models:
         lines += model_section(model, metrics, precision, headmerge.get(model), controls, settings, threshold, embedded,
                                (compressed or {}).get(model, ()))
+    for model, sentences in adapters.items():
+        lines += [f"### {model} ({fd.md_link('report', f'../{model}/report.md')}, an adapter)", "",
+                  *([f"- {s}" for s in sentences] or ["_(no finding: its tables are empty)_"]), ""]
+    lines += [section for section in sections]
     lines += ["## Figures", "", *[f"- {fd.md_link(os.path.basename(p), os.path.relpath(p, target_dir))}"
                                   for p in plots], ""]
     lines += ["## Tables", "", *[f"- {fd.md_link(name, name)}" for name in TABLES], ""]

@@ -185,9 +185,10 @@ def svd_methods(metrics: pd.DataFrame) -> str:
 def model_report(model, dims, metrics, heads, statistics, phases, hints, precision_summary, embedding,
                  deep_dives: dict, plots: list, target_dir, jobs: pd.DataFrame | None = None,
                  files=(), precision_wide: pd.DataFrame | None = None, sensitivity_threshold: float = 0.05,
-                 details: dict | None = None, compress: list = (), findings=()) -> str:
+                 details: dict | None = None, compress: list = (), findings=(), deltas: str = "") -> str:
     """findings: the sentences of blockscope.reporting.findings that open the report; compress: the lines of
-    the compression experiments' section (blockscope.reporting.compression_section.compress_section)."""
+    the compression experiments' section (blockscope.reporting.compression_section.compress_section);
+    deltas: the section on the model against its base (blockscope.reporting.delta_section), when it has one."""
     link = lambda path: os.path.relpath(path, target_dir)  # noqa: E731
     lines = [f"# {model}: spectral anatomy", "", *findings_section(findings)]
     keys = ["source", "model_type", "layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
@@ -229,6 +230,7 @@ def model_report(model, dims, metrics, heads, statistics, phases, hints, precisi
                   f"silhouette at k: {info['silhouette_at_k']:.3f}; row norms: mean {info['norm_mean']:.3f}, "
                   f"median {info['norm_median']:.3f}, max {info['norm_max']:.3f}.", ""]
     lines += detail_report_sections(details or {}, metrics, plots, link)
+    lines += [deltas, ""] if deltas else []
     lines += list(compress)
     lines += ["## Plots", ""] + [f"- [{os.path.basename(p)}]({link(p)})" for p in plots] + [""]
     lines += files_section(list(files), target_dir)
