@@ -15,7 +15,7 @@ from snakemake.exceptions import IncompleteCheckpointException
 from blockscope.planning.job_start import PER_UNIT_RULES as PRICED_RULES
 from blockscope.planning.model_plan import predicted_jobs
 from blockscope.planning.slurm import slurm_request
-from blockscope import layout
+from blockscope import layout, pair_layout
 from blockscope.checkpoint import selection as select
 from blockscope.analysis.part_stamps import PART_MODULES
 from blockscope.runtime.code_version import code_version

@@ -9,7 +9,7 @@ rule delta_pairing:
         inventory=layout.INVENTORY,
         base_inventory=lambda w: layout.INVENTORY.format(model=BASES[w.model]),
     output:
-        layout.DELTA_PAIRING,
+        pair_layout.DELTA_PAIRING,
     log:
         "logs/{model}/deltas/pairing.log",
     conda:
@@ -25,7 +25,7 @@ rule deltas:
     input:
         unpack(delta_inputs),
     output:
-        layout.DELTAS_UNIT,
+        pair_layout.DELTAS_UNIT,
     log:
         "logs/{model}/deltas/{unit}.log",
     benchmark:
@@ -51,9 +51,9 @@ rule delta_tables:
     input:
         deltas=delta_unit_files,
     output:
-        deltas=layout.DELTAS,
-        csv=layout.DELTAS_CSV,
-        by_layer=layout.DELTAS_BY_LAYER,
+        deltas=pair_layout.DELTAS,
+        csv=pair_layout.DELTAS_CSV,
+        by_layer=pair_layout.DELTAS_BY_LAYER,
     log:
         "logs/{model}/deltas/tables.log",
     benchmark:
@@ -68,17 +68,17 @@ rule delta_tables:
 
 rule delta_plots:
     input:
-        deltas=layout.DELTAS,
-        by_layer=layout.DELTAS_BY_LAYER,
+        deltas=pair_layout.DELTAS,
+        by_layer=pair_layout.DELTAS_BY_LAYER,
     output:
         **{
             name: figure(
-                f"{layout.DELTA_PLOTS}/{name}",
+                f"{pair_layout.DELTA_PLOTS}/{name}",
                 category="{model}",
                 subcategory="against its base",
                 caption=f"../report/deltas_{name}.rst",
             )
-            for name in layout.DELTA_FIGURES
+            for name in pair_layout.DELTA_FIGURES
         },
     log:
         "logs/{model}/plots/deltas.log",
@@ -100,11 +100,11 @@ rule distances:
         other_tensors=lambda w: layout.TENSORS.format(model=w.other, unit=w.unit),
         other_inventory=lambda w: layout.INVENTORY.format(model=w.other),
     output:
-        layout.COMPARE_UNIT,
+        pair_layout.COMPARE_UNIT,
     log:
         "logs/summary/compare/{model}--{other}/{unit}.log",
     benchmark:
-        layout.COMPARE_BENCHMARK.format(model="{model}", other="{other}", rule="distances", job="{unit}")
+        pair_layout.COMPARE_BENCHMARK.format(model="{model}", other="{other}", rule="distances", job="{unit}")
     conda:
         "../envs/blockscope.yaml"
     resources:
@@ -122,13 +122,13 @@ rule compare_tables:
     input:
         distances=distance_unit_files,
     output:
-        distances=layout.COMPARE_DISTANCES,
-        csv=layout.COMPARE_DISTANCES_CSV,
-        by_layer=layout.COMPARE_BY_LAYER,
+        distances=pair_layout.COMPARE_DISTANCES,
+        csv=pair_layout.COMPARE_DISTANCES_CSV,
+        by_layer=pair_layout.COMPARE_BY_LAYER,
     log:
         "logs/summary/compare/{model}--{other}/tables.log",
     benchmark:
-        layout.COMPARE_BENCHMARK.format(model="{model}", other="{other}", rule="compare_tables", job="pair")
+        pair_layout.COMPARE_BENCHMARK.format(model="{model}", other="{other}", rule="compare_tables", job="pair")
     conda:
         "../envs/blockscope.yaml"
     params:
@@ -139,10 +139,10 @@ rule compare_tables:
 
 rule compare_plots:
     input:
-        by_layer=layout.COMPARE_BY_LAYER,
+        by_layer=pair_layout.COMPARE_BY_LAYER,
     output:
         figure(
-            layout.COMPARE_FIGURE,
+            pair_layout.COMPARE_FIGURE,
             category="across models",
             subcategory="distances",
             caption="../report/compare_distances.rst",
@@ -150,7 +150,7 @@ rule compare_plots:
     log:
         "logs/summary/compare/{model}--{other}/plots.log",
     benchmark:
-        layout.COMPARE_BENCHMARK.format(model="{model}", other="{other}", rule="compare_plots", job="pair")
+        pair_layout.COMPARE_BENCHMARK.format(model="{model}", other="{other}", rule="compare_plots", job="pair")
     conda:
         "../envs/blockscope.yaml"
     params:
@@ -165,8 +165,8 @@ rule series:
         metrics=lambda w: [layout.METRICS.format(model=m) for m in SERIES[w.series]],
         distances=lambda w: series_distance_files(w.series),
     output:
-        table=layout.SERIES_TABLE,
-        csv=layout.SERIES_CSV,
+        table=pair_layout.SERIES_TABLE,
+        csv=pair_layout.SERIES_CSV,
     log:
         "logs/summary/series/{series}.log",
     benchmark:
@@ -182,10 +182,10 @@ rule series:
 
 rule series_plots:
     input:
-        table=layout.SERIES_TABLE,
+        table=pair_layout.SERIES_TABLE,
     output:
         figure(
-            layout.SERIES_FIGURE,
+            pair_layout.SERIES_FIGURE,
             category="across models",
             subcategory="series",
             caption="../report/series_trend.rst",
@@ -207,8 +207,8 @@ rule series_plots:
 # so its report is its update against the base.
 rule adapter_report:
     input:
-        deltas=layout.DELTAS,
-        by_layer=layout.DELTAS_BY_LAYER,
+        deltas=pair_layout.DELTAS,
+        by_layer=pair_layout.DELTAS_BY_LAYER,
         source=layout.CHECKPOINT,
         plots=lambda w: delta_plot_files(w.model, [EMBEDDED]),
         other_formats=lambda w: delta_plot_files(w.model, OTHER_FORMATS),

@@ -449,7 +449,7 @@ def delta_inputs(wildcards):
         **files,
         "tensors": layout.TENSORS.format(model=model, unit=unit),
         "inventory": layout.INVENTORY.format(model=model),
-        "pairing": layout.DELTA_PAIRING.format(model=model),
+        "pairing": pair_layout.DELTA_PAIRING.format(model=model),
     }
 
 
@@ -459,14 +459,14 @@ def delta_selected_names(wildcards):
 
 
 def delta_unit_files(wildcards):
-    return [layout.DELTAS_UNIT.format(model=wildcards.model, unit=unit) for unit in delta_units(wildcards.model)]
+    return [pair_layout.DELTAS_UNIT.format(model=wildcards.model, unit=unit) for unit in delta_units(wildcards.model)]
 
 
 def delta_plot_files(model, formats=None):
     return [
         path
-        for name in layout.DELTA_FIGURES
-        for path in figure_files(f"{layout.DELTA_PLOTS}/{name}".format(model=model), formats)
+        for name in pair_layout.DELTA_FIGURES
+        for path in figure_files(f"{pair_layout.DELTA_PLOTS}/{name}".format(model=model), formats)
     ]
 
 
@@ -474,7 +474,7 @@ def delta_targets(model):
     """A model's delta tables and figures, when it has a base."""
     if model not in BASES:
         return []
-    tables = (layout.DELTAS, layout.DELTAS_CSV, layout.DELTAS_BY_LAYER)
+    tables = (pair_layout.DELTAS, pair_layout.DELTAS_CSV, pair_layout.DELTAS_BY_LAYER)
     return [*(path.format(model=model) for path in tables), *delta_plot_files(model)]
 
 
@@ -482,7 +482,7 @@ def delta_report_files(wildcards):
     """model_report's delta inputs: the tables and figures of a model with a base; none otherwise."""
     if wildcards.model not in BASES:
         return []
-    return [layout.DELTAS.format(model=wildcards.model), layout.DELTAS_BY_LAYER.format(model=wildcards.model)]
+    return [pair_layout.DELTAS.format(model=wildcards.model), pair_layout.DELTAS_BY_LAYER.format(model=wildcards.model)]
 
 
 def pair_units(model, other):
@@ -493,7 +493,7 @@ def pair_units(model, other):
 
 def distance_unit_files(wildcards):
     return [
-        layout.COMPARE_UNIT.format(model=wildcards.model, other=wildcards.other, unit=unit)
+        pair_layout.COMPARE_UNIT.format(model=wildcards.model, other=wildcards.other, unit=unit)
         for unit in pair_units(wildcards.model, wildcards.other)
     ]
 
@@ -505,7 +505,7 @@ def series_pairs(name):
 
 
 def series_distance_files(name):
-    return [layout.COMPARE_DISTANCES.format(model=model, other=other) for model, other in series_pairs(name)]
+    return [pair_layout.COMPARE_DISTANCES.format(model=model, other=other) for model, other in series_pairs(name)]
 
 
 def compare_files(figures=True, formats=None):
@@ -514,9 +514,9 @@ def compare_files(figures=True, formats=None):
         path
         for model, other in PAIRS
         for path in [
-            layout.COMPARE_DISTANCES.format(model=model, other=other),
-            layout.COMPARE_BY_LAYER.format(model=model, other=other),
-            *(figure_files(layout.COMPARE_FIGURE.format(model=model, other=other), formats) if figures else []),
+            pair_layout.COMPARE_DISTANCES.format(model=model, other=other),
+            pair_layout.COMPARE_BY_LAYER.format(model=model, other=other),
+            *(figure_files(pair_layout.COMPARE_FIGURE.format(model=model, other=other), formats) if figures else []),
         ]
     ]
 
@@ -527,7 +527,7 @@ def series_files(figures=True, formats=None):
         path
         for name in SERIES
         for path in [
-            layout.SERIES_TABLE.format(series=name),
-            *(figure_files(layout.SERIES_FIGURE.format(series=name), formats) if figures else []),
+            pair_layout.SERIES_TABLE.format(series=name),
+            *(figure_files(pair_layout.SERIES_FIGURE.format(series=name), formats) if figures else []),
         ]
     ]

@@ -183,7 +183,7 @@ rule summary_report:
         reports=expand(layout.REPORT, model=MODELS),
         compare=compare_files(formats=[EMBEDDED]),
         series=series_files(formats=[EMBEDDED]),
-        deltas=[path.format(model=m) for m in BASES for path in (layout.DELTAS, layout.DELTAS_BY_LAYER)],
+        deltas=[path.format(model=m) for m in BASES for path in (pair_layout.DELTAS, pair_layout.DELTAS_BY_LAYER)],
         plots=summary_plot_files([EMBEDDED]),  # linked from the report
         other_formats=summary_plot_files(OTHER_FORMATS),
     output:

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "blockscope"
 SCRIPTS = ROOT / "workflow_scripts"
 # Lowest first: checkpoint -> tensors -> analysis -> tables -> evaluation/compression -> reporting.
 LAYERS = [
-    {"errors", "layout"},   # the contracts every stage speaks
+    {"errors", "layout", "pair_layout"},   # the contracts every stage speaks
     {"runtime"},            # how a job runs: device, GPU slots, code hashes, the script step
     {"io"},                 # files: atomic writes, dtypes, safetensors, per-unit Parquet
     {"checkpoint"},         # sources, inventory, block types, attention layout, selection

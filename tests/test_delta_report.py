@@ -13,7 +13,8 @@ from test_delta_tables import distance_row, planted, typed  # the planted fine-t
 
 from blockscope.aggregation.delta_tables import deltas_by_layer, distances_by_layer
 from blockscope.aggregation.series_tables import SERIES_METRICS
-from blockscope.layout import ALL_TYPES, DELTA_COLUMNS, DISTANCE_COLUMNS, SERIES_COLUMNS, figure_files
+from blockscope.layout import ALL_TYPES, figure_files
+from blockscope.pair_layout import DELTA_COLUMNS, DISTANCE_COLUMNS, SERIES_COLUMNS
 from blockscope.reporting.delta_section import compare_findings, compare_section, delta_findings, delta_section
 from blockscope.reporting.figures.deltas import (
     delta_effective_rank,

@@ -18,8 +18,8 @@ from blockscope.aggregation.delta_tables import (
 )
 from blockscope.aggregation.series_tables import SERIES_METRICS, series_table
 from blockscope.io.tables import table_from_rows, write_table
-from blockscope.layout import (
-    ALL_TYPES,
+from blockscope.layout import ALL_TYPES, STATISTICS_ONLY, layer_unit
+from blockscope.pair_layout import (
     COMPARE_BY_LAYER_COLUMNS,
     DELTA_BELOW_ROUNDING,
     DELTA_CHANGED,
@@ -31,14 +31,12 @@ from blockscope.layout import (
     MISSING_IN_OTHER,
     SERIES_COLUMNS,
     SHAPES_DIFFER,
-    STATISTICS_ONLY,
     column_type,
-    layer_unit,
 )
 
 
 def typed(rows: list, columns: list) -> pd.DataFrame:
-    """Row dicts -> a frame of exactly `columns`, typed as the per-unit tables are (layout.column_type)."""
+    """Row dicts -> a frame of exactly `columns`, typed as the per-unit tables are (pair_layout.column_type)."""
     frame = pd.DataFrame(rows).reindex(columns=columns)
     return frame.astype({c: column_type(c) for c in columns})
 
@@ -88,7 +86,8 @@ def test_stack_deltas_reads_units_in_unit_order_with_the_declared_columns(tmp_pa
     paths = []
     for unit in ["layer_003", "lm_head", "layer_000", "embed", "layer_002", "layer_001"]:  # not in unit order
         path = tmp_path / f"{unit}.parquet"
-        write_table(table_from_rows(DELTA_COLUMNS, frame[frame["unit"] == unit].to_dict("records")), path)
+        rows = frame[frame["unit"] == unit].to_dict("records")
+        write_table(table_from_rows(DELTA_COLUMNS, rows, {c: column_type(c) for c in DELTA_COLUMNS}), path)
         paths.append(path)
     stacked = stack_deltas(paths, model="m")
     assert list(stacked.columns) == DELTA_COLUMNS
@@ -161,7 +160,8 @@ def test_pooled_relative_distance_recovers_the_reference_norms(tmp_path):
             distance_row(1, "down_proj", 2.0, 8.0)]
     frame = typed(rows, DISTANCE_COLUMNS)
     path = tmp_path / "layer_000.parquet"
-    write_table(table_from_rows(DISTANCE_COLUMNS, frame.to_dict("records")), path)
+    types = {c: column_type(c) for c in DISTANCE_COLUMNS}
+    write_table(table_from_rows(DISTANCE_COLUMNS, frame.to_dict("records"), types), path)
     assert list(stack_distances([path]).columns) == DISTANCE_COLUMNS
     without = distances_by_layer(frame).set_index(["layer_index", "block_type"])
     assert list(distances_by_layer(frame).columns) == COMPARE_BY_LAYER_COLUMNS

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.linalg
 
-from blockscope import layout
+from blockscope import pair_layout
 from blockscope.analysis import heavytail as ht
 from blockscope.analysis import matrix_formulas as mx
 from blockscope.analysis.delta_metrics import ROUNDING_SAFETY, rounding_level, unit_roundoff
@@ -92,7 +92,7 @@ def test_a_planted_low_rank_update_has_its_rank_in_the_stored_format(dtype, rank
     sigma = np.linalg.svd(stored_difference(tuned, base), compute_uv=False)
     assert sigma[rank - 1] > 3 * row["rounding_level"] > 3 * sigma[rank]  # the planted values, the noise
     assert np.count_nonzero(sigma > 1e-12 * sigma[0]) == cols  # the stored difference itself is full rank
-    assert row["delta_numerical_rank"] == rank and row["status"] == layout.DELTA_NO_TAIL
+    assert row["delta_numerical_rank"] == rank and row["status"] == pair_layout.DELTA_NO_TAIL
     assert str(rank) in row["note"] and np.isnan(row["delta_alpha"]) and np.isnan(row["delta_alpha_hill"])
     assert row["delta_spectral_norm"] == pytest.approx(sigma[0], rel=1e-10)
     assert row["delta_frobenius"] == pytest.approx(np.linalg.norm(sigma), rel=1e-10)
@@ -115,7 +115,7 @@ def test_a_full_rank_update_gets_tail_fits_that_do_not_depend_on_its_scale():
     fit = ht.powerlaw_fit(sigma**2)
     hill = ht.alpha_hill(sigma**2, ht.hill_k(sigma.size, SETTINGS["hill_fraction"]))
     for row in rows.values():  # at 1e-4, sigma^2 < 1e-5 everywhere: an absolute floor would leave no fit
-        assert row["status"] == layout.DELTA_CHANGED and row["delta_numerical_rank"] == 120
+        assert row["status"] == pair_layout.DELTA_CHANGED and row["delta_numerical_rank"] == 120
         assert row["delta_alpha"] == pytest.approx(fit.alpha, rel=1e-6)
         assert row["delta_alpha_hill"] == pytest.approx(hill, rel=1e-6)
         assert row["delta_effective_rank"] == pytest.approx(mx.effective_rank(sigma), rel=1e-6)
@@ -132,12 +132,12 @@ def test_a_change_below_bf16_rounding_is_flagged_and_the_same_change_in_fp32_is_
     row = dense_delta(tuned, base, "BF16", "BF16", SETTINGS, "cpu")
     spectral = np.linalg.norm(stored_difference(tuned, base), 2)
     assert spectral <= level_written_out(tuned, base, 2.0**-8, 2.0**-8)
-    assert row["status"] == layout.DELTA_BELOW_ROUNDING and "rounding" in row["note"]
+    assert row["status"] == pair_layout.DELTA_BELOW_ROUNDING and "rounding" in row["note"]
     assert row["delta_numerical_rank"] == 0 and row["delta_energy_rank_90"] == 0 and np.isnan(row["delta_alpha"])
     assert row["delta_spectral_norm"] == pytest.approx(spectral, rel=1e-10)
     fine = dense_delta((np.asarray(base, np.float64) + tiny).astype(np.float32), base.astype(np.float32), "F32", "F32",
                        SETTINGS, "cpu")
-    assert fine["status"] == layout.DELTA_CHANGED and fine["delta_numerical_rank"] == 160
+    assert fine["status"] == pair_layout.DELTA_CHANGED and fine["delta_numerical_rank"] == 160
 
 
 # --- an adapter's update from its factors ---------------------------------------------------------
@@ -185,7 +185,7 @@ def test_an_adapter_table_matches_the_dense_update_in_either_layout(tmp_path):
     updates["k.weight"] = Factors(*(np.asarray(f, np.float64) for f in updates["q.weight"][:2]), scale, "BF16")
     table = adapter_delta_table("adapter", "base", "layer_000", updates=updates, base_tensors=unit,
                                 base_inventory=inventory, settings=SETTINGS)
-    frame = read_back(table, tmp_path / "deltas.parquet", layout.DELTA_COLUMNS).set_index("param_name")
+    frame = read_back(table, tmp_path / "deltas.parquet", pair_layout.DELTA_COLUMNS).set_index("param_name")
     for name, stored in (("q.weight", q), ("c_attn.weight", conv)):
         B, A, _ = updates[name]
         dw = scale * (B.astype(np.float64) @ A.astype(np.float64))
@@ -210,7 +210,7 @@ def test_an_adapter_table_matches_the_dense_update_in_either_layout(tmp_path):
         factor_rounding_level(*updates["q.weight"][:2], scale, "BF16"), rel=1e-12)
     assert stored_format["rounding_level"] > 1000 * frame.loc["q.weight", "rounding_level"]  # 2^-8 against 2^-24
     zero = frame.loc["v.weight"]
-    assert zero["status"] == layout.DELTA_UNCHANGED and zero["delta_frobenius"] == 0 and zero["weight_cosine"] == 1
+    assert zero["status"] == pair_layout.DELTA_UNCHANGED and zero["delta_frobenius"] == 0 and zero["weight_cosine"] == 1
 
 
 # --- distances ------------------------------------------------------------------------------------
@@ -258,9 +258,9 @@ def test_distances_of_a_matrix_to_itself_a_scaled_and_a_rotated_copy(tmp_path):
     inventory = [inventory_row(name, array, dtype="F64") for name, array in copies.items()]
     table = unit_distance_table("model", "other", "layer_000", tensors=mine, other_tensors=theirs, inventory=inventory,
                                 other_inventory=inventory, settings=SETTINGS)
-    frame = read_back(table, tmp_path / "distances.parquet", layout.DISTANCE_COLUMNS).set_index("param_name")
+    frame = read_back(table, tmp_path / "distances.parquet", pair_layout.DISTANCE_COLUMNS).set_index("param_name")
     same = frame.loc["same.weight"]
-    assert same["status"] == layout.DELTA_UNCHANGED and same["backend"] == "none"
+    assert same["status"] == pair_layout.DELTA_UNCHANGED and same["backend"] == "none"
     assert (same["frobenius_distance"], same["spectral_distance"], same["angle_degrees"]) == (0, 0, 0)
     assert same["weight_cosine"] == 1 and same["subspace_overlap_left"] == 1 and same["min_principal_cosine_right"] == 1
     double = frame.loc["double.weight"]
@@ -300,10 +300,10 @@ def read_back(table, path, columns):
     schema = pq.read_schema(path)
     assert [field.name for field in schema] == columns
     for field in schema:
-        assert field.type == ARROW_TYPES[layout.column_type(field.name)], field.name
+        assert field.type == ARROW_TYPES[pair_layout.column_type(field.name)], field.name
     frame = pd.read_parquet(path)
     for column in columns:
-        kind = layout.column_type(column)
+        kind = pair_layout.column_type(column)
         if kind == "str":
             assert pd.api.types.is_string_dtype(frame[column]) or frame[column].dtype == object, column
         else:
@@ -336,18 +336,18 @@ def test_the_delta_table_pairs_every_matrix_and_types_every_column(tmp_path):
     table = unit_delta_table("tuned", "base", "layer_000", tensors=paths["model"], base_tensors=paths["base"],
                              inventory=inventory(model), base_inventory=inventory(base), settings=SETTINGS,
                              device="cuda:2")
-    frame = read_back(table, tmp_path / "deltas.parquet", layout.DELTA_COLUMNS).set_index("matrix")
+    frame = read_back(table, tmp_path / "deltas.parquet", pair_layout.DELTA_COLUMNS).set_index("matrix")
     assert sorted(frame.index) == sorted(["q.weight", "k.weight", "extra.weight", "experts.weight[0]",
                                           "experts.weight[1]", "experts.weight[2]"])  # no row for the 1-D norm
     assert (frame["device"] == "cuda:2").all() and (frame["model"] == "tuned").all() and (frame["base"] == "base").all()
     assert frame.loc["q.weight", "delta_numerical_rank"] == 2 and frame.loc["q.weight", "backend"] == "cpu"
     assert frame.loc["experts.weight[1]", "delta_numerical_rank"] == 1 and frame.loc["experts.weight[1]", "expert"] == 1
     for name in ("k.weight", "experts.weight[0]", "experts.weight[2]"):
-        assert frame.loc[name, "status"] == layout.DELTA_UNCHANGED and frame.loc[name, "backend"] == "none"
+        assert frame.loc[name, "status"] == pair_layout.DELTA_UNCHANGED and frame.loc[name, "backend"] == "none"
         assert frame.loc[name, "delta_numerical_rank"] == 0 and frame.loc[name, "frobenius_distance"] == 0
     assert frame.loc["k.weight", "dtype"] == "BF16" and frame.loc["k.weight", "base_dtype"] == "BF16"
     extra = frame.loc["extra.weight"]
-    assert extra["status"] == layout.MISSING_IN_OTHER and pd.isna(extra["base_dtype"])
+    assert extra["status"] == pair_layout.MISSING_IN_OTHER and pd.isna(extra["base_dtype"])
     assert np.isnan(extra["delta_frobenius"]) and pd.isna(extra["delta_numerical_rank"])
     dw = model["q.weight"].astype(np.float64) - base["q.weight"]
     assert frame.loc["q.weight", "frobenius_distance"] == frame.loc["q.weight", "delta_frobenius"]
@@ -357,7 +357,7 @@ def test_the_delta_table_pairs_every_matrix_and_types_every_column(tmp_path):
     empty = unit_delta_table("tuned", "base", "other", tensors=paths["model"], base_tensors=paths["base"],
                              inventory=[r for r in inventory(model) if r["param_name"] == "norm.weight"],
                              base_inventory=inventory(base), settings=SETTINGS)
-    assert read_back(empty, tmp_path / "empty.parquet", layout.DELTA_COLUMNS).empty
+    assert read_back(empty, tmp_path / "empty.parquet", pair_layout.DELTA_COLUMNS).empty
 
 
 def test_an_unchanged_matrix_is_recognised_without_a_decomposition(tmp_path):
@@ -371,13 +371,13 @@ def test_an_unchanged_matrix_is_recognised_without_a_decomposition(tmp_path):
     frame = unit_delta_table("m", "b", "layer_000", tensors=mine, base_tensors=base, inventory=inventory,
                              base_inventory=inventory, settings=SETTINGS).to_pandas().set_index("param_name")
     same, moved = frame.loc["same.weight"], frame.loc["moved.weight"]
-    assert same["status"] == layout.DELTA_UNCHANGED and same["backend"] == "none"
+    assert same["status"] == pair_layout.DELTA_UNCHANGED and same["backend"] == "none"
     # an SVD of dW and the subspaces of both 900 x 700 matrices ran for the changed twin only
     assert same["seconds"] < moved["seconds"] / 5
     assert same["delta_spectral_norm"] == 0 and same["delta_effective_rank"] == 0 and np.isnan(same["delta_alpha"])
     assert same["rounding_level"] == pytest.approx(level_written_out(w, w, 2.0**-24, 2.0**-24), rel=1e-12)
     assert same["relative_change"] == 0 and same["angle_degrees"] == 0 and same["subspace_k"] == SETTINGS["subspace_k"]
-    assert moved["status"] == layout.DELTA_CHANGED and moved["delta_numerical_rank"] == 700
+    assert moved["status"] == pair_layout.DELTA_CHANGED and moved["delta_numerical_rank"] == 700
 
 
 def test_the_torch_path_gives_the_lapack_numbers(tmp_path):
@@ -410,10 +410,11 @@ def test_a_distance_table_names_missing_and_reshaped_matrices(tmp_path):
     table = unit_distance_table("x", "y", "layer_000", tensors=mine, other_tensors=theirs,
                                 inventory=[inventory_row("a.weight", w), inventory_row("b.weight", w)],
                                 other_inventory=[inventory_row("a.weight", wide)], settings=SETTINGS)
-    frame = read_back(table, tmp_path / "d.parquet", layout.DISTANCE_COLUMNS).set_index("param_name")
-    assert frame.loc["a.weight", "status"] == layout.SHAPES_DIFFER and "24x16" in frame.loc["a.weight", "note"]
-    assert frame.loc["b.weight", "status"] == layout.MISSING_IN_OTHER and pd.isna(frame.loc["b.weight", "other_dtype"])
+    frame = read_back(table, tmp_path / "d.parquet", pair_layout.DISTANCE_COLUMNS).set_index("param_name")
+    assert frame.loc["a.weight", "status"] == pair_layout.SHAPES_DIFFER and "24x16" in frame.loc["a.weight", "note"]
+    assert frame.loc["b.weight", "status"] == pair_layout.MISSING_IN_OTHER
+    assert pd.isna(frame.loc["b.weight", "other_dtype"])
     assert frame[["frobenius_distance", "weight_cosine"]].isna().all().all() and frame["subspace_k"].isna().all()
     empty = unit_distance_table("x", "y", "other", tensors=mine, other_tensors=theirs, inventory=[],
                                 other_inventory=[], settings=SETTINGS)
-    assert read_back(empty, tmp_path / "e.parquet", layout.DISTANCE_COLUMNS).empty
+    assert read_back(empty, tmp_path / "e.parquet", pair_layout.DISTANCE_COLUMNS).empty

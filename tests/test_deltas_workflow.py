@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockscope import layout
+from blockscope import layout, pair_layout
 
 from conftest import TINY_LLAMA, mtimes, run_workflow, save_tiny
 
@@ -100,32 +100,32 @@ def stored(folder):
 
 def test_a_tuned_checkpoint_shows_its_planted_ranks_and_norms(finished):
     work, _, base, tuned, _ = finished
-    deltas = pd.read_parquet(work / layout.DELTAS.format(model="tuned")).set_index("param_name")
-    assert set(deltas.columns) >= set(layout.DELTA_COLUMNS) - {"param_name"}
+    deltas = pd.read_parquet(work / pair_layout.DELTAS.format(model="tuned")).set_index("param_name")
+    assert set(deltas.columns) >= set(pair_layout.DELTA_COLUMNS) - {"param_name"}
     w, w_base = stored(tuned), stored(base)
     assert deltas.loc[Q0, "delta_numerical_rank"] == 2 and deltas.loc[DOWN1, "delta_numerical_rank"] == 1
     for name in (Q0, DOWN1):
         dw = w[name] - w_base[name]
-        assert deltas.loc[name, "status"] == layout.DELTA_CHANGED or deltas.loc[name, "status"] == layout.DELTA_NO_TAIL
+        assert deltas.loc[name, "status"] in (pair_layout.DELTA_CHANGED, pair_layout.DELTA_NO_TAIL)
         assert deltas.loc[name, "delta_frobenius"] == pytest.approx(np.linalg.norm(dw), rel=1e-9)
         assert deltas.loc[name, "delta_spectral_norm"] == pytest.approx(np.linalg.norm(dw, 2), rel=1e-9)
         assert deltas.loc[name, "relative_change"] == pytest.approx(np.linalg.norm(dw) / np.linalg.norm(w_base[name]),
                                                                     rel=1e-9)
     matrices = [name for name, array in w_base.items() if array.ndim == 2]
     unchanged = deltas.loc[[name for name in matrices if name not in (Q0, DOWN1)], "status"]
-    assert (unchanged == layout.DELTA_UNCHANGED).all(), unchanged.value_counts()
+    assert (unchanged == pair_layout.DELTA_UNCHANGED).all(), unchanged.value_counts()
     assert set(deltas.index) == set(matrices)
-    by_layer = pd.read_csv(work / layout.DELTAS_BY_LAYER.format(model="tuned"))
-    assert list(by_layer.columns) == layout.DELTAS_BY_LAYER_COLUMNS
+    by_layer = pd.read_csv(work / pair_layout.DELTAS_BY_LAYER.format(model="tuned"))
+    assert list(by_layer.columns) == pair_layout.DELTAS_BY_LAYER_COLUMNS
     report = (work / layout.REPORT.format(model="tuned")).read_text()
     assert "base" in report and "rank" in report
-    for name in layout.DELTA_FIGURES:
-        assert (work / f"{layout.DELTA_PLOTS.format(model='tuned')}/{name}.png").stat().st_size > 0
+    for name in pair_layout.DELTA_FIGURES:
+        assert (work / f"{pair_layout.DELTA_PLOTS.format(model='tuned')}/{name}.png").stat().st_size > 0
 
 
 def test_an_adapter_is_analysed_from_its_factors_and_matches_peft_merge(finished):
     work, _, base, _, merged = finished
-    deltas = pd.read_parquet(work / layout.DELTAS.format(model="adapter")).set_index("param_name")
+    deltas = pd.read_parquet(work / pair_layout.DELTAS.format(model="adapter")).set_index("param_name")
     w_base = stored(base)
     targeted = [name for name in w_base if name.endswith(("q_proj.weight", "v_proj.weight"))]
     assert sorted(deltas.index) == sorted(targeted)
@@ -142,8 +142,8 @@ def test_an_adapter_is_analysed_from_its_factors_and_matches_peft_merge(finished
 
 def test_the_series_table_counts_the_change_from_the_previous_member(finished):
     work, _, base, tuned, _ = finished
-    series = pd.read_parquet(work / layout.SERIES_TABLE.format(series="run"))
-    assert list(series.columns) == layout.SERIES_COLUMNS
+    series = pd.read_parquet(work / pair_layout.SERIES_TABLE.format(series="run"))
+    assert list(series.columns) == pair_layout.SERIES_COLUMNS
     rows = series[series["block_type"] == layout.ALL_TYPES].set_index("model")
     assert list(rows.index) == ["base", "tuned"] and np.isnan(rows.loc["base", "relative_change_from_previous"])
     w, w_base = stored(tuned), stored(base)
@@ -151,6 +151,13 @@ def test_the_series_table_counts_the_change_from_the_previous_member(finished):
     pooled = np.sqrt(sum(np.linalg.norm(w[n] - w_base[n]) ** 2 for n in matrices)
                      / sum(np.linalg.norm(w_base[n]) ** 2 for n in matrices))
     assert rows.loc["tuned", "relative_change_from_previous"] == pytest.approx(pooled, rel=1e-9)
+    # the pair's per-layer table pools the same way, bit-identical matrices included
+    by_layer = pd.read_csv(work / pair_layout.COMPARE_BY_LAYER.format(model="tuned", other="base"))
+    layer0 = [n for n in matrices if n.startswith("model.layers.0.")]
+    expected0 = np.sqrt(sum(np.linalg.norm(w[n] - w_base[n]) ** 2 for n in layer0)
+                        / sum(np.linalg.norm(w_base[n]) ** 2 for n in layer0))
+    row = by_layer[(by_layer["layer_index"] == 0) & (by_layer["block_type"] == layout.ALL_TYPES)]
+    assert row["relative_distance"].item() == pytest.approx(expected0, rel=1e-9)
     metrics = pd.read_parquet(work / layout.METRICS.format(model="tuned"))
     expected = metrics.loc[metrics["cols"].notna(), "alpha"].median()
     assert rows.loc["tuned", "alpha"] == pytest.approx(expected)
@@ -178,7 +185,7 @@ def test_a_base_of_other_shapes_is_refused_in_one_line_before_any_delta_job(fini
     changed["models"]["small"] = {"source": "synthetic", "config": {**TINY_LLAMA, "hidden_size": 32}, "seed": 0}
     changed["models"]["tuned"]["base"] = "small"
     before = mtimes(clone / "results/tuned/deltas")
-    result = run_workflow(clone, changed, layout.DELTAS.format(model="tuned"), check=False)
+    result = run_workflow(clone, changed, pair_layout.DELTAS.format(model="tuned"), check=False)
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
     assert lines and "[tuned]" in lines[0] and "small" in lines[0], result.stderr[-3000:]
@@ -186,5 +193,5 @@ def test_a_base_of_other_shapes_is_refused_in_one_line_before_any_delta_job(fini
     after = mtimes(clone / "results/tuned/deltas")
     assert {p: s for p, s in after.items() if p.suffix == ".parquet"} == \
         {p: s for p, s in before.items() if p.suffix == ".parquet"}
-    pairing = json.loads((work / layout.DELTA_PAIRING.format(model="tuned")).read_text())
+    pairing = json.loads((work / pair_layout.DELTA_PAIRING.format(model="tuned")).read_text())
     assert pairing["base"] == "base" and pairing["tensors"] > 0

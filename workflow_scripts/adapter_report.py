@@ -6,7 +6,7 @@ import os
 
 import pandas as pd
 
-from blockscope import layout
+from blockscope import pair_layout
 from blockscope.io.atomic import atomic_path
 from blockscope.reporting.delta_section import delta_findings, delta_section
 from blockscope.reporting.findings import findings_section
@@ -23,7 +23,7 @@ def main(snakemake):
     figures = {os.path.basename(path).rsplit(".", 1)[0]: os.path.relpath(path, target_dir) for path in inp.plots}
     provenance = json.loads(open(os.path.join(inp.source, "source.json")).read())
     source = ", ".join(f"{key} {provenance[key]}" for key in PROVENANCE_KEYS if provenance.get(key) not in (None, ""))
-    csv = os.path.relpath(layout.DELTAS_CSV.format(model=model), target_dir)
+    csv = os.path.relpath(pair_layout.DELTAS_CSV.format(model=model), target_dir)
     lines = [f"# {model}: a LoRA adapter of {base}", "",
              *findings_section(delta_findings(deltas, by_layer, level=snakemake.params.level)),
              "## Adapter", "", f"{source}.", "",

@@ -2,14 +2,14 @@
 
 import pandas as pd
 
-from blockscope import layout
+from blockscope import pair_layout
 from blockscope.reporting.figures.deltas import delta_effective_rank, relative_change_heatmap
 from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):
     model, formats = snakemake.wildcards.model, snakemake.params.formats
-    folder = layout.DELTA_PLOTS.format(model=model)
+    folder = pair_layout.DELTA_PLOTS.format(model=model)
     deltas, by_layer = pd.read_parquet(snakemake.input.deltas), pd.read_csv(snakemake.input.by_layer)
     relative_change_heatmap(by_layer, f"{folder}/relative_change", formats)
     delta_effective_rank(deltas, f"{folder}/effective_rank", formats)

@@ -2,14 +2,14 @@
 
 import pandas as pd
 
-from blockscope import layout
+from blockscope import pair_layout
 from blockscope.reporting.figures.deltas import series_trend
 from blockscope.runtime.run_step import run_step
 
 
 def main(snakemake):
     name = snakemake.wildcards.series
-    series_trend(pd.read_parquet(snakemake.input.table), layout.SERIES_FIGURE.format(series=name),
+    series_trend(pd.read_parquet(snakemake.input.table), pair_layout.SERIES_FIGURE.format(series=name),
                  snakemake.params.formats)
 
 

@@ -4,7 +4,7 @@ import os
 
 import pandas as pd
 
-from blockscope import layout
+from blockscope import pair_layout
 from blockscope.io.atomic import atomic_path
 from blockscope.reporting.compression_section import compress_findings, sensitivity_report_findings
 from blockscope.reporting.cross_model_report import summary_report
@@ -22,15 +22,15 @@ def pair_sections(snakemake, target_dir) -> list:
     """A section per compare pair (and per series' consecutive pair), then one per series."""
     files, sections = set(map(str, snakemake.input.compare)), []
     for model, other in snakemake.params.pairs:
-        distances = layout.COMPARE_DISTANCES.format(model=model, other=other)
-        by_layer = layout.COMPARE_BY_LAYER.format(model=model, other=other)
-        stem = layout.COMPARE_FIGURE.format(model=model, other=other)
+        distances = pair_layout.COMPARE_DISTANCES.format(model=model, other=other)
+        by_layer = pair_layout.COMPARE_BY_LAYER.format(model=model, other=other)
+        stem = pair_layout.COMPARE_FIGURE.format(model=model, other=other)
         figures = relative([p for p in files if p.startswith(stem + ".")], target_dir)
         sections.append(compare_section(pd.read_parquet(distances), pd.read_csv(by_layer), figures, model, other))
     for name in snakemake.params.series:
-        stem = layout.SERIES_FIGURE.format(series=name)
+        stem = pair_layout.SERIES_FIGURE.format(series=name)
         figures = relative([p for p in map(str, snakemake.input.series) if p.startswith(stem + ".")], target_dir)
-        sections.append(series_section(pd.read_parquet(layout.SERIES_TABLE.format(series=name)), figures,
+        sections.append(series_section(pd.read_parquet(pair_layout.SERIES_TABLE.format(series=name)), figures,
                                        level=snakemake.params.level))
     return sections
 

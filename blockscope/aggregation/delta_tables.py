@@ -1,6 +1,6 @@
 """A model against another, per layer: the per-unit delta tables (a model against its base) and
 distance tables (a compare pair) stacked into one table each, and their per-layer views
-(layout.DELTAS_BY_LAYER_COLUMNS, COMPARE_BY_LAYER_COLUMNS). Nothing here recomputes a delta.
+(pair_layout.DELTAS_BY_LAYER_COLUMNS, COMPARE_BY_LAYER_COLUMNS). Nothing here recomputes a delta.
 
 Per layer the change is pooled, not averaged: sqrt(Σ ||ΔW||_F² / Σ ||W_base||_F²) over the group's
 matrices is the relative change of the layer's weights taken as one vector, so a large matrix that
@@ -16,9 +16,8 @@ import pandas as pd
 
 from blockscope.aggregation.model_tables import stack
 from blockscope.io.tables import check_tables, read_frame
-from blockscope.layout import (
-    ALL_TYPES,
-    BLOCK_TYPES,
+from blockscope.layout import ALL_TYPES, BLOCK_TYPES, unit_order
+from blockscope.pair_layout import (
     COMPARE_BY_LAYER_COLUMNS,
     DELTA_CHANGED,
     DELTA_COLUMNS,
@@ -28,7 +27,6 @@ from blockscope.layout import (
     DISTANCE_COLUMNS,
     MISSING_IN_OTHER,
     SHAPES_DIFFER,
-    unit_order,
 )
 
 CHANGED_STATUSES = (DELTA_CHANGED, DELTA_NO_TAIL)  # dW above the storage rounding, with or without a tail fit
@@ -58,12 +56,12 @@ def stack_tables(paths, columns, model=None) -> pd.DataFrame:
 
 
 def stack_deltas(paths, model=None) -> pd.DataFrame:
-    """A model's per-unit delta files (layout.DELTAS_UNIT) -> its deltas table (DELTA_COLUMNS)."""
+    """A model's per-unit delta files (pair_layout.DELTAS_UNIT) -> its deltas table (DELTA_COLUMNS)."""
     return stack_tables(paths, DELTA_COLUMNS, model)
 
 
 def stack_distances(paths, model=None) -> pd.DataFrame:
-    """A compare pair's per-unit distance files (layout.COMPARE_UNIT) -> one table (DISTANCE_COLUMNS)."""
+    """A compare pair's per-unit distance files (pair_layout.COMPARE_UNIT) -> one table (DISTANCE_COLUMNS)."""
     return stack_tables(paths, DISTANCE_COLUMNS, model)
 
 
@@ -107,6 +105,9 @@ def pooled_relative_distance(rows: pd.DataFrame, other_norms=None) -> float:
     fallback = None
     if other_norms is not None and "matrix" in rows:
         fallback = rows["matrix"].map(dict(other_norms)).to_numpy(dtype=float, na_value=np.nan)
+    if "other_frobenius" in rows:  # the distance tables carry ||B||_F: exact for identical pairs too
+        recorded = numbers(rows, "other_frobenius")
+        fallback = recorded if fallback is None else np.where(np.isfinite(recorded), recorded, fallback)
     distance = numbers(rows, "frobenius_distance")
     return pooled_relative_change(distance, other_frobenius(distance, numbers(rows, "relative_distance"), fallback))
 

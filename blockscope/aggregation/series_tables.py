@@ -1,5 +1,5 @@
 """A series of models (config `series:`, ordered: revisions of one run, checkpoints of a
-fine-tune, a family by size) as one table, layout.SERIES_COLUMNS: per member and block type (and
+fine-tune, a family by size) as one table, pair_layout.SERIES_COLUMNS: per member and block type (and
 ALL_TYPES over all its matrices) the medians of its metrics table, and how far it moved from the
 previous member (the pooled relative distance of the matrices the two share, from the distance
 tables of each consecutive pair, the later member first). Nothing here recomputes a spectrum."""
@@ -9,7 +9,8 @@ import pandas as pd
 
 from blockscope.aggregation.delta_tables import compared, numbers, pooled_relative_distance, type_order
 from blockscope.aggregation.model_tables import spectral_rows
-from blockscope.layout import ALL_TYPES, SERIES_COLUMNS
+from blockscope.layout import ALL_TYPES
+from blockscope.pair_layout import SERIES_COLUMNS
 
 SERIES_METRICS = ["alpha", "alpha_hill", "effective_rank", "stable_rank", "spectral_norm", "frobenius_norm"]
 

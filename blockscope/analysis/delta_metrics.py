@@ -19,14 +19,14 @@ import numpy as np
 from blockscope.analysis import heavytail as ht
 from blockscope.analysis import matrix_formulas as mx
 from blockscope.io.dtypes import numpy_dtype
-from blockscope.layout import (
+from blockscope.layout import energy_column
+from blockscope.pair_layout import (
     DELTA_BELOW_ROUNDING,
     DELTA_CHANGED,
     DELTA_ENERGY_FRACTIONS,
     DELTA_METRIC_COLUMNS,
     DELTA_NO_TAIL,
     DELTA_UNCHANGED,
-    energy_column,
 )
 
 # The edge above assumes errors of the largest size a rounding can make (half an ulp at the bottom

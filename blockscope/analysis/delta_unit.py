@@ -1,6 +1,6 @@
 """A unit's matrices against another model's: the delta table of a model against its base
-(layout.DELTA_COLUMNS: dW = W - W_base, dense or from an adapter's factors) and the distance table
-of a compare pair (layout.DISTANCE_COLUMNS). One row per weight matrix of the model (an expert
+(pair_layout.DELTA_COLUMNS: dW = W - W_base, dense or from an adapter's factors) and the distance table
+of a compare pair (pair_layout.DISTANCE_COLUMNS). One row per weight matrix of the model (an expert
 stack's experts one by one; 1-D parameters and tensors that hold no weight matrix have none).
 
 Numbers are float64 from the stored values. A pair equal in every value is DELTA_UNCHANGED without
@@ -29,13 +29,14 @@ from blockscope.analysis.spectra import compute_spectra
 from blockscope.io.dtypes import NUMPY_TO_SAFETENSORS
 from blockscope.io.tables import is_missing, records, table_from_rows
 from blockscope.io.tensors import iter_unit, read_unit
-from blockscope.layout import (
+from blockscope.pair_layout import (
     DELTA_CHANGED,
     DELTA_COLUMNS,
     DELTA_UNCHANGED,
     DISTANCE_COLUMNS,
     MISSING_IN_OTHER,
     SHAPES_DIFFER,
+    column_type,
 )
 from blockscope.runtime.gpu_slots import NO_GPU
 
@@ -241,7 +242,7 @@ def unit_delta_table(model, base, unit, *, tensors, base_tensors, inventory, bas
                               backend))
         _log(row)
         rows.append(row)
-    return table_from_rows(DELTA_COLUMNS, rows)
+    return table_from_rows(DELTA_COLUMNS, rows, {c: column_type(c) for c in DELTA_COLUMNS})
 
 
 def adapter_delta_table(model, base, unit, *, updates, base_tensors, base_inventory, settings, backend="cpu",
@@ -268,7 +269,7 @@ def adapter_delta_table(model, base, unit, *, updates, base_tensors, base_invent
             row.update(_timed(factored_delta, left, right, scale, matrix.values, settings, dtype))
         _log(row)
         rows.append(row)
-    return table_from_rows(DELTA_COLUMNS, rows)
+    return table_from_rows(DELTA_COLUMNS, rows, {c: column_type(c) for c in DELTA_COLUMNS})
 
 
 def unit_distance_table(model, other, unit, *, tensors, other_tensors, inventory, other_inventory, settings,
@@ -287,4 +288,4 @@ def unit_distance_table(model, other, unit, *, tensors, other_tensors, inventory
             row.update(_timed(dense_distance, matrix.values, theirs.values, settings, backend))
         _log(row)
         rows.append(row)
-    return table_from_rows(DISTANCE_COLUMNS, rows)
+    return table_from_rows(DISTANCE_COLUMNS, rows, {c: column_type(c) for c in DISTANCE_COLUMNS})

@@ -1,4 +1,4 @@
-"""How far apart two matrices of one shape are (layout.DISTANCE_METRIC_COLUMNS): the norms of their
+"""How far apart two matrices of one shape are (pair_layout.DISTANCE_METRIC_COLUMNS): the norms of their
 difference, the angle between the flattened weights, and how much their top-k singular subspaces
 overlap (principal angles). One formula, one function; docs/metrics.md "Deltas, adapters and
 distances" gives each with its source.
@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from blockscope.analysis.gram import gram_floor
-from blockscope.layout import DISTANCE_METRIC_COLUMNS
+from blockscope.pair_layout import DISTANCE_METRIC_COLUMNS
 
 # From this Gram side up, scipy's eigh computes the top k eigenpairs only (LAPACK syevr); below,
 # numpy's full eigh is as fast and spares a job scipy.linalg's import.
@@ -122,7 +122,8 @@ def distance_metrics(*, delta_frobenius: float, delta_dot_other: float, other_fr
     return {"frobenius_distance": float(delta_frobenius), "spectral_distance": float(spectral),
             "relative_distance": relative_distance(delta_frobenius, other_frobenius),
             "weight_cosine": weight_cosine(delta_frobenius, delta_dot_other, other_frobenius),
-            "angle_degrees": angle_degrees(delta_frobenius, delta_dot_other, other_frobenius), **subspaces}
+            "angle_degrees": angle_degrees(delta_frobenius, delta_dot_other, other_frobenius),
+            "other_frobenius": float(other_frobenius), **subspaces}
 
 
 def missing_distances() -> dict:

@@ -73,9 +73,7 @@ def _copy_matching(src: Path, dest: Path, patterns, link_large=False):
 
 
 def fetch(model: str, spec: dict, dest, like_checkpoint=None):
-    """Materialise `model` from its config slice `spec` into folder `dest` (a synthetic model `like`
-    another reads like_checkpoint). A peft adapter has its own fetch (checkpoint.adapter_fetch), so that
-    an edit of the adapter code refetches adapters only."""
+    """Materialise `model` from its config slice `spec` into folder `dest`."""
     fetchers = {"hf": fetch_hf, "local": fetch_local, "gguf": fetch_gguf, "synthetic": fetch_synthetic}
     kind = spec.get("source")
     if kind not in fetchers:
@@ -119,10 +117,9 @@ def link_snapshot(snapshot, dest) -> list:
     return linked
 
 
-def hub_snapshot(model, repo_id, revision, patterns, instead="`source: local` with `path:`") -> Path:
-    """The cached snapshot folder of a hub repo at `revision` holding the files that match `patterns`
-    (downloaded into the shared Hugging Face cache only when missing); every failure is one line
-    naming the model, the repo and the fix (`instead`: the source to use without the hub).
+def fetch_hf(model, spec, dest):
+    """The repo's safetensors, config and tokenizer files at a pinned commit, in the shared
+    Hugging Face cache (downloaded there only when missing), linked into `dest`.
 
     snapshot_download alone resolves the revision: online through the hub, offline
     (HF_HUB_OFFLINE=1, as on a cluster's compute nodes) through the cache's refs/ and
@@ -131,10 +128,11 @@ def hub_snapshot(model, repo_id, revision, patterns, instead="`source: local` wi
     import huggingface_hub
     from huggingface_hub import errors as hub_errors
 
+    repo_id, revision = spec["repo_id"], spec.get("revision", "main")
     token = os.environ.get("HF_TOKEN") or None  # read here, never logged or written
     where = f"hub repo {repo_id}@{revision}"
     try:
-        snapshot = Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+        snapshot = Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS,
                                                           token=token))
     except hub_errors.GatedRepoError:
         raise BlockscopeError(f"{where} is gated", model=model,
@@ -149,27 +147,18 @@ def hub_snapshot(model, repo_id, revision, patterns, instead="`source: local` wi
         raise BlockscopeError(f"the Hugging Face cache holds an incomplete snapshot of {where} and the hub "
                               "cannot be reached", model=model, path=hub_cache(),
                               fix="rerun with network access (without HF_HUB_OFFLINE) to complete it, or use "
-                                  f"{instead}") from None
+                                  "`source: local` with `path:`") from None
     except hub_errors.LocalEntryNotFoundError as exc:  # offline (or no network) and not in the cache
         raise BlockscopeError(f"cannot reach the Hugging Face hub for {where} ({type(exc).__name__}), and the "
                               f"Hugging Face cache {hub_cache()} does not hold it", model=model,
                               fix=f"run `hf download {repo_id} --revision {revision}` where the network is reachable "
                                   "with this HF_HUB_CACHE (or unset HF_HUB_OFFLINE), or download the files elsewhere "
-                                  f"and use {instead}") from None
+                                  "and use `source: local` with `path:`") from None
     except Exception as exc:  # network, proxies: all end the same way for the user
         reason = type(exc).__name__
         raise BlockscopeError(f"cannot reach the Hugging Face hub for {where} ({reason})", model=model,
                               fix="check the network or HF_HUB_OFFLINE, or download the files elsewhere and "
-                                  f"use {instead}") from None
-    return snapshot
-
-
-def fetch_hf(model, spec, dest):
-    """The repo's safetensors, config and tokenizer files at a pinned commit, in the shared
-    Hugging Face cache (downloaded there only when missing), linked into `dest`."""
-    repo_id, revision = spec["repo_id"], spec.get("revision", "main")
-    where = f"hub repo {repo_id}@{revision}"
-    snapshot = hub_snapshot(model, repo_id, revision, HUB_PATTERNS)
+                                  "use `source: local` with `path:`") from None
     if not list(snapshot.glob("*.safetensors")):
         raise BlockscopeError(f"{where} has no *.safetensors files (blockscope never loads pickles)",
                               model=model, fix="convert the checkpoint to safetensors and use a `local` source")
@@ -204,12 +193,11 @@ def local_files(src) -> list:
                   | set(sentence_transformers_files(src)))
 
 
-def local_fingerprint(path, files=None) -> str:
+def local_fingerprint(path) -> str:
     """Name, size, mtime and ctime (ns) of every file a local source takes, as one short hash:
     the fetch rule's param, computed when Snakemake builds the DAG, so that replacing, rewriting
     or touching a file of the user's checkpoint reruns that model (and only it). "missing" when
-    the folder does not exist (fetch then fails with a clear message). files(folder): the files to
-    take (local_files when None; adapter_files for a peft adapter).
+    the folder does not exist (fetch then fails with a clear message).
 
     The ctime (inode change time) is what catches a file edited in place with its size kept and
     its mtime set back (os.utime, `touch -r`, rsync -t, cp -p): any write, and setting the mtime
@@ -219,7 +207,7 @@ def local_fingerprint(path, files=None) -> str:
     if not src.is_dir():
         return "missing"
     digest = hashlib.sha256()
-    for file in local_files(src) if files is None else files(src):
+    for file in local_files(src):
         stat = file.stat()  # follows symlinks: the bytes that would be read
         name = file.relative_to(src).as_posix()  # the file name, or 1_Pooling/config.json
         digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\n".encode())
@@ -228,8 +216,8 @@ def local_fingerprint(path, files=None) -> str:
 
 def source_fingerprint(spec: dict) -> str:
     """What a model's source files look like now, for sources whose files can change under the
-    same config: local_fingerprint for `local`, "" for the others (hf pins a revision, synthetic is
-    seeded; a peft adapter: checkpoint.adapter_fetch.adapter_fingerprint)."""
+    same config: local_fingerprint for `local`, "" for the others (hf pins a revision, synthetic
+    is seeded)."""
     if spec.get("source") != "local":
         return ""
     folder = local_folder(spec)

@@ -17,8 +17,8 @@ from blockscope.aggregation.delta_tables import (
     distance_group,
     numbers,
 )
-from blockscope.layout import (
-    ALL_TYPES,
+from blockscope.layout import ALL_TYPES, MODEL_RESULTS, SUMMARY
+from blockscope.pair_layout import (
     COMPARE,
     COMPARE_BY_LAYER,
     COMPARE_DISTANCES_CSV,
@@ -28,9 +28,7 @@ from blockscope.layout import (
     DELTAS_BY_LAYER,
     DELTAS_CSV,
     MISSING_IN_OTHER,
-    MODEL_RESULTS,
     SHAPES_DIFFER,
-    SUMMARY,
 )
 from blockscope.reporting.markdown import has
 

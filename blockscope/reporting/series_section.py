@@ -13,7 +13,8 @@ from scipy import stats
 
 from blockscope.aggregation.delta_tables import numbers
 from blockscope.aggregation.series_tables import SERIES_METRICS
-from blockscope.layout import ALL_TYPES, SERIES_CSV, SUMMARY
+from blockscope.layout import ALL_TYPES, SUMMARY
+from blockscope.pair_layout import SERIES_CSV
 from blockscope.reporting.delta_section import number, text_table
 from blockscope.reporting.markdown import has
 
