@@ -64,7 +64,7 @@ def test_factors_equal_peft_merge(tmp_path, case):
     factors = adapter_factors(tmp_path / "adapter", shapes, model="tuned")
     changed = {name for name in shapes if not np.array_equal(merged[name], base_state[name])}
     assert set(factors) == changed and len(changed) >= 2  # every update found, and only those
-    for name, (B, A, scale) in factors.items():
+    for name, (B, A, scale, _) in factors.items():
         assert B.dtype == A.dtype == np.float64 and B.shape[1] == A.shape[0]
         np.testing.assert_allclose(scale * B @ A, merged[name] - base_state[name], rtol=0, atol=1e-6)
         assert np.linalg.matrix_rank(B @ A) == B.shape[1]  # a rank-r update, not a zero B
@@ -107,7 +107,7 @@ def test_fetch_adapter_only(q_v_adapter, tmp_path):
     assert source["replaced"] == {"lm_head.weight": "changed"}  # modules_to_save: the head replaced whole
     factors = adapter_factors(dest, base_shapes_of(root / "base"), model="tuned")  # the checkpoint folder reads too
     assert set(factors) == set(source["target_modules"])
-    for name, (B, A, scale) in factors.items():
+    for name, (B, A, scale, _) in factors.items():
         np.testing.assert_allclose(scale * B @ A, merged[name] - base_state[name], rtol=0, atol=1e-6)
 
 
@@ -135,7 +135,7 @@ def test_merged_keeps_the_base_dtype(tmp_path):
     assert header_dtypes == {"BF16"}
     factors = adapter_factors(tmp_path / "adapter", base_shapes_of(tmp_path / "base"))
     name = "model.layers.0.self_attn.q_proj.weight"
-    B, A, scale = factors[name]
+    B, A, scale, _ = factors[name]
     expected = (base_state[name] + scale * B @ A).astype(ml_dtypes.bfloat16)  # one rounding, from float64
     stored = load_file(tmp_path / "tuned/model.safetensors")  # numpy reads BF16 as ml_dtypes' bfloat16
     assert np.array_equal(stored[name].astype(np.float64), expected.astype(np.float64))
@@ -253,3 +253,33 @@ def test_hub_adapter_is_linked_from_the_cache(q_v_adapter, tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0 and "[tuned]" in last and "Org/absent@main" in last and "`path:`" in last
     assert not (tmp_path / "absent").exists()
+
+
+def test_factors_keep_their_stored_format_for_the_rounding_level(q_v_adapter, tmp_path):
+    """A bf16 adapter's factors say BF16 (an F32 one's F32), and with that format a rank-4 adapter whose
+    B holds only 2 independent columns has a numerical rank of 2 (its bf16 rounding is not rank)."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from blockscope.analysis.delta_unit import factored_delta
+
+    root = q_v_adapter[0]
+    shapes = base_shapes_of(root / "base")
+    assert {lora.dtype for lora in adapter_factors(root / "adapter", shapes).values()} == {"F32"}
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(root / "adapter", bf16)
+    tensors = load_file(bf16 / "adapter_model.safetensors")
+    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}, bf16 / "adapter_model.safetensors")
+    factors = adapter_factors(bf16, shapes)
+    assert {lora.dtype for lora in factors.values()} == {"BF16"}
+
+    rng = np.random.default_rng(0)
+    lora = next(iter(factors.values()))
+    two = rng.standard_normal((lora.B.shape[0], 2))
+    B = np.hstack([two, two @ rng.standard_normal((2, 2))]).astype(ml_dtypes.bfloat16).astype(np.float64)
+    A = rng.standard_normal(lora.A.shape).astype(ml_dtypes.bfloat16).astype(np.float64)
+    w_base = rng.standard_normal((B.shape[0], A.shape[1]))
+    settings = {"subspace_k": 4, "hill_fraction": 0.1}
+    assert factored_delta(B, A, 2.0, w_base, settings, dtype="BF16")["delta_numerical_rank"] == 2
+    assert factored_delta(B, A, 2.0, w_base, settings, dtype="F64")["delta_numerical_rank"] == 4  # rounding as rank

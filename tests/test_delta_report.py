@@ -44,15 +44,15 @@ def test_delta_findings_name_the_layer_that_moved_most_and_the_rank_of_the_updat
     layers = by_layer[(by_layer["block_type"] == ALL_TYPES) & by_layer["layer_index"].notna()]
     top = layers.sort_values("relative_change", ascending=False).iloc[0]
     assert int(top["layer_index"]) == 2
-    assert f"the layers that moved most: 2 ({top['relative_change']:.3g})" in moved
-    assert "moved from its base b" in moved and "[deltas_by_layer.csv](deltas_by_layer.csv)" in moved
+    assert f"the layers with the largest change (measured, not tested): 2 ({top['relative_change']:.3g})" in moved
+    assert "moved from its base (b)" in moved and "[deltas_by_layer.csv](deltas_by_layer.csv)" in moved
     # the per-type pool: v_proj sqrt((0.01² + 1e-6² + 0.3² + 0.02²) / (4 · 2²)) is the largest
     v = math.sqrt((0.01 ** 2 + 1e-12 + 0.3 ** 2 + 0.02 ** 2) / (4 * 2.0 ** 2))
-    assert f"v_proj {v:.3g}" in kinds and "v_proj moved most" in kinds
+    assert f"v_proj {v:.3g}" in kinds and "the largest is v_proj's (a ranking of measured changes, not a test)" in kinds
     # 90 % of the energy: rank 3 in the median changed matrix, 5 at most (q_proj layer 2), design rank 32
-    assert "fits in rank 3 in the median changed matrix (largest: rank 5, q_proj layer 2)" in rank
+    assert "fits in rank 2 to 5 per changed matrix (median 3; largest at q_proj layer 2)" in rank
     assert "design rank min(rows, cols) of 32" in rank and "over 11 changed matrices" in rank
-    assert "1 of 11 changed matrices has too few nonzero singular values" in rank
+    assert "1 of 11 changed matrices has too few singular values above the rounding level" in rank
     assert "2 are bit-identical to b (q_proj 1, output 1)" in unchanged
     assert "1 changed by no more than the stored formats' rounding (v_proj 1)" in unchanged
     assert "less than bf16 can show" in unchanged
@@ -82,8 +82,8 @@ def test_delta_section_holds_findings_layer_table_figures_and_the_table_link():
     deltas.loc[deltas["layer_index"].eq(3).fillna(False), "delta_frobenius"] = 3e-6  # tiny: not printed as 0
     by_layer = deltas_by_layer(deltas)
     text = delta_section(deltas, by_layer, {"relative change": "plots/deltas/relative_change.png"}, "m", "b")
-    assert text.startswith("## m against its base b")
-    assert "- m moved from its base b" in text
+    assert text.startswith("## m against its base (b)")
+    assert "- m moved from its base (b)" in text
     assert "[relative change](plots/deltas/relative_change.png)" in text and "[deltas.csv](deltas.csv)" in text
     layer3 = next(line for line in text.splitlines() if line.startswith("| 3 "))
     value = by_layer.set_index(["layer_index", "block_type"]).loc[(3, ALL_TYPES), "relative_change"]

@@ -132,6 +132,7 @@ def test_an_adapter_is_analysed_from_its_factors_and_matches_peft_merge(finished
     for name in targeted:
         dw = merged[name] - w_base[name]
         assert deltas.loc[name, "delta_numerical_rank"] == 4 and deltas.loc[name, "adapter_rank"] == 4
+        assert deltas.loc[name, "dtype"] == "F32"  # the factors as peft stored them
         assert deltas.loc[name, "adapter_scale"] == pytest.approx(8 / 4)
         assert deltas.loc[name, "delta_frobenius"] == pytest.approx(np.linalg.norm(dw), rel=1e-5)
         assert deltas.loc[name, "delta_spectral_norm"] == pytest.approx(np.linalg.norm(dw, 2), rel=1e-5)

@@ -69,7 +69,7 @@ def test_the_demo_config_spells_out_the_defaults():
 @pytest.mark.parametrize("config, message", [
     (models(tune={**TUNE, "base": "hubb"}),
      "[tune] config.yaml: config key models.tune.base: 'hubb' is not a model in this config (did you mean 'hub'?). "
-     "Fix: name the model it was fine-tuned from (one of: hub, tune)."),
+     "Fix: name the model it was fine-tuned from (one of: hub)."),
     (models(tune={**TUNE, "base": "tune"}),
      "[tune] config.yaml: config key models.tune.base names the model itself. "
      "Fix: name the model it was fine-tuned from (another model slug), or delete base."),

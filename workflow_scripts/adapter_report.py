@@ -30,7 +30,8 @@ def main(snakemake):
              f"An adapter has no weights of its own: this report is its update dW = scale B A against "
              f"[{base}](../{base}/report.md), per matrix, from its factors (never the dense product); "
              f"the numbers: [deltas.csv]({csv}).",
-             "", delta_section(deltas, by_layer, figures, model, base, level=snakemake.params.level)]
+             "", delta_section(deltas, by_layer, figures, model, base, level=snakemake.params.level,
+                               with_findings=False)]
     with atomic_path(snakemake.output[0]) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 

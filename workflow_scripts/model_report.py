@@ -107,7 +107,7 @@ def delta_lines(snakemake, target_dir) -> str:
     figures = {os.path.basename(p).rsplit(".", 1)[0]: os.path.relpath(p, target_dir)
                for p in snakemake.input.delta_plots}
     return delta_section(deltas, by_layer, figures, snakemake.wildcards.model, snakemake.params.base,
-                         level=snakemake.params.level)
+                         level=snakemake.params.level, with_findings=False)  # they open the report
 
 
 def main(snakemake):

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from blockscope.errors import BlockscopeError
+from blockscope.io.dtypes import NUMPY_TO_SAFETENSORS
 from blockscope.io.safetensors_file import checkpoint_files, read_header, tensor_view
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -56,10 +57,24 @@ MERGE_CHUNK_BYTES = 256 * 2**20  # float64 rows of a matrix merged at a time
 
 
 class LoraFactors(NamedTuple):
-    """dW = scale * B @ A in the base weight's stored orientation: B (rows x r), A (r x cols), float64."""
+    """dW = scale * B @ A in the base weight's stored orientation: B (rows x r), A (r x cols), float64;
+    dtype: the coarser of the two factors' stored formats (safetensors name), whose rounding the
+    numerical rank of dW must not count."""
     B: np.ndarray
     A: np.ndarray
     scale: float
+    dtype: str = "F64"
+
+
+# Floating formats from the coarsest: the stored format of a pair of factors is the coarser one's.
+FORMAT_ORDER = ("float8_e4m3fn", "bfloat16", "float16", "float32", "float64")
+
+
+def stored_format(*arrays) -> str:
+    """The safetensors name of the coarsest stored floating format among `arrays`."""
+    names = [array.dtype.name for array in arrays]
+    coarsest = min(names, key=lambda name: FORMAT_ORDER.index(name) if name in FORMAT_ORDER else len(FORMAT_ORDER))
+    return NUMPY_TO_SAFETENSORS.get(coarsest, coarsest)
 
 
 def lora_scale(lora_alpha: float, r: int, use_rslora: bool) -> float:
@@ -207,12 +222,13 @@ def _normalised(module, parts, config, path, model) -> LoraFactors:
         raise BlockscopeError(f"module {module} has factors lora_A {_dims(A.shape)} and lora_B {_dims(B.shape)}, not "
                               f"of the rank r = {r} its {ADAPTER_CONFIG} gives it", model=model, path=path,
                               fix="save the adapter again with peft's save_pretrained")
+    dtype = stored_format(A, B)
     A, B = A.astype(np.float64), B.astype(np.float64)
     # peft: dW = scaling * (B @ A)^T for an embedding and a fan_in_fan_out layer, i.e. (A^T) @ (B^T)
     transposed = parts["embedding"] or bool(config.get("fan_in_fan_out"))
     left, right = (A.T, B.T) if transposed else (B, A)
     return LoraFactors(np.ascontiguousarray(left), np.ascontiguousarray(right),
-                       lora_scale(alpha, r, bool(config.get("use_rslora"))))
+                       lora_scale(alpha, r, bool(config.get("use_rslora"))), dtype)
 
 
 def read_adapter(folder, base_shapes: dict, model=None) -> tuple:

@@ -33,8 +33,9 @@ def compare_pairs(config) -> list[tuple[str, str]]:
 def _not_a_model(origins, keys, slug, models, fix):
     near = nearest(slug, models, n=1)
     guess = f" (did you mean {near[0]!r}?)" if near else ""
+    candidates = [model for model in models if model not in keys]  # never the model the key belongs to
     fail(origins, keys, f"config key {dotted(keys)}: {short_repr(slug)} is not a model in this config{guess}",
-         f"{fix} (one of: {', '.join(models)})")
+         f"{fix} (one of: {', '.join(candidates)})")
 
 
 def _adapter_has_no_weights(origins, keys, slug, models, role):

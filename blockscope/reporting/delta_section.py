@@ -23,6 +23,7 @@ from blockscope.pair_layout import (
     COMPARE_BY_LAYER,
     COMPARE_DISTANCES_CSV,
     DELTA_BELOW_ROUNDING,
+    DELTA_CHANGED,
     DELTA_NO_TAIL,
     DELTA_UNCHANGED,
     DELTAS_BY_LAYER,
@@ -111,13 +112,13 @@ def moved_most_finding(deltas, by_layer, model: str, base: str, prefix: str = ""
     if whole["relative_change"] == 0:
         return (f"All {plural(whole['matrices'], 'matrix')} of {model} are bit-identical to {base}: nothing moved "
                 f"({source}).")
-    start = base if base == "the base" else f"its base {base}"
+    start = base if base == "the base" else f"its base ({base})"
     lead = (f"{model} moved from {start} by a pooled relative change of {number(whole['relative_change'])} "
             f"(sqrt(Σ‖ΔW‖²_F / Σ‖W_base‖²_F) over its {plural(whole['matrices'], 'matrix')} compared)")
     layers = top_layers(by_layer, "relative_change")
     if not layers:
         return f"{lead} ({source})."
-    return (f"{lead}; the layers that moved most: {layers} (the median layer: "
+    return (f"{lead}; the layers with the largest change (measured, not tested): {layers} (the median layer: "
             f"{number(layer_median(by_layer, 'relative_change'))}) ({source}).")
 
 
@@ -130,7 +131,8 @@ def block_type_finding(deltas, prefix: str = "") -> str | None:
     listed = ", ".join(f"{r.block_type} {number(r.relative_change)}" for r in kinds.head(LISTED_TYPES).itertuples())
     more = f" and {len(kinds) - LISTED_TYPES} more" if len(kinds) > LISTED_TYPES else ""
     top = kinds.iloc[0]
-    ranking = (f"{top['block_type']} moved most" if len(kinds) > 1 else f"only {top['block_type']} was compared")
+    ranking = (f"the largest is {top['block_type']}'s (a ranking of measured changes, not a test)" if len(kinds) > 1
+               else f"only {top['block_type']} was compared")
     return (f"By block type (pooled relative change over all layers): {listed}{more}; {ranking} "
             f"({md_link(prefix + DELTAS_FILE)}).")
 
@@ -148,19 +150,19 @@ def low_rank_finding(deltas, prefix: str = "") -> str | None:
     if np.isfinite(design).any():
         spread = "" if np.nanmin(design) == np.nanmax(design) else f" (median; {spread_words(design)})"
         scale = f", of a design rank min(rows, cols) of {np.nanmedian(design):g}{spread}"
-    sentence = (f"90 % of the update's energy (Σσ² of ΔW) fits in rank {np.median(ranks[finite]):g} in the median "
-                f"changed matrix (largest: rank {ranks[finite].max():g}, {where(widest)}){scale}, over "
+    sentence = (f"90 % of the update's energy (Σσ² of ΔW) fits in rank {spread_words(ranks[finite])} per changed "
+                f"matrix (median {np.median(ranks[finite]):g}; largest at {where(widest)}){scale}, over "
                 f"{plural(int(finite.sum()), 'changed matrix')}")
     numerical = numbers(moved, "delta_numerical_rank")
     numerical = numerical[np.isfinite(numerical)]
     if numerical.size:
-        sentence += (f"; ΔW's numerical rank above the storage rounding is {np.median(numerical):g} (median; max "
-                     f"{numerical.max():g})")
+        sentence += (f"; ΔW's numerical rank above the storage rounding is {spread_words(numerical)} (median "
+                     f"{np.median(numerical):g})")
     no_tail = int((moved["status"] == DELTA_NO_TAIL).sum())
     if no_tail:
         verb = "has" if no_tail == 1 else "have"
-        sentence += (f"; {no_tail} of {plural(len(moved), 'changed matrix')} {verb} too few nonzero singular values "
-                     "for a tail fit (no delta α)")
+        sentence += (f"; {no_tail} of {plural(len(moved), 'changed matrix')} {verb} too few singular values above the "
+                     "rounding level for a tail fit (no delta α)")
     return f"{sentence} ({md_link(prefix + DELTAS_FILE)})."
 
 
@@ -283,19 +285,25 @@ DELTA_LAYER_COLUMNS = {"matrices": "matrices", "changed": "changed", "relative_c
 
 
 def delta_section(deltas: pd.DataFrame | None, by_layer: pd.DataFrame | None, figures: dict, model: str, base: str,
-                  level: float = 0.95, prefix: str = "") -> str:
-    """Markdown: the model against its base: what ΔW is, the findings, a per-layer table (ALL_TYPES rows),
-    the figures (name -> path relative to the report) and where the per-matrix table is."""
-    lines = [f"## {model} against its base {base}", ""]
+                  level: float = 0.95, prefix: str = "", with_findings: bool = True) -> str:
+    """Markdown: the model against its base: what ΔW is, the findings (unless the report lists them
+    already: with_findings False), a per-layer table (ALL_TYPES rows), the figures (name -> path
+    relative to the report) and where the per-matrix table is."""
+    lines = [f"## {model} against its base ({base})", ""]
     if not has(deltas, "status", "block_type"):
         return "\n".join(lines + ["_(no delta: the deltas table is empty)_", ""])
-    lines += [f"ΔW = W − W_base per matrix, in float64 from the stored values of {model} and {base}. "
-              "Relative change: ‖ΔW‖_F / ‖W_base‖_F; per layer and block type it is pooled, sqrt(Σ‖ΔW‖²_F / "
+    adapter = has(deltas, "adapter_rank") and bool(np.isfinite(numbers(deltas, "adapter_rank")).any())
+    what = (f"ΔW = scale · B A per adapted matrix, from the adapter's factors (its singular values from the r x r "
+            f"core after QR of B and A, never the dense product), against {base}'s stored values. " if adapter else
+            f"ΔW = W − W_base per matrix, in float64 from the stored values of {model} and {base}. ")
+    findings = ["Findings (descriptive: nothing here is tested):", "",
+                *[f"- {sentence}" for sentence in delta_findings(deltas, by_layer, level, prefix)], ""]
+    lines += [what + "Relative change: ‖ΔW‖_F / ‖W_base‖_F; per layer and block type it is pooled, sqrt(Σ‖ΔW‖²_F / "
               "Σ‖W_base‖²_F) over the group's matrices, so each matrix counts by its size. Ranks count singular "
               "values of ΔW above the rounding level of the stored formats, so that storage noise does not read "
-              "as rank; the other columns are medians over the changed matrices.", "",
-              "Findings (descriptive: nothing here is tested):", "",
-              *[f"- {sentence}" for sentence in delta_findings(deltas, by_layer, level, prefix)], "",
+              "as rank; the other columns are medians over the changed matrices. The findings are descriptive: "
+              "nothing here is tested.", "",
+              *(findings if with_findings else []),
               f"Per layer, over all its block types (per block type in "
               f"{md_link(prefix + DELTAS_BY_LAYER_FILE)}):", "",
               text_table(compact_by_layer(by_layer, DELTA_LAYER_COLUMNS)), ""]
@@ -311,11 +319,14 @@ def distance_finding(distances, by_layer, model: str, other: str, prefix: str) -
     whole = distance_group(distances)
     if whole["matrices"] == 0:
         return None
-    angle = numbers(compared(distances), "angle_degrees")
-    angle = angle[np.isfinite(angle)]
+    moved = compared(distances)
+    moved = moved[moved["status"] == DELTA_CHANGED]  # a bit-identical pair's cosine of 1 says nothing
+    cosines, angle = numbers(moved, "weight_cosine"), numbers(moved, "angle_degrees")
+    cosines, angle = cosines[np.isfinite(cosines)], angle[np.isfinite(angle)]
     cosine = ""
-    if np.isfinite(whole["weight_cosine"]):
-        cosine = f"; the median matrix's weight cosine is {whole['weight_cosine']:.4f}"
+    if cosines.size:
+        cosine = (f"; over the {plural(len(moved), 'matrix')} that differ, the median weight cosine is "
+                  f"{np.median(cosines):.4f}")
         cosine += f" (an angle of {np.median(angle):.2f}°)" if angle.size else ""
     layers = top_layers(by_layer, "relative_distance")
     layers = (f"; furthest apart in layers {layers} (the median layer: "
