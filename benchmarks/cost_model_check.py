@@ -4,7 +4,8 @@
    running the workflow with --run demo and/or --run qwen0.5b into --workdir): the per-unit
    jobs' Snakemake benchmark files (results/{model}/benchmarks/{rule}/{unit}.tsv, column s)
    summed per rule and overall, against blockscope.planning.cost_model's prediction from the same
-   inventory on this machine's cached throughput. Ratio = predicted / measured; the target is
+   inventory on this machine's cached throughput (the anatomy priced with its diagnostics part,
+   and their singular vectors, where the run wrote them). Ratio = predicted / measured; the target is
    within 30 % in total (0.7 - 1.3). The model predicts CPU seconds (a job's wall time on an
    idle core), so --run runs one job at a time (--cores 1) and both ratios are printed: against
    the jobs' wall seconds (s: what an idle core shows) and against their CPU seconds (cpu_time:
@@ -33,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from blockscope.diagnostic_layout import DIAGNOSTICS
 from blockscope.planning.config_inventory import inventory_from_config
 from blockscope.planning.job_start import GPU_RULES, PER_UNIT_RULES
 from blockscope.planning.model_plan import hms, plan_model
@@ -76,6 +78,17 @@ def run_workflow(name: str, workdir: Path, cores: int) -> list:
     return [workdir / "results" / m for m in models]
 
 
+def diagnosed(results: Path) -> tuple:
+    """(diagnostics, vectors) of a finished run: whether its anatomy jobs ran the diagnostics part
+    (config diagnostics.enabled: a diagnostics table per unit) and computed singular vectors
+    (diagnostics.vectors: a vector_k in them)."""
+    unit_tables = results.parent.parent.glob(DIAGNOSTICS.format(model=results.name, unit="*"))
+    tables = [p for p in unit_tables if not p.name.startswith("rand_spectra_")]
+    if not tables:
+        return False, False
+    return True, bool(pd.read_parquet(tables[0], columns=["vector_k"])["vector_k"].notna().any())
+
+
 def measured_vs_predicted(results: Path, speed, method="auto", precisions=PRECISIONS) -> pd.DataFrame:
     """Per per-unit rule: jobs, measured and predicted job-seconds, and their ratio."""
     dims = json.loads((results / "model.json").read_text())
@@ -83,7 +96,9 @@ def measured_vs_predicted(results: Path, speed, method="auto", precisions=PRECIS
     files = [p for rule in PER_UNIT_RULES for p in (results / "benchmarks" / rule).glob("*.tsv")]
     measured = read_benchmarks(files)
     ran = {unit: None for unit in measured["job"].unique()}  # price exactly the jobs that ran
-    predicted = plan_model(inventory, dims, speed, method, precisions=precisions, selected=ran)
+    diagnostics, vectors = diagnosed(results)
+    predicted = plan_model(inventory, dims, speed, method, precisions=precisions, selected=ran,
+                           diagnostics=diagnostics, vectors=vectors)
     table = pd.DataFrame({"jobs": measured.groupby("rule").size(), "measured_s": measured.groupby("rule")["s"].sum(),
                           "measured_cpu_s": measured.groupby("rule")["cpu_time"].sum(),
                           "predicted_s": predicted.groupby("rule")["seconds"].sum(),
@@ -114,7 +129,8 @@ def planned_costs(name: str, speeds: dict) -> dict:
 
 
 def wall(backend, seconds, gpu, cores) -> float:
-    """Wall time: CPU jobs share the cores; on one GPU the anatomy jobs queue for it
+    """Wall time: CPU jobs share the cores; on one GPU the anatomy jobs (their diagnostics part
+    included, config diagnostics' defaults) queue for it
     while the other rules share the box's cores (16 assumed)."""
     if backend == "cpu":
         return seconds / cores

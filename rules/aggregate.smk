@@ -6,6 +6,7 @@ rule aggregate:
         metrics=per_unit("metrics"),
         heads=per_unit("heads"),
         precision=per_unit("precision"),
+        diagnostics=diagnostics_files(),
         dims=layout.MODEL_JSON,
     output:
         metrics=layout.METRICS,

@@ -1,5 +1,6 @@
 # Per unit, one job: all singular values and every per-matrix metric, the precision sweep of
-# alpha-Hill, the per-head QK / OV kernels. Each part is recomputed only when its own settings,
+# alpha-Hill, the per-head QK / OV kernels, WeightWatcher's other diagnostics (diagnostics.enabled).
+# Each part is recomputed only when its own settings,
 # code or inputs changed (blockscope/analysis/part_stamps.py): its outputs are update() so the job sees them.
 
 
@@ -9,6 +10,7 @@ rule anatomy:
         inventory=layout.INVENTORY,
         dims=layout.MODEL_JSON,
     output:
+        **anatomy_diagnostics_outputs(),
         spectra=update(layout.SPECTRA),
         metrics=update(layout.UNIT_METRICS),
         precision=update(layout.UNIT_PRECISION),
@@ -40,5 +42,6 @@ rule anatomy:
             "code": part_code("precision"),
         },
         heads={"code": part_code("heads")},
+        diagnostics={**DIAGNOSTICS, "code": part_code("diagnostics")},
     script:
         "../workflow_scripts/anatomy.py"

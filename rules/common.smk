@@ -15,7 +15,7 @@ from snakemake.exceptions import IncompleteCheckpointException
 from blockscope.planning.job_start import PER_UNIT_RULES as PRICED_RULES
 from blockscope.planning.model_plan import predicted_jobs
 from blockscope.planning.slurm import slurm_request
-from blockscope import layout, pair_layout
+from blockscope import diagnostic_layout, layout, pair_layout
 from blockscope.checkpoint import selection as select
 from blockscope.analysis.part_stamps import PART_MODULES
 from blockscope.runtime.code_version import code_version
@@ -42,6 +42,8 @@ CHECKPOINTS = [slug for slug in MODELS if slug not in ADAPTERS]  # models with w
 PAIRS = compare_pairs(config)
 SERIES = config["series"]
 DELTA_SETTINGS = {"subspace_k": config["deltas"]["subspace_k"], "hill_fraction": config["precision"]["k_fraction"]}
+# WeightWatcher's remaining diagnostics: the anatomy's fourth part, joined into the metrics by aggregate.
+DIAGNOSTICS = config["diagnostics"]
 # rule adapter_report writes the report.md of adapter-only models, model_report every other's
 ADAPTER_WILDCARD = "|".join(map(re.escape, ADAPTERS)) or "(?!)"
 # rule fetch_adapter fetches peft models (merged or not), fetch every other

@@ -297,15 +297,68 @@ def compress_variant(folder):
     return {"variant": directory(f"{folder}/variant")} if COMPRESS["save_variants"] else {}
 
 
+# --- the low-rank experiment (compress.lowrank; the compress_lowrank rule) ---------------------------
+
+from blockscope.diagnostic_layout import COMPRESS_LOWRANK
+
+LOWRANK = COMPRESS["lowrank"]  # the schema fills every default
+
+
+def lowrank_on():
+    """Whether the low-rank experiment runs (compress and compress.lowrank enabled)."""
+    return COMPRESS["enabled"] and LOWRANK["enabled"]
+
+
+def lowrank_settings():
+    """compress.lowrank as the job reads it: the budgets of this backend, random_seeds resolved
+    (null: compress.random_seeds)."""
+    cuda = BACKEND == "cuda"
+    out = {key: LOWRANK[key] for key in ("allocations", "alpha_metric", "eps", "block_types", "last_layers", "laser")}
+    seeds = LOWRANK["random_seeds"]
+    return {
+        **out,
+        "budgets": LOWRANK["gpu_budgets" if cuda else "budgets"],
+        "random_seeds": COMPRESS["random_seeds"] if seeds is None else seeds,
+    }
+
+
+def lowrank_evaluation():
+    """compress_comparison_settings() with the experiment's own window budget (null: compress's)."""
+    settings = compress_comparison_settings()
+    own = LOWRANK["gpu_max_tokens" if BACKEND == "cuda" else "max_tokens"]
+    return {**settings, "max_tokens": settings["max_tokens"] if own is None else own}
+
+
+def lowrank_plot_inputs():
+    """compress_plots' inputs for the low-rank Pareto figure, when the experiment runs."""
+    if not lowrank_on():
+        return {}
+    return {"lowrank": f"{COMPRESS_LOWRANK}/summary.parquet", "lowrank_plans": f"{COMPRESS_LOWRANK}/plans.json"}
+
+
+def lowrank_plot_outputs():
+    if not lowrank_on():
+        return {}
+    return {
+        "lowrank": figure(
+            f"{COMPRESS_LOWRANK}/pareto",
+            category="{model}",
+            subcategory="compression",
+            caption="../report/compress_lowrank.rst",
+        )
+    }
+
+
+def compress_folders():
+    """The experiments' folders (results/{model}/compress/*): quant, prune and, when on, lowrank."""
+    return (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE, *([COMPRESS_LOWRANK] if lowrank_on() else []))
+
+
 def compress_summaries(models):
     """Input: the experiments' summary tables of `models` (none when compress is off)."""
     if not COMPRESS["enabled"]:
         return []
-    return [
-        f"{folder}/summary.parquet".format(model=m)
-        for m in models
-        for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
-    ]
+    return [f"{folder}/summary.parquet".format(model=m) for m in models for folder in compress_folders()]
 
 
 def compress_targets(model):
@@ -316,12 +369,13 @@ def compress_targets(model):
         *[f"{layout.COMPRESS_QUANT}/{name}".format(model=model) for name in ("summary.parquet", "plans.json")],
         *[f"{layout.COMPRESS_PRUNE}/{name}".format(model=model) for name in ("summary.parquet", "allocations.parquet")],
         *[
-            path
-            for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
-            for path in figure_files(f"{folder}/pareto".format(model=model))
+            f"{COMPRESS_LOWRANK}/{name}".format(model=model)
+            for name in ("summary.parquet", "allocations.parquet")
+            if lowrank_on()
         ],
+        *[path for folder in compress_folders() for path in figure_files(f"{folder}/pareto".format(model=model))],
         *(
-            [f"{folder}/variant".format(model=model) for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)]
+            [f"{folder}/variant".format(model=model) for folder in compress_folders()]
             if COMPRESS["save_variants"]
             else []
         ),
@@ -397,11 +451,7 @@ def compress_comparisons(models):
     """Input: the experiments' comparisons tables of `models` (none when compress is off)."""
     if not COMPRESS["enabled"]:
         return []
-    return [
-        f"{folder}/comparisons.parquet".format(model=m)
-        for m in models
-        for folder in (layout.COMPRESS_QUANT, layout.COMPRESS_PRUNE)
-    ]
+    return [f"{folder}/comparisons.parquet".format(model=m) for m in models for folder in compress_folders()]
 
 
 def sensitivity_report_files(models, figures=True):
@@ -531,3 +581,36 @@ def series_files(figures=True, formats=None):
             *(figure_files(pair_layout.SERIES_FIGURE.format(series=name), formats) if figures else []),
         ]
     ]
+
+
+# --- WeightWatcher's remaining diagnostics (the anatomy's diagnostics part) ---------------------
+
+
+def anatomy_diagnostics_outputs():
+    """The anatomy's diagnostics outputs, when diagnostics.enabled (update(): a part kept when current)."""
+    if not DIAGNOSTICS["enabled"]:
+        return {}
+    return {
+        "diagnostics": update(diagnostic_layout.DIAGNOSTICS),
+        "rand_spectra": update(diagnostic_layout.RAND_SPECTRA),
+    }
+
+
+def diagnostics_files(kind="diagnostics"):
+    """Input function: a model's per-unit diagnostics (or permuted spectra) files, every unit; none
+    when diagnostics.enabled is false."""
+    path = diagnostic_layout.DIAGNOSTICS if kind == "diagnostics" else diagnostic_layout.RAND_SPECTRA
+    if not DIAGNOSTICS["enabled"]:
+        return lambda wildcards: []
+    return lambda wildcards: [path.format(model=wildcards.model, unit=unit) for unit in units(wildcards.model)]
+
+
+def layer_diagnostics(wildcards):
+    """esd_plot's optional inputs: the layer's permuted spectra and diagnostics (the MP edge), when on."""
+    if not DIAGNOSTICS["enabled"]:
+        return {}
+    unit = layout.layer_unit(int(wildcards.layer))
+    return {
+        "rand_spectra": diagnostic_layout.RAND_SPECTRA.format(model=wildcards.model, unit=unit),
+        "diagnostics": diagnostic_layout.DIAGNOSTICS.format(model=wildcards.model, unit=unit),
+    }

@@ -30,6 +30,7 @@ rule metric_plots:
 
 rule esd_plot:
     input:
+        unpack(layer_diagnostics),
         spectra=layer_file("spectra"),
         metrics=layer_file("metrics"),
     output:
@@ -142,6 +143,7 @@ rule model_report:
         group_size=config["quantization"]["group_size"],
         level=EVALUATION["confidence"],
         base=lambda w: BASES.get(w.model, ""),
+        tpl_level=DIAGNOSTICS["tpl_level"],
         code=code("model_report"),
     script:
         "../workflow_scripts/model_report.py"

@@ -18,6 +18,8 @@ def plan_options(model):
         "method": SVD_METHOD,
         "compute_dtype": config["compute_dtype"],
         "precisions": config["precision"]["precisions"],
+        "diagnostics": config["diagnostics"]["enabled"],
+        "vectors": config["diagnostics"]["vectors"],
         **({"deltas": True} if model in BASES else {}),
         **({"adapter_only": True} if model in ADAPTERS else {}),
     }
@@ -84,7 +86,7 @@ def longest_first(rule):
 
 
 def predicted_delta(resource):
-    """Rule deltas' SLURM request (priced for a model with a base, an adapter from its base's inventory)."""
+    """The deltas rule's SLURM request (priced for a model with a base, an adapter from its base's inventory)."""
     return predicted("deltas", resource)
 
 

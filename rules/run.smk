@@ -42,7 +42,7 @@ def stop_run(line):
 def one_line_when_blocked(execute):
     """workflow.execute, ending in one line where Snakemake would end in its lock or write-protection
     report (the files that report lists follow "affected files:")."""
-    from snakemake.exceptions import LockException, ProtectedOutputException
+    from snakemake.exceptions import LockException, ProtectedOutputException, WorkflowError
 
     @functools.wraps(execute)
     def checked(*args, **kwargs):
@@ -54,6 +54,12 @@ def one_line_when_blocked(execute):
             if line is None:
                 raise
             stop_run(line)
+        except WorkflowError as exc:  # after LockException, one of its kind
+            # The DAG read a file's time while another run (holding the lock) replaced it: that run's
+            # lock, not the vanished file, is what the user needs to hear about.
+            if "concurrent process has deleted it" in str(exc) and lock_error() is not None:
+                stop_run(lock_error())
+            raise
 
     return checked
 

@@ -40,6 +40,8 @@ def benchmark_files(model):
         ]
     if COMPRESS["enabled"] and SENSITIVITY["enabled"]:
         files += [benchmark("compress_sensitivity").replace("{model}", model)]
+    if lowrank_on():
+        files += [benchmark("compress_lowrank").replace("{model}", model)]
     if model in BASES:
         files += [benchmark("deltas", unit).replace("{model}", model) for unit in delta_units(model)]
         files += [benchmark(rule).replace("{model}", model) for rule in ("delta_tables", "delta_plots")]
@@ -55,6 +57,12 @@ def model_files(model, dims=None):
         layout.MODEL_JSON.format(model=model),
         layout.SELECTION.format(model=model),
         *[layout.per_unit(kind, model, unit) for kind in layout.PER_UNIT_KINDS for unit in units(model, dims)],
+        *[
+            path.format(model=model, unit=unit)
+            for path in (diagnostic_layout.DIAGNOSTICS, diagnostic_layout.RAND_SPECTRA)
+            for unit in units(model, dims)
+            if DIAGNOSTICS["enabled"]
+        ],
         *[layout.deep_dive(model, layer, head, "parquet") for layer, head in deep_dive_heads(model, dims)],
         *expand("results/{model}/embedding/{name}.parquet", model=model, name=["elbow", "clusters", "pca_points"]),
     ]

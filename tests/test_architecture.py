@@ -17,7 +17,7 @@ PACKAGE = ROOT / "blockscope"
 SCRIPTS = ROOT / "workflow_scripts"
 # Lowest first: checkpoint -> tensors -> analysis -> tables -> evaluation/compression -> reporting.
 LAYERS = [
-    {"errors", "layout", "pair_layout"},   # the contracts every stage speaks
+    {"errors", "layout", "pair_layout", "diagnostic_layout"},   # the contracts every stage speaks
     {"runtime"},            # how a job runs: device, GPU slots, code hashes, the script step
     {"io"},                 # files: atomic writes, dtypes, safetensors, per-unit Parquet
     {"checkpoint"},         # sources, inventory, block types, attention layout, selection
@@ -147,10 +147,10 @@ def test_the_workflow_layer_check_sees_a_path_into_the_workflow():
 
 
 # Every rule script is one of two kinds; a new script must be placed (test below).
-COMPUTING = ["aggregate", "anatomy", "compare_tables", "compress_prune", "compress_quant", "compress_sensitivity",
-             "delta_pairing", "delta_tables", "deltas", "detail_tables", "distances", "embedding", "evaluate_base",
-             "extract", "fetch", "fetch_adapter", "fetch_corpus", "head_deep_dive", "headmerge", "inventory", "plan",
-             "selection", "sensitivity_metrics", "series", "summary"]
+COMPUTING = ["aggregate", "anatomy", "compare_tables", "compress_lowrank", "compress_prune", "compress_quant",
+             "compress_sensitivity", "delta_pairing", "delta_tables", "deltas", "detail_tables", "distances",
+             "embedding", "evaluate_base", "extract", "fetch", "fetch_adapter", "fetch_corpus", "head_deep_dive",
+             "headmerge", "inventory", "plan", "selection", "sensitivity_metrics", "series", "summary"]
 REPORTING = ["adapter_report", "compare_plots", "compress_plots", "delta_plots", "down_proj_plot", "embedding_plots",
              "esd_plot", "head_deep_dive_plot", "head_precision_plots", "headmerge_plots", "metric_plots",
              "model_report", "precision_category_plots", "series_plots", "summary_plots", "summary_report"]

@@ -1,6 +1,6 @@
 """The cost model: flop counts, predictions from a real inventory, the cached throughput, the
 SLURM requests, the inventory of a transformers config built without weights, the modules a
-job's start imports, and blockscope-plan's table and JSON."""
+job's start imports, the anatomy's diagnostics part, and blockscope-plan's table and JSON."""
 
 import ast
 import json
@@ -22,12 +22,22 @@ from blockscope.planning.cli import main
 from blockscope.planning.config_inventory import inventory_from_config
 from blockscope.planning.devices import DEVICES
 from blockscope.planning.flops import eigh_flops, gesdd_flops, gram_flops
-from blockscope.planning.job_start import DELTA_RULES, GPU_RULES, JOB_MODULES, PER_UNIT_RULES, PRICED_RULES
+from blockscope.planning.job_start import (
+    DELTA_RULES,
+    GPU_RULES,
+    JOB_MODULES,
+    PER_UNIT_RULES,
+    PRICED_RULES,
+)
 from blockscope.planning.model_plan import one_gpu_wall_s, plan_document, plan_model, predicted_jobs
 from blockscope.planning.pricing import (
     DEFAULT_METHOD,
+    DIAGNOSTICS,
+    MAX_FINGERS,
     METHODS,
     PARTS,
+    VECTOR_K,
+    VECTORS,
     Job,
     computed_precisions,
     predict_unit,
@@ -49,6 +59,12 @@ def speed(tmp_path_factory):
         patch.setenv("XDG_CACHE_HOME", str(cache))
         first = throughput("cpu")
         yield first, cache
+
+
+@pytest.fixture(scope="module")
+def h100(speed):
+    """This machine's throughput with an H100 SXM's published GPU rates (its job starts measured once)."""
+    return _on_gpu(speed[0], "h100-sxm", time.perf_counter())
 
 
 @pytest.fixture(scope="module")
@@ -210,12 +226,11 @@ def test_the_schema_offers_exactly_the_devices_with_published_throughput():
     assert SCHEMA["properties"]["plan"]["properties"]["gpu"]["enum"] == list(DEVICES)
 
 
-def test_a_gpu_prices_every_eigensolve_at_its_own_rate(speed):
+def test_a_gpu_prices_every_eigensolve_at_its_own_rate(speed, h100):
     """The CPU's two-stage eigh rate (Grams from gram.TWO_STAGE_MIN_N up) never reaches a GPU's
     prediction: an H100's 4096-sided Gram is priced at its published eigh rate, not the host's."""
-    host = speed[0]
+    host, gpu = speed[0], h100
     assert host.rates["eigh64_two_stage"] > 0
-    gpu = _on_gpu(host, "h100-sxm", time.perf_counter())
     n = 4096
     expected = gram_flops(n, n) / gpu.rates["gemm64"] + eigh_flops(n) / gpu.rates["eigh64"]
     assert svd_seconds(n, n, 32, "gram", gpu.rates) == pytest.approx(expected)
@@ -252,7 +267,9 @@ def rule_scripts() -> dict:
 
 def test_every_priced_rule_has_its_job_start_modules():
     assert set(JOB_MODULES) == set(PRICED_RULES) == set(PER_UNIT_RULES) | set(DELTA_RULES)
-    assert not set(PER_UNIT_RULES) & set(DELTA_RULES) and set(GPU_RULES) <= set(PRICED_RULES)
+    assert len(PRICED_RULES) == len(PER_UNIT_RULES) + len(DELTA_RULES)  # disjoint
+    assert "diagnostics" not in PRICED_RULES  # the anatomy's part, not a rule of its own
+    assert set(GPU_RULES) <= set(PRICED_RULES)
 
 
 @pytest.mark.parametrize("rule", PRICED_RULES)
@@ -335,7 +352,7 @@ def test_the_plan_prints_a_table_per_rule_whose_totals_are_the_jobs_sums(speed, 
             assert rows[rule]["jobs"] == len(mine)
             assert rows[rule][f"{label} s"] == pytest.approx(mine["seconds"].sum(), abs=rounding)
             assert rows[rule][f"{label} peak MB"] == pytest.approx(mine["mem_mb"].max(), abs=0.6)
-        assert rows["total"]["jobs"] == len(jobs) == 2 * len(units)
+        assert rows["total"]["jobs"] == len(jobs) == len(PER_UNIT_RULES) * len(units)
         assert rows["total"][f"{label} s"] == pytest.approx(jobs["seconds"].sum(), abs=rounding)
         per_rule = sum(rows[rule][f"{label} s"] for rule in PER_UNIT_RULES)
         assert rows["total"][f"{label} s"] == pytest.approx(per_rule, abs=0.15)
@@ -352,7 +369,7 @@ def test_the_plan_s_default_method_is_the_workflow_s_and_json_goes_to_stdout(spe
     captured = capsys.readouterr()
     document = json.loads(captured.out)  # stdout holds the JSON alone, the table goes to stderr
     assert document["method"] == "auto" and "svd_method auto" in captured.err and "gpu" not in document
-    assert len(document["jobs"]) == 2 * inventory["unit"].nunique()
+    assert len(document["jobs"]) == len(PER_UNIT_RULES) * inventory["unit"].nunique()
     header, rows = table_rows(captured.err)
     assert header == ["rule", "jobs", "here s", "here peak MB"]
     assert rows["total"]["here s"] == pytest.approx(sum(job["seconds"] for job in document["jobs"]),
@@ -430,11 +447,10 @@ def test_a_deltas_job_grows_with_the_cube_of_its_matrices_and_an_adapter_costs_l
     assert adapter.seconds > 2 * subspaces_formula(n, n, 10, speed[0].rates)  # W's and W_base's subspaces remain
 
 
-def test_a_gpu_prices_a_deltas_job_s_svd_at_its_rates_and_its_subspaces_at_the_host_s(speed):
+def test_a_gpu_prices_a_deltas_job_s_svd_at_its_rates_and_its_subspaces_at_the_host_s(speed, h100):
     """On CUDA dW's SVD runs on the GPU and only dW travels there; the subspaces of W and W_base
     run on the CPU (analysis.delta_unit), at the host's rates; the jobs queue on the one GPU."""
-    host = speed[0]
-    gpu = _on_gpu(host, "h100-sxm", time.perf_counter())
+    host, gpu = speed[0], h100
     assert "deltas" in GPU_RULES and gpu.start_s["deltas"] > host.start_s["deltas"]  # torch and a CUDA context
     assert gpu.rates["gemm64"] != host.rates["gemm64"]
     shapes, n = [(4096, 4096)], 4096
@@ -500,3 +516,181 @@ def test_blockscope_plan_prices_the_deltas_on_request(speed, toy_results, capsys
     assert rows["deltas"]["here s"] == pytest.approx(sum(job["seconds"] for job in deltas), abs=0.05)
     assert main(["--results", str(results), "--device", "none", "--adapter-only", "--json"]) == 0
     assert {job["rule"] for job in json.loads(capsys.readouterr().out)["jobs"]} == {"deltas"}
+
+
+# --- the anatomy's diagnostics part (analysis.diagnostics) ------------------------------------
+
+
+def svd_formula(m, n, method, rates) -> float:
+    """Seconds of one float32 matrix's singular values (m >= n) written out: gesdd at the float32
+    rates (QR first when m >= 11n/6), or the float64 Gram product and its eigenvalues (n < 3072)."""
+    if method == "gram":
+        return 2 * m * n**2 / rates["gemm64"] + 4 * n**3 / 3 / rates["eigh64"]
+    if 6 * m >= 11 * n:
+        return (2 * m * n**2 - 2 * n**3 / 3) / rates["qr32"] + 8 * n**3 / 3 / rates["bidiag32"]
+    return (4 * m * n**2 - 4 * n**3 / 3) / rates["bidiag32"]
+
+
+def permutation_formula(m, n, permute) -> float:
+    """One permutation's seconds: its elements at the seconds per element measured on 512 x 512 and
+    2048 x 2048 matrices, interpolated in log(elements) between them, the nearer one's outside."""
+    share = np.clip(np.log(m * n / 512**2) / np.log(16), 0, 1)
+    return m * n * (permute[0] + share * (permute[1] - permute[0]))
+
+
+def diagnostics_formula(shapes, t, method) -> float:
+    """The diagnostics part's seconds written out (docs/cost-model.md), for shapes whose short side is
+    under 10 or at least 20: no start and no read of its own (the anatomy job's, shared); per matrix
+    (m >= n) with 10 eigenvalues or more one seeded permutation and its singular values, five of them
+    for a matrix under 100 eigenvalues (WeightWatcher's pooled replicas); the power-law fits (the
+    plain fit again, a KS scan ~n^2; clip_xmax's own and its refits without the 2 to 9 largest at
+    max_fingers 10, nine pruned scans ~n), one truncated power-law fit."""
+    d, seconds = t.diagnostics_s, 0.0
+    for rows, cols in shapes:
+        m, n = max(rows, cols), min(rows, cols)
+        if n < 10:
+            continue
+        replicas = 5 if n < 100 else 1
+        seconds += replicas * (permutation_formula(m, n, d["permute"]) + svd_formula(m, n, method, t.rates))
+        seconds += n**2 * d["powerlaw_fit"] + 9 * n * d["ks_optimal_fit"] + d["tpl"]
+    return seconds
+
+
+def vectors_formula(shapes, t) -> float:
+    """The top-k singular vectors (diagnostics.vectors) on the CPU written out: every matrix's from its
+    float64 Gram matrix, as the deltas' subspaces (subspaces_formula)."""
+    return sum(subspaces_formula(max(r, c), min(r, c), min(VECTOR_K, r, c), t.rates) for r, c in shapes)
+
+
+# square, tall (QR first), wide, small (five replicas), too small to fit (no permutation, no fits)
+DIAGNOSED = [(512, 512), (2048, 512), (256, 1536), (64, 200), (8, 300)]
+
+
+def test_calibration_measures_the_diagnostics_own_code_and_no_job_start_of_its_own(speed):
+    t = speed[0]
+    assert set(t.diagnostics_s) == {"permute", "powerlaw_fit", "ks_optimal_fit", "tpl"}
+    assert len(t.diagnostics_s["permute"]) == 2 and all(s > 0 for s in t.diagnostics_s["permute"])
+    assert all(t.diagnostics_s[key] > 0 for key in ("powerlaw_fit", "ks_optimal_fit", "tpl"))
+    assert set(t.start_s) == set(t.base_mb) == set(PRICED_RULES)  # the anatomy's start imports the diagnostics
+    assert "blockscope.analysis.diagnostics" in JOB_MODULES["anatomy"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_anatomy_job_adds_its_diagnostics_part_s_permuted_svds_and_fits(speed, method):
+    """diagnostics (config diagnostics.enabled, on by default): the anatomy job's fourth part, priced
+    inside its seconds (diagnostics_formula, one start and one read for all its parts) and its memory
+    (the largest part's arrays: here the diagnostics', the spectra's plus a permuted matrix)."""
+    t = speed[0]
+    rows = unit_rows(DIAGNOSED)
+    on, off = (predict_unit(rows, "anatomy", t, method, diagnostics=d) for d in (True, False))
+    assert on == predict_unit(rows, "anatomy", t, method)  # the default: on, no vectors
+    assert (DIAGNOSTICS, VECTORS) == (True, False)
+    others = [predict_unit(rows, part, t, method) for part in ("spectra", "precision", "heads")]
+    assert off.seconds == pytest.approx(t.start_s["anatomy"] + sum(p.seconds for p in others), rel=1e-12)
+    assert on.seconds - off.seconds == pytest.approx(diagnostics_formula(DIAGNOSED, t, method), rel=1e-9)
+    part = predict_unit(rows, "diagnostics", t, method)
+    assert part.seconds == pytest.approx(diagnostics_formula(DIAGNOSED, t, method), rel=1e-9)
+    assert on.flops == pytest.approx(off.flops + part.flops) and part.flops > 0
+    assert on.mem_mb == pytest.approx(t.base_mb["anatomy"] + part.mem_mb) and on.mem_mb > off.mem_mb
+    too_small = predict_unit(unit_rows([(8, 300)]), "diagnostics", t, method)  # nothing to fit: nothing
+    assert too_small.seconds == 0 and too_small.flops == 0
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+@pytest.mark.parametrize("method", [*METHODS, "auto"])
+def test_a_permuted_svd_costs_what_the_spectra_part_s_svd_of_the_matrix_costs(speed, h100, backend, method):
+    """The permutations' singular values run as the spectra's (compute_spectra, the same method, dtype
+    and backend): with every other term of both zeroed, the diagnostics part costs the spectra part,
+    on the GPU the matrices' travel included. Memory: the spectra part's arrays plus the permutations
+    held at once (one matrix's on the CPU, the unit's on a GPU)."""
+    t = speed[0] if backend == "cpu" else h100
+    bare = replace(t, read_bps=math.inf, elements_s=0.0, eig2_s=0.0,
+                   diagnostics_s={**dict.fromkeys(t.diagnostics_s, 0.0), "permute": [0.0, 0.0]})
+    shapes = [(512, 512), (2048, 512), (256, 1536), (3072, 4096)]  # one permutation each
+    rows = unit_rows(shapes)
+    diagnostics, spectra = (predict_unit(rows, part, bare, method) for part in ("diagnostics", "spectra"))
+    assert diagnostics.seconds == pytest.approx(spectra.seconds, rel=1e-12) and diagnostics.flops == spectra.flops
+    held = (sum if backend == "cuda" else max)(r * c * 4 for r, c in shapes)
+    assert diagnostics.mem_mb == pytest.approx(spectra.mem_mb + held / 1e6, rel=1e-12)
+
+
+def test_the_singular_vectors_are_priced_only_when_on(speed, h100):
+    """diagnostics.vectors: every matrix's top-k singular vectors, on the CPU from its float64 Gram
+    matrix (vectors_formula), on a GPU by torch's eigh of the Gram matrix, which computes all n
+    eigenvectors, after the matrix's travel in float32; inside the anatomy job, and only while its
+    diagnostics part runs."""
+    t = speed[0]
+    rows = unit_rows(DIAGNOSED)
+    plain, vectors = (predict_unit(rows, "anatomy", t, vectors=v) for v in (False, True))
+    assert vectors.seconds - plain.seconds == pytest.approx(vectors_formula(DIAGNOSED, t), rel=1e-9)
+    assert vectors.mem_mb >= plain.mem_mb and vectors.flops > plain.flops
+    assert predict_unit(rows, "anatomy", t, diagnostics=False, vectors=True) == \
+        predict_unit(rows, "anatomy", t, diagnostics=False)  # no diagnostics part: no vectors
+    on_gpu = [predict_unit(rows, "anatomy", h100, vectors=v).seconds for v in (False, True)]
+    rates = h100.rates
+    expected = sum((2 * m * n**2 + 2 * n**3 + 2 * m * n * min(VECTOR_K, n)) / rates["gemm64"]
+                   + 4 * n**3 / 3 / rates["eigh64"] + m * n * 4 / 25e9
+                   for m, n in ((max(r, c), min(r, c)) for r, c in DIAGNOSED))
+    assert on_gpu[1] - on_gpu[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_diagnostics_defaults_are_the_config_s():
+    diagnostics = SCHEMA["properties"]["diagnostics"]["properties"]
+    assert diagnostics["enabled"]["default"] == DIAGNOSTICS and diagnostics["vectors"]["default"] == VECTORS
+    assert diagnostics["max_fingers"]["default"] == MAX_FINGERS and diagnostics["vector_k"]["default"] == VECTOR_K
+
+
+def test_the_diagnostics_options_reach_the_plan_and_the_workflow_s_requests(speed, toy_results, monkeypatch):
+    """diagnostics (config diagnostics.enabled) and vectors change the anatomy jobs' price alone, by
+    the diagnostics terms of their selected tensors; no rule of their own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(speed[1]))
+    results, inventory = toy_results
+    dims = json.loads((results / "model.json").read_text())
+    t, layer = speed[0], inventory[inventory["unit"] == "layer_000"]
+    plans = {options: plan_model(inventory, dims, t, diagnostics=options[0], vectors=options[1])
+             for options in ((True, False), (False, False), (True, True))}
+    assert plans[True, False].equals(plan_model(inventory, dims, t))  # the defaults: on, no vectors
+    assert all(set(plan["rule"]) == set(PER_UNIT_RULES) for plan in plans.values())
+    extract = {options: plan[plan["rule"] == "extract"].reset_index(drop=True) for options, plan in plans.items()}
+    assert extract[True, False].equals(extract[False, False]) and extract[True, True].equals(extract[False, False])
+    shapes = [shape for info in layer.itertuples() for shape in [tuple(info.shape)] if len(shape) == 2]
+    anatomy = {options: plan[(plan["unit"] == "layer_000") & (plan["rule"] == "anatomy")].iloc[0]
+               for options, plan in plans.items()}
+    assert anatomy[True, False]["seconds"] - anatomy[False, False]["seconds"] == pytest.approx(
+        diagnostics_formula(shapes, t, "gesdd"), rel=1e-6)
+    assert anatomy[True, True]["seconds"] - anatomy[True, False]["seconds"] == pytest.approx(
+        vectors_formula(shapes, t), rel=1e-6)
+    for options, row in anatomy.items():
+        priced = predict_unit(layer, "anatomy", t, precisions=["fp32", "fp16", "bf16"], dims=dims,
+                              diagnostics=options[0], vectors=options[1])
+        assert row["seconds"] == pytest.approx(priced.seconds) and row["mem_mb"] == pytest.approx(priced.mem_mb)
+    up = "model.layers.1.mlp.up_proj.weight"
+    path, chosen = results / "inventory.parquet", inventory[inventory["param_name"] == up]
+    requests = {}
+    for options in ((True, False), (False, False), (True, True)):
+        jobs = predicted_jobs(path, dims, {"layer_001": [up]}, method="gesdd", diagnostics=options[0],
+                              vectors=options[1])
+        assert {rule for _, rule in jobs} == set(PER_UNIT_RULES)
+        assert asdict(jobs["layer_001", "anatomy"]) == pytest.approx(asdict(predict_unit(
+            chosen, "anatomy", t, "gesdd", precisions=["fp32"], dims=dims, diagnostics=options[0],
+            vectors=options[1])))
+        requests[options] = jobs["layer_001", "anatomy"].seconds
+    up_shape = [tuple(chosen.iloc[0]["shape"])]
+    assert requests[True, False] - requests[False, False] == pytest.approx(
+        diagnostics_formula(up_shape, t, "gesdd"), rel=1e-6)
+    assert requests[False, False] < requests[True, False] < requests[True, True]
+
+
+def test_blockscope_plan_prices_the_diagnostics_unless_told_not_to(speed, toy_results, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(speed[1]))
+    results, _ = toy_results
+    totals = {}
+    for flags in ([], ["--no-diagnostics"], ["--vectors"]):
+        assert main(["--results", str(results), "--device", "none", "--json", *flags]) == 0
+        captured = capsys.readouterr()
+        totals[tuple(flags)] = json.loads(captured.out)["totals"]["per_rule_seconds"]
+        assert set(totals[tuple(flags)]) == set(PER_UNIT_RULES)  # no diagnostics rule: the anatomy's part
+        assert ("no diagnostics" in captured.err) == (flags == ["--no-diagnostics"])
+    anatomy = {flags: per_rule["anatomy"] for flags, per_rule in totals.items()}
+    assert anatomy[("--no-diagnostics",)] < anatomy[()] < anatomy[("--vectors",)]
+    assert totals[()]["extract"] == totals[("--no-diagnostics",)]["extract"] == totals[("--vectors",)]["extract"]

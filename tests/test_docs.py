@@ -17,7 +17,7 @@ import sys
 import pytest
 import yaml
 
-from blockscope import layout, pair_layout
+from blockscope import diagnostic_layout, layout, pair_layout
 
 from conftest import ROOT
 
@@ -45,7 +45,7 @@ def documented(column: str) -> bool:
     return bool(family) and re.search(pattern, OUTPUTS) is not None
 
 
-TABLES = {**layout.TABLES, **pair_layout.TABLES}
+TABLES = {**layout.TABLES, **pair_layout.TABLES, **diagnostic_layout.TABLES}
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))

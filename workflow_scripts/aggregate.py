@@ -1,6 +1,7 @@
 """rule aggregate: a model's per-unit files -> its tables (Parquet, CSV, JSON)."""
 
 from blockscope.aggregation import model_tables as agg
+from blockscope.aggregation.diagnostic_tables import with_diagnostics
 from blockscope.compression import hints as qh
 from blockscope.io.atomic import atomic_path, write_csv, write_json, write_parquet
 from blockscope.io.manifests import read_model_json
@@ -12,10 +13,12 @@ from blockscope.runtime.run_step import run_step
 def main(snakemake):
     model, out = snakemake.wildcards.model, snakemake.output
     inp = snakemake.input
-    check_tables([*inp.metrics, *inp.heads, *inp.precision], model)  # every damaged file named before any is read
+    check_tables([*inp.metrics, *inp.heads, *inp.precision, *inp.diagnostics], model)  # damaged files named first
     dims = read_model_json(inp.dims, model)
     metrics = agg.stack((read_frame(p, model=model) for p in inp.metrics), METRICS_COLUMNS)
     metrics = agg.with_provenance(metrics, dims)
+    if inp.diagnostics:  # diagnostics.enabled: WeightWatcher's remaining diagnostics, per matrix
+        metrics = with_diagnostics(metrics, agg.stack(read_frame(p, model=model) for p in inp.diagnostics))
     write_parquet(metrics, out.metrics)
     write_csv(metrics, out.metrics_csv)
     with atomic_path(out.metrics_json) as tmp:

@@ -1,9 +1,11 @@
-"""rule anatomy: one unit's spectra and metrics, precision sweep and heads, each part recomputed
-only when what it depends on changed (blockscope.analysis.part_stamps)."""
+"""rule anatomy: one unit's spectra and metrics, precision sweep, heads and (diagnostics.enabled)
+WeightWatcher's other diagnostics, each part recomputed only when what it depends on changed
+(blockscope.analysis.part_stamps)."""
 
 import json
 
-from blockscope.analysis.anatomy import UnitReader, alpha_hill_grid, precision_table, unit_tables
+from blockscope.analysis.anatomy import UnitReader, alpha_hill_grid, precision_table, sigmas_by_matrix, unit_tables
+from blockscope.analysis.diagnostics import unit_diagnostics
 from blockscope.analysis.heads import unit_heads_table
 from blockscope.analysis.part_stamps import Part, run_part
 from blockscope.io.tables import read_rows, read_table, selected_rows, text_table, unit_inventory
@@ -54,6 +56,20 @@ def main(snakemake):
                           inputs, compute_spectra))
     run_part(Part("precision", {"precision": out.precision}, {**settings, **sweep}, inputs, compute_sweep,
                   upstream=stamp))
+    if "diagnostics" in out.keys():  # diagnostics.enabled: the permuted spectra reuse the unit's read
+        diagnostics = snakemake.params.diagnostics
+
+        def compute_diagnostics():
+            sigmas = sigmas_by_matrix(read_table(out.spectra, columns=["matrix", "sigma"]))
+            tables = unit_diagnostics(model, unit, files.tensors, inventory, sigmas, dict(diagnostics),
+                                      backend=snakemake.params.backend, device=gpu.device,
+                                      compute_dtype=spectra["compute_dtype"], svd_method=spectra["svd_method"],
+                                      reader=reader)
+            return {"diagnostics": tables["diagnostics"], "rand_spectra": tables["rand_spectra"]}
+
+        run_part(Part("diagnostics", {"diagnostics": out.diagnostics, "rand_spectra": out.rand_spectra},
+                      {**settings, **diagnostics, "spectra": {k: spectra[k] for k in ("compute_dtype", "svd_method")}},
+                      inputs, compute_diagnostics, upstream=stamp))
     reader.clear()  # the heads read their own few projections
     run_part(Part("heads", {"heads": out.heads}, {"selected": selected, **heads}, {**inputs, "dims": files.dims},
                   compute_heads))

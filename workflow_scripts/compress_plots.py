@@ -1,11 +1,11 @@
-"""rule compress_plots: the Pareto figures of the quantisation and pruning experiments, from their
-tables; and, when the per-matrix sensitivity was measured, what predicts it."""
+"""rule compress_plots: the Pareto figures of the quantisation, pruning and (compress.lowrank) low-rank
+experiments, from their tables; and, when the per-matrix sensitivity was measured, what predicts it."""
 
 import json
 
 import pandas as pd
 
-from blockscope.reporting.figures.compression import compress_pareto
+from blockscope.reporting.figures.compression import LOWRANK_LABELLED, LOWRANK_STYLES, compress_pareto
 from blockscope.reporting.figures.sensitivity import best_metric_scatter, correlation_dots
 from blockscope.runtime.run_step import run_step
 
@@ -28,6 +28,12 @@ def main(snakemake):
              "achieved sparsity of the planned matrices (parameter-weighted)", "pruning plans")):
         reason = json.loads(open(plans).read()).get("skipped") or "the experiment has no rows"
         compress_pareto(pd.read_parquet(table), x, label, f"{model}: {title}", target, reason=reason)
+    if "lowrank" in out.keys():
+        reason = json.loads(open(inp.lowrank_plans).read()).get("skipped") or "the experiment has no rows"
+        compress_pareto(pd.read_parquet(inp.lowrank), "params_share",
+                        "share of the planned matrices' parameters kept (rank-r factors: r (m + n) of m n)",
+                        f"{model}: low-rank edits", out.lowrank, reason=reason, styles=LOWRANK_STYLES,
+                        labelled=LOWRANK_LABELLED)
     if "correlations" in out.keys():
         sensitivity_figures(model, inp, out)
 

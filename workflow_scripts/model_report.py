@@ -6,6 +6,7 @@ import os
 import pandas as pd
 
 from blockscope import layout
+from blockscope.diagnostic_layout import COMPRESS_LOWRANK
 from blockscope.io.atomic import atomic_path
 from blockscope.layout import DETAIL_TABLES
 from blockscope.reporting import findings as fd
@@ -16,6 +17,7 @@ from blockscope.reporting.compression_section import (
     sensitivity_report_findings,
 )
 from blockscope.reporting.delta_section import delta_findings, delta_section
+from blockscope.reporting.diagnostics_section import diagnostics_findings, diagnostics_section
 from blockscope.reporting.measured_costs import read_benchmarks
 from blockscope.reporting.model_report import model_report
 from blockscope.reporting.sensitivity_section import sensitivity_section
@@ -38,14 +40,17 @@ def compress_lines(model, metrics, paths, target_dir, embedded, group_size) -> l
     if f"{folders[0]}/summary.parquet" not in paths:
         return []
     quant, prune = (pd.read_parquet(f"{folder}/summary.parquet") for folder in folders)
+    low = COMPRESS_LOWRANK.format(model=model)
     comparisons = {kind: pd.read_parquet(f"{folder}/comparisons.parquet")
-                   for kind, folder in zip(("quant", "prune"), folders) if f"{folder}/comparisons.parquet" in paths}
+                   for kind, folder in zip(("quant", "prune", "lowrank"), [*folders, low])
+                   if f"{folder}/comparisons.parquet" in paths}
+    lowrank = pd.read_parquet(f"{low}/summary.parquet") if f"{low}/summary.parquet" in paths else None
     quant_plans = json.loads(open(f"{folders[0]}/plans.json").read())
     figures = [(os.path.relpath(p, layout.MODEL_RESULTS.format(model=model)), p)
                for p in sorted(paths) if p.endswith(f"pareto.{embedded}")]
     return compress_section(quant, prune, planned_source_dtypes(metrics), quant_plans.get("skipped"), figures,
                             link=lambda p: os.path.relpath(p, target_dir), comparisons=comparisons,
-                            quant_plans=quant_plans, group_size=group_size)
+                            quant_plans=quant_plans, group_size=group_size, lowrank=lowrank)
 
 
 def sensitivity_lines(model, paths, target_dir, embedded, level) -> list:
@@ -72,10 +77,12 @@ def findings(snakemake, metrics, precision_wide) -> list:
     """The findings opening report.md, from the tables this report summarises."""
     inp, params = snakemake.input, snakemake.params
     sensitivity = precision_wide.rename(columns={"layer_name": "matrix"}) if len(precision_wide) else None
+    links = fd.links("", params.embedded)
     return fd.model_findings(metrics, params.findings, fd.links("", params.embedded), control=read_parquet(inp.control),
                              sensitivity=sensitivity, sensitivity_threshold=params.sensitivity_threshold,
                              headmerge=read_parquet(inp.headmerge),
-                             extra=compression_findings(snakemake))
+                             extra=[*diagnostics_findings(metrics, params.tpl_level, link=links),
+                                    *compression_findings(snakemake)])
 
 
 def compression_findings(snakemake) -> list:
@@ -84,6 +91,14 @@ def compression_findings(snakemake) -> list:
     inp = snakemake.input
     return [*compress_findings(model, [*inp.compress, *inp.comparisons], report_dir),
             *sensitivity_report_findings(model, inp.sensitivity, report_dir, snakemake.params.level)]
+
+
+def diagnostics_lines(metrics, plots, target_dir, params) -> list:
+    """WeightWatcher's remaining diagnostics (rule diagnostics), with the ESD figures that overlay the
+    permuted spectra; one line saying they were not computed when the metrics lack them."""
+    figures = {os.path.basename(p).rsplit(".", 1)[0]: p for p in plots
+               if "/esd_layer_" in p and p.endswith(f".{params.embedded}")}
+    return diagnostics_section(metrics, figures, lambda p: os.path.relpath(p, target_dir), level=params.tpl_level)
 
 
 def delta_tables(snakemake):
@@ -122,7 +137,8 @@ def main(snakemake):
         list(inp.plots), target_dir, read_benchmarks(inp.benchmarks), list(inp.files),
         precision_wide=precision_wide, sensitivity_threshold=params.sensitivity_threshold,
         details=dict(zip(DETAIL_TABLES, map(read_csv, inp.details))),
-        compress=[*compress_lines(model, metrics, [*inp.compress, *inp.comparisons], target_dir, params.embedded,
+        compress=[*diagnostics_lines(metrics, inp.plots, target_dir, params),
+                  *compress_lines(model, metrics, [*inp.compress, *inp.comparisons], target_dir, params.embedded,
                                   params.group_size),
                   *sensitivity_lines(model, inp.sensitivity, target_dir, params.embedded, params.level)],
         findings=findings(snakemake, metrics, precision_wide) + delta_report_findings(snakemake),

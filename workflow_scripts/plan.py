@@ -21,7 +21,8 @@ def main(snakemake):
     speed = throughput(options["backend"], options["device"])
     jobs = plan_model(pd.read_parquet(snakemake.input.inventory), dims, speed, options["method"],
                       options["compute_dtype"], options["precisions"], dict(snakemake.params.selected),
-                      deltas=options.get("deltas", False))
+                      deltas=options.get("deltas", False), adapter_only=options.get("adapter_only", False),
+                      diagnostics=options["diagnostics"], vectors=options["vectors"])
     document = plan_document(model, jobs, speed, options["method"], cores=os.cpu_count())
     write_json(document, snakemake.output[0])
     print(jobs.to_string(index=False, float_format=lambda x: f"{x:.2f}"))

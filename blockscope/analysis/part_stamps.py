@@ -32,6 +32,7 @@ PART_MODULES = {
     "spectra": ("blockscope.analysis.anatomy", "blockscope.io.tables"),
     "precision": ("blockscope.analysis.anatomy", "blockscope.io.tables"),
     "heads": ("blockscope.analysis.heads", "blockscope.io.tables"),
+    "diagnostics": ("blockscope.analysis.diagnostics", "blockscope.io.tables"),
 }
 
 

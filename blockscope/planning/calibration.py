@@ -1,8 +1,9 @@
 """Measuring a machine's throughput in a few seconds: small GEMM / gesdd / eigh sizes, the real
-metric, cast, heads and Parquet code, one process start per rule, each timing the fewest CPU
-seconds of a few repeats (other processes on a shared machine do not count, and noise only slows
-a repeat down). For backend cuda the visible GPU's own rates, or where none is visible a
-device's published ones (devices.py). throughput_cache.py keeps the result per machine.
+metric, cast, heads, diagnostics and Parquet code, one process start per rule, each timing the
+fewest CPU seconds of a few repeats (other processes on a shared machine do not count, and noise
+only slows a repeat down). For backend cuda the visible GPU's own
+rates, or where none is visible a device's published ones (devices.py). throughput_cache.py keeps
+the result per machine.
 """
 
 import subprocess
@@ -18,7 +19,7 @@ from blockscope.io.dtypes import PRECISION_TO_SAFETENSORS
 from blockscope.planning.devices import CUDA_START_EXTRA_S, DEFAULT_DEVICE, DEVICES, published_rates
 from blockscope.planning.flops import eigh_flops, gesdd_flops, gram_flops, heads_flops
 from blockscope.planning.job_start import GPU_RULES, PRICED_RULES, job_starts
-from blockscope.planning.throughput import Throughput, cpu_model, machine_key
+from blockscope.planning.throughput import PERMUTE_ELEMENTS, Throughput, cpu_model, machine_key
 
 
 def best_seconds(function, repeats: int = 3, clock=time.process_time) -> float:
@@ -88,6 +89,34 @@ def _measure_elementwise() -> dict:
     sigma = np.sort(np.abs(rng.standard_normal(768)))[::-1] ** 1.5
     eig2 = best_seconds(lambda: spectral_metrics(sigma, 768, 3072, "F32", 0.1)) / 768**2
     return {"elements_s": elements, "cast_s": cast, "eig2_s": eig2}
+
+
+def _measure_diagnostics() -> dict:
+    """The anatomy's diagnostics part's work besides its SVDs, its own code (about 1 s here, imports
+    included): seconds per element of correlation_traps.permute at each of throughput.PERMUTE_ELEMENTS
+    (square float32 matrices); per squared eigenvalue count of heavytail.powerlaw_fit and per
+    eigenvalue of fingers.ks_optimal_fit on 768 eigenvalues; and per truncated_power_law_fit, the mean
+    over three Marchenko-Pastur spectra (random 768 x 256 matrices), whose cut-off its Newton steps fit."""
+    from blockscope.analysis.correlation_traps import matrix_seed, permute
+    from blockscope.analysis.fingers import ks_optimal_fit
+    from blockscope.analysis.heavytail import powerlaw_fit, tail_eigenvalues
+    from blockscope.analysis.truncated_power_law import truncated_power_law_fit
+
+    rng = np.random.default_rng(4)
+    permute_s = []
+    for elements in PERMUTE_ELEMENTS:
+        side = round(elements**0.5)
+        matrix = rng.standard_normal((side, side)).astype(np.float32)
+        permute_s.append(best_seconds(lambda: permute(matrix, matrix_seed(0, "calibration")), 2) / matrix.size)
+    eigs = tail_eigenvalues(np.abs(rng.standard_normal(768)) ** 3)  # sigma^1.5 squared, as _measure_elementwise's
+    fit_s = best_seconds(lambda: powerlaw_fit(eigs)) / eigs.size**2
+    optimal_s = best_seconds(lambda: ks_optimal_fit(eigs)) / eigs.size
+    tpl_s = []
+    for w in (rng.standard_normal((768, 256)) for _ in range(3)):
+        mp = np.linalg.eigvalsh(w.T @ w)
+        xmin = powerlaw_fit(mp).xmin
+        tpl_s.append(best_seconds(lambda: truncated_power_law_fit(mp, xmin, 0.95)))
+    return {"permute": permute_s, "powerlaw_fit": fit_s, "ks_optimal_fit": optimal_s, "tpl": float(np.mean(tpl_s))}
 
 
 def _measure_heads() -> float:
@@ -172,9 +201,11 @@ def calibrate(backend: str = "cpu", device: str | None = None, host: Throughput 
         rates = {**_measure_linear_algebra(), "heads": _measure_heads()}
         read, write = _measure_io()
         elementwise = _measure_elementwise()
+        diagnostics = _measure_diagnostics()
     starts, base = job_starts(PRICED_RULES)
     return Throughput(backend=backend, device=cpu_model(), basis="measured", rates=rates, **elementwise,
-                      read_bps=read, write_bps=write, start_s=starts, base_mb=base, key=machine_key(backend),
+                      diagnostics_s=diagnostics, read_bps=read, write_bps=write, start_s=starts, base_mb=base,
+                      key=machine_key(backend),
                       measured_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), calibration_s=time.perf_counter() - started)
 
 

@@ -15,7 +15,7 @@ from blockscope.io.atomic import write_json
 from blockscope.planning.devices import DEFAULT_DEVICE, DEVICES
 from blockscope.planning.job_start import GPU_RULES, PRICED_RULES
 from blockscope.planning.model_plan import hms, one_gpu_wall_s, plan_document, plan_model, rule_totals
-from blockscope.planning.pricing import DEFAULT_METHOD, METHODS
+from blockscope.planning.pricing import DEFAULT_METHOD, DIAGNOSTICS, METHODS, VECTORS
 from blockscope.planning.throughput_cache import cache_path, throughput
 
 BACKENDS = ("cpu", "cuda")
@@ -113,6 +113,10 @@ def main(argv=None):
                         help="price rule deltas too: the model against a base of the same shapes (config base:)")
     deltas.add_argument("--adapter-only", action="store_true",
                         help="price a peft adapter (merged false) on these shapes, the base's: its deltas jobs alone")
+    parser.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=DIAGNOSTICS,
+                        help="price the anatomy's diagnostics part (config diagnostics.enabled; default on)")
+    parser.add_argument("--vectors", action="store_true", default=VECTORS,
+                        help="price the diagnostics' singular vectors too (config diagnostics.vectors; default off)")
     parser.add_argument("--cores", type=int, default=os.cpu_count(),
                         help="cores the jobs share, for the wall-time estimate (default: this machine's)")
     parser.add_argument("--json", "--out", nargs="?", const="-", metavar="PATH",
@@ -128,14 +132,16 @@ def main(argv=None):
             speeds[args.device] = measured("cuda", args.device)
     precisions = args.precisions.split(",")
     plans = {label: plan_model(inventory, dims, t, args.method, args.compute_dtype, precisions,
-                               deltas=args.deltas, adapter_only=args.adapter_only) for label, t in speeds.items()}
+                               deltas=args.deltas, adapter_only=args.adapter_only, diagnostics=args.diagnostics,
+                               vectors=args.vectors) for label, t in speeds.items()}
     documents = {label: plan_document(model, plans[label], t, args.method, args.cores) for label, t in speeds.items()}
     document = {**documents[HERE], **({"gpu": documents[args.device]} if args.device in documents else {})}
     to_stdout = args.json == "-"
     out = sys.stderr if to_stdout else sys.stdout  # stdout holds the JSON alone then
     units = inventory["unit"].nunique()
+    diagnosed = "no diagnostics" if not args.diagnostics else "diagnostics" + (" with vectors" if args.vectors else "")
     print(f"[{model}] {units} units, {len(plans[HERE])} per-unit jobs (svd_method {args.method}; precisions "
-          f"{', '.join(precisions)}; compute dtype {args.compute_dtype})", file=out)
+          f"{', '.join(precisions)}; compute dtype {args.compute_dtype}; {diagnosed})", file=out)
     print("\n".join(describe(label, doc) for label, doc in documents.items()) + "\n", file=out)
     print(plan_table(plans), file=out)
     print("(s: the predicted seconds of a rule's jobs, summed; peak MB: its largest job's host memory, "

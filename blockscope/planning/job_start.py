@@ -14,8 +14,9 @@ from blockscope.planning.throughput import MB
 # that these equal what the scripts import, so that the two cannot drift apart.
 JOB_MODULES = {
     "extract": ("os", "time", "blockscope.io.tables", "blockscope.io.tensors", "blockscope.runtime.run_step"),
-    "anatomy": ("json", "blockscope.analysis.part_stamps", "blockscope.runtime.gpu_slots", "blockscope.analysis.heads",
-                "blockscope.io.tables", "blockscope.analysis.anatomy", "blockscope.runtime.run_step"),
+    "anatomy": ("json", "blockscope.analysis.anatomy", "blockscope.analysis.diagnostics", "blockscope.analysis.heads",
+                "blockscope.analysis.part_stamps", "blockscope.io.tables", "blockscope.runtime.gpu_slots",
+                "blockscope.runtime.run_step"),
     "deltas": ("json", "blockscope.analysis.delta_unit", "blockscope.checkpoint.adapters", "blockscope.io.tables",
                "blockscope.runtime.gpu_slots", "blockscope.runtime.run_step"),
 }

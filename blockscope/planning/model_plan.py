@@ -7,7 +7,7 @@ import pandas as pd
 
 from blockscope.layout import PLAN_JOB_COLUMNS, all_units, unit_order
 from blockscope.planning.job_start import DELTA_RULES, GPU_RULES, PER_UNIT_RULES, PRICED_RULES
-from blockscope.planning.pricing import Job, predict_unit
+from blockscope.planning.pricing import DIAGNOSTICS, VECTORS, Job, predict_unit
 from blockscope.planning.throughput import Throughput
 from blockscope.planning.throughput_cache import throughput
 
@@ -20,13 +20,16 @@ def model_rules(deltas: bool = False, adapter_only: bool = False) -> tuple:
 
 def plan_model(inventory: pd.DataFrame, dims: dict, t: Throughput, method: str = "gesdd",
                compute_dtype: str = "float32", precisions=("fp32", "fp16", "bf16"), selected: dict | None = None,
-               deltas: bool = False, adapter_only: bool = False) -> pd.DataFrame:
+               deltas: bool = False, adapter_only: bool = False, diagnostics: bool = DIAGNOSTICS,
+               vectors: bool = VECTORS) -> pd.DataFrame:
     """One row per (unit, rule): predicted seconds, mem_mb, gflops. selected: unit -> parameter
     names (the workflow's selection) or None (the whole unit); None: every unit whole. Rule
     extract is priced on the whole unit whatever the selection: it writes every tensor of its unit.
     deltas: the model has a base (rule deltas priced on the selected tensors too); adapter_only: an
     adapter without weights of its own, `inventory` and `dims` its base's, its deltas alone priced
-    from LoRA factors on every matrix of a unit (which ones it adapts is not known before its job)."""
+    from LoRA factors on every matrix of a unit (which ones it adapts is not known before its job).
+    diagnostics, vectors: config diagnostics.enabled and diagnostics.vectors (the anatomy's
+    diagnostics part, and its singular vectors: they change rule anatomy's price alone)."""
     rows = []
     units = selected if selected is not None else {u: None for u in inventory["unit"].unique()}
     for unit in sorted(units, key=unit_order):
@@ -35,23 +38,24 @@ def plan_model(inventory: pd.DataFrame, dims: dict, t: Throughput, method: str =
         for rule in model_rules(deltas, adapter_only):
             on = whole if rule == "extract" or adapter_only else part
             job = predict_unit(on, rule, t, method, compute_dtype=compute_dtype, precisions=list(precisions),
-                               dims=dims, adapter_only=adapter_only)
+                               dims=dims, adapter_only=adapter_only, diagnostics=diagnostics, vectors=vectors)
             rows.append({"unit": unit, "rule": rule, "seconds": job.seconds, "mem_mb": job.mem_mb,
                          "gflops": job.flops / 1e9})
     return pd.DataFrame(rows, columns=PLAN_JOB_COLUMNS)
 
 
 def predicted_jobs(inventory_path, dims: dict, selected: dict | None, backend="cpu", device=None, method="auto",
-                   compute_dtype="float32", precisions=("fp32",), deltas=False, adapter_only=False) -> dict:
+                   compute_dtype="float32", precisions=("fp32",), deltas=False, adapter_only=False,
+                   diagnostics=DIAGNOSTICS, vectors=VECTORS) -> dict:
     """(unit, rule) -> Job of every per-unit job the workflow may ask for (its resource requests and
     priorities): every unit of the model (layout.all_units, empty ones too), a unit of `selected`
     (unit -> parameter names, None: no selection) priced on its selected tensors, any other on the
     whole unit (the embedding analysis extracts embed and lm_head whatever the selection). deltas,
-    adapter_only: as plan_model (an adapter-only model: its base's inventory and dims)."""
+    adapter_only, diagnostics, vectors: as plan_model (an adapter-only model: its base's inventory and dims)."""
     inventory = pd.read_parquet(inventory_path)
     units = {unit: None for unit in all_units(dims["layers"], present=set(inventory["unit"]))}
     jobs = plan_model(inventory, dims, throughput(backend, device), method, compute_dtype, precisions,
-                      {**units, **(selected or {})}, deltas, adapter_only)
+                      {**units, **(selected or {})}, deltas, adapter_only, diagnostics, vectors)
     return {(r.unit, r.rule): Job(r.seconds, r.mem_mb, r.gflops * 1e9) for r in jobs.itertuples()}
 
 

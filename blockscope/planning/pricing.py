@@ -10,7 +10,8 @@
 and its memory as the process after imports plus the arrays the job holds at its peak (flops.py
 counts each operation; docs/metrics.md, "Cost model", gives each count with its source).
 `predict_unit(rows, rule, throughput, method)` prices one job: extract, anatomy (its PARTS one
-after another) or deltas (a model against its base, predict_deltas).
+after another, the diagnostics part while config diagnostics.enabled) or deltas (a model against
+its base, predict_deltas).
 """
 
 from dataclasses import dataclass
@@ -18,19 +19,23 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from blockscope.analysis.correlation_traps import replicas_for
 from blockscope.analysis.distances import SUBSET_MIN_N
+from blockscope.analysis.fingers import finger_counts
 from blockscope.analysis.gram import TWO_STAGE_MIN_N, gram_block_rows
+from blockscope.analysis.heavytail import MIN_EIGENVALUES
 from blockscope.analysis.matrices import not_a_matrix
 from blockscope.analysis.round_trip import round_trip_is_exact, svd_dtype
 from blockscope.analysis.spectra import svd_method_for
 from blockscope.layout import ATTENTION_BLOCK_TYPES
 from blockscope.planning.devices import HOST_TO_DEVICE
 from blockscope.planning.flops import eigh_flops, gesdd_flops, gram_flops, heads_flops
-from blockscope.planning.throughput import MB, Throughput
+from blockscope.planning.throughput import MB, PERMUTE_ELEMENTS, Throughput
 
 METHODS = ("gesdd", "gram")
 DEFAULT_METHOD = "auto"  # config svd_method's default: gram or gesdd per matrix (spectra.svd_method_for)
-PARTS = ("spectra", "precision", "heads")  # rule anatomy's parts, priced one by one
+# rule anatomy's parts in the order its script runs them, priced one by one
+PARTS = ("spectra", "precision", "diagnostics", "heads")
 
 
 @dataclass
@@ -122,7 +127,7 @@ def predict_extract(rows, t: Throughput, **_) -> Job:
 
 
 # A part's Job: the seconds of its work and the MB of the arrays it holds, without the process
-# start and base memory, which rule anatomy pays once for its three parts.
+# start and base memory, which rule anatomy pays once for all its parts.
 
 
 def predict_spectra(rows, t: Throughput, method="gesdd", compute_dtype="float32", **_) -> Job:
@@ -171,27 +176,7 @@ def predict_heads(rows, t: Throughput, dims=None, **_) -> Job:
     return Job(0.0, 0.0)
 
 
-def predict_anatomy(rows, t: Throughput, **options) -> Job:
-    """Rule anatomy: one process start, then its parts one after another (the memory of the
-    largest part's arrays at a time)."""
-    parts = [PREDICT[part](rows, t, **options) for part in PARTS]
-    return Job(t.start_s["anatomy"] + sum(p.seconds for p in parts),
-               t.base_mb["anatomy"] + max(p.mem_mb for p in parts), sum(p.flops for p in parts))
-
-
-# Rule deltas: a model against its base, per matrix in float64 (blockscope.analysis.delta_unit).
-# A LoRA adapter's rank is not in the inventory: its factors are priced at a rank at the high end of
-# common ones (their part, O(mnr), is small beside the Gram eigendecompositions, O(mn^2), whatever r).
-ADAPTER_RANK = 64
-SUBSPACE_K = 10  # config deltas.subspace_k's default
-
-
-def host_rates(t: Throughput) -> dict:
-    """The host CPU's rates: a CPU throughput's own, a GPU one's copies of its host's (host_<op>,
-    calibration._on_gpu), for the work a GPU rule's job runs on the CPU."""
-    if t.backend == "cpu":
-        return t.rates
-    return {op.removeprefix("host_"): rate for op, rate in t.rates.items() if op.startswith("host_")}
+# Top-k singular vectors from the Gram matrix: the diagnostics part's vectors, rule deltas' subspaces.
 
 
 def back_transform_flops(n: int, vectors: int) -> float:
@@ -217,6 +202,128 @@ def subspace_seconds(rows: int, cols: int, k: int, rates: dict) -> float:
     rate: LAPACK's two-stage solver has no eigenvectors)."""
     blas3, reduction = subspace_flops(rows, cols, k)
     return blas3 / rates["gemm64"] + reduction / rates["eigh64"]
+
+
+# Rule anatomy's diagnostics part (analysis.diagnostics: WeightWatcher's randomize, clip_xmax, TPL,
+# detX and vectors), with config diagnostics' defaults: on, its singular vectors off.
+DIAGNOSTICS, VECTORS = True, False
+MAX_FINGERS = 10  # diagnostics.max_fingers
+VECTOR_K = 10  # diagnostics.vector_k
+
+
+def permuted_shapes(rows: int, cols: int) -> list:
+    """The shapes of the permutations the trap test draws and decomposes of one matrix: none below
+    MIN_EIGENVALUES, else one, or the pooled replicas of a small one (correlation_traps.replicas_for)."""
+    n = min(rows, cols)
+    return [] if n < MIN_EIGENVALUES else [(rows, cols)] * replicas_for(n)
+
+
+def permutation_seconds(rows: int, cols: int, t: Throughput) -> float:
+    """One seeded elementwise permutation of a matrix (correlation_traps.permute): its elements at
+    the measured seconds per element, interpolated in log(elements) between the two sizes measured
+    (throughput.PERMUTE_ELEMENTS), the nearer one's outside them."""
+    elements, (small, large) = rows * cols, PERMUTE_ELEMENTS
+    share = min(max(np.log(max(elements, 1) / small) / np.log(large / small), 0.0), 1.0)
+    per_small, per_large = t.diagnostics_s["permute"]
+    return elements * (per_small + share * (per_large - per_small))
+
+
+def fits_seconds(n: int, max_fingers: int, t: Throughput) -> float:
+    """The power-law fits of diagnostics.fit_metrics: the plain KS-optimal fit again for the truncated
+    law's xmin (heavytail.powerlaw_fit, a KS scan over every xmin: ~n^2), then clip_xmax's own plain
+    fit and a refit without the k largest eigenvalues for every k of fingers.finger_counts, each a
+    pruned scan (fingers.ks_optimal_fit, about linear in n), priced at every k, the most it runs (it
+    stops at the first clipped alpha it accepts or at alpha <= 2)."""
+    if n < MIN_EIGENVALUES:
+        return 0.0
+    refits = 1 + len(finger_counts(n, max_fingers))
+    return n**2 * t.diagnostics_s["powerlaw_fit"] + refits * n * t.diagnostics_s["ks_optimal_fit"]
+
+
+def tpl_seconds(n: int, t: Throughput) -> float:
+    """The truncated power law's MLE and its likelihood-ratio test (truncated_power_law_fit): a cost
+    per fit, whatever the tail's size (Newton steps on quadratures: the tail enters only through its
+    two means)."""
+    return t.diagnostics_s["tpl"] if n >= MIN_EIGENVALUES else 0.0
+
+
+def vector_flops(rows: int, cols: int, k: int, backend: str) -> tuple:
+    """(BLAS-3 flops, tridiagonal-reduction flops) of one matrix's top-k singular vectors
+    (singular_vectors.singular_vector_pairs): on the CPU distances.top_singular_vectors
+    (subspace_flops); on CUDA torch.linalg.eigh of the Gram matrix, which back-transforms all n
+    eigenvectors."""
+    if backend == "cpu":
+        return subspace_flops(rows, cols, k)
+    n, k = min(rows, cols), min(k, rows, cols)
+    return gram_flops(rows, cols) + back_transform_flops(n, n) + 2 * rows * cols * k, eigh_flops(n)
+
+
+def vector_seconds(rows: int, cols: int, k: int, bits: int, t: Throughput) -> float:
+    """Seconds of vector_flops at t's rates (BLAS-3 at gemm64, the reduction at eigh64, which has
+    eigenvectors: never the two-stage rate); on CUDA the matrix travels to the device at `bits`."""
+    blas3, reduction = vector_flops(rows, cols, k, t.backend)
+    travel = rows * cols * bits / 8 / HOST_TO_DEVICE if t.backend == "cuda" else 0.0
+    return blas3 / t.rates["gemm64"] + reduction / t.rates["eigh64"] + travel
+
+
+def vector_workspace_bytes(rows: int, cols: int) -> float:
+    """The float64 copy of the matrix, its n x n Gram matrix, eigh's copy and its eigenvectors."""
+    n = min(rows, cols)
+    return 8 * (rows * cols + 3 * n * n)
+
+
+def predict_diagnostics(rows, t: Throughput, method="gesdd", compute_dtype="float32", vectors=VECTORS,
+                        max_fingers=MAX_FINGERS, vector_k=VECTOR_K, **_) -> Job:
+    """The anatomy's diagnostics part (analysis.diagnostics.unit_diagnostics): no read of its own
+    (it shares the spectra part's read of the unit, and W's singular values come from the spectra
+    part's table, a small read left out); per matrix its permutations (permuted_shapes) and their
+    singular values (the spectra part's method, dtype and backend: _svd_cost), the power-law fits and
+    the truncated power law on W's eigenvalues, and with `vectors` the top-k singular vectors. The MP
+    fit of the permuted spectrum, rand_distance and detX are O(n) per matrix and left out. It holds
+    the unit's matrices as read and upcast, their permutations (on the CPU one matrix's at a time, on
+    a GPU all at once), then the larger of an SVD's workspace and the vectors' arrays."""
+    shapes, bits = matrix_shapes(rows), _bits(compute_dtype)
+    permuted = [permuted_shapes(r, c) for r, c in shapes]
+    every = [shape for per_matrix in permuted for shape in per_matrix]
+    svd, flops, workspace = _svd_cost(every, bits, method, t)
+    seconds = svd + sum(permutation_seconds(r, c, t) for r, c in every)
+    for r, c in shapes:
+        seconds += fits_seconds(min(r, c), max_fingers, t) + tpl_seconds(min(r, c), t)
+        if vectors:
+            seconds += vector_seconds(r, c, vector_k, bits, t)
+            flops += sum(vector_flops(r, c, vector_k, t.backend))
+            workspace = max(workspace, vector_workspace_bytes(r, c))
+    held = _elements(every) if t.backend != "cpu" else max(map(_elements, permuted), default=0.0)
+    matrices = _bytes(rows) + _elements(shapes) * bits / 8  # as read, and upcast (as the spectra part's)
+    return Job(seconds, (matrices + held * bits / 8 + workspace) / MB, flops)
+
+
+def anatomy_parts(diagnostics: bool = DIAGNOSTICS) -> tuple:
+    """The parts a unit's anatomy job runs: every one of PARTS, the diagnostics part only while on."""
+    return tuple(part for part in PARTS if diagnostics or part != "diagnostics")
+
+
+def predict_anatomy(rows, t: Throughput, diagnostics: bool = DIAGNOSTICS, **options) -> Job:
+    """Rule anatomy: one process start, then its parts one after another (anatomy_parts; the memory
+    of the largest part's arrays at a time: the unit's read is shared, the heads read their own)."""
+    parts = [PREDICT[part](rows, t, **options) for part in anatomy_parts(diagnostics)]
+    return Job(t.start_s["anatomy"] + sum(p.seconds for p in parts),
+               t.base_mb["anatomy"] + max(p.mem_mb for p in parts), sum(p.flops for p in parts))
+
+
+# Rule deltas: a model against its base, per matrix in float64 (blockscope.analysis.delta_unit).
+# A LoRA adapter's rank is not in the inventory: its factors are priced at a rank at the high end of
+# common ones (their part, O(mnr), is small beside the Gram eigendecompositions, O(mn^2), whatever r).
+ADAPTER_RANK = 64
+SUBSPACE_K = 10  # config deltas.subspace_k's default
+
+
+def host_rates(t: Throughput) -> dict:
+    """The host CPU's rates: a CPU throughput's own, a GPU one's copies of its host's (host_<op>,
+    calibration._on_gpu), for the work a GPU rule's job runs on the CPU."""
+    if t.backend == "cpu":
+        return t.rates
+    return {op.removeprefix("host_"): rate for op, rate in t.rates.items() if op.startswith("host_")}
 
 
 def low_rank_update_seconds(rows: int, cols: int, rank: int, rates: dict) -> tuple:
@@ -272,13 +379,15 @@ def predict_deltas(rows, t: Throughput, adapter_only: bool = False, adapter_rank
     return Job(t.start_s["deltas"] + seconds, t.base_mb["deltas"] + (held + workspace) / MB, flops)
 
 
-PREDICT = {"extract": predict_extract, "anatomy": predict_anatomy, "deltas": predict_deltas,
-           "spectra": predict_spectra, "precision": predict_precision, "heads": predict_heads}
+PREDICT = {"extract": predict_extract, "anatomy": predict_anatomy, "diagnostics": predict_diagnostics,
+           "deltas": predict_deltas, "spectra": predict_spectra, "precision": predict_precision,
+           "heads": predict_heads}
 
 
 def predict_unit(rows: pd.DataFrame, rule: str, t: Throughput, method: str = "gesdd", **options) -> Job:
-    """Predicted seconds, peak MB and flops of one per-unit job, extract, anatomy or deltas (rows:
-    the unit's inventory rows, already restricted to what `select` chose), or of one of anatomy's
-    PARTS alone (its work and arrays, no process start). options: compute_dtype, precisions, dims,
-    adapter_only, adapter_rank, subspace_k (deltas)."""
+    """Predicted seconds, peak MB and flops of one per-unit job, extract, anatomy or deltas (rows: the
+    unit's inventory rows, already restricted to what `select` chose), or of one of anatomy's PARTS
+    alone (its work and arrays, no process start). options: compute_dtype, precisions, dims,
+    diagnostics (anatomy: its diagnostics part, config diagnostics.enabled), vectors, max_fingers,
+    vector_k (the diagnostics part), adapter_only, adapter_rank, subspace_k (deltas)."""
     return PREDICT[rule](rows, t, method=method, **options)

@@ -1,5 +1,6 @@
 """The compression experiments in the report. Per experiment (quantisation per preset, pruning per
-target) one finding, read from its comparisons table (blockscope.compression.comparisons): the
+target, low-rank edits per spectral plan and LASER plan) one finding, read from its comparisons
+table (blockscope.compression.comparisons, compression.low_rank_experiment): the
 spectral plan against its mirror, the uniform plan at or below its budget, the random plans' mean
 (with the plan's rank among them), the budget-matched random plans and the oracle, a winner named
 only where the row's verdict says so; then the full comparison table, the plan tables with the
@@ -16,6 +17,7 @@ import pandas as pd
 
 from blockscope.compression import plans
 from blockscope.compression.source_blocks import int4_group_for, source_effects
+from blockscope.diagnostic_layout import COMPRESS_LOWRANK
 from blockscope.evaluation.paired_tests import spread
 from blockscope.layout import COMPRESS_PRUNE, COMPRESS_QUANT, COMPRESS_SENSITIVITY
 from blockscope.reporting.findings import EMBEDDING_LOSS, metric_words, table_metric
@@ -24,13 +26,18 @@ from blockscope.reporting.sensitivity_section import sensitivity_findings
 
 # --- one comparison in words --------------------------------------------------------------------------
 
-ORDER = ("mirror", "uniform", "random", "budget_random", "oracle")  # the controls in the order a finding names them
+# The controls in the order a finding names them (a LASER plan: the base, then its random matrices).
+ORDER = ("mirror", "uniform", "random", "budget_random", "oracle", "base", "random_matrix")
 RANDOM_KINDS = ("random", "budget_random")
 # What a control is, without its name (a missing control's clause, the distribution table): by experiment.
 FAMILY = {"quant": {"mirror": "mirror", "uniform": "uniform plan at or below its budget",
                     "random": "within-shape random plans", "budget_random": "budget-matched random plans",
                     "oracle": "oracle plan"},
-          "prune": {"mirror": "mirror", "uniform": "uniform allocation", "random": "random allocations"}}
+          "prune": {"mirror": "mirror", "uniform": "uniform allocation", "random": "random allocations"},
+          "lowrank": {"mirror": "mirror", "uniform": "uniform plan (the same ranks per shape, spread evenly)",
+                      "random": "random plans (its ranks permuted within each shape)", "base": "base model",
+                      "random_matrix": "random matrix of the same type and shape reduced alike"}}
+LOWRANK_SPECTRAL = ("energy", "alpha", "effective_rank")  # compression.low_rank.FAMILIES
 
 
 def perplexity_change_percent(nll_difference):
@@ -66,6 +73,12 @@ def control_words(row) -> str:
     against, name = row["against"], row["against_plan"]
     if against in RANDOM_KINDS:
         return f"the mean of its {int(row['n_random'])} distinct {family(row)}"
+    if against == "base":
+        return "the unedited base model"
+    if against == "random_matrix":
+        many = pd.notna(row["n_random"]) and int(row["n_random"]) > 1
+        return (f"the mean of its {int(row['n_random'])} random matrices of the same type and shape reduced alike"
+                if many else f"{name}, a {family(row)}")
     if against == "mirror":
         return f"its mirror {name}"
     if against == "oracle":
@@ -83,6 +96,10 @@ def verdict_words(row) -> str:
         return f"{row['plan']} is better"
     if verdict == "worse":
         winner = f"the {family(row)}' mean" if row["against"] in RANDOM_KINDS else row["against_plan"]
+        if row["against"] == "base":
+            winner = "the base model"
+        elif row["against"] == "random_matrix" and pd.notna(row["n_random"]) and int(row["n_random"]) > 1:
+            winner = "the random matrices' mean"
         return f"{winner} is better"
     if verdict == "below minimum effect":
         return f"a difference below the minimum effect of {row['min_effect']:g} {metric_words(row_metric(row))['unit']}"
@@ -181,11 +198,45 @@ def prune_findings(comparisons: pd.DataFrame | None, summary: pd.DataFrame | Non
     return out
 
 
+def lowrank_about(row) -> str:
+    """' (0.800 of the planned matrices' parameters kept, lower alpha_peak keeps more rank, ...)'."""
+    if row is None:
+        return ""
+    parts = [f"{row['params_share']:.3f} of the planned matrices' parameters kept"]
+    parts += [str(row["direction"])] if pd.notna(row.get("direction")) else []
+    if pd.notna(row.get("stated_energy")):
+        parts.append(f"every matrix below its break-even rank keeping at least {row['stated_energy']:.3f} of its "
+                     "energy")
+    return f" ({', '.join(parts)}{fidelity_words(row)})"
+
+
+def lowrank_findings(comparisons: pd.DataFrame | None, summary: pd.DataFrame | None = None) -> list:
+    """One finding per spectral low-rank plan (energy, alpha, effective_rank, per budget) against its
+    mirror, uniform and random plans, and per LASER plan against the base and its random matrices."""
+    if not has(comparisons, "plan", "against", "verdict"):
+        return []
+    if not has(summary, "plan", "kind"):  # no summary at hand: the plans in the comparisons' order
+        return [plan_finding(f"Low-rank plan {plan}", comparisons[comparisons["plan"] == plan])
+                for plan in dict.fromkeys(comparisons["plan"])]
+    out = []
+    for kind in (*LOWRANK_SPECTRAL, "laser"):
+        for plan in spectral_plans(comparisons, summary, kind):
+            row = summary_row(summary, plan)
+            lead = (f"LASER, {row['matrix']} alone at {row['direction']}: {plan}" if kind == "laser" else
+                    f"Low-rank edits at {row['budget']:g} of the parameters: {plan}{lowrank_about(row)}")
+            out.append(plan_finding(lead, comparisons[comparisons["plan"] == plan]))
+    return out
+
+
+FINDINGS = {"quant": quant_findings, "prune": prune_findings, "lowrank": lowrank_findings}
+FOLDERS = {"quant": COMPRESS_QUANT, "prune": COMPRESS_PRUNE, "lowrank": COMPRESS_LOWRANK}
+
+
 def compress_findings(model: str, paths, report_dir) -> list:
     """The experiments' findings, each linked to its comparisons table relative to report_dir;
     paths: the tables at hand (comparisons.parquet, summary.parquet; none when compress is off)."""
     paths, found = set(map(str, paths)), []
-    for folder, findings in ((COMPRESS_QUANT, quant_findings), (COMPRESS_PRUNE, prune_findings)):
+    for folder, findings in ((FOLDERS[kind], FINDINGS[kind]) for kind in FINDINGS):
         folder = folder.format(model=model)
         comparisons, summary = f"{folder}/comparisons.parquet", f"{folder}/summary.parquet"
         if comparisons in paths:
@@ -212,13 +263,16 @@ def sensitivity_report_findings(model: str, paths, report_dir, level: float = 0.
 SCORES = ["perplexity", "ci_low", "ci_high", "accuracy", "embedding_cosine", "retrieval_agreement", "kl_divergence",
           "predicted_kl", "top1_agreement"]
 REPORT_COLUMNS = {"quant": ["plan", "direction", "bits_per_weight", *SCORES],
-                  "prune": ["plan", "direction", "target", "sparsity", *[c for c in SCORES if c != "predicted_kl"]]}
+                  "prune": ["plan", "direction", "target", "sparsity", *[c for c in SCORES if c != "predicted_kl"]],
+                  "lowrank": ["plan", "direction", "budget", "matrix", "params_share", "energy_kept", "stated_energy",
+                              *[c for c in SCORES if c != "predicted_kl"]]}
 # Shown only where some plan has them: an encoder has no perplexity, a causal LM no embedding cosine.
 OPTIONAL = {"perplexity", "ci_low", "ci_high", "accuracy", "top1_agreement", "embedding_cosine", "retrieval_agreement",
-            "predicted_kl"}
+            "predicted_kl", "budget", "matrix", "stated_energy"}
 # An encoder's kl_divergence is its embedding loss (evaluation.variants.score_fields): named so in its tables.
 ENCODER_NAMES = {"kl_divergence": "embedding_loss", "predicted_kl": "predicted_embedding_loss"}
-GROUP = {"quant": "of", "prune": "target"}  # what a random control belongs to: a preset, a target
+# What a random control belongs to: a preset, a target, a budget and spectral plan.
+GROUP = {"quant": ("of",), "prune": ("target",), "lowrank": ("budget", "of")}
 
 
 def comparison_table(comparisons: pd.DataFrame) -> pd.DataFrame:
@@ -242,14 +296,14 @@ def plan_table(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     shown = shown.drop(columns=[c for c in OPTIONAL & set(shown) if shown[c].isna().all()])
     if table_metric(frame) == EMBEDDING_LOSS:
         shown = shown.rename(columns=ENCODER_NAMES)
-    return shown.assign(direction=shown["direction"].fillna("")) if "direction" in shown else shown
+    return shown.assign(**{c: shown[c].fillna("") for c in ("direction", "matrix") if c in shown})
 
 
 def random_distribution(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     """Per preset (target) and control family: how many distinct random plans, and the median and
     5-95 % range of their perplexity and KL (paired_tests.spread); an encoder's embedding cosine
     and embedding loss."""
-    group, rows = GROUP[kind], []
+    group, rows = list(GROUP[kind]), []
     encoder = table_metric(frame) == EMBEDDING_LOSS
     quality, loss = ("embedding_cosine", "embedding loss") if encoder else ("perplexity", "KL")
     for control in RANDOM_KINDS:
@@ -257,7 +311,7 @@ def random_distribution(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
         for of, plans_of in chosen.groupby(group, sort=False):
             ppl, kl = spread(plans_of[quality]), spread(plans_of["kl_divergence"])
             name = quality.replace("_", " ")
-            rows.append({group: of, "control": FAMILY[kind][control], "plans": ppl["n"],
+            rows.append({**dict(zip(group, of)), "control": FAMILY[kind][control], "plans": ppl["n"],
                          f"{name} median": ppl["median"], f"{name} 5 %": ppl["q05"], f"{name} 95 %": ppl["q95"],
                          f"{loss} median": kl["median"], f"{loss} 5 %": kl["q05"], f"{loss} 95 %": kl["q95"]})
     return pd.DataFrame(rows)
@@ -358,11 +412,11 @@ def source_lines(source_dtypes, quant_plans: dict | None = None, group_size=None
 
 def experiment_lines(kind: str, frame: pd.DataFrame | None, comparisons: pd.DataFrame | None, link) -> list:
     """One experiment's findings, comparison table, plan table, random controls and additive check."""
-    findings = (quant_findings if kind == "quant" else prune_findings)(comparisons, frame)
+    findings = FINDINGS[kind](comparisons, frame)
     lines = [f"- {s}" for s in findings] + ([""] if findings else [])
     encoder = table_metric(frame) == EMBEDDING_LOSS
     if has(comparisons, "plan", "against", "estimate"):
-        folder = (COMPRESS_QUANT if kind == "quant" else COMPRESS_PRUNE).format(model=comparisons["model"].iloc[0])
+        folder = FOLDERS[kind].format(model=comparisons["model"].iloc[0])
         unit = ("mean embedding loss per sentence (1 - cosine to the base model's sentence embedding; negative: the "
                 "plan is better), its interval" if encoder else "mean NLL per token (nats; negative: the plan is "
                 "better), its interval, the same as the perplexity ratio minus 1 in %")
@@ -380,11 +434,12 @@ def experiment_lines(kind: str, frame: pd.DataFrame | None, comparisons: pd.Data
 
 def compress_section(quant: pd.DataFrame | None, prune: pd.DataFrame | None, source_dtypes=(), skipped=None,
                      figures=(), link=str, comparisons: dict | None = None, quant_plans: dict | None = None,
-                     group_size=None) -> list:
+                     group_size=None, lowrank: pd.DataFrame | None = None) -> list:
     """Markdown lines of the report: the source format and what the plans were evaluated as, then
     per experiment its findings, comparisons, plans, random controls, and the figures.
-    comparisons: {"quant": table, "prune": table}; quant_plans: quant/plans.json; group_size:
-    quantization.group_size; link: path -> the link the report writes."""
+    comparisons: {"quant": table, "prune": table, "lowrank": table}; quant_plans: quant/plans.json;
+    group_size: quantization.group_size; link: path -> the link the report writes; lowrank: the
+    low-rank summary (compress.lowrank on; None: no such subsection)."""
     lines = ["## Compression experiments (quantisation and pruning plans, evaluated)", "",
              *source_lines(source_dtypes, quant_plans, group_size)]
     if skipped:
@@ -398,12 +453,16 @@ def compress_section(quant: pd.DataFrame | None, prune: pd.DataFrame | None, sou
     elif tokens:
         lines += [f"Every plan, and the base row, is scored on the same {tokens} next-token predictions: the base "
                   "evaluation's windows, `compress.max_tokens` of them chosen evenly among them on the CPU.", ""]
-    for kind, frame, title in (("quant", quant, "Quantisation (simulated RTN)"),
-                               ("prune", prune, "Unstructured magnitude pruning")):
+    experiments = [("quant", quant, "Quantisation (simulated RTN)"), ("prune", prune, "Unstructured magnitude pruning")]
+    experiments += [] if lowrank is None else [("lowrank", lowrank, "Low-rank edits (truncated SVD)")]
+    for kind, frame, title in experiments:
         lines += [f"### {title}", ""]
         if not has(frame, "plan", "perplexity"):
             lines += ["_(none)_", ""]
             continue
+        if kind == "lowrank" and has(frame, "tokens_evaluated") and tokens != int(frame["tokens_evaluated"].iloc[0]):
+            lines += [f"The low-rank plans are scored on {int(frame['tokens_evaluated'].iloc[0])} of them "
+                      "(`compress.lowrank.max_tokens`).", ""]
         lines += experiment_lines(kind, frame, (comparisons or {}).get(kind), link)
     lines += [f"- [{name}]({link(path)})" for name, path in figures] + ([""] if figures else [])
     return lines

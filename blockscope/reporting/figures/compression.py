@@ -6,12 +6,20 @@ from blockscope.reporting.figures.canvas import lacks, nothing_to_plot, plt, sav
 
 COMPRESS_STYLES = {"uniform": ("s", "C0"), "hint": ("*", "C2"), "alpha": ("*", "C2"), "mirror": ("D", "C1"),
                    "random": ("o", "C7")}
+LABELLED = ("uniform", "hint", "alpha", "mirror")  # the plans named beside their marker
+# The low-rank experiment: its three spectral allocations, their controls, LASER's plans and their controls.
+LOWRANK_STYLES = {"uniform": ("s", "C0"), "energy": ("*", "C2"), "alpha": ("*", "C3"), "effective_rank": ("*", "C4"),
+                  "mirror": ("D", "C1"), "random": ("o", "C7"), "laser": ("^", "C5"), "laser_control": ("x", "C7")}
+LOWRANK_LABELLED = ("uniform", "energy", "alpha", "effective_rank", "mirror", "laser")
 
 
-def compress_pareto(summary, x, xlabel, title, target, reason="the experiment has no rows"):
+def compress_pareto(summary, x, xlabel, title, target, reason="the experiment has no rows", styles=None,
+                    labelled=LABELLED):
     """Perplexity (log scale; an encoder, whose perplexity is NaN: its embedding cosine to the
-    base, linear) against the budget (bits per weight, or sparsity) for every evaluated plan; the
-    base as a line."""
+    base, linear) against the budget (bits per weight, sparsity or parameters kept) for every
+    evaluated plan, a marker per kind (styles: kind -> (marker, colour), COMPRESS_STYLES unless
+    given), the plans of the `labelled` kinds named; the base as a line."""
+    styles = COMPRESS_STYLES if styles is None else styles
     if lacks(summary, x, "perplexity", "kind", "plan"):
         return nothing_to_plot(reason, title, target)
     encoder = summary["perplexity"].isna().all() and "embedding_cosine" in summary
@@ -20,12 +28,13 @@ def compress_pareto(summary, x, xlabel, title, target, reason="the experiment ha
     base = summary[summary["kind"] == "base"]
     if len(base):
         ax.axhline(base[y].iloc[0], color="k", ls=":", label="base model")
-    for kind, (marker, color) in COMPRESS_STYLES.items():
+    for kind, (marker, color) in styles.items():
         rows = summary[summary["kind"] == kind]
+        faint = kind in ("random", "laser_control")
         if len(rows):
-            ax.scatter(rows[x], rows[y], marker=marker, color=color, s=60 if kind != "random" else 25,
-                       alpha=0.9 if kind != "random" else 0.5, label=kind, zorder=3)
-    for row in summary[summary["kind"].isin(["uniform", "hint", "alpha", "mirror"])].to_dict("records"):
+            ax.scatter(rows[x], rows[y], marker=marker, color=color, s=25 if faint else 60,
+                       alpha=0.5 if faint else 0.9, label=kind, zorder=3)
+    for row in summary[summary["kind"].isin(list(labelled))].to_dict("records"):
         ax.annotate(row["plan"], (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if not encoder:
         ax.set_yscale("log")

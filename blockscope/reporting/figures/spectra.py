@@ -1,6 +1,7 @@
 """Figures of the singular-value spectra: each main metric against layer (the random twin dashed)
-and, across models, against relative depth; one layer's ESDs with their power-law fits; and the
-down projections' variance explained per component."""
+and, across models, against relative depth; one layer's ESDs with their power-law fits (and, when
+the diagnostics ran, the elementwise-permuted matrices' ESDs with their Marchenko-Pastur bulk edges);
+and the down projections' variance explained per component."""
 
 import textwrap
 
@@ -76,22 +77,44 @@ def depth_overlay(metrics, metric, title, target, reason=None):
     save(fig, target)
 
 
-def esd(panels, title, target, reason="no matrix in this layer"):
+RANDOMISED_LABEL = "randomised (elementwise permutation)"
+RANDOMISED_COLOR = "C2"
+
+
+def drawable(eigs) -> np.ndarray:
+    """The eigenvalues a log-log ESD can show: finite and above 1e-5."""
+    eigs = np.asarray(eigs, dtype=np.float64)
+    return eigs[np.isfinite(eigs) & (eigs > 1e-5)]
+
+
+def esd(panels, title, target, reason="no matrix in this layer", randomised=None):
     """Log-log ESDs with the fitted power law from xmin; panels: (name, eigenvalues, alpha, xmin)
-    or (name, eigenvalues, alpha, xmin, status), the status shown where there is no spectrum."""
+    or (name, eigenvalues, alpha, xmin, status), the status shown where there is no spectrum.
+    randomised: None, or one entry per panel, None or (eigenvalues of the elementwise-permuted
+    matrix, its Marchenko-Pastur bulk edge lambda+ or NaN), both in lambda = sigma^2: the permuted
+    ESD is overlaid in the same bins (spanning both spectra) with its bulk edge as a vertical line."""
     if not panels:
         return nothing_to_plot(reason, title, target)
+    randomised = [None] * len(panels) if randomised is None else list(randomised)
+    if len(randomised) != len(panels):
+        raise ValueError(f"esd: {len(randomised)} randomised spectra for {len(panels)} panels")
     fig, axes = panel_grid(len(panels))
-    for ax, (name, eigs, alpha, xmin, *status) in zip(axes, panels):
-        eigs = np.asarray(eigs, dtype=np.float64)
-        eigs = eigs[np.isfinite(eigs) & (eigs > 1e-5)]
+    for ax, (name, eigs, alpha, xmin, *status), permuted in zip(axes, panels, randomised):
+        eigs = drawable(eigs)
         if eigs.size < 2:
             why = status[0] if status and status[0] and status[0] != "ok" else "no spectrum"
             ax.set_title(textwrap.fill(f"{name}: {why}", 45), fontsize=8)
             ax.axis("off")
             continue
-        bins = np.logspace(np.log10(eigs.min()), np.log10(eigs.max()), 40)
+        rand_eigs, edge = (drawable(permuted[0]), permuted[1]) if permuted is not None else (np.zeros(0), np.nan)
+        shown = np.concatenate([eigs, rand_eigs]) if rand_eigs.size >= 2 else eigs
+        bins = np.logspace(np.log10(shown.min()), np.log10(shown.max()), 40)
         ax.hist(eigs, bins=bins, density=True, alpha=0.6, color="C0", label="ESD")
+        if rand_eigs.size >= 2:
+            ax.hist(rand_eigs, bins=bins, density=True, histtype="step", lw=1.2, color=RANDOMISED_COLOR,
+                    label=RANDOMISED_LABEL)
+        if edge is not None and np.isfinite(edge) and edge > 0:
+            ax.axvline(edge, color=RANDOMISED_COLOR, ls=":", lw=1.2, label=f"randomised MP bulk edge λ+ = {edge:.3g}")
         if np.isfinite(alpha) and np.isfinite(xmin) and xmin > 0:
             tail = eigs[eigs >= xmin]
             share = tail.size / eigs.size
