@@ -57,11 +57,13 @@ def main(snakemake):
     run_part(Part("precision", {"precision": out.precision}, {**settings, **sweep}, inputs, compute_sweep,
                   upstream=stamp))
     if "diagnostics" in out.keys():  # diagnostics.enabled: the permuted spectra reuse the unit's read
-        diagnostics = snakemake.params.diagnostics
+        diagnostics = dict(snakemake.params.diagnostics)
+        if not diagnostics["vectors"]:  # their settings change nothing then: not in the part's stamp
+            diagnostics = {k: v for k, v in diagnostics.items() if not k.startswith("vector_")}
 
         def compute_diagnostics():
             sigmas = sigmas_by_matrix(read_table(out.spectra, columns=["matrix", "sigma"]))
-            tables = unit_diagnostics(model, unit, files.tensors, inventory, sigmas, dict(diagnostics),
+            tables = unit_diagnostics(model, unit, files.tensors, inventory, sigmas, diagnostics,
                                       backend=snakemake.params.backend, device=gpu.device,
                                       compute_dtype=spectra["compute_dtype"], svd_method=spectra["svd_method"],
                                       reader=reader)

@@ -94,7 +94,7 @@ def compression_findings(snakemake) -> list:
 
 
 def diagnostics_lines(metrics, plots, target_dir, params) -> list:
-    """WeightWatcher's remaining diagnostics (rule diagnostics), with the ESD figures that overlay the
+    """WeightWatcher's remaining diagnostics (the anatomy's diagnostics part), with the ESD figures that overlay the
     permuted spectra; one line saying they were not computed when the metrics lack them."""
     figures = {os.path.basename(p).rsplit(".", 1)[0]: p for p in plots
                if "/esd_layer_" in p and p.endswith(f".{params.embedded}")}

@@ -1,6 +1,6 @@
-"""The per-unit diagnostics (rule diagnostics) joined into a model's metrics table, one row per matrix:
-the metrics keep their rows and order, and gain diagnostic_layout.DIAGNOSTIC_METRIC_COLUMNS (NaN, NA or
-"" for a row without them: a 1-D parameter, a matrix refused by the anatomy)."""
+"""The per-unit diagnostics (the anatomy's diagnostics part) joined into a model's metrics table, one row
+per matrix: the metrics keep their rows and order, and gain diagnostic_layout.DIAGNOSTIC_METRIC_COLUMNS
+(missing, NaN or NA, for a row without them: a 1-D parameter, a matrix refused by the anatomy)."""
 
 import pandas as pd
 
