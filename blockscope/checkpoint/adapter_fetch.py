@@ -7,8 +7,15 @@ import json
 import os
 from pathlib import Path
 
-from blockscope.checkpoint.adapters import ADAPTER_CONFIG, ADAPTER_FILES, ADAPTER_PICKLE, ADAPTER_WEIGHTS, fetch_peft
-from blockscope.checkpoint.sources import _provenance, hub_cache
+from blockscope.checkpoint.adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    ADAPTER_FOLDER,
+    ADAPTER_PICKLE,
+    ADAPTER_WEIGHTS,
+    fetch_peft,
+)
+from blockscope.checkpoint.sources import _provenance, hub_cache, sha256
 from blockscope.errors import BlockscopeError
 from blockscope.io.atomic import atomic_dir, remove_stale_temporaries
 
@@ -20,6 +27,7 @@ def fetch_adapter(model: str, spec: dict, dest, base_checkpoint) -> dict:
     with atomic_dir(dest) as tmp:
         snapshot = hub_adapter(model, spec) if "repo_id" in spec else None
         details = fetch_peft(model, spec, tmp, base_checkpoint, snapshot=snapshot)
+        details["adapter_sha256"] = sha256(tmp / ADAPTER_FOLDER / ADAPTER_WEIGHTS)  # the bytes installed
         provenance = _provenance("peft", details, *(["huggingface_hub"] if snapshot else []))
         (tmp / "source.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return provenance

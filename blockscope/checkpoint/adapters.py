@@ -17,7 +17,6 @@ Numbers are read with blockscope.io (no torch, no peft) and returned in float64.
 """
 
 import difflib
-import hashlib
 import json
 import math
 import os
@@ -357,14 +356,6 @@ def write_merged(base_checkpoint, dest, factors: dict, replacements: dict, model
     return changed
 
 
-def file_sha256(path, block=2**20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _install_adapter(src: Path, dest: Path, linked: bool):
     """The adapter files into dest/ADAPTER_FOLDER: copied from a local folder, linked from the cache."""
     (dest / ADAPTER_FOLDER).mkdir()
@@ -398,7 +389,7 @@ def fetch_peft(model, spec, dest, base_checkpoint, snapshot=None) -> dict:
         where = {"path": str(src.resolve())}
     config, factors, replacements = read_adapter(src, base_shapes_of(base_checkpoint, model), model)
     _install_adapter(src, dest, linked="repo_id" in spec)
-    details = {**where, "base": spec.get("base"), "adapter_sha256": file_sha256(src / ADAPTER_WEIGHTS),
+    details = {**where, "base": spec.get("base"),
                "files": {name: (src / name).stat().st_size for name in ADAPTER_FILES},
                "peft_version": config.get("peft_version"), "trained_on": config.get("base_model_name_or_path"),
                "r": config["r"], "lora_alpha": config["lora_alpha"], "scaling": scaling_rule(config),

@@ -38,6 +38,16 @@ def layer_key(value):
     return OUTSIDE if pd.isna(value) else int(value)
 
 
+def finish_panels(fig, axes, title, target):
+    """The two-panel figures' ending: the first panel's legend, label sizes, the title, written."""
+    axes[0].legend(fontsize=7)
+    for ax in axes[:2]:
+        ax.yaxis.label.set_size(9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, target)
+
+
 def relative_change_heatmap(by_layer, stem, formats, title=None):
     """Layers (rows; the embedding and head last) x block types (columns, then all types): the pooled
     relative change sqrt(Σ‖ΔW‖²_F / Σ‖W_base‖²_F), log colour scale; a cell of 0 (nothing moved) hatched grey."""
@@ -108,12 +118,7 @@ def delta_effective_rank(deltas, stem, formats, title=None):
     fig, axes = panel_grid(2, width=5.5, height=3.8, columns=2)
     lines_by_type(axes[0], moved, "delta_effective_rank", styles, "ΔW effective rank (exp entropy of σ)")
     lines_by_type(axes[1], moved, "delta_numerical_rank", styles, "ΔW numerical rank (σ above rounding)")
-    axes[0].legend(fontsize=7)
-    for ax in axes[:2]:
-        ax.yaxis.label.set_size(9)
-    fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, target)
+    finish_panels(fig, axes, title, target)
 
 
 def distance_by_layer(by_layer, stem, formats, title=None):
@@ -143,12 +148,7 @@ def distance_by_layer(by_layer, stem, formats, title=None):
     axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].legend(handles=[plt.Line2D([], [], color="0.3", ls="-", label="left singular vectors"),
                             plt.Line2D([], [], color="0.3", ls="--", label="right singular vectors")], fontsize=7)
-    axes[0].legend(fontsize=7)
-    for ax in axes[:2]:
-        ax.yaxis.label.set_size(9)
-    fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, target)
+    finish_panels(fig, axes, title, target)
 
 
 def along_series(ax, series, column, styles, members, label):
